@@ -1,0 +1,60 @@
+# Runs the firmware test files on the MicroPython binary (`make test-mpy`).
+# Each tests/firmware/test_*.py is imported and its test_* functions called.
+# A file may set MPY_SKIP = "reason" (whole file) or
+# MPY_SKIP_TESTS = {"test_name": "reason"}; skips are printed with the reason.
+# Ends with the line "N passed, N failed" and exits 1 on any failure.
+import os
+import sys
+
+_HERE = __file__.rsplit("/", 1)[0] if "/" in __file__ else "."
+
+
+def _tests(mod):
+    names = [n for n in dir(mod) if n.startswith("test_")]
+    names.sort()
+    return names
+
+
+def main(argv):
+    only = argv[1:] if len(argv) > 1 else None
+    files = sorted(f for f in os.listdir(_HERE) if f.startswith("test_") and f.endswith(".py"))
+    passed = failed = skipped = 0
+    for f in files:
+        name = f[:-3]
+        if only and name not in only:
+            continue
+        try:
+            mod = __import__(name)
+        except Exception as e:
+            print("FAIL", name, "(import)", repr(e))
+            sys.print_exception(e)
+            failed += 1
+            continue
+        why = getattr(mod, "MPY_SKIP", None)
+        if why:
+            print("SKIP", name, "-", why)
+            skipped += 1
+            continue
+        skip_tests = getattr(mod, "MPY_SKIP_TESTS", {})
+        for t in _tests(mod):
+            if t in skip_tests:
+                print("SKIP", name + "::" + t, "-", skip_tests[t])
+                skipped += 1
+                continue
+            try:
+                getattr(mod, t)()
+            except Exception as e:
+                print("FAIL", name + "::" + t, repr(e))
+                sys.print_exception(e)
+                failed += 1
+            else:
+                print("ok  ", name + "::" + t)
+                passed += 1
+    line = "%d passed, %d failed" % (passed, failed)
+    if skipped:
+        line += ", %d skipped" % skipped
+    print(line)
+    return 1 if failed else 0
+
+
+sys.exit(main(sys.argv))
