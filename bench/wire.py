@@ -1,0 +1,118 @@
+"""Wire-size and codec-speed benchmark on the reference profile.
+
+`python -m bench wire --csv ../shared/data/household_45d_15min.csv` prints one
+JSON line. A meter-day is one read_response frame with the day's 96 × 4
+interval values and flags, the 4 midnight registers, meter id and timestamp,
+CRC'd and HDLC-framed as on the serial line (the bigger of the two links: an
+MQTT message is the frame without the 2 flag bytes and stuffing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.profile import DEFAULT_CSV, load_days, noisy
+from protocol.frame import decode, encode
+from protocol.hdlc import stuff
+
+DLMS_AXDR_BYTES_PER_DAY = 3720  # shared/data/README.md, same content in A-XDR
+BITS_PER_BYTE_8N1 = 10
+
+
+def meter_day_fields(meter: int, day_start: int, values: list[list[int]], registers: list[int]) -> dict[str, Any]:
+    """The default daily read of one meter-day, as canonical fields."""
+    return {
+        "type": "read_response",
+        "seq": 1,
+        "meter_id": meter,
+        "timestamp": day_start + 86400 + 3 * 3600,
+        "auth": None,
+        "body": {
+            "request_seq": 0,
+            "kind": 0,
+            "part": 0,
+            "parts": 1,
+            "sections": [
+                {"tag": "midnight", "body": {"day": day_start + 86400, "values": registers}},
+                {
+                    "tag": "intervals",
+                    "body": {
+                        "start": day_start,
+                        "interval_s": 86400 // len(values[0]),
+                        "flags": [0] * len(values[0]),
+                        "channels": values,
+                    },
+                },
+            ],
+        },
+    }
+
+
+def _frames(days: list[tuple[int, list[list[int]]]], meter: int) -> list[tuple[dict[str, Any], bytes]]:
+    registers = [12_345_678, 2_345_678, 4_567_890, 345_678]  # a few years in service
+    out = []
+    for start, values in days:
+        registers = [r + sum(v) for r, v in zip(registers, values, strict=True)]
+        fields = meter_day_fields(meter, start, values, registers)
+        out.append((fields, encode(fields)))
+    return out
+
+
+def _median_us(fn: Any, arg: Any, repeat: int) -> float:
+    samples = []
+    for _ in range(repeat):
+        t = time.perf_counter_ns()
+        fn(arg)
+        samples.append((time.perf_counter_ns() - t) / 1000)
+    return statistics.median(samples)
+
+
+def run(csv_path: Path, repeat: int = 20) -> dict[str, Any]:
+    """Measure; return the figures."""
+    days = load_days(csv_path)
+    frames = _frames(days, meter=1001)
+    roundtrip_ok = all(decode(raw) == dict(f, version=1) for f, raw in frames)
+    wire = [len(stuff(raw)) for _, raw in frames]
+    rng = random.Random(7)
+    noisy_wire = [len(stuff(raw)) for _, raw in _frames([(s, noisy(v, rng)) for s, v in days], 1001)]
+    total = sum(wire)
+    per_day = total / len(wire)
+    noisy_per_day = sum(noisy_wire) / len(noisy_wire)
+    enc = [_median_us(encode, f, repeat) for f, _ in frames]
+    dec = [_median_us(decode, raw, repeat) for _, raw in frames]
+    return {
+        "csv": str(csv_path),
+        "days": len(days),
+        "bytes_per_meter_day": round(per_day, 1),
+        "max_bytes_per_meter_day": max(wire),
+        "mqtt_bytes_per_meter_day": round(sum(len(r) for _, r in frames) / len(frames), 1),
+        "dlms_axdr_ratio": round(DLMS_AXDR_BYTES_PER_DAY / per_day, 2),
+        "bytes_45_days": total,
+        "seconds_45_days_at_9600": round(total * BITS_PER_BYTE_8N1 / 9600, 2),
+        "seconds_45_days_at_19200": round(total * BITS_PER_BYTE_8N1 / 19200, 2),
+        "encode_us": round(statistics.median(enc), 1),
+        "decode_us": round(statistics.median(dec), 1),
+        "noisy_bytes_per_meter_day": round(noisy_per_day, 1),
+        "noisy_size_ratio": round(noisy_per_day / per_day, 3),
+        "roundtrip_ok": roundtrip_ok,
+    }
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench wire", description=__doc__)
+    parser.add_argument("--csv", type=Path, default=DEFAULT_CSV, help="load profile (default: %(default)s)")
+    parser.add_argument("--repeat", type=int, default=20, help="timing repetitions per meter-day")
+    args = parser.parse_args(argv)
+    print(json.dumps(run(args.csv, args.repeat)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
