@@ -1,9 +1,9 @@
 """Benchmarks that print figures: `python -m bench NAME [options]`.
 
-    wire         wire size and codec speed per meter-day (protocol)
-    ingest       head-end ingest rate into the store
-    flash-wear   flash erase counts and years of service (firmware store)
-    firmware-heap  firmware heap on the MicroPython binary
+wire         wire size and codec speed per meter-day (protocol)
+ingest       head-end ingest rate into the store
+flash-wear   flash erase counts and years of service (firmware store)
+firmware-heap  firmware heap on the MicroPython binary
 """
 
 from __future__ import annotations
@@ -23,7 +23,10 @@ def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in BENCHES:
         print(__doc__, file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
         if argv and argv[0] not in ("-h", "--help"):
-            print(f"unknown benchmark {argv[0]!r}; choose one of {', '.join(BENCHES)}", file=sys.stderr)
+            print(
+                f"unknown benchmark {argv[0]!r}; choose one of {', '.join(BENCHES)}",
+                file=sys.stderr,
+            )
             return 2
         return 0
     module = importlib.import_module(BENCHES[argv[0]])

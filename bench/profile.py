@@ -28,7 +28,9 @@ def load_days(path: Path) -> list[tuple[int, list[list[int]]]]:
         rows = list(reader)
     if not rows:
         raise ProfileError(f"{path}: no rows")
-    starts = [int(datetime.fromisoformat(r["utc_start"].replace("Z", "+00:00")).timestamp()) for r in rows]
+    starts = [
+        int(datetime.fromisoformat(r["utc_start"].replace("Z", "+00:00")).timestamp()) for r in rows
+    ]
     step = starts[1] - starts[0] if len(starts) > 1 else 900
     per_day = 86400 // step
     days = []

@@ -26,7 +26,9 @@ DLMS_AXDR_BYTES_PER_DAY = 3720  # shared/data/README.md, same content in A-XDR
 BITS_PER_BYTE_8N1 = 10
 
 
-def meter_day_fields(meter: int, day_start: int, values: list[list[int]], registers: list[int]) -> dict[str, Any]:
+def meter_day_fields(
+    meter: int, day_start: int, values: list[list[int]], registers: list[int]
+) -> dict[str, Any]:
     """The default daily read of one meter-day, as canonical fields."""
     return {
         "type": "read_response",
@@ -55,7 +57,9 @@ def meter_day_fields(meter: int, day_start: int, values: list[list[int]], regist
     }
 
 
-def _frames(days: list[tuple[int, list[list[int]]]], meter: int) -> list[tuple[dict[str, Any], bytes]]:
+def _frames(
+    days: list[tuple[int, list[list[int]]]], meter: int
+) -> list[tuple[dict[str, Any], bytes]]:
     registers = [12_345_678, 2_345_678, 4_567_890, 345_678]  # a few years in service
     out = []
     for start, values in days:
@@ -81,7 +85,9 @@ def run(csv_path: Path, repeat: int = 20) -> dict[str, Any]:
     roundtrip_ok = all(decode(raw) == dict(f, version=1) for f, raw in frames)
     wire = [len(stuff(raw)) for _, raw in frames]
     rng = random.Random(7)
-    noisy_wire = [len(stuff(raw)) for _, raw in _frames([(s, noisy(v, rng)) for s, v in days], 1001)]
+    noisy_wire = [
+        len(stuff(raw)) for _, raw in _frames([(s, noisy(v, rng)) for s, v in days], 1001)
+    ]
     total = sum(wire)
     per_day = total / len(wire)
     noisy_per_day = sum(noisy_wire) / len(noisy_wire)
@@ -107,7 +113,9 @@ def run(csv_path: Path, repeat: int = 20) -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench wire", description=__doc__)
-    parser.add_argument("--csv", type=Path, default=DEFAULT_CSV, help="load profile (default: %(default)s)")
+    parser.add_argument(
+        "--csv", type=Path, default=DEFAULT_CSV, help="load profile (default: %(default)s)"
+    )
     parser.add_argument("--repeat", type=int, default=20, help="timing repetitions per meter-day")
     args = parser.parse_args(argv)
     print(json.dumps(run(args.csv, args.repeat)))

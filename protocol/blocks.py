@@ -34,7 +34,10 @@ INVALID = 0x10
 # width code for every bit length 0..32: the smallest width that holds it
 _CODE_FOR_BITS = [next(c for c, w in enumerate(WIDTHS) if w >= b) for b in range(33)]
 # one byte → its values, for the sub-byte widths
-_UNPACK = {w: [tuple((b >> (8 - w * (i + 1))) & ((1 << w) - 1) for i in range(8 // w)) for b in range(256)] for w in (1, 2, 4)}
+_UNPACK = {
+    w: [tuple((b >> (8 - w * (i + 1))) & ((1 << w) - 1) for i in range(8 // w)) for b in range(256)]
+    for w in (1, 2, 4)
+}
 _UNZIGZAG8 = [(z >> 1) ^ -(z & 1) for z in range(256)]
 
 
@@ -62,7 +65,7 @@ def _pack(values: Sequence[int], width: int) -> bytes:
     if width == 0:
         return b""
     if width >= 8:
-        return struct.pack(">%d%s" % (len(values), "BHI"[width // 16]), *values)
+        return struct.pack(f">{len(values)}{'BHI'[width // 16]}", *values)
     acc = 0
     for v in values:
         acc = (acc << width) | v
@@ -157,9 +160,9 @@ def decode_channel(data: bytes, count: int) -> list[int]:
         elif width == 0:
             raw = [0] * n
         elif width == 16:
-            raw = struct.unpack_from(">%dH" % n, data, pos)
+            raw = struct.unpack_from(f">{n}H", data, pos)
         elif width == 32:
-            raw = struct.unpack_from(">%dI" % n, data, pos)
+            raw = struct.unpack_from(f">{n}I", data, pos)
         else:
             raw = _unpack_sub_byte(data, pos, end, n, width)
         pos = end

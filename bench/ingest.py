@@ -1,0 +1,208 @@
+"""Ingest benchmark: realistic meter-days into the store, figures as one JSON line.
+
+    python -m bench ingest --meter-days 20000 --backend sqlite|postgres
+
+Meter-days are the 45-day reference household profile (4 channels, 15 min),
+scaled per meter and rotated in time, with midnight registers and a few
+flagged intervals. They are ingested day by day for all meters, in batches of
+``--batch`` blocks per `MeterStore.ingest` call (one transaction each), like a
+head-end worker draining a night's scheduled reads. Generation is not timed;
+``p50_ms``/``p99_ms`` are per-call latencies, and the rates use the summed call
+time. Progress goes to stderr. Figures only: nothing here asserts a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+from headend.store import (
+    BlockIngest,
+    Channel,
+    ChannelKind,
+    IntervalBlock,
+    Meter,
+    MidnightRegister,
+    Source,
+    SqlStore,
+    Unit,
+)
+from headend.store.base import DAY_S
+
+_ROOT = Path(__file__).resolve().parents[1]
+_DEFAULT_CSV = "../shared/data/household_45d_15min.csv"
+_DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+_CHANNELS = (
+    Channel(ChannelKind.ACTIVE_IMPORT, Unit.WH),
+    Channel(ChannelKind.ACTIVE_EXPORT, Unit.WH),
+    Channel(ChannelKind.REACTIVE_IMPORT, Unit.VARH),
+    Channel(ChannelKind.REACTIVE_EXPORT, Unit.VARH),
+)
+
+
+def load_profile(path: Path) -> tuple[int, int, list[list[list[int]]]]:
+    """(first interval start, interval_s, days[day][channel][slot]) from the reference CSV."""
+    with path.open(newline="") as f:
+        rows = list(csv.reader(f))
+    header, body = rows[0], rows[1:]
+    if len(header) != 5:
+        raise SystemExit(f"{path}: expected 5 columns, got {header}")
+    times = [int(datetime.fromisoformat(r[0].replace("Z", "+00:00")).timestamp()) for r in body]
+    step = times[1] - times[0]
+    per_day = DAY_S // step
+    ndays = len(body) // per_day
+    days = [
+        [[int(r[c + 1]) for r in body[d * per_day : (d + 1) * per_day]] for c in range(4)]
+        for d in range(ndays)
+    ]
+    return times[0], step, days
+
+
+def meter_days(
+    meters: int, ndays: int, first: int, step: int, profile: list[list[list[int]]], utc_off: int
+) -> Iterator[tuple[BlockIngest, MidnightRegister]]:
+    """Every meter's block for day 0, then day 1, ...: (block, midnight register at its end)."""
+    totals = [[0] * 4 for _ in range(meters)]
+    per_day = DAY_S // step
+    for d in range(ndays):
+        day_start = first + d * DAY_S - utc_off * 60
+        for m in range(meters):
+            k = 50 + (m * 37) % 151  # 50 %..200 % of the household
+            prof = profile[(d + m * 7) % len(profile)]
+            chans = tuple(tuple(v * k // 100 for v in ch) for ch in prof)
+            if (m + d) % 50 == 0:  # a short outage: 3 intervals power-failed
+                flags = [0] * per_day
+                flags[40:43] = [1, 1, 1]
+            else:
+                flags = [0] * per_day
+            at = day_start + DAY_S + 3600 + m % 25_200
+            block = IntervalBlock(day_start, step, tuple(flags), chans)
+            tot = totals[m]
+            for c in range(4):
+                tot[c] += sum(chans[c])
+            yield (
+                BlockIngest(m + 1, block, Source.SCHEDULED, at),
+                MidnightRegister(m + 1, day_start + DAY_S, tuple(tot), Source.SCHEDULED, at),
+            )
+
+
+def _percentile(sorted_ms: list[float], p: float) -> float:
+    if not sorted_ms:
+        return 0.0
+    i = min(len(sorted_ms) - 1, max(0, round(p / 100 * len(sorted_ms) + 0.5) - 1))
+    return sorted_ms[i]
+
+
+def _open(args: argparse.Namespace, tmp: str) -> tuple[SqlStore, str | None]:
+    if args.backend == "sqlite":
+        from headend.store.sqlite import SqliteStore
+
+        path = args.db or os.path.join(tmp, "bench.db")
+        return SqliteStore(path, synchronous=args.synchronous), None
+    from headend.store.postgres import PostgresStore
+
+    schema = f"bench_{os.getpid()}_{int(time.time())}"
+    return PostgresStore(args.dsn, schema=schema), schema
+
+
+def main(argv: list[str]) -> int:
+    """Run the ingest benchmark; prints one JSON line with the figures to stdout."""
+    ap = argparse.ArgumentParser(prog="python -m bench ingest", description=__doc__)
+    ap.add_argument("--meter-days", type=int, default=20_000)
+    ap.add_argument("--backend", choices=("sqlite", "postgres"), default="sqlite")
+    ap.add_argument("--meters", type=int, default=0, help="default: meter-days / 20")
+    ap.add_argument("--batch", type=int, default=500, help="blocks per ingest call")
+    ap.add_argument("--csv", default=None, help=f"profile CSV (default {_DEFAULT_CSV})")
+    ap.add_argument("--db", default=None, help="SQLite file (default: a temporary one)")
+    ap.add_argument("--synchronous", default="FULL", help="SQLite synchronous (FULL, NORMAL)")
+    ap.add_argument("--dsn", default=os.environ.get("AMI_TEST_PG_DSN", _DEFAULT_DSN))
+    ap.add_argument("--utc-offset-min", type=int, default=-300)
+    ap.add_argument("--no-midnights", action="store_true", help="ingest interval blocks only")
+    ap.add_argument("--keep", action="store_true", help="keep the PostgreSQL bench schema")
+    args = ap.parse_args(argv)
+    if args.meter_days < 1 or args.batch < 1:
+        ap.error("--meter-days and --batch must be >= 1")
+
+    csv_path = Path(args.csv) if args.csv else (_ROOT / _DEFAULT_CSV).resolve()
+    first, step, profile = load_profile(csv_path)
+    meters = args.meters or max(1, args.meter_days // 20)
+    ndays = -(-args.meter_days // meters)
+
+    with tempfile.TemporaryDirectory(prefix="ami-bench-") as tmp:
+        store, schema = _open(args, tmp)
+        try:
+            for m in range(1, meters + 1):
+                store.register_meter(
+                    Meter(m, "bench-1", step, args.utc_offset_min, 1, _CHANNELS, first)
+                )
+            lat_ms: list[float] = []
+            busy = 0.0
+            done = 0
+            t0 = last = time.perf_counter()
+            gen = meter_days(meters, ndays, first, step, profile, args.utc_offset_min)
+            while done < args.meter_days:
+                n = min(args.batch, args.meter_days - done)
+                items = [next(gen) for _ in range(n)]
+                blocks = [b for b, _ in items]
+                mids = [] if args.no_midnights else [r for _, r in items]
+                t = time.perf_counter()
+                store.ingest(blocks, mids)
+                dt = time.perf_counter() - t
+                busy += dt
+                lat_ms.append(dt * 1000)
+                done += n
+                if time.perf_counter() - last > 2.0:
+                    last = time.perf_counter()
+                    print(
+                        f"bench ingest [{args.backend}]: {done}/{args.meter_days} meter-days, "
+                        f"{done / busy:.0f}/s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+            wall = time.perf_counter() - t0
+            stats = store.stats()
+            size = store.db.size_bytes()
+        finally:
+            if schema is not None and not args.keep:
+                _drop_schema(args.dsn, schema)
+            store.close()
+
+    lat_ms.sort()
+    intervals = stats.intervals
+    out = {
+        "backend": args.backend,
+        "meter_days": done,
+        "meter_days_per_s": round(done / busy, 1),
+        "intervals_per_s": round(intervals * len(_CHANNELS) / busy, 1),
+        "p50_ms": round(_percentile(lat_ms, 50), 2),
+        "p99_ms": round(_percentile(lat_ms, 99), 2),
+        "db_bytes_per_meter_day": round(size / done, 1),
+        "batch": args.batch,
+        "meters": meters,
+        "wall_s": round(wall, 2),
+        "stored_meter_days": stats.meter_days,
+    }
+    if args.backend == "sqlite":
+        out["synchronous"] = args.synchronous.upper()
+    print(json.dumps(out))
+    return 0
+
+
+def _drop_schema(dsn: str, schema: str) -> None:
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
