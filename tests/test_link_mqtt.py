@@ -1,0 +1,115 @@
+"""The meter's MQTT client against a real private mosquitto, on CPython and MicroPython."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+from tests.support.broker import Broker
+from tests.support.mpy import run_mpy
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "firmware"))
+from link.mqtt import Client  # noqa: E402
+
+
+async def _until(cond, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    for _ in range(int(timeout / 0.05)):
+        if cond():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def test_qos1_both_ways_and_persistent_session(mqtt_broker: Broker) -> None:
+    async def main() -> None:
+        got: list[tuple[str, bytes]] = []
+
+        async def handler(topic: str, payload: bytes) -> None:
+            got.append((topic, payload))
+
+        meter = Client("meter-t1", mqtt_broker.host, mqtt_broker.port,
+                       subscriptions=("ami/v1/1/down",), handler=handler, keepalive_s=5)
+        head = Client("head-t1", mqtt_broker.host, mqtt_broker.port, keepalive_s=5)
+        tasks = [asyncio.create_task(meter.run()), asyncio.create_task(head.run())]
+        await asyncio.wait_for(meter.connected.wait(), 5)
+        await asyncio.wait_for(head.connected.wait(), 5)
+        await asyncio.sleep(0.2)  # SUBACK
+        pid = await head.publish("ami/v1/1/down", b"first")
+        assert await head.wait_acked(pid, 5)
+        await _until(lambda: got == [("ami/v1/1/down", b"first")])
+        # meter offline: the broker queues QoS 1 downlinks for its persistent session
+        await meter.stop()
+        await asyncio.sleep(0.2)
+        pid = await head.publish("ami/v1/1/down", b"while-away")
+        assert await head.wait_acked(pid, 5)
+        meter2 = Client("meter-t1", mqtt_broker.host, mqtt_broker.port,
+                        subscriptions=("ami/v1/1/down",), handler=handler, keepalive_s=5)
+        tasks.append(asyncio.create_task(meter2.run()))
+        await _until(lambda: ("ami/v1/1/down", b"while-away") in got)
+        await meter2.stop()
+        await head.stop()
+        for t in tasks:
+            t.cancel()
+
+    asyncio.run(main())
+
+
+def test_unacked_publish_survives_broker_restart(mqtt_broker_private: Broker) -> None:
+    b = mqtt_broker_private
+
+    async def main() -> None:
+        got: list[bytes] = []
+
+        async def handler(topic: str, payload: bytes) -> None:
+            got.append(payload)
+
+        sink = Client("sink-t2", b.host, b.port, subscriptions=("ami/v1/2/up",),
+                      handler=handler, keepalive_s=2)
+        meter = Client("meter-t2", b.host, b.port, keepalive_s=2)
+        tasks = [asyncio.create_task(sink.run()), asyncio.create_task(meter.run())]
+        await asyncio.wait_for(meter.connected.wait(), 5)
+        await asyncio.wait_for(sink.connected.wait(), 5)
+        await asyncio.sleep(0.2)
+        b.stop()
+        await _until(lambda: not meter.connected.is_set())
+        pid = await meter.publish("ami/v1/2/up", b"during-outage")
+        assert pid in meter.inflight  # not forgotten while unacknowledged
+        b.start()
+        assert await meter.wait_acked(pid, 20)
+        await _until(lambda: b"during-outage" in got, 20)
+        assert meter.failures >= 1 and meter.connects >= 2
+        await meter.stop()
+        await sink.stop()
+        for t in tasks:
+            t.cancel()
+
+    asyncio.run(main())
+
+
+def test_client_runs_on_micropython_against_broker(mqtt_broker: Broker) -> None:
+    code = f"""
+import asyncio
+from link.mqtt import Client
+got = []
+async def handler(topic, payload):
+    got.append(payload)
+async def main():
+    c = Client("mpy-t3", "{mqtt_broker.host}", {mqtt_broker.port},
+               subscriptions=("ami/v1/3/down",), handler=handler, keepalive_s=5)
+    t = asyncio.create_task(c.run())
+    await c.connected.wait()
+    await asyncio.sleep_ms(200)
+    pid = await c.publish("ami/v1/3/down", b"loop")
+    print("acked", await c.wait_acked(pid, 5))
+    for _ in range(100):
+        if got:
+            break
+        await asyncio.sleep_ms(50)
+    print("got", got)
+    await c.stop()
+asyncio.run(main())
+"""
+    out = run_mpy(code, timeout=30)
+    assert "acked True" in out
+    assert "got [b'loop']" in out
