@@ -1,0 +1,126 @@
+# The Makefile is the menu: `make help` lists what you can do.
+# Fresh machine: `make demo` or `make test` sets everything up first.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+.DELETE_ON_ERROR:
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.stamp
+SHARED ?= ../shared
+BENCH_CSV ?= $(SHARED)/data/household_45d_15min.csv
+# The unix port's own default path (.frozen holds asyncio etc.) must stay on MICROPYPATH.
+MICROPYPATH_TEST := $(CURDIR)/firmware:$(CURDIR)/tests/firmware:.frozen:~/.micropython/lib
+MPY_TEST := MICROPYPATH='$(MICROPYPATH_TEST)' $(BIN)/micropython -X heapsize=2M \
+	tests/firmware/mpy_runner.py
+# Debian keeps mosquitto in /usr/sbin, which is not on a normal user's PATH.
+MOSQUITTO_PATHS ?= /usr/sbin/mosquitto /usr/local/sbin/mosquitto
+
+.PHONY: help setup check lint format typecheck mpy-cross test pytest test-mpy vectors demo \
+	bench lock clean distclean
+
+help: ## list the targets
+	@echo "usage: make TARGET   (fresh machine: 'make demo' or 'make test')"
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) \
+		| awk 'BEGIN {FS = ":.*## "}; {printf "  %-10s %s\n", $$1, $$2}'
+
+setup: $(STAMP) mosquitto-present ## .venv with pinned deps (micropython, mpy-cross...), mosquitto
+
+# Re-installs only when the dependency lists change; the stamp makes `setup` ~instant.
+$(STAMP): pyproject.toml requirements.lock
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
+		echo "error: need Python >= 3.11 as '$(PYTHON)' (found: $$($(PYTHON) -V 2>&1))." >&2; \
+		echo "       install it, or point at one: make setup PYTHON=python3.12" >&2; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { \
+		echo "error: '$(PYTHON) -m venv' failed; on Debian/Ubuntu: apt-get install python3-venv" >&2; \
+		rm -rf $(VENV); exit 1; }
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev]'
+	@touch $@
+
+.PHONY: mosquitto-present
+mosquitto-present:
+	@if command -v mosquitto >/dev/null; then exit 0; fi; \
+	for p in $(MOSQUITTO_PATHS); do if [ -x "$$p" ]; then exit 0; fi; done; \
+	if command -v apt-get >/dev/null; then \
+		if [ "$$(id -u)" = 0 ]; then sudo=; \
+		elif sudo -n true 2>/dev/null; then sudo="sudo -n"; \
+		else sudo=no; fi; \
+		if [ "$$sudo" != no ]; then \
+			echo "mosquitto missing: installing it with apt-get (tests start their own broker)"; \
+			$$sudo apt-get update -qq; \
+			$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto; \
+			command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ]; exit $$?; \
+		fi; \
+	fi; \
+	echo "error: the mosquitto broker is not installed (tests and the demo start a private one)." >&2; \
+	echo "       Debian/Ubuntu: sudo apt-get install mosquitto; macOS: brew install mosquitto" >&2; \
+	exit 1
+
+# All three run even if one fails, so one pass shows every finding.
+lint: setup ## ruff (lint + format check) and the project rules in tools/lint.py
+	@rc=0; \
+	for cmd in "$(BIN)/ruff check ." "$(BIN)/ruff format --check ." "$(BIN)/python tools/lint.py"; do \
+		echo "$$cmd"; $$cmd || rc=1; \
+	done; exit $$rc
+
+format: setup ## apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+typecheck: setup ## mypy --strict (config in pyproject.toml) on protocol/ and headend/
+	$(BIN)/mypy protocol headend
+
+# Compile into a temp dir so no .mpy lands next to the sources.
+mpy-cross: setup ## compile every firmware file with mpy-cross (MicroPython syntax)
+	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; n=0; bad=0; \
+	while IFS= read -r -d '' f; do \
+		n=$$((n + 1)); \
+		$(BIN)/mpy-cross -o "$$tmp/out.mpy" "$$f" || { echo "mpy-cross failed: $$f" >&2; bad=1; }; \
+	done < <(find firmware -name '*.py' -print0 | sort -z); \
+	echo "mpy-cross: $$n firmware files compiled"; exit $$bad
+
+check: lint typecheck mpy-cross ## lint + typecheck + mpy-cross: everything but the tests
+
+pytest: setup ## only the CPython tests (CI=true: hypothesis "ci" profile, no skips)
+	$(BIN)/python -m pytest
+
+test-mpy: setup ## run tests/firmware on the MicroPython binary
+	$(MPY_TEST)
+
+# Both suites run even if the first fails; pytest goes last so its summary closes the log.
+test: check ## check, then the firmware tests on MicroPython, then pytest
+	@rc=0; \
+	echo "$(MPY_TEST)"; $(MPY_TEST) || rc=1; \
+	echo "$(BIN)/python -m pytest"; $(BIN)/python -m pytest || rc=1; \
+	exit $$rc
+
+vectors: setup ## regenerate protocol/vectors/*.jsonl
+	$(BIN)/python -m protocol.vectors
+
+demo: setup ## one meter, the broker and the head-end, end to end (in progress)
+	$(BIN)/python -m hil demo
+
+bench: setup ## print the benchmark figures (wire size for now)
+	$(BIN)/python -m bench wire --csv $(BENCH_CSV)
+
+# Resolves pyproject.toml afresh in a scratch venv; commit the result.
+lock: ## re-resolve the dependencies and rewrite requirements.lock
+	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	$(PYTHON) -m venv "$$tmp/venv"; \
+	"$$tmp/venv/bin/python" -m pip install --quiet -e '.[dev]'; \
+	{ echo "# Written by 'make lock': pip freeze of a fresh resolve of pyproject.toml."; \
+	  echo "# Used as constraints by 'make setup'; do not edit by hand."; \
+	  "$$tmp/venv/bin/python" -m pip freeze --exclude-editable; } > requirements.lock
+	@echo "requirements.lock rewritten: review the diff, then run make setup"
+
+clean: ## remove caches and build artifacts (keeps .venv)
+	find . -path ./$(VENV) -prune -o -type d \( -name __pycache__ -o -name '*.egg-info' \) \
+		-prune -exec rm -rf {} +
+	find . -path ./$(VENV) -prune -o -name '*.mpy' -type f -exec rm -f {} +
+	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist
+
+distclean: clean ## clean, and remove .venv and var/ too
+	rm -rf $(VENV) var

@@ -1,0 +1,228 @@
+"""The project's own machinery: tools/lint.py rules, the make menu, the lock, the fixtures."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from tests.support.broker import Broker
+from tests.support.db import PgSchema
+from tools import lint
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write(root: Path, rel: str, text: str) -> Path:
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def hits(root: Path, rule: str) -> list[tuple[str, int]]:
+    return [(f.path, f.line) for f in lint.lint_tree(root) if f.rule == rule]
+
+
+# --- hal-import ----------------------------------------------------------------------
+
+
+def test_hardware_imports_outside_hal_are_found(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "firmware/meter/recorder.py",
+        "import gc\n"
+        "import machine\n"
+        "from esp32 import NVS\n"
+        "import network as net\n"
+        "def f():\n"
+        "    import machine.Pin\n"
+        "    return __import__('network')\n",
+    )
+    write(tmp_path, "headend/x.py", "from machine import Pin  # even on CPython\n")
+    assert hits(tmp_path, "hal-import") == [
+        ("firmware/meter/recorder.py", 2),
+        ("firmware/meter/recorder.py", 3),
+        ("firmware/meter/recorder.py", 4),
+        ("firmware/meter/recorder.py", 6),
+        ("firmware/meter/recorder.py", 7),
+        ("headend/x.py", 1),
+    ]
+
+
+def test_hardware_imports_inside_hal_and_lookalikes_pass(tmp_path: Path) -> None:
+    write(tmp_path, "firmware/hal/esp32.py", "import machine\nimport esp32\nimport network\n")
+    write(
+        tmp_path,
+        "firmware/app/main.py",
+        "from hal import network\nfrom . import machine\nimport machinery\n"
+        "s = 'import machine'  # a string is not an import\n",
+    )
+    assert hits(tmp_path, "hal-import") == []
+
+
+# --- meter-clock ---------------------------------------------------------------------
+
+
+def test_clock_reads_and_sleeps_in_meter_logic_are_found(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "firmware/meter/clock.py",
+        "import time\n"
+        "import utime as ut\n"
+        "from time import gmtime, mktime\n"
+        "def close(now):\n"
+        "    t = time.time()\n"
+        "    ut.sleep_ms(5)\n"
+        "    read = time.ticks_ms\n"
+        "    return time.localtime(now), mktime(gmtime(now)), time.ticks_diff(t, 1)\n",
+    )
+    assert hits(tmp_path, "meter-clock") == [
+        ("firmware/meter/clock.py", 3),  # from time import gmtime
+        ("firmware/meter/clock.py", 5),
+        ("firmware/meter/clock.py", 6),
+        ("firmware/meter/clock.py", 7),
+        ("firmware/meter/clock.py", 8),  # time.localtime; mktime/ticks_diff are pure
+    ]
+
+
+def test_clock_is_allowed_outside_meter_logic(tmp_path: Path) -> None:
+    src = "import time\nnow = int(time.time())\ntime.sleep(1)\n"
+    write(tmp_path, "firmware/app/loop.py", src)
+    write(tmp_path, "firmware/hal/unix.py", src)
+    write(tmp_path, "firmware/meter/ok.py", "def due(now, period):\n    return now % period\n")
+    assert hits(tmp_path, "meter-clock") == []
+
+
+# --- no-assert -----------------------------------------------------------------------
+
+
+def test_asserts_in_firmware_and_protocol_are_found(tmp_path: Path) -> None:
+    write(tmp_path, "firmware/meter/ring.py", "def put(n):\n    assert n < 8, 'full'\n")
+    write(tmp_path, "protocol/frame.py", "x = 1\nassert x\n")
+    write(tmp_path, "protocol/test_frame.py", "assert True\n")
+    write(tmp_path, "headend/session.py", "assert True\n")  # rule covers shipped codec only
+    assert hits(tmp_path, "no-assert") == [("firmware/meter/ring.py", 2), ("protocol/frame.py", 2)]
+
+
+# --- driver --------------------------------------------------------------------------
+
+
+def test_skipped_folders_and_syntax_errors(tmp_path: Path) -> None:
+    write(tmp_path, "tests/test_x.py", "import machine\nassert True\n")
+    write(tmp_path, ".venv/lib/machine_user.py", "import machine\n")
+    write(tmp_path, "protocol/broken.py", "def f(:\n")
+    found = lint.lint_tree(tmp_path)
+    assert [(f.path, f.rule) for f in found] == [("protocol/broken.py", "syntax")]
+
+
+def test_finding_says_where_what_and_what_instead(tmp_path: Path) -> None:
+    path = write(tmp_path, "protocol/crc.py", "assert 1\n")
+    (finding,) = lint.lint_file(path, tmp_path)
+    text = str(finding)
+    assert text.startswith("protocol/crc.py:1: [no-assert] ")
+    assert " -- " in text and "raise" in text
+
+
+def test_the_repo_is_clean() -> None:
+    findings = lint.lint_tree(ROOT)
+    assert findings == [], "\n".join(map(str, findings))
+    proc = subprocess.run(
+        [sys.executable, "tools/lint.py"], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_hypothesis_profile_follows_ci() -> None:
+    import os
+
+    from hypothesis import settings
+
+    from tests.conftest import in_ci
+
+    if os.environ.get("HYPOTHESIS_PROFILE"):
+        pytest.skip("profile chosen by hand with HYPOTHESIS_PROFILE")
+    assert settings().max_examples == (300 if in_ci() else 30)
+    assert settings().deadline is None
+
+
+# --- make menu and lock ----------------------------------------------------------------
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make not installed")
+def test_make_help_lists_the_menu() -> None:
+    out = subprocess.run(
+        ["make", "-s", "help"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    listed = set(re.findall(r"^  (\S+) ", out, re.MULTILINE))
+    wanted = {"setup", "check", "lint", "test", "test-mpy", "vectors", "demo", "bench", "clean"}
+    assert wanted <= listed, out
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_lock_pins_what_pyproject_pins() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = [*project["dependencies"], *project["optional-dependencies"]["dev"]]
+    lock: dict[str, str] = {}
+    for line in (ROOT / "requirements.lock").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version, f"unpinned line in requirements.lock: {line!r}"
+            lock[_norm(name)] = version
+    for spec in wanted:
+        name, _, version = spec.partition("==")
+        name = name.split("[", 1)[0]
+        assert lock.get(_norm(name)) == version, f"{spec} vs lock {lock.get(_norm(name))}"
+
+
+# --- the service fixtures themselves -----------------------------------------------------
+
+# MQTT 3.1.1 CONNECT, clean session, empty client id; the broker must answer CONNACK 0.
+_CONNECT = bytes([0x10, 12, 0, 4]) + b"MQTT" + bytes([4, 2, 0, 60, 0, 0])
+
+
+def _mqtt_handshake(host: str, port: int) -> bytes:
+    with socket.create_connection((host, port), timeout=5) as s:
+        s.sendall(_CONNECT)
+        return s.recv(4)
+
+
+def test_mqtt_broker_answers_and_restarts_on_the_same_port(mqtt_broker: Broker) -> None:
+    assert mqtt_broker.url == f"mqtt://127.0.0.1:{mqtt_broker.port}"
+    assert _mqtt_handshake(mqtt_broker.host, mqtt_broker.port) == b"\x20\x02\x00\x00"
+    port = mqtt_broker.port
+    mqtt_broker.restart()
+    assert mqtt_broker.port == port
+    assert _mqtt_handshake(mqtt_broker.host, mqtt_broker.port) == b"\x20\x02\x00\x00"
+
+
+def test_pg_schema_is_private_and_dropped(pg_dsn: str) -> None:
+    import psycopg
+
+    from tests.support.db import throwaway_schema
+
+    with throwaway_schema(pg_dsn) as pg_schema:
+        dsn, schema = pg_schema
+        assert dsn == pg_dsn
+        with psycopg.connect(pg_schema.scoped_dsn) as conn:
+            conn.execute("CREATE TABLE probe (x int)")
+            assert conn.execute("SELECT current_schema()").fetchone() == (schema,)
+    with psycopg.connect(pg_dsn) as conn:
+        gone = conn.execute(
+            "SELECT count(*) FROM information_schema.schemata WHERE schema_name = %s", (schema,)
+        ).fetchone()
+    assert gone == (0,)
+
+
+def test_pg_schema_fixture_unpacks(pg_schema: PgSchema) -> None:
+    dsn, schema = pg_schema
+    assert dsn and schema.startswith("t_")
