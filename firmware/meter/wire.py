@@ -1,0 +1,482 @@
+# The meter's own codec of protocol v1 (construct does not run on MicroPython).
+# Frames <-> canonical fields, byte-identical to protocol/frame.py; locked
+# together by the golden vectors in protocol/vectors/. SPEC.md is normative.
+import struct
+
+from meter import auth, blocks
+from meter.crc import crc16
+from meter.errors import (
+    BadCrc,
+    BadLength,
+    BadMac,
+    MalformedFrame,
+    MalformedPayload,
+    OverlongFrame,
+    ProtocolError,
+    Replay,
+    TruncatedFrame,
+    UnknownMessageType,
+    UnsupportedVersion,
+)
+
+try:
+    from micropython import const
+except ImportError:
+
+    def const(x):
+        return x
+
+
+VERSION = const(1)
+HEADER_LEN = const(15)
+CRC_LEN = const(2)
+AUTH_LEN = const(20)  # counter u32 + mac[16]
+MAX_PAYLOAD = const(4096)
+MAX_FRAME = const(4133)  # HEADER_LEN + MAX_PAYLOAD + AUTH_LEN + CRC_LEN
+FLAG_AUTH = const(0x01)
+_HEADER = ">BBBHIIH"
+
+# Field kinds. A type is one of these ints, or a tuple:
+# (_STRUCT, ((name, type), ...)), (_LIST8, item), (_LISTV, item), (_BYTES, n).
+_U8 = const(0)
+_U16 = const(1)
+_U32 = const(2)
+_U64 = const(3)
+_I8 = const(4)
+_I16 = const(5)
+_I32 = const(6)
+_VAR = const(7)
+_STR = const(8)
+_BLOCK = const(9)
+_SECTIONS = const(10)
+_STRUCT = const(11)
+_LIST8 = const(12)
+_LISTV = const(13)
+_BYTES = const(14)
+
+# struct format, size, min, max of the fixed-size integer kinds, by kind
+_INTS = (
+    (">B", 1, 0, 0xFF),
+    (">H", 2, 0, 0xFFFF),
+    (">I", 4, 0, 0xFFFFFFFF),
+    (">Q", 8, 0, 0xFFFFFFFFFFFFFFFF),
+    (">b", 1, -0x80, 0x7F),
+    (">h", 2, -0x8000, 0x7FFF),
+    (">i", 4, -0x80000000, 0x7FFFFFFF),
+)
+
+_CHANNEL = (_STRUCT, (("kind", _U8), ("unit", _U8), ("multiplier", _U16), ("scaler", _I8)))
+_ITEM = (_STRUCT, (("key", _U8), ("value", _I32)))
+_SLOT = (
+    _STRUCT,
+    (
+        ("slot", _U8),
+        ("action", _U8),
+        ("start", _U32),
+        ("end", _U32),
+        ("period_s", _U32),
+        ("offset_s", _U32),
+        ("what", _U8),
+    ),
+)
+_EVENT = (_STRUCT, (("code", _U8), ("time", _U32), ("data", _U32)))
+
+# tag -> (name, body type); a section body must be consumed exactly
+SECTIONS = {
+    1: ("clock", (_STRUCT, (("time", _U32),))),
+    2: ("registers", (_STRUCT, (("at", _U32), ("values", (_LIST8, _VAR))))),
+    3: ("midnight", (_STRUCT, (("day", _U32), ("values", (_LIST8, _VAR))))),
+    4: ("intervals", _BLOCK),
+    5: ("events", (_LISTV, _EVENT)),
+    6: ("schedules", (_LIST8, _SLOT)),
+    7: ("config", (_LIST8, _ITEM)),
+}
+SECTION_TAGS = {name: tag for tag, (name, _) in SECTIONS.items()}
+
+# type code -> (name, body fields)
+MESSAGES = {
+    0x01: (
+        "register",
+        (
+            ("fw_version", _STR),
+            ("interval_s", _U16),
+            ("capacity_days", _U16),
+            ("utc_offset_min", _I16),
+            ("meter_multiplier", _U16),
+            ("channels", (_LIST8, _CHANNEL)),
+        ),
+    ),
+    0x02: ("register_ack", (("status", _U8),)),
+    0x03: ("config_set", (("items", (_LIST8, _ITEM)),)),
+    0x04: ("config_ack", (("acked_seq", _U16), ("status", _U8))),
+    0x05: ("schedule_set", (("slots", (_LIST8, _SLOT)),)),
+    0x06: ("schedule_ack", (("acked_seq", _U16), ("status", _U8))),
+    0x07: ("read_request", (("mode", _U8), ("start", _U32), ("end", _U32), ("what", _U8))),
+    0x08: (
+        "read_response",
+        (
+            ("request_seq", _U16),
+            ("kind", _U8),
+            ("part", _U8),
+            ("parts", _U8),
+            ("sections", _SECTIONS),
+        ),
+    ),
+    0x09: ("read_ack", (("acked_seq", _U16), ("upto", _U32))),
+    0x0A: ("event", (("events", (_LIST8, _EVENT)),)),
+    0x0B: ("event_ack", (("acked_seq", _U16),)),
+    0x0C: ("time_sync_request", (("t1_ms", _U64),)),
+    0x0D: ("time_sync_response", (("t1_ms", _U64), ("t2_ms", _U64), ("t3_ms", _U64))),
+    0x0E: ("time_set", (("utc_ms", _U64),)),
+    0x0F: ("download_open", (("operator", _U16),)),
+    0x10: ("download_challenge", (("nonce", (_BYTES, 16)),)),
+    0x11: ("download_auth", (("operator", _U16), ("mac", (_BYTES, 32)))),
+    0x12: ("download_data", (("part", _U8), ("parts", _U8), ("sections", _SECTIONS))),
+    0x13: ("nack", (("nacked_type", _U8), ("nacked_seq", _U16), ("reason", _U8))),
+}
+MESSAGE_TYPES = {name: code for code, (name, _) in MESSAGES.items()}
+# downlink commands the meter must only accept with a valid MAC
+AUTH_REQUIRED = ("config_set", "schedule_set", "read_request", "time_set")
+
+# Anything a body parser may raise on bad input; re-raised as MalformedPayload.
+_STRUCT_ERROR = getattr(struct, "error", ValueError)
+_BAD_INPUT = (
+    _STRUCT_ERROR,
+    IndexError,
+    ValueError,
+    UnicodeError,
+    TypeError,
+    KeyError,
+    OverflowError,
+)
+
+
+# -- decoding ----------------------------------------------------------------
+
+
+def _check_utf8(b):
+    # MicroPython's decoder accepts overlong forms, surrogates and > U+10FFFF;
+    # CPython (and so the construct side) rejects them: check strictly here.
+    i = 0
+    n = len(b)
+    while i < n:
+        c = b[i]
+        if c < 0x80:
+            i += 1
+            continue
+        if 0xC2 <= c <= 0xDF:
+            k, lo, hi = 1, 0x80, 0xBF
+        elif 0xE0 <= c <= 0xEF:
+            k = 2
+            lo = 0xA0 if c == 0xE0 else 0x80
+            hi = 0x9F if c == 0xED else 0xBF
+        elif 0xF0 <= c <= 0xF4:
+            k = 3
+            lo = 0x90 if c == 0xF0 else 0x80
+            hi = 0x8F if c == 0xF4 else 0xBF
+        else:
+            raise MalformedPayload("invalid UTF-8", "a lead byte", "0x%02x at %d" % (c, i))
+        if i + k >= n:
+            raise MalformedPayload("truncated UTF-8", "%d continuation bytes" % k, "end")
+        c = b[i + 1]
+        if c < lo or c > hi:
+            raise MalformedPayload(
+                "invalid UTF-8", "continuation byte", "0x%02x at %d" % (c, i + 1)
+            )
+        for j in range(i + 2, i + k + 1):
+            if b[j] & 0xC0 != 0x80:
+                raise MalformedPayload(
+                    "invalid UTF-8", "continuation byte", "0x%02x at %d" % (b[j], j)
+                )
+        i += k + 1
+
+
+class _Reader:
+    def __init__(self, buf, pos, end):
+        self.buf = buf
+        self.pos = pos
+        self.end = end
+
+    def take(self, n, what):
+        p = self.pos
+        if n > self.end - p:
+            raise MalformedPayload(
+                "%s truncated" % what, "%d bytes" % n, "%d left" % (self.end - p)
+            )
+        self.pos = p + n
+        return p
+
+    def read(self, t, what):
+        if type(t) is int:
+            if t <= _I32:
+                fmt, size, _, _ = _INTS[t]
+                return struct.unpack_from(fmt, self.buf, self.take(size, what))[0]
+            if t == _VAR:
+                v, self.pos = blocks.decode_varint(self.buf, self.pos, self.end)
+                return v
+            if t == _STR:
+                n = self.buf[self.take(1, what)]
+                p = self.take(n, what)
+                raw = self.buf[p : p + n]
+                _check_utf8(raw)
+                return str(bytes(raw), "utf-8")
+            if t == _SECTIONS:
+                return [self.section() for _ in range(self.buf[self.take(1, what)])]
+            v = blocks.decode_block(self.buf[self.pos : self.end])  # _BLOCK fills its section
+            self.pos = self.end
+            return v
+        k = t[0]
+        if k == _STRUCT:
+            d = {}
+            for name, ft in t[1]:
+                d[name] = self.read(ft, name)
+            return d
+        if k == _LIST8:
+            n = self.buf[self.take(1, what)]
+        elif k == _LISTV:
+            n, self.pos = blocks.decode_varint(self.buf, self.pos, self.end)
+            if n > self.end - self.pos:  # every item is at least a byte: bound the loop
+                raise MalformedPayload("%s count" % what, "<= %d" % (self.end - self.pos), n)
+        else:  # _BYTES
+            p = self.take(t[1], what)
+            return bytes(self.buf[p : p + t[1]])
+        item = t[1]
+        return [self.read(item, what) for _ in range(n)]
+
+    def section(self):
+        tag = self.buf[self.take(1, "section tag")]
+        n, pos = blocks.decode_varint(self.buf, self.pos, self.end)
+        if n > self.end - pos:
+            raise MalformedPayload(
+                "section truncated", "%d bytes" % n, "%d left" % (self.end - pos)
+            )
+        spec = SECTIONS.get(tag)
+        if spec is None:
+            raise MalformedPayload("unknown section tag", "1..7", tag)
+        name, body_type = spec
+        sub = _Reader(self.buf, pos, pos + n)
+        body = sub.read(body_type, name)
+        if sub.pos != sub.end:
+            raise MalformedPayload("bytes left in %s section" % name, n, sub.pos - pos)
+        self.pos = pos + n
+        return {"tag": name, "body": body}
+
+
+def frame_length(data):
+    """Total length the header of data announces; checks 1-3 of SPEC's order."""
+    n = len(data)
+    if n < HEADER_LEN + CRC_LEN:
+        raise TruncatedFrame("frame shorter than header and CRC", ">= 17", n)
+    if data[0] != VERSION:
+        raise UnsupportedVersion("unsupported protocol version", VERSION, data[0])
+    plen = (data[13] << 8) | data[14]
+    if plen > MAX_PAYLOAD:
+        raise BadLength("payload length over maximum", "<= %d" % MAX_PAYLOAD, plen)
+    return HEADER_LEN + plen + (AUTH_LEN if data[2] & FLAG_AUTH else 0) + CRC_LEN
+
+
+def decode(data, key=None, last_counter=None):
+    """Decode one frame (bytes, bytearray or memoryview) to canonical fields.
+
+    Checks in SPEC.md's order; any byte string gives fields or a ProtocolError
+    subclass (a non-bytes argument is a TypeError). With key, also verifies
+    the MAC (BadMac; an AUTH_REQUIRED type without a trailer is BadMac too);
+    with last_counter, rejects counter <= last_counter (Replay), after the MAC.
+    """
+    if type(data) not in (bytes, bytearray, memoryview):
+        # a programming error, not line noise (MicroPython would view a str)
+        raise TypeError("frame must be bytes, bytearray or memoryview")
+    mv = memoryview(data)
+    n = len(mv)
+    expected = frame_length(mv)
+    if n < expected:
+        raise TruncatedFrame("frame shorter than its header says", expected, n)
+    if n > expected:
+        raise OverlongFrame("bytes after the frame's end", expected, n)
+    got = (mv[n - 2] << 8) | mv[n - 1]
+    want = crc16(mv[0 : n - 2])
+    if got != want:
+        raise BadCrc("CRC-16/X-25 mismatch", "0x%04x" % want, "0x%04x" % got)
+    spec = MESSAGES.get(mv[1])
+    if spec is None:
+        raise UnknownMessageType("unknown message type", "one of SPEC.md's types", "0x%02x" % mv[1])
+    flags = mv[2]
+    if flags & ~FLAG_AUTH:
+        raise MalformedFrame("reserved flag bits set", "0", "0x%02x" % flags)
+    name, body_fields = spec
+    _, _, _, seq, meter_id, timestamp, plen = struct.unpack_from(_HEADER, mv, 0)
+    end = HEADER_LEN + plen
+    r = _Reader(mv, HEADER_LEN, end)
+    try:
+        body = r.read((_STRUCT, body_fields), name)
+    except MalformedPayload:
+        raise
+    except _BAD_INPUT as e:
+        raise MalformedPayload("%s body does not parse: %r" % (name, e))
+    except MemoryError:
+        # a valid uplink block can hold ~130k values: more than a meter's heap
+        raise MalformedPayload("%s body does not fit in memory" % name, "<= free heap", plen)
+    if r.pos != end:
+        raise MalformedPayload("bytes left in %s payload" % name, plen, r.pos - HEADER_LEN)
+    fauth = None
+    if flags & FLAG_AUTH:
+        counter = struct.unpack_from(">I", mv, end)[0]
+        fauth = {"counter": counter, "mac": bytes(mv[end + 4 : end + AUTH_LEN])}
+    if fauth is not None:
+        if key is not None:
+            auth.verify_frame(mv, key, last_counter)  # BadMac, then Replay
+        elif last_counter is not None and fauth["counter"] <= last_counter:
+            raise Replay(
+                "counter not newer than the last accepted", "> %d" % last_counter, fauth["counter"]
+            )
+    elif key is not None and name in AUTH_REQUIRED:
+        raise BadMac("%s must be authenticated" % name, "AUTH flag", "none")
+    return {
+        "version": VERSION,
+        "type": name,
+        "seq": seq,
+        "meter_id": meter_id,
+        "timestamp": timestamp,
+        "auth": fauth,
+        "body": body,
+    }
+
+
+# -- encoding ----------------------------------------------------------------
+
+
+def _write(out, t, v, what):
+    if type(t) is int:
+        if t <= _I32:
+            fmt, _, lo, hi = _INTS[t]
+            if type(v) is not int or v < lo or v > hi:
+                raise MalformedPayload("%s out of range" % what, "int %d..%d" % (lo, hi), v)
+            out.extend(struct.pack(fmt, v))
+        elif t == _VAR:
+            blocks.encode_varint(v, out)
+        elif t == _STR:
+            if type(v) is not str:
+                raise MalformedPayload(what, "str", type(v).__name__)
+            raw = v.encode("utf-8")
+            _check_utf8(raw)  # a MicroPython str can hold a lone surrogate
+            if len(raw) > 0xFF:
+                raise MalformedPayload("%s too long" % what, "<= 255 UTF-8 bytes", len(raw))
+            out.append(len(raw))
+            out.extend(raw)
+        elif t == _SECTIONS:
+            _count(out, v, 0xFF, what)
+            for s in v:
+                _section(out, s)
+        else:  # _BLOCK
+            blocks.encode_block(v, out)
+        return
+    k = t[0]
+    if k == _STRUCT:
+        if type(v) is not dict:
+            raise MalformedPayload(what, "dict", type(v).__name__)
+        for name, ft in t[1]:
+            if name not in v:
+                raise MalformedPayload("field missing", name, "absent")
+            _write(out, ft, v[name], name)
+        return
+    if k == _BYTES:
+        if type(v) not in (bytes, bytearray) or len(v) != t[1]:
+            raise MalformedPayload(what, "%d bytes" % t[1], v)
+        out.extend(v)
+        return
+    if k == _LIST8:
+        _count(out, v, 0xFF, what)
+    else:
+        _count(out, v, None, what)
+    for item in v:
+        _write(out, t[1], item, what)
+
+
+def _count(out, v, limit, what):
+    if type(v) not in (list, tuple):
+        raise MalformedPayload(what, "list", type(v).__name__)
+    if limit is None:
+        blocks.encode_varint(len(v), out)
+    elif len(v) > limit:
+        raise MalformedPayload("too many %s" % what, "<= %d" % limit, len(v))
+    else:
+        out.append(len(v))
+
+
+def _section(out, s):
+    if type(s) is not dict or "tag" not in s or "body" not in s:
+        raise MalformedPayload("section", "{tag, body}", s)
+    tag = SECTION_TAGS.get(s["tag"])
+    if tag is None:
+        raise MalformedPayload(
+            "unknown section tag", "one of %s" % ", ".join(SECTION_TAGS), s["tag"]
+        )
+    body = bytearray()
+    _write(body, SECTIONS[tag][1], s["body"], s["tag"])
+    out.append(tag)
+    blocks.encode_varint(len(body), out)
+    out.extend(body)
+
+
+def encode(fields, key=None):
+    """Build one frame from canonical fields.
+
+    fields: version (default 1), type (name), seq, meter_id, timestamp,
+    auth (None or {"counter": int, "mac": ignored}; default None), body.
+    With auth set the frame is signed with key (required); without auth the
+    key is unused. Raises UnsupportedVersion, UnknownMessageType, BadLength or
+    MalformedPayload; never emits a frame the decoder would reject.
+    """
+    if type(fields) is not dict:
+        raise MalformedPayload("fields", "dict", type(fields).__name__)
+    version = fields.get("version", VERSION)
+    if version != VERSION or type(version) is not int:
+        raise UnsupportedVersion("cannot encode version", VERSION, version)
+    name = fields.get("type")
+    code = MESSAGE_TYPES.get(name) if type(name) is str else None
+    if code is None:
+        raise UnknownMessageType("cannot encode message type", "a type name", name)
+    fauth = fields.get("auth")
+    if fauth is not None:
+        if key is None:
+            raise MalformedPayload("authenticated frame needs a key", "key", None)
+        if type(key) not in (bytes, bytearray):
+            raise MalformedPayload("key", "bytes", type(key).__name__)
+        if type(fauth) is not dict or "counter" not in fauth:
+            raise MalformedPayload("auth", "{counter, mac}", fauth)
+    out = bytearray(HEADER_LEN)
+    try:
+        for f, t in (("seq", _U16), ("meter_id", _U32), ("timestamp", _U32)):
+            if f not in fields:
+                raise MalformedPayload("field missing", f, "absent")
+            _write(bytearray(), t, fields[f], f)  # range check only
+        if "body" not in fields:
+            raise MalformedPayload("field missing", "body", "absent")
+        _write(out, (_STRUCT, MESSAGES[code][1]), fields["body"], name)
+    except ProtocolError:
+        raise
+    except _BAD_INPUT as e:
+        raise MalformedPayload("cannot encode %s: %r" % (name, e))
+    plen = len(out) - HEADER_LEN
+    if plen > MAX_PAYLOAD:
+        raise BadLength("payload over maximum", "<= %d" % MAX_PAYLOAD, plen)
+    flags = FLAG_AUTH if fauth is not None else 0
+    struct.pack_into(
+        _HEADER,
+        out,
+        0,
+        VERSION,
+        code,
+        flags,
+        fields["seq"],
+        fields["meter_id"],
+        fields["timestamp"],
+        plen,
+    )
+    if fauth is not None:
+        counter = fauth["counter"]
+        mac = auth.frame_mac(key, out, counter)  # checks counter range
+        out.extend(struct.pack(">I", counter))
+        out.extend(mac)
+    out.extend(struct.pack(">H", crc16(out)))
+    return bytes(out)
