@@ -1,0 +1,229 @@
+# Clock validation policy (M06-M09): pure, handed the time.
+#
+# Once a day, at a random instant inside an interval and never within 60 s of
+# an interval boundary (M06), the meter sends time_sync_request(t1) and gets
+# (t1, t2, t3); t4 is its clock on receipt (all UTC ms). offset_and_delay()
+# compensates the round trip; decide() maps the offset to an action:
+#   |offset| <= 20 s        NONE         nothing to do
+#   20 s < |offset| < 120 s STEP         step the clock, log old/new (M07, M09)
+#   |offset| >= 120 s       OUT_OF_SYNC  push an event, do NOT step (M08);
+#                                        wait for an authenticated time_set
+# A lost reply, a reply after the timeout or a round trip over MAX_DELAY_MS is
+# a failed attempt: logged (M09) and retried at a new random instant later the
+# same day, up to `retries` times; then the next day's instant.
+
+try:
+    from micropython import const
+except ImportError:
+
+    def const(x):
+        return x
+
+
+from meter import events
+from meter import timeutil as tu
+
+NONE = const(0)
+STEP = const(1)
+OUT_OF_SYNC = const(2)
+FAILED = const(3)
+DECISIONS = ("none", "step", "out_of_sync", "failed")
+
+STEP_ABOVE_MS = const(20000)  # |offset| above this: step
+OUT_OF_SYNC_MS = const(120000)  # |offset| at or above this: out of sync, no step
+MARGIN_S = const(60)  # never sync within this of an interval boundary
+MAX_DELAY_MS = const(4000)  # longer round trips are rejected (error up to 2 s)
+TIMEOUT_S = const(30)  # no reply within this: failed attempt
+RETRIES = const(3)  # failed attempts retried per day
+RETRY_GAP_S = const(120)  # a retry is at least this long after the failure
+_DAY = const(86400)
+
+# Failure reasons (sync_failed event data).
+FAIL_TIMEOUT = const(1)
+FAIL_DELAY = const(2)
+FAIL_BAD_REPLY = const(3)
+
+
+class ClockError(ValueError):
+    """Bad argument to the clock policy."""
+
+
+def _allowed_before(x, base, interval_s):
+    # Allowed instants t in [base, x): (t - base) % interval_s in [MARGIN, interval_s - MARGIN].
+    per = interval_s - 2 * MARGIN_S + 1
+    q, r = divmod(x - base, interval_s)
+    r -= MARGIN_S
+    if r < 0:
+        r = 0
+    elif r > per:
+        r = per
+    return q * per + r
+
+
+def next_sync_instant(day_start, interval_s, rand_u32, after=None):
+    """A random instant of the day starting at day_start, >= 60 s from any boundary.
+
+    day_start: UTC instant of local midnight (a boundary). after: if given,
+    the instant is > after. Returns None if no allowed instant is left that day.
+    """
+    tu.check_interval(interval_s)
+    lo = day_start
+    if after is not None and after + 1 > lo:
+        lo = after + 1
+    hi = day_start + _DAY
+    if lo >= hi:
+        return None
+    a = _allowed_before(lo, day_start, interval_s)
+    n = _allowed_before(hi, day_start, interval_s) - a
+    if n <= 0:
+        return None
+    k = a + rand_u32 % n
+    per = interval_s - 2 * MARGIN_S + 1
+    q, r = divmod(k, per)
+    return day_start + q * interval_s + MARGIN_S + r
+
+
+def offset_and_delay(t1_ms, t2_ms, t3_ms, t4_ms):
+    """NTP on-wire calculation, integer ms: (offset, delay).
+
+    offset = ((t2 - t1) + (t3 - t4)) // 2 is what to add to the meter clock;
+    its error is at most delay / 2 (+1 ms rounding). delay = (t4 - t1) - (t3 - t2).
+    """
+    if t4_ms < t1_ms or t3_ms < t2_ms:
+        raise ClockError(
+            "timestamps out of order: t1=%r t2=%r t3=%r t4=%r" % (t1_ms, t2_ms, t3_ms, t4_ms)
+        )
+    return ((t2_ms - t1_ms) + (t3_ms - t4_ms)) // 2, (t4_ms - t1_ms) - (t3_ms - t2_ms)
+
+
+def decide(offset_ms):
+    """NONE, STEP or OUT_OF_SYNC for an estimated offset (M07, M08)."""
+    a = -offset_ms if offset_ms < 0 else offset_ms
+    if a <= STEP_ABOVE_MS:
+        return NONE
+    if a < OUT_OF_SYNC_MS:
+        return STEP
+    return OUT_OF_SYNC
+
+
+def event_for(decision, offset_ms, old_time_s, reason=0):
+    """(code, data) of the event the app logs for a verdict, or None (M08, M09)."""
+    if decision == STEP:
+        return (events.CLOCK_ADJUSTED, old_time_s)
+    if decision == OUT_OF_SYNC:
+        a = -offset_ms if offset_ms < 0 else offset_ms
+        return (events.CLOCK_OUT_OF_SYNC, (a + 500) // 1000)
+    if decision == FAILED:
+        return (events.SYNC_FAILED, reason)
+    return None
+
+
+class SyncState:
+    """Daily validation schedule with retries. All instants are meter UTC s.
+
+    Use: plan(now, r) once; when due(now): send t1 and call sent(now, t1);
+    on a reply: response(...); if timed_out(now): failed(now, r, FAIL_TIMEOUT).
+    """
+
+    def __init__(self, interval_s, utc_offset_s=0, retries=RETRIES, max_delay_ms=MAX_DELAY_MS):
+        tu.check_interval(interval_s)
+        tu.check_utc_offset(utc_offset_s)
+        self.interval_s = interval_s
+        self.utc_offset_s = utc_offset_s
+        self.retries = retries
+        self.max_delay_ms = max_delay_ms
+        self.next_at = None  # next attempt instant
+        self.day = None  # day_start of the day next_at belongs to
+        self.failures = 0  # failed attempts on that day
+        self.t1_ms = None  # request in flight
+        self.sent_at = 0
+        self.out_of_sync = False  # set by OUT_OF_SYNC, cleared by time_set()
+        self.last_ok = None  # meter time of the last successful validation
+        self.last_reason = 0  # reason of the last failed attempt (sync_failed data)
+
+    def _plan_day(self, day, rand_u32, after):
+        t = next_sync_instant(day, self.interval_s, rand_u32, after)
+        if t is None:
+            day += _DAY
+            t = next_sync_instant(day, self.interval_s, rand_u32)
+        if day != self.day:
+            self.failures = 0
+        self.day = day
+        self.next_at = t
+        return t
+
+    def plan(self, now, rand_u32):
+        """Plan today's validation (or tomorrow's if none is left today)."""
+        return self._plan_day(tu.day_start(now, self.utc_offset_s), rand_u32, now)
+
+    def set_interval(self, interval_s, now, rand_u32):
+        """The interval length changed: re-plan so the instant avoids the new boundaries."""
+        tu.check_interval(interval_s)
+        self.interval_s = interval_s
+        if self.t1_ms is None:
+            return self.plan(now, rand_u32)
+        return self.next_at
+
+    def due(self, now):
+        return self.t1_ms is None and self.next_at is not None and now >= self.next_at
+
+    def sent(self, now, t1_ms):
+        """A time_sync_request carrying t1_ms was sent at `now`."""
+        self.t1_ms = t1_ms
+        self.sent_at = now
+
+    def timed_out(self, now):
+        return self.t1_ms is not None and now - self.sent_at >= TIMEOUT_S
+
+    def failed(self, now, rand_u32, reason=FAIL_TIMEOUT):
+        """A failed attempt (the app logs sync_failed, M09). Returns the next attempt instant.
+
+        Retries at a random allowed instant >= RETRY_GAP_S later the same day,
+        at most `retries` times a day; after that, tomorrow's instant.
+        """
+        self.t1_ms = None
+        self.last_reason = reason
+        self.failures += 1
+        day = tu.day_start(now, self.utc_offset_s)
+        if day != self.day:
+            self.day = day
+            self.failures = 1
+        if self.failures <= self.retries:
+            return self._plan_day(day, rand_u32, now + RETRY_GAP_S - 1)
+        return self._plan_day(day + _DAY, rand_u32, None)
+
+    def response(self, t1_ms, t2_ms, t3_ms, t4_ms, now, rand_u32):
+        """A time_sync_response arrived; t4_ms = meter clock on receipt.
+
+        Returns (decision, offset_ms, delay_ms), or None for a reply that does
+        not match the request in flight (ignored). A too-long round trip or an
+        impossible reply is FAILED (re-planned as by failed(); the reason is
+        in last_reason).
+        On NONE/STEP/OUT_OF_SYNC the next attempt is tomorrow's. The app steps
+        the clock by offset_ms on STEP, then calls the recorder's clock_step.
+        """
+        if self.t1_ms is None or t1_ms != self.t1_ms:
+            return None
+        try:
+            offset, delay = offset_and_delay(t1_ms, t2_ms, t3_ms, t4_ms)
+        except ClockError:
+            self.failed(now, rand_u32, FAIL_BAD_REPLY)
+            return (FAILED, 0, 0)
+        if delay > self.max_delay_ms or now - self.sent_at >= TIMEOUT_S:
+            self.failed(now, rand_u32, FAIL_DELAY if delay > self.max_delay_ms else FAIL_TIMEOUT)
+            return (FAILED, offset, delay)
+        self.t1_ms = None
+        d = decide(offset)
+        if d == OUT_OF_SYNC:
+            self.out_of_sync = True
+        else:
+            self.out_of_sync = False
+            self.last_ok = now
+        day = tu.day_start(now, self.utc_offset_s)
+        self._plan_day(day + _DAY, rand_u32, None)
+        return (d, offset, delay)
+
+    def time_set(self, now):
+        """An authenticated time_set was applied: the clock is good again."""
+        self.out_of_sync = False
+        self.last_ok = now

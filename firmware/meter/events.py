@@ -1,0 +1,262 @@
+# Event log logic (M10): codes, push mask, push queue with retry until acked.
+#
+# The persistent log (the store) is the source of truth. EventLog writes every
+# event to a duck-typed sink:
+#   sink.append_event(code, time, data) -> seq (int, increasing)
+#   sink.events(since_seq) -> iterator of (seq, code, time, data) in seq order
+# EventLog only reads seqs >= the one it wants, so the sink may treat
+# `since_seq` as inclusive or exclusive. Events whose code is in the push mask
+# also go to a bounded RAM queue and are pushed until an event_ack names a
+# frame seq that carried them. If the RAM queue is full, later events are
+# re-read from the sink once it drains: nothing is forgotten.
+
+try:
+    from micropython import const
+except ImportError:
+
+    def const(x):
+        return x
+
+
+POWER_DOWN = const(1)
+POWER_UP = const(2)
+CLOCK_ADJUSTED = const(3)  # data = old time
+CLOCK_OUT_OF_SYNC = const(4)  # data = |offset| s
+SYNC_FAILED = const(5)
+SCHEDULE_CHANGED = const(6)  # data = slot
+READ_FAILED = const(7)
+CONFIG_CHANGED = const(8)  # data = key
+DOWNLOAD_GRANTED = const(9)  # data = operator
+DOWNLOAD_DENIED = const(10)
+TAMPER = const(11)
+SELF_TEST = const(12)  # data = result
+AUTH_FAILED = const(13)
+READ_UNANSWERABLE = const(14)
+INTERVAL_CHANGED = const(15)  # data = new interval_s
+MESSAGE_SENT = const(16)  # data = message type
+
+NAMES = (
+    None,
+    "power_down",
+    "power_up",
+    "clock_adjusted",
+    "clock_out_of_sync",
+    "sync_failed",
+    "schedule_changed",
+    "read_failed",
+    "config_changed",
+    "download_granted",
+    "download_denied",
+    "tamper",
+    "self_test",
+    "auth_failed",
+    "read_unanswerable",
+    "interval_changed",
+    "message_sent",
+)
+MAX_CODE = const(16)
+
+# Push mask: bit (1 << code). Bit 0 and bits above 16 are reserved.
+MASK_ALL = const(0x1FFFE)
+# Always pushed whatever the mask: M08 requires the out-of-sync message.
+ALWAYS_PUSH = const(0x10)  # 1 << CLOCK_OUT_OF_SYNC
+# Never pushed: pushing message_sent would log another message_sent (a loop).
+NEVER_PUSH = const(0x10000)  # 1 << MESSAGE_SENT
+DEFAULT_PUSH_MASK = const(0x2836)  # power_down/up, out_of_sync, sync_failed, tamper, auth_failed
+
+# Message types whose body is usage data: not logged as message_sent.
+USAGE_TYPES = (0x08, 0x12)  # read_response, download_data
+
+RETRY_BASE_S = const(30)
+RETRY_CAP_S = const(3600)
+QUEUE_CAP = const(32)
+BATCH_MAX = const(16)
+_SEQS_KEPT = const(4)  # frame seqs remembered per batch (late acks still count)
+_U32 = const(0xFFFFFFFF)
+
+
+class EventError(ValueError):
+    """Bad event code, data or push mask."""
+
+
+def check_code(code):
+    if not isinstance(code, int) or not 1 <= code <= MAX_CODE:
+        raise EventError("event code must be 1..%d, got %r" % (MAX_CODE, code))
+    return code
+
+
+def check_push_mask(mask):
+    if not isinstance(mask, int) or mask & ~MASK_ALL:
+        raise EventError("push mask: only bits 1..16 may be set, got %r" % (mask,))
+    return mask
+
+
+def retry_delay(attempt, rand_u32):
+    """Seconds to wait before re-push number `attempt` (1 = after the first send).
+
+    Exponential from 30 s, capped at 3600 s, with "equal jitter": uniformly in
+    [d/2, d] so a fleet that lost its link together does not retry together.
+    """
+    if attempt < 1:
+        attempt = 1
+    d = RETRY_BASE_S
+    while attempt > 1 and d < RETRY_CAP_S:
+        d *= 2
+        attempt -= 1
+    if d > RETRY_CAP_S:
+        d = RETRY_CAP_S
+    half = d // 2
+    return d - half + rand_u32 % (half + 1)
+
+
+class MemorySink:
+    """In-RAM event sink (tests, virtual board without a store)."""
+
+    def __init__(self, cap=None):
+        self.cap = cap
+        self.rows = []  # (seq, code, time, data)
+        self.next_seq = 1
+
+    def append_event(self, code, time, data):
+        seq = self.next_seq
+        self.next_seq += 1
+        self.rows.append((seq, code, time, data))
+        if self.cap is not None and len(self.rows) > self.cap:
+            self.rows.pop(0)
+        return seq
+
+    def events(self, since_seq):
+        for row in self.rows:
+            if row[0] >= since_seq:
+                yield row
+
+
+class StoreSink:
+    """Adapts a store whose event rows carry data as bytes, in the order
+    (seq, time_s, code, data_bytes) (firmware/meter/store.py as written), to the
+    sink contract above. Event data is a u32 on the wire, stored as 4 bytes BE.
+    """
+
+    def __init__(self, store):
+        self.store = store
+
+    def append_event(self, code, time, data):
+        return self.store.append_event(code, time, data.to_bytes(4, "big"))
+
+    def events(self, since_seq):
+        for seq, time, code, data in self.store.events(since_seq):
+            yield (seq, code, time, int.from_bytes(data, "big"))
+
+
+class EventLog:
+    """Event logging and pushing over a persistence sink."""
+
+    def __init__(self, sink, push_mask=DEFAULT_PUSH_MASK, queue_cap=QUEUE_CAP):
+        self.sink = sink
+        self.push_mask = check_push_mask(push_mask)
+        self.queue_cap = queue_cap
+        self._queue = []  # (seq, code, time, data) waiting for an ack, oldest first
+        self._reload_from = 0  # > 0: events from this seq on overflowed the queue
+        self._batch = 0  # number of queue entries in flight
+        self._seqs = []  # frame seqs that carried the batch in flight
+        self.attempt = 0  # transmissions of the batch in flight
+        self.next_try = 0  # earliest re-push instant
+
+    def pushes(self, code):
+        m = (self.push_mask | ALWAYS_PUSH) & ~NEVER_PUSH
+        return bool(m & (1 << code))
+
+    def set_push_mask(self, mask):
+        """Set which codes are pushed at once (config key 3). Logged by the app."""
+        self.push_mask = check_push_mask(mask)
+
+    def log(self, code, now, data=0):
+        """Log an event at meter time `now`. Returns its seq."""
+        check_code(code)
+        if not isinstance(data, int) or not 0 <= data <= _U32:
+            raise EventError("event data must be a u32, got %r" % (data,))
+        seq = self.sink.append_event(code, now, data)
+        if self.pushes(code):
+            if self._reload_from or len(self._queue) >= self.queue_cap:
+                if not self._reload_from:
+                    self._reload_from = seq
+            else:
+                self._queue.append((seq, code, now, data))
+        return seq
+
+    def message_sent(self, msg_type, now):
+        """Log a non-usage message just sent (event 16). Returns seq, or None for usage data."""
+        if msg_type in USAGE_TYPES:
+            return None
+        return self.log(MESSAGE_SENT, now, msg_type)
+
+    def since(self, seq):
+        """Every persisted event with seq >= `seq` (for reads and downloads)."""
+        for row in self.sink.events(seq - 1):
+            if row[0] >= seq:
+                yield row
+
+    # -- pushing -------------------------------------------------------------
+
+    def pending(self):
+        """Number of events waiting in RAM for an ack (overflowed ones not counted)."""
+        return len(self._queue)
+
+    def push_due(self, now):
+        """True when a push (first send or re-push) should be sent now."""
+        if not self._queue:
+            return False
+        if not self.attempt:
+            return True
+        return now >= self.next_try
+
+    def batch(self, max_count=BATCH_MAX):
+        """The events for the next event frame: list of (code, time, data).
+
+        The first call picks up to max_count queued events; until they are
+        acked every call returns exactly the same events (a re-push), so an
+        ack for any frame that carried them removes exactly those.
+        """
+        if not self._batch:
+            self._batch = min(max_count, len(self._queue))
+            self._seqs = []
+            self.attempt = 0
+        return [(e[1], e[2], e[3]) for e in self._queue[: self._batch]]
+
+    def pushed(self, frame_seq, now, rand_u32):
+        """The batch went out in frame `frame_seq` at `now`. Returns the re-push instant."""
+        if not self._batch:
+            raise EventError("pushed() without a batch()")
+        self.attempt += 1
+        self._seqs.append(frame_seq)
+        if len(self._seqs) > _SEQS_KEPT:
+            self._seqs.pop(0)
+        self.next_try = now + retry_delay(self.attempt, rand_u32)
+        return self.next_try
+
+    def acked(self, frame_seq):
+        """event_ack for frame_seq. Returns how many events it removed (0: unknown seq)."""
+        if not self._batch or frame_seq not in self._seqs:
+            return 0
+        n = self._batch
+        del self._queue[:n]
+        self._batch = 0
+        self._seqs = []
+        self.attempt = 0
+        self.next_try = 0
+        self._reload()
+        return n
+
+    def _reload(self):
+        # Refill the RAM queue from the sink after an overflow.
+        start = self._reload_from
+        if not start:
+            return
+        self._reload_from = 0
+        for row in self.sink.events(start - 1):
+            if row[0] < start or not self.pushes(row[1]):
+                continue
+            if len(self._queue) >= self.queue_cap:
+                self._reload_from = row[0]
+                return
+            self._queue.append(row)
