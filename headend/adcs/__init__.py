@@ -1,0 +1,1 @@
+"""ADCS logic: registration, read groups, schedules, on-demand reads, time service."""

@@ -1,0 +1,164 @@
+"""Service configuration: documented defaults, a TOML file, env, then flags.
+
+Precedence (last wins): the defaults below, `--config FILE` (TOML, the same
+keys, in a `[headend]` table), environment variables `AMI_<KEY>` (upper-case),
+command-line flags. Every key is documented on `Config`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import time
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from headend.errors import ConfigError
+
+DEV_MASTER_KEY = "00" * 32
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting of the head-end, with its default.
+
+    Attributes:
+        broker: MQTT broker URL (``mqtt://host:port``).
+        database: store URL (``sqlite:///path`` or ``postgresql://…``).
+        share_group: MQTT 5 shared-subscription group: workers with the same
+            group share the meters' uplinks (``$share/<group>/ami/v1/+/up``).
+        worker: this worker's MQTT client id (unique per process).
+        report_tz: IANA time zone for reports and exports.
+        master_key: hex key from which each meter's key is derived
+            (HMAC-SHA256(master, meter id)); the default is for development only.
+        realtime_topic: where ingested data is published for real-time
+            subscribers; ``{meter}`` is replaced by the meter id.
+        assign_at: local time (report_tz) of the evening placement of
+            unscheduled meters into read groups.
+        window_start, window_end: the nightly collection window.
+        group_minutes: length of one read group.
+        group_capacity: meters a read group can hold.
+        schedule_ack_timeout_s: a schedule without ack after this is flagged and re-sent.
+        ondemand_timeout_s: an on-demand read without a valid answer after this is retried.
+        ondemand_retries: retries of an on-demand read before the requester and
+            the operator are notified.
+        serial: serial lines, each ``{url = "...", baud = 19200}``; meters are
+            learned from the frames that arrive on a line.
+        speed: simulated-clock speed factor (1 = real time); start instant
+            ``clock_start`` (UTC s, 0 = now).
+    """
+
+    broker: str = "mqtt://127.0.0.1:1883"
+    database: str = "sqlite:///var/headend.sqlite"
+    share_group: str = "headend"
+    worker: str = "headend-1"
+    report_tz: str = "UTC"
+    master_key: str = DEV_MASTER_KEY
+    realtime_topic: str = "ami/v1/data/{meter}"
+    assign_at: str = "20:00"
+    window_start: str = "00:01"
+    window_end: str = "08:00"
+    group_minutes: int = 20
+    group_capacity: int = 250_000
+    schedule_ack_timeout_s: int = 900
+    ondemand_timeout_s: int = 240
+    ondemand_retries: int = 1
+    serial: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+    speed: float = 1.0
+    clock_start: int = 0
+
+    def __post_init__(self) -> None:
+        try:
+            ZoneInfo(self.report_tz)
+        except (ZoneInfoNotFoundError, ValueError) as e:
+            raise ConfigError(f"report_tz: expected an IANA zone, got {self.report_tz!r}") from e
+        for name in ("assign_at", "window_start", "window_end"):
+            parse_hhmm(name, getattr(self, name))
+        try:
+            key = bytes.fromhex(self.master_key)
+        except ValueError as e:
+            raise ConfigError("master_key: expected 64 hex digits") from e
+        if len(key) != 32:
+            raise ConfigError(f"master_key: expected 32 bytes, got {len(key)}")
+        if not self.broker.startswith("mqtt://"):
+            raise ConfigError(f"broker: expected mqtt://host:port, got {self.broker!r}")
+        for name in (
+            "group_minutes",
+            "group_capacity",
+            "schedule_ack_timeout_s",
+            "ondemand_timeout_s",
+        ):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name}: expected > 0, got {getattr(self, name)}")
+        if self.ondemand_retries < 0 or self.speed <= 0:
+            raise ConfigError("ondemand_retries must be >= 0 and speed > 0")
+
+    @property
+    def broker_host_port(self) -> tuple[str, int]:
+        rest = self.broker.removeprefix("mqtt://").rstrip("/")
+        host, _, port = rest.rpartition(":")
+        if not host:
+            return rest, 1883
+        try:
+            return host, int(port)
+        except ValueError as e:
+            raise ConfigError(f"broker: bad port in {self.broker!r}") from e
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.report_tz)
+
+
+def parse_hhmm(name: str, value: str) -> time:
+    """`HH:MM` → time, or ConfigError naming the key."""
+    try:
+        hh, mm = value.split(":")
+        return time(int(hh), int(mm))
+    except ValueError as e:
+        raise ConfigError(f"{name}: expected HH:MM, got {value!r}") from e
+
+
+def _coerce(name: str, raw: Any) -> Any:
+    kind = {f.name: f.type for f in dataclasses.fields(Config)}[name]
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind.startswith("tuple"):
+            return tuple(raw)
+        return str(raw)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{name}: expected {kind}, got {raw!r}") from e
+
+
+def load(
+    path: Path | None = None, env: Mapping[str, str] | None = None, **overrides: Any
+) -> Config:
+    """Build the config from defaults, a TOML file, env and explicit overrides.
+
+    Raises:
+        ConfigError: unknown keys, unreadable file, or bad values.
+    """
+    names = {f.name for f in dataclasses.fields(Config)}
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise ConfigError(f"config file {path}: {e}") from e
+        table = data.get("headend", data)
+        unknown = set(table) - names
+        if unknown:
+            raise ConfigError(f"config file {path}: unknown keys {sorted(unknown)}")
+        values.update({k: _coerce(k, v) for k, v in table.items()})
+    environ: Mapping[str, str] = os.environ if env is None else env
+    for name in names:
+        if f"AMI_{name.upper()}" in environ:
+            values[name] = _coerce(name, environ[f"AMI_{name.upper()}"])
+    values.update({k: _coerce(k, v) for k, v in overrides.items() if v is not None})
+    return Config(**values)

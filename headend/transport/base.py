@@ -1,0 +1,44 @@
+"""The one interface every link to meters implements."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from headend.errors import HeadendError
+
+
+class TransportError(HeadendError):
+    """A link could not carry a frame (down, closed, or refused)."""
+
+
+@dataclass(frozen=True)
+class Uplink:
+    """One frame as it arrived, with the link it came by."""
+
+    meter_id: int
+    frame: bytes
+    transport: str
+
+
+Deliver = Callable[[Uplink], Awaitable[None]]
+
+
+class Transport(Protocol):
+    """A link to some meters.
+
+    `run` receives until cancelled, reconnecting by itself with backoff;
+    `send` hands one frame to one meter (TransportError if it cannot).
+    """
+
+    name: str
+
+    async def run(self, deliver: Deliver) -> None: ...
+
+    async def send(self, meter_id: int, frame: bytes) -> None: ...
+
+
+def backoff_s(attempt: int, base: float = 0.5, cap: float = 30.0) -> float:
+    """Reconnect delay: exponential and capped (the loop adds no jitter: one service)."""
+    return float(min(cap, base * 2 ** min(attempt, 16)))

@@ -1,0 +1,114 @@
+"""MQTT link (aiomqtt, MQTT 5): shared subscription to every meter's uplink.
+
+Workers with the same share group split the uplinks between them
+(`$share/<group>/ami/v1/+/up`); the session is persistent (clean start off,
+long session expiry), so QoS 1 uplinks that arrive while a worker reconnects
+wait at the broker. Reconnection lives here, in the application loop, as
+aiomqtt's docs advise; a frame that cannot be sent raises TransportError and
+the caller's retry policy decides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from headend.transport.base import Deliver, TransportError, Uplink, backoff_s
+
+log = logging.getLogger(__name__)
+
+UP = "ami/v1/{meter}/up"
+DOWN = "ami/v1/{meter}/down"
+SESSION_EXPIRY_S = 7 * 86400
+
+
+def meter_from_topic(topic: str) -> int | None:
+    """The meter id of `ami/v1/<id>/up`, or None for any other topic."""
+    parts = topic.split("/")
+    if len(parts) != 4 or parts[:2] != ["ami", "v1"] or parts[3] != "up":
+        return None
+    try:
+        meter = int(parts[2])
+    except ValueError:
+        return None
+    return meter if 0 <= meter <= 0xFFFFFFFF else None
+
+
+class MqttTransport:
+    """Args: host, port, client_id (unique per worker), share_group."""
+
+    def __init__(self, host: str, port: int, client_id: str, share_group: str = "headend") -> None:
+        self.name = "mqtt"
+        self.host = host
+        self.port = port
+        self.client_id = client_id
+        self.share_group = share_group
+        self._client: aiomqtt.Client | None = None
+        self.connected = asyncio.Event()
+        self.reconnects = 0
+        self.dropped = 0  # uplinks on a topic that names no meter
+
+    def _new_client(self) -> aiomqtt.Client:
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = SESSION_EXPIRY_S
+        return aiomqtt.Client(
+            self.host,
+            self.port,
+            identifier=self.client_id,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            clean_start=False,
+            properties=props,
+            keepalive=30,
+            max_queued_outgoing_messages=100_000,
+        )
+
+    async def run(self, deliver: Deliver) -> None:
+        attempt = 0
+        while True:
+            try:
+                async with self._new_client() as client:
+                    self._client = client
+                    await client.subscribe(f"$share/{self.share_group}/ami/v1/+/up", qos=1)
+                    self.connected.set()
+                    attempt = 0
+                    async for message in client.messages:
+                        meter = meter_from_topic(str(message.topic))
+                        payload = message.payload
+                        if meter is None or not isinstance(payload, bytes | bytearray):
+                            self.dropped += 1
+                            log.warning("dropped uplink on %s: not a meter frame", message.topic)
+                            continue
+                        await deliver(Uplink(meter, bytes(payload), self.name))
+            except aiomqtt.MqttError as e:
+                self._client = None
+                self.connected.clear()
+                self.reconnects += 1
+                delay = backoff_s(attempt)
+                attempt += 1
+                log.warning("MQTT link lost (%s); reconnecting in %.1f s", e, delay)
+                await asyncio.sleep(delay)
+            finally:
+                self._client = None
+                self.connected.clear()
+
+    async def send(self, meter_id: int, frame: bytes) -> None:
+        await self.publish(DOWN.format(meter=meter_id), frame)
+
+    async def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
+        """Publish on any topic (real-time subscribers, notifications)."""
+        client = self._client
+        if client is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.connected.wait(), 5)
+            client = self._client
+        if client is None:
+            raise TransportError(f"MQTT broker {self.host}:{self.port} not connected")
+        try:
+            await client.publish(topic, payload, qos=qos)
+        except aiomqtt.MqttError as e:
+            raise TransportError(f"publish to {topic} failed: {e}") from e
