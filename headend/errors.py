@@ -1,0 +1,37 @@
+"""The head-end's one exception root and its few subclasses.
+
+Every error the head-end raises on purpose is a `HeadendError`. Errors from
+libraries (sqlite3, psycopg, OS errors) are translated at the edge with
+``raise ... from`` so callers catch one family. Messages say what was expected
+and what arrived.
+"""
+
+from __future__ import annotations
+
+
+class HeadendError(Exception):
+    """Root of every error the head-end raises on purpose."""
+
+
+class ConfigError(HeadendError):
+    """A configuration value is missing or not acceptable."""
+
+
+class InvalidData(HeadendError):
+    """Data does not fit its definition (shape, range, unit, interval length)."""
+
+
+class StoreError(HeadendError):
+    """The meter-data store failed or refused an operation."""
+
+
+class UnknownMeter(StoreError):
+    """The meter id is not registered in the store."""
+
+    def __init__(self, meter_id: int) -> None:
+        super().__init__(f"meter {meter_id} is not registered")
+        self.meter_id = meter_id
+
+
+class SchemaError(StoreError):
+    """The database schema is not one this head-end can use (e.g. newer)."""
