@@ -28,8 +28,14 @@ def test_qos1_both_ways_and_persistent_session(mqtt_broker: Broker) -> None:
         async def handler(topic: str, payload: bytes) -> None:
             got.append((topic, payload))
 
-        meter = Client("meter-t1", mqtt_broker.host, mqtt_broker.port,
-                       subscriptions=("ami/v1/1/down",), handler=handler, keepalive_s=5)
+        meter = Client(
+            "meter-t1",
+            mqtt_broker.host,
+            mqtt_broker.port,
+            subscriptions=("ami/v1/1/down",),
+            handler=handler,
+            keepalive_s=5,
+        )
         head = Client("head-t1", mqtt_broker.host, mqtt_broker.port, keepalive_s=5)
         tasks = [asyncio.create_task(meter.run()), asyncio.create_task(head.run())]
         await asyncio.wait_for(meter.connected.wait(), 5)
@@ -43,8 +49,14 @@ def test_qos1_both_ways_and_persistent_session(mqtt_broker: Broker) -> None:
         await asyncio.sleep(0.2)
         pid = await head.publish("ami/v1/1/down", b"while-away")
         assert await head.wait_acked(pid, 5)
-        meter2 = Client("meter-t1", mqtt_broker.host, mqtt_broker.port,
-                        subscriptions=("ami/v1/1/down",), handler=handler, keepalive_s=5)
+        meter2 = Client(
+            "meter-t1",
+            mqtt_broker.host,
+            mqtt_broker.port,
+            subscriptions=("ami/v1/1/down",),
+            handler=handler,
+            keepalive_s=5,
+        )
         tasks.append(asyncio.create_task(meter2.run()))
         await _until(lambda: ("ami/v1/1/down", b"while-away") in got)
         await meter2.stop()
@@ -64,8 +76,14 @@ def test_unacked_publish_survives_broker_restart(mqtt_broker_private: Broker) ->
         async def handler(topic: str, payload: bytes) -> None:
             got.append(payload)
 
-        sink = Client("sink-t2", b.host, b.port, subscriptions=("ami/v1/2/up",),
-                      handler=handler, keepalive_s=2)
+        sink = Client(
+            "sink-t2",
+            b.host,
+            b.port,
+            subscriptions=("ami/v1/2/up",),
+            handler=handler,
+            keepalive_s=2,
+        )
         meter = Client("meter-t2", b.host, b.port, keepalive_s=2)
         tasks = [asyncio.create_task(sink.run()), asyncio.create_task(meter.run())]
         await asyncio.wait_for(meter.connected.wait(), 5)
