@@ -1,0 +1,133 @@
+"""Flash wear of the meter's store on the NOR-flash model.
+
+`python -m bench flash-wear` runs the real firmware store (firmware/meter/store.py)
+on the host NOR model with the default configuration: 15-minute intervals on 4
+channels from the reference load profile, a midnight register read, an event log
+and config/state writes. After a warm-up that wraps every ring once, it counts the
+erases of every block over the measured days and prints one JSON line: erases per
+block per simulated day, the most-erased block, years until it reaches 100,000
+erases (target >= 20), the steady-state estimate from the format alone, and the
+store's flash footprint at the 5-minute worst case (<= 256 KiB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+FIRMWARE = Path(__file__).resolve().parents[1] / "firmware"
+if str(FIRMWARE) not in sys.path:
+    sys.path.insert(0, str(FIRMWARE))
+
+from hal.norflash import NORFlash  # noqa: E402
+from meter import store  # noqa: E402
+
+LIMIT = 100_000
+TARGET_YEARS = 20
+T0 = 1_704_067_200  # 2024-01-01T00:00:00Z
+
+
+def _profile() -> list[list[tuple[int, int, int, int]]]:
+    """Interval values per day from the reference CSV, or a flat synthetic day."""
+    try:
+        from bench.profile import DEFAULT_CSV, load_days
+
+        days = load_days(DEFAULT_CSV)
+        return [list(zip(*values, strict=True)) for _, values in days]
+    except Exception:  # noqa: BLE001 - the CSV is optional for this bench
+        return [[(100 + i % 40, i % 7, 30 + i % 9, 0) for i in range(96)]]
+
+
+def simulate(
+    days: int = 365,
+    warmup_days: int = 160,
+    interval_s: int = 900,
+    events_per_day: int = 24,
+    config_puts_per_day: int = 4,
+) -> dict[str, Any]:
+    """Run the store for warmup_days + days; return the wear figures."""
+    flash = NORFlash(4096, 64)
+    s = store.Store(flash).mount()
+    s.put_config(1, b"meter 4711 interval %d utc+60 mask 0x00ff" % interval_s)
+    for slot in range(4):
+        s.put_config(10 + slot, b"schedule %d: daily 02:%02d" % (slot, 20 * slot))
+    profile = _profile()
+    per_day = 86400 // interval_s
+    ev_every = max(1, per_day // events_per_day) if events_per_day else 0
+    cf_every = max(1, per_day // config_puts_per_day) if config_puts_per_day else 0
+    before: list[int] = []
+    t_start = time.perf_counter()
+    for day in range(warmup_days + days):
+        if day == warmup_days:
+            before = list(flash.erase_counts)
+        day_t = T0 + day * 86400
+        s.append_register_read(day_t, s.registers())
+        values = profile[day % len(profile)]
+        for i in range(per_day):
+            t = day_t + i * interval_s
+            v = values[(i * len(values)) // per_day]
+            s.append_interval(t, interval_s, 0, v)
+            if ev_every and i % ev_every == ev_every - 1:
+                s.append_event(0x10 + i % 8, t + 37, b"%d" % i)
+            if cf_every and i % cf_every == cf_every - 1:
+                s.put_config(2, b"last-ack %d" % t)
+    elapsed = time.perf_counter() - t_start
+    delta = [a - b for a, b in zip(flash.erase_counts, before, strict=True)]
+    worst = max(delta)
+    ib, eb, cb = s.blocks
+    measured_years = store.wear_years(worst, days, LIMIT)
+    est = store.wear_estimate(
+        interval_s=interval_s,
+        events_per_day=events_per_day,
+        config_puts_per_day=config_puts_per_day,
+        limit=LIMIT,
+    )
+    rings = {"intervals": (0, ib), "events": (ib, ib + eb), "config": (ib + eb, ib + eb + cb)}
+    footprint = store.footprint(4096)
+    years = measured_years if measured_years is not None else est["years_to_limit"]
+    return {
+        "interval_s": interval_s,
+        "channels": store.CHANNELS,
+        "events_per_day": events_per_day,
+        "config_puts_per_day": config_puts_per_day,
+        "warmup_days": warmup_days,
+        "days": days,
+        "blocks": {"intervals": ib, "events": eb, "config": cb, "block_size": 4096},
+        "erases_per_block_per_day": [round(d / days, 5) for d in delta],
+        "max_erases_per_block_per_day": {
+            name: round(max(delta[a:b]) / days, 5) for name, (a, b) in rings.items()
+        },
+        "most_erased_block": delta.index(worst),
+        "years_to_100k_erases": years,
+        "years_to_100k_erases_estimate": est["years_to_limit"],
+        "meets_20_years": years is not None and years >= TARGET_YEARS,
+        "retained_intervals": sum(1 for _ in s.intervals()),
+        "footprint_bytes_5min": footprint,
+        "fits_256_kib": footprint <= 256 * 1024,
+        "seconds": round(elapsed, 2),
+    }
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench flash-wear", description=__doc__)
+    parser.add_argument("--days", type=int, default=365, help="measured days (default 365)")
+    parser.add_argument("--warmup-days", type=int, default=160, help="days before measuring")
+    parser.add_argument("--interval", type=int, default=900, choices=store.NOMINAL)
+    parser.add_argument("--events-per-day", type=int, default=24)
+    parser.add_argument("--config-puts-per-day", type=int, default=4)
+    args = parser.parse_args(argv)
+    if args.days <= 0 or args.warmup_days < 0:
+        parser.error("--days must be > 0 and --warmup-days >= 0")
+    out = simulate(
+        args.days, args.warmup_days, args.interval, args.events_per_day, args.config_puts_per_day
+    )
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

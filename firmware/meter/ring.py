@@ -1,0 +1,274 @@
+# Log-structured ring of records over the erase blocks of a block device.
+#
+# The device is anything with readblocks(block, buf, offset) /
+# writeblocks(block, buf, offset) / ioctl(op, arg): esp32.Partition on the board,
+# hal.norflash.NORFlash on the host. Only programming with an offset (no erase)
+# and ioctl(6) (erase one block) are used, so the ring never relies on the
+# device erasing for it.
+#
+# Format (see STORE.md): every block starts with a 48-byte header (3 slots)
+#   <HBBI magic "AM", ring tag, format version, block sequence number
+#   36 payload bytes (owner-defined: a snapshot of the owner's state)
+#   <I    CRC-32 of the 44 bytes before it (0xFFFFFFFF is never stored)
+# then 16-byte slots. A record fills 1, 2, 4 or 16 whole slots; its first byte
+# is kind << 2 | size class, its last two bytes a check value (low 16 bits of
+# CRC-32 over the rest, 0xFFFF never stored). A torn record fails its check;
+# a torn first byte can only gain 1 bits, so it never claims fewer slots than
+# the record it was meant to be: skipping it never lands inside it.
+# Blocks are used in sequence order; to reuse the oldest block its magic is
+# zeroed first, then it is erased, then a new header is written. A block without
+# a valid header is free, whatever else it holds.
+import struct
+
+try:
+    from micropython import const
+except ImportError:
+
+    def const(x):
+        return x
+
+
+try:
+    from binascii import crc32
+except ImportError:  # pragma: no cover - ports without binascii.crc32
+    crc32 = None
+
+SLOT = const(16)
+HDR_SLOTS = const(3)
+HDR_BYTES = const(48)
+PAYLOAD_BYTES = const(36)
+MAX_RECORD = const(256)
+MAGIC = const(0x4D41)  # bytes "AM": neither byte is 0x00 nor 0xFF
+VERSION = const(1)
+NSLOT = (1, 2, 4, 16)  # slots per size class (2 low bits of a record's first byte)
+MAX_KIND = const(62)  # kind 63 with class 3 would be 0xFF, the erased value
+
+_IOCTL_COUNT = const(4)
+_IOCTL_SIZE = const(5)
+_IOCTL_ERASE = const(6)
+_FF = b"\xff" * SLOT
+_ZERO2 = b"\x00\x00"
+
+
+def _crc32_soft(data, crc=0):
+    crc ^= 0xFFFFFFFF
+    for b in data:
+        crc ^= b
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0xEDB88320 & -(crc & 1))
+    return crc ^ 0xFFFFFFFF
+
+
+if crc32 is None:  # pragma: no cover
+    crc32 = _crc32_soft
+
+
+def check16(mv):
+    """Check value of a record body: low 16 bits of CRC-32, never 0xFFFF."""
+    c = crc32(mv) & 0xFFFF
+    return 0xFFFE if c == 0xFFFF else c
+
+
+def check32(mv):
+    c = crc32(mv) & 0xFFFFFFFF
+    return 0xFFFFFFFE if c == 0xFFFFFFFF else c
+
+
+def size_class(nbytes):
+    """Smallest size class holding nbytes (record bytes including the check)."""
+    for c in range(4):
+        if NSLOT[c] * SLOT >= nbytes:
+            return c
+    raise ValueError("record of %d bytes exceeds %d" % (nbytes, MAX_RECORD))
+
+
+class StoreError(ValueError):
+    """The store cannot do what was asked (bad argument, full, bad geometry)."""
+
+
+class Ring:
+    """Records appended to `count` blocks starting at `first`; oldest block reused.
+
+    Owner hooks (optional attributes):
+      payload(buf)  fill the 36-byte header payload of a block being opened
+      opened()      called after a new head block got its header
+    """
+
+    def __init__(self, bdev, first, count, tag):
+        bs = bdev.ioctl(_IOCTL_SIZE, 0)
+        if bs % 256 or bs < 1024:
+            raise StoreError("block size %d: need a multiple of 256, >= 1024" % bs)
+        if count < 2:
+            raise StoreError("a ring needs at least 2 blocks")
+        total = bdev.ioctl(_IOCTL_COUNT, 0)
+        if first < 0 or first + count > total:
+            raise StoreError(
+                "ring blocks %d..%d outside device (%d)" % (first, first + count, total)
+            )
+        self.bdev = bdev
+        self.first = first
+        self.count = count
+        self.tag = tag
+        self.spb = bs // SLOT  # slots per block
+        self.usable = self.spb - HDR_SLOTS  # record slots per block
+        self.order = []  # blocks in use (relative index), oldest first
+        self.head = -1  # head block (relative), -1 = ring empty
+        self.head_seq = 0
+        self.wpos = 0  # next free slot in the head block
+        self.hdr = bytearray(HDR_BYTES)
+        self.buf = bytearray(MAX_RECORD)  # record being built by the owner
+        self.payload = None
+        self.opened = None
+
+    # --- headers --------------------------------------------------------------------
+    def read_header(self, blk, hdr=None):
+        """Sequence number of block `blk` if its header is valid, else -1.
+        The payload is left in hdr[8:44] (default: self.hdr)."""
+        if hdr is None:
+            hdr = self.hdr
+        self.bdev.readblocks(self.first + blk, hdr, 0)
+        magic, tag, ver, seq = struct.unpack_from("<HBBI", hdr, 0)
+        if magic != MAGIC or tag != self.tag or ver != VERSION:
+            return -1
+        if struct.unpack_from("<I", hdr, 44)[0] != check32(memoryview(hdr)[:44]):
+            return -1
+        return seq
+
+    def mount(self):
+        """Find the blocks in use and the head. Reads one header per block."""
+        found = []
+        for b in range(self.count):
+            seq = self.read_header(b)
+            if seq >= 0:
+                found.append((seq, b))
+        found.sort()
+        self.order = [b for _, b in found]
+        if found:
+            self.head_seq, self.head = found[-1]
+            end = [HDR_SLOTS]
+            for _ in self.records(self.head, end):
+                pass
+            self.wpos = end[0]
+        else:
+            self.head = -1
+            self.head_seq = 0
+            self.wpos = 0
+
+    def next_victim(self):
+        """The block the next _open() will take: the first free block after the
+        head, else the oldest block."""
+        h = self.head
+        for i in range(1, self.count + 1):
+            b = (h + i) % self.count
+            if b not in self.order:
+                return b
+        return self.order[0]
+
+    def _open(self):
+        v = self.next_victim()
+        bdev = self.bdev
+        if v in self.order:
+            self.order.remove(v)
+            bdev.writeblocks(self.first + v, _ZERO2, 0)  # invalidate before erasing
+        bdev.ioctl(_IOCTL_ERASE, self.first + v)
+        hdr = self.hdr
+        seq = self.head_seq + 1
+        for i in range(HDR_BYTES):
+            hdr[i] = 0xFF
+        struct.pack_into("<HBBI", hdr, 0, MAGIC, self.tag, VERSION, seq)
+        mv = memoryview(hdr)
+        if self.payload is not None:
+            self.payload(mv[8:44])
+        struct.pack_into("<I", hdr, 44, check32(mv[:44]))
+        bdev.writeblocks(self.first + v, hdr, 0)
+        self.order.append(v)
+        self.head = v
+        self.head_seq = seq
+        self.wpos = HDR_SLOTS
+        if self.opened is not None:
+            self.opened()
+
+    def room(self):
+        """Free record slots left in the head block (0 if the ring is empty)."""
+        return self.spb - self.wpos if self.head >= 0 else 0
+
+    # --- records --------------------------------------------------------------------
+    def append(self, kind, nbytes, buf=None):
+        """Commit a record of kind `kind` whose body is buf[1:nbytes] (default
+        self.buf); fills byte 0, padding and check, writes it in one program
+        operation. Returns (block, slot)."""
+        if buf is None:
+            buf = self.buf
+        c = size_class(nbytes + 2)
+        n = NSLOT[c]
+        if self.head < 0 or self.wpos + n > self.spb:
+            self._open()
+            if self.wpos + n > self.spb:
+                raise StoreError("no room for a %d-slot record after opening a block" % n)
+        end = n * SLOT
+        buf[0] = (kind << 2) | c
+        for i in range(nbytes, end - 2):
+            buf[i] = 0xFF
+        mv = memoryview(buf)
+        struct.pack_into("<H", buf, end - 2, check16(mv[: end - 2]))
+        slot = self.wpos
+        self.bdev.writeblocks(self.first + self.head, mv[:end], slot * SLOT)
+        self.wpos = slot + n
+        return self.head, slot
+
+    def read(self, blk, slot, buf):
+        """Read the record at (blk, slot) into buf; returns its length or 0 if
+        it is not a valid record."""
+        mv = memoryview(buf)
+        self.bdev.readblocks(self.first + blk, mv[:SLOT], slot * SLOT)
+        if buf[0] == 0xFF:
+            return 0
+        n = NSLOT[buf[0] & 3] * SLOT
+        if slot * SLOT + n > self.spb * SLOT:
+            return 0
+        if n > SLOT:
+            self.bdev.readblocks(self.first + blk, mv[SLOT:n], slot * SLOT + SLOT)
+        if struct.unpack_from("<H", buf, n - 2)[0] != check16(mv[: n - 2]):
+            return 0
+        return n
+
+    def records(self, blk, end=None):
+        """Yield (slot, kind, record memoryview) for each valid record of block
+        `blk` in write order. The memoryview is only valid until the next
+        step. If `end` (a 1-item list) is given, end[0] is set to the slot after
+        the last non-empty item: where the next record may be written."""
+        win = bytearray(MAX_RECORD)
+        mv = memoryview(win)
+        spb = self.spb
+        dev = self.bdev
+        ws = 0  # first slot in window
+        wn = 0  # slots in window
+        pos = HDR_SLOTS
+        last = HDR_SLOTS
+        while pos < spb:
+            if pos < ws or pos >= ws + wn:
+                ws = pos
+                wn = min(16, spb - pos)
+                dev.readblocks(self.first + blk, mv[: wn * SLOT], pos * SLOT)
+            off = (pos - ws) * SLOT
+            b0 = win[off]
+            if b0 == 0xFF and win[off : off + SLOT] == _FF:  # bytearray == bytes: all ports
+                pos += 1
+                continue
+            n = NSLOT[b0 & 3]
+            if pos + n > spb:
+                last = spb  # torn or garbage tail: the block is full
+                break
+            if pos + n > ws + wn:
+                ws = pos
+                wn = min(16, spb - pos)
+                dev.readblocks(self.first + blk, mv[: wn * SLOT], pos * SLOT)
+                off = 0
+            L = n * SLOT
+            rec = mv[off : off + L]
+            pos += n
+            last = pos
+            if struct.unpack_from("<H", win, off + L - 2)[0] == check16(rec[: L - 2]):
+                yield pos - n, b0 >> 2, rec
+        if end is not None:
+            end[0] = last

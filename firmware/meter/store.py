@@ -1,0 +1,411 @@
+# The meter's persistent store (M02, M05): interval ring, event log, config/state,
+# on any block device (esp32.Partition on the board, hal.norflash on the host).
+#
+#   s = Store(bdev).mount()
+#   s.append_interval(start_s, interval_s, flags, (wh_imp, wh_exp, varh_imp, varh_exp))
+#   for start_s, interval_s, flags, values in s.intervals(since_s, until_s): ...
+#   s.registers()            cumulative registers, rebuilt at mount
+#   seq = s.append_event(code, time_s, data); s.events(since_seq)
+#   s.put_config(key, bytes); s.get_config(key)
+#
+# All values are integers (energy in the channel's unit, time in UTC seconds):
+# floats are refused, as ESP32 floats are single precision. Logic only: no clock.
+# Format, limits and timing: STORE.md next to this file.
+import struct
+
+from meter.config_log import ConfigLog
+from meter.ring import HDR_SLOTS, NSLOT, SLOT, Ring, StoreError
+
+try:
+    from micropython import const
+except ImportError:
+
+    def const(x):
+        return x
+
+
+CHANNELS = const(4)
+INTERVALS_45D_5MIN = const(12960)  # 45 days x 288
+REGISTER_READS_45D = const(45)  # one midnight register read per day, 2 slots each
+HEADROOM_SLOTS = const(256)  # torn slots after cuts, partial/wide records
+TAG_INTERVALS = const(1)
+TAG_EVENTS = const(2)
+TAG_CONFIG = const(3)
+KIND_INTERVAL = const(0)  # 1 slot: nominal length, flags < 32, values < 65536
+KIND_INTERVAL_WIDE = const(1)  # 2 slots: any length/flags, values < 2**32
+KIND_REG_SET = const(2)  # 2 slots: registers set to absolute values
+KIND_REG_READ = const(3)  # 2 slots: a register read (midnight, M03)
+KIND_EVENT = const(0)
+NOMINAL = (300, 600, 900, 1800, 3600)  # interval lengths of the compact record
+REG_MOD = 1 << 48  # registers roll over at 2**48
+U32 = 0xFFFFFFFF
+MAX_EVENT_DATA = const(242)
+# flag bits (the recorder decides what it sets; the store only keeps 8 bits)
+FLAG_POWER_FAIL = const(1)
+FLAG_CLOCK_SET = const(2)
+FLAG_PARTIAL = const(4)
+
+
+def _int(x, lo, hi, what):
+    if not isinstance(x, int) or isinstance(x, bool):
+        raise TypeError("%s must be an int, got %r" % (what, x))
+    if x < lo or x > hi:
+        raise StoreError("%s %d out of range %d..%d" % (what, x, lo, hi))
+    return x
+
+
+def layout(block_size=4096, min_intervals=INTERVALS_45D_5MIN):
+    """Blocks per ring for a block size: (interval, event, config).
+
+    The interval ring keeps (blocks - 1) full blocks at all times (one block may
+    be being reused), which must hold min_intervals compact records + 45 register
+    reads + HEADROOM_SLOTS (torn slots after cuts, partial/wide records)."""
+    usable = block_size // SLOT - HDR_SLOTS
+    need = min_intervals + 2 * REGISTER_READS_45D + HEADROOM_SLOTS
+    ib = (need + usable - 1) // usable + 1
+    eb = max(3, (6 * 4096) // block_size)
+    cb = max(3, (4 * 4096) // block_size)
+    return ib, eb, cb
+
+
+def footprint(block_size=4096, min_intervals=INTERVALS_45D_5MIN):
+    ib, eb, cb = layout(block_size, min_intervals)
+    return (ib + eb + cb) * block_size
+
+
+class Store:
+    """Interval ring + event log + config on blocks [first, first + total) of bdev."""
+
+    def __init__(self, bdev, first=0, interval_blocks=0, event_blocks=0, config_blocks=0):
+        bs = bdev.ioctl(5, 0)
+        ib, eb, cb = layout(bs)
+        ib = interval_blocks or ib
+        eb = event_blocks or eb
+        cb = config_blocks or cb
+        self.block_size = bs
+        self.first = first
+        self.blocks = (ib, eb, cb)
+        self.bdev = bdev
+        self._iv = Ring(bdev, first, ib, TAG_INTERVALS)
+        self._ev = Ring(bdev, first + ib, eb, TAG_EVENTS)
+        self._cf = ConfigLog(bdev, first + ib + eb, cb, TAG_CONFIG)
+        self._iv.payload = self._iv_payload
+        self._ev.payload = self._ev_payload
+        self._regs = [0] * CHANNELS
+        self._hw = 0  # highest interval start seen (running max)
+        self._last = None
+        self._next_seq = 1
+        self._mounted = False
+
+    # --- capacity -------------------------------------------------------------------
+    def total_blocks(self):
+        return self.blocks[0] + self.blocks[1] + self.blocks[2]
+
+    def capacity(self):
+        """Guaranteed retention in slots: (interval slots, event slots, config slots).
+        A compact interval uses 1 slot, a wide one or a register read 2."""
+        u = self._iv.usable
+        ib, eb, cb = self.blocks
+        return (ib - 1) * u, (eb - 1) * u, self._cf.limit
+
+    # --- mount ----------------------------------------------------------------------
+    def mount(self):
+        """Rebuild head/tail, registers, last interval, next event seq and the config
+        index from flash. Reads every block header and scans the head blocks (and
+        all config blocks): bounded time, O(blocks) memory."""
+        iv = self._iv
+        iv.mount()
+        self._regs = [0] * CHANNELS
+        self._hw = 0
+        self._last = None
+        if iv.head >= 0:
+            iv.read_header(iv.head)
+            vals = struct.unpack_from("<I4Q", iv.hdr, 8)
+            self._hw = vals[0]
+            self._regs = list(vals[1:])
+            for _, kind, rec in iv.records(iv.head):
+                self._apply(kind, rec)
+            if self._last is None:
+                for i in range(len(iv.order) - 2, -1, -1):
+                    for _, kind, rec in iv.records(iv.order[i]):
+                        if kind <= KIND_INTERVAL_WIDE:
+                            self._last = _decode(kind, rec)
+                    if self._last is not None:
+                        break
+        ev = self._ev
+        ev.mount()
+        self._next_seq = 1
+        if ev.head >= 0:
+            ev.read_header(ev.head)
+            self._next_seq = struct.unpack_from("<I", ev.hdr, 8)[0]
+            for _, kind, rec in ev.records(ev.head):
+                if kind == KIND_EVENT:
+                    seq = struct.unpack_from("<I", rec, 1)[0]
+                    if seq >= self._next_seq:
+                        self._next_seq = seq + 1
+        self._cf.mount()
+        self._mounted = True
+        return self
+
+    def _need_mount(self):
+        if not self._mounted:
+            raise StoreError("store not mounted: call mount() first")
+
+    def _apply(self, kind, rec):
+        regs = self._regs
+        if kind <= KIND_INTERVAL_WIDE:
+            t = _decode(kind, rec)
+            v = t[3]
+            for i in range(CHANNELS):
+                regs[i] = (regs[i] + v[i]) % REG_MOD
+            if t[0] > self._hw:
+                self._hw = t[0]
+            self._last = t
+        elif kind == KIND_REG_SET:
+            r = _decode_regs(rec)
+            for i in range(CHANNELS):
+                regs[i] = r[1][i]
+
+    def _iv_payload(self, mv):
+        r = self._regs
+        struct.pack_into("<I4Q", mv, 0, self._hw, r[0], r[1], r[2], r[3])
+
+    def _ev_payload(self, mv):
+        struct.pack_into("<I", mv, 0, self._next_seq)
+
+    # --- intervals ------------------------------------------------------------------
+    def append_interval(self, start_s, interval_s, flags, values):
+        """Commit one closed interval. Returns when it is on flash."""
+        self._need_mount()
+        _int(start_s, 0, U32, "start_s")
+        _int(interval_s, 1, 0xFFFF, "interval_s")
+        _int(flags, 0, 255, "flags")
+        if len(values) != CHANNELS:
+            raise StoreError("need %d channel values, got %d" % (CHANNELS, len(values)))
+        small = interval_s in NOMINAL and flags < 32
+        for v in values:
+            _int(v, 0, U32, "channel value")
+            if v > 0xFFFF:
+                small = False
+        buf = self._iv.buf
+        v0, v1, v2, v3 = values
+        if small:
+            code = (flags << 3) | NOMINAL.index(interval_s)
+            struct.pack_into("<IB4H", buf, 1, start_s, code, v0, v1, v2, v3)
+            self._iv.append(KIND_INTERVAL, 14)
+        else:
+            struct.pack_into("<IHB4I", buf, 1, start_s, interval_s, flags, v0, v1, v2, v3)
+            self._iv.append(KIND_INTERVAL_WIDE, 24)
+        regs = self._regs
+        for i in range(CHANNELS):
+            regs[i] = (regs[i] + values[i]) % REG_MOD
+        if start_s > self._hw:
+            self._hw = start_s
+        self._last = (start_s, interval_s, flags, tuple(values))
+
+    def _append_regs(self, kind, time_s, values):
+        self._need_mount()
+        _int(time_s, 0, U32, "time_s")
+        if len(values) != CHANNELS:
+            raise StoreError("need %d register values" % CHANNELS)
+        for v in values:
+            _int(v, 0, REG_MOD - 1, "register")
+        buf = self._iv.buf
+        struct.pack_into("<I", buf, 1, time_s)
+        for i in range(CHANNELS):
+            v = values[i]
+            struct.pack_into("<IH", buf, 5 + 6 * i, v & U32, v >> 32)
+        self._iv.append(kind, 29)
+
+    def set_registers(self, time_s, values):
+        """Set the cumulative registers (installation, meter exchange)."""
+        self._append_regs(KIND_REG_SET, time_s, values)
+        for i in range(CHANNELS):
+            self._regs[i] = values[i]
+
+    def append_register_read(self, time_s, values):
+        """Store a register read (e.g. the midnight read of M03)."""
+        self._append_regs(KIND_REG_READ, time_s, values)
+
+    def registers(self):
+        """Cumulative registers: all committed intervals since the last set."""
+        return tuple(self._regs)
+
+    def last_interval(self):
+        return self._last
+
+    def _blocks_from(self, ring, skip):
+        """Blocks of `ring` oldest first, starting at the first block whose
+        successor's header does not allow skip(payload) to skip it."""
+        order = list(ring.order)
+        hdr = bytearray(48)
+        start = 0
+        for i in range(len(order) - 1):
+            if ring.read_header(order[i + 1], hdr) < 0 or not skip(hdr):
+                break
+            start = i + 1
+        return order[start:]
+
+    def intervals(self, since_s=0, until_s=U32 + 1):
+        """Yield (start_s, interval_s, flags, values) with since_s <= start_s < until_s,
+        oldest first (in the order they were appended)."""
+        self._need_mount()
+        iv = self._iv
+
+        def skip(hdr):
+            return struct.unpack_from("<I", hdr, 8)[0] < since_s
+
+        for blk in self._blocks_from(iv, skip):
+            for _, kind, rec in iv.records(blk):
+                if kind <= KIND_INTERVAL_WIDE:
+                    t = struct.unpack_from("<I", rec, 1)[0]
+                    if since_s <= t < until_s:
+                        yield _decode(kind, rec)
+
+    def register_reads(self, since_s=0, until_s=U32 + 1):
+        """Yield (time_s, registers) of register reads with since_s <= time_s < until_s."""
+        self._need_mount()
+        iv = self._iv
+        for blk in list(iv.order):
+            for _, kind, rec in iv.records(blk):
+                if kind == KIND_REG_READ:
+                    r = _decode_regs(rec)
+                    if since_s <= r[0] < until_s:
+                        yield r
+
+    # --- events ---------------------------------------------------------------------
+    def append_event(self, code, time_s, data=b""):
+        """Log an event; returns its sequence number (1, 2, ...)."""
+        self._need_mount()
+        _int(code, 0, 0xFFFF, "event code")
+        _int(time_s, 0, U32, "time_s")
+        n = len(data)
+        if n > MAX_EVENT_DATA:
+            raise StoreError("event data of %d bytes exceeds %d" % (n, MAX_EVENT_DATA))
+        seq = self._next_seq
+        buf = self._ev.buf
+        struct.pack_into("<IIHB", buf, 1, seq, time_s, code, n)
+        buf[12 : 12 + n] = data
+        self._ev.append(KIND_EVENT, 12 + n)
+        self._next_seq = seq + 1
+        return seq
+
+    def next_event_seq(self):
+        return self._next_seq
+
+    def events(self, since_seq=0):
+        """Yield (seq, time_s, code, data) for the retained events with seq >= since_seq."""
+        self._need_mount()
+        ev = self._ev
+
+        def skip(hdr):
+            return struct.unpack_from("<I", hdr, 8)[0] <= since_seq
+
+        for blk in self._blocks_from(ev, skip):
+            for _, kind, rec in ev.records(blk):
+                if kind == KIND_EVENT:
+                    seq, t, code, n = struct.unpack_from("<IIHB", rec, 1)
+                    if seq >= since_seq:
+                        yield seq, t, code, bytes(rec[12 : 12 + n])
+
+    # --- config ---------------------------------------------------------------------
+    def put_config(self, key, value):
+        """Persist bytes `value` (<= 251) under int `key` (0..255); last put wins."""
+        self._need_mount()
+        self._cf.put(key, value)
+
+    def get_config(self, key, default=None):
+        self._need_mount()
+        return self._cf.get(key, default)
+
+    def delete_config(self, key):
+        self._need_mount()
+        self._cf.delete(key)
+
+    def config_keys(self):
+        return self._cf.keys()
+
+    # --- wear -----------------------------------------------------------------------
+    def erase_counts(self):
+        """Erase count per block of this store if the device counts them (the host
+        NOR model does; esp32.Partition does not): list or None."""
+        c = getattr(self.bdev, "erase_counts", None)
+        if c is None:
+            return None
+        return list(c[self.first : self.first + self.total_blocks()])
+
+
+def _decode(kind, rec):
+    if kind == KIND_INTERVAL:
+        t, code, v0, v1, v2, v3 = struct.unpack_from("<IB4H", rec, 1)
+        return t, NOMINAL[code & 7], code >> 3, (v0, v1, v2, v3)
+    t, ilen, flags, v0, v1, v2, v3 = struct.unpack_from("<IHB4I", rec, 1)
+    return t, ilen, flags, (v0, v1, v2, v3)
+
+
+def _decode_regs(rec):
+    t = struct.unpack_from("<I", rec, 1)[0]
+    out = []
+    for i in range(CHANNELS):
+        lo, hi = struct.unpack_from("<IH", rec, 5 + 6 * i)
+        out.append(lo | (hi << 32))
+    return t, tuple(out)
+
+
+# --- flash wear (bench/flash_wear.py) ------------------------------------------------
+def wear_years(max_erases, days, limit=100000):
+    """Years until the most-erased block reaches `limit` erases, at the rate
+    max_erases per `days` days (integer arithmetic; None if no erases)."""
+    if max_erases <= 0:
+        return None
+    return limit * days // (max_erases * 365)
+
+
+def wear_estimate(
+    block_size=4096,
+    interval_s=900,
+    events_per_day=24,
+    event_data=4,
+    config_puts_per_day=4,
+    config_value=32,
+    limit=100000,
+):
+    """Steady-state erases per block per day (as (erases, days) fractions per ring)
+    and years until the most-erased block reaches `limit`, from the format alone.
+
+    Each ring erases one block per block filled, round robin, so a block is
+    erased once per (blocks x usable slots) slots written to its ring."""
+    ib, eb, cb = layout(block_size)
+    usable = block_size // SLOT - HDR_SLOTS
+    iv_slots = 86400 // interval_s + 2  # intervals + one register read
+    n_ev = NSLOT[_cls(12 + event_data + 2)]
+    ev_slots = events_per_day * n_ev
+    n_cf = NSLOT[_cls(3 + config_value + 2)]
+    cf_slots = config_puts_per_day * n_cf
+    # config: each new block also receives copies of the victim's live records,
+    # at most half a block: the worst case wears as if a block fills twice as fast
+    rings = (
+        ("intervals", ib, iv_slots, 1),
+        ("events", eb, ev_slots, 1),
+        ("config", cb, cf_slots, 2),
+    )
+    out = {}
+    worst_num, worst_den = 0, 1
+    for name, blocks, slots, factor in rings:
+        # erases per block per day = slots * factor / (usable * blocks)
+        num, den = slots * factor, usable * blocks
+        out[name] = (num, den)
+        if num * worst_den > worst_num * den:
+            worst_num, worst_den = num, den
+    years = None
+    if worst_num:
+        years = limit * worst_den // (worst_num * 365)
+    out["years_to_limit"] = years
+    return out
+
+
+def _cls(nbytes):
+    for c in range(4):
+        if NSLOT[c] * SLOT >= nbytes:
+            return c
+    raise StoreError("record too large")
