@@ -100,11 +100,13 @@ test: check ## check, then the firmware tests on MicroPython, then pytest
 vectors: setup ## regenerate protocol/vectors/*.jsonl
 	$(BIN)/python -m protocol.vectors
 
-demo: setup ## one meter, the broker and the head-end, end to end (in progress)
+demo: setup ## the main job end to end on real parts (MicroPython, mosquitto, head-end, SQLite)
 	$(BIN)/python -m hil demo
 
-bench: setup ## print the benchmark figures (wire size for now)
+bench: setup ## print the benchmark figures (wire, flash wear, ingest on SQLite)
 	$(BIN)/python -m bench wire --csv $(BENCH_CSV)
+	$(BIN)/python -m bench flash-wear
+	$(BIN)/python -m bench ingest --meter-days 20000 --backend sqlite
 
 # Resolves pyproject.toml afresh in a scratch venv; commit the result.
 lock: ## re-resolve the dependencies and rewrite requirements.lock
