@@ -100,19 +100,22 @@ def encode_channel(values: Sequence[int]) -> bytes:
     return bytes(out)
 
 
-def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+def read_varint(data: bytes, pos: int, max_bytes: int = 10) -> tuple[int, int]:
+    """(value, next position) of a strict LEB128 varint at `pos` (minimal, < 2**64)."""
     value = 0
-    for i in range(5):  # a base is < 2**31: at most 5 bytes
+    for i in range(max_bytes):
         if pos >= len(data):
-            raise MalformedPayload("channel stream truncated", "varint byte", "end")
+            raise MalformedPayload("varint truncated", "a varint byte", "end of data")
         b = data[pos]
         pos += 1
         value |= (b & 0x7F) << (7 * i)
         if not b & 0x80:
             if b == 0 and i:
                 raise MalformedPayload("non-minimal varint", "minimal LEB128", "trailing 0x00")
+            if value >= 1 << 64:
+                raise MalformedPayload("varint over 64 bits", "< 2**64", value)
             return value, pos
-    raise MalformedPayload("group base varint too long", "<= 5 bytes", "more")
+    raise MalformedPayload("varint too long", f"<= {max_bytes} bytes", "more")
 
 
 def _unpack_sub_byte(data: bytes, pos: int, end: int, n: int, width: int) -> list[int]:
@@ -151,7 +154,7 @@ def decode_channel(data: bytes, count: int) -> list[int]:
         if head & MODE_DELTA:
             pos += 1
         else:
-            base, pos = _read_varint(data, pos + 1)
+            base, pos = read_varint(data, pos + 1, 5)  # a base is < 2**31
         end = pos + ((n * width + 7) >> 3)
         if end > size:
             raise MalformedPayload("channel stream truncated", f"{end - pos} bytes", size - pos)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from protocol import blocks
+from protocol.blocks import read_varint
 from protocol.errors import MalformedPayload
 
 _HBBB = struct.Struct(">HBBB")
@@ -22,24 +23,6 @@ _BLOCK_HEAD = struct.Struct(">IHHB")
 _EVENT = struct.Struct(">BII")
 _SLOT = struct.Struct(">BBIIIIB")
 _CONFIG = struct.Struct(">Bi")
-
-
-def read_varint(data: bytes, pos: int) -> tuple[int, int]:
-    """(value, next position) of a strict LEB128 varint at `pos`."""
-    value = 0
-    for i in range(10):
-        if pos >= len(data):
-            raise MalformedPayload("varint truncated", "a varint byte", "end of data")
-        b = data[pos]
-        pos += 1
-        value |= (b & 0x7F) << (7 * i)
-        if not b & 0x80:
-            if b == 0 and i:
-                raise MalformedPayload("non-minimal varint", "minimal LEB128", "trailing 0x00")
-            if value >= 1 << 64:
-                raise MalformedPayload("varint over 64 bits", "< 2**64", value)
-            return value, pos
-    raise MalformedPayload("varint longer than 10 bytes", "<= 10 bytes", "more")
 
 
 def _need(data: bytes, pos: int, n: int, what: str) -> None:
