@@ -8,6 +8,15 @@ erases of every block over the measured days and prints one JSON line: erases pe
 block per simulated day, the most-erased block, years until it reaches 100,000
 erases (target >= 20), the steady-state estimate from the format alone, and the
 store's flash footprint at the 5-minute worst case (<= 256 KiB).
+
+By default (`--model app`) the writes are the real app's: the meter core
+(firmware/meter/meter.py) runs for the simulated days, ticked every 5 minutes
+with the load profile's energy, and a head-end (the firmware codec) acks the
+daily read, registration and event pushes and answers the daily time sync;
+`--events-per-day` tamper events are raised and pushed. Every flash write is
+the core's own: intervals, midnight registers, events (incl. message_sent),
+schedules and auth/ack state. `--model store` is the store-only synthetic
+pattern (intervals + N events + N config puts a day).
 """
 
 from __future__ import annotations
@@ -40,6 +49,91 @@ def _profile() -> list[list[tuple[int, int, int, int]]]:
         return [list(zip(*values, strict=True)) for _, values in days]
     except Exception:  # noqa: BLE001 - the CSV is optional for this bench
         return [[(100 + i % 40, i % 7, 30 + i % 9, 0) for i in range(96)]]
+
+
+def simulate_app(
+    days: int = 365,
+    warmup_days: int = 160,
+    interval_s: int = 900,
+    events_per_day: int = 4,
+) -> dict[str, Any]:
+    """Run the meter core (the app's write pattern) on the NOR model; wear figures."""
+    tests_fw = Path(__file__).resolve().parents[1] / "tests" / "firmware"
+    if str(tests_fw) not in sys.path:
+        sys.path.insert(0, str(tests_fw))
+    from meter_kit import Board, Head  # the core on a NOR model + a head-end
+
+    b = Board(now=T0, interval_s=interval_s)
+    b.boot()
+    head = Head(keep=False)
+    profile = _profile()
+    step = 300
+    per_day = 86400 // step
+    ev_every = per_day // events_per_day if events_per_day else 0
+    before: list[int] = []
+    t_start = time.perf_counter()
+    for day in range(warmup_days + days):
+        if day == warmup_days:
+            before = list(b.flash.erase_counts)
+        values = profile[day % len(profile)]
+        for i in range(per_day):
+            v = values[(i * len(values)) // per_day]
+            k = 900 // step  # the profile is per 15 minutes
+            wh = tuple(x // k for x in v)
+            b.run(step, step=step, wh=wh, head=head)
+            if ev_every and i % ev_every == ev_every // 2:
+                b.m.tamper(b.now)
+    elapsed = time.perf_counter() - t_start
+    delta = [a - c for a, c in zip(b.flash.erase_counts, before, strict=True)]
+    st = b.reboot_store()
+    return _figures(st, delta, days, warmup_days, interval_s, elapsed, "app", events_per_day, 0)
+
+
+def _figures(
+    s: Any,
+    delta: list[int],
+    days: int,
+    warmup_days: int,
+    interval_s: int,
+    elapsed: float,
+    model: str,
+    events_per_day: int,
+    config_puts_per_day: int,
+) -> dict[str, Any]:
+    worst = max(delta)
+    ib, eb, cb = s.blocks
+    measured_years = store.wear_years(worst, days, LIMIT)
+    est = store.wear_estimate(
+        interval_s=interval_s,
+        events_per_day=events_per_day,
+        config_puts_per_day=config_puts_per_day,
+        limit=LIMIT,
+    )
+    rings = {"intervals": (0, ib), "events": (ib, ib + eb), "config": (ib + eb, ib + eb + cb)}
+    footprint = store.footprint(4096)
+    years = measured_years if measured_years is not None else est["years_to_limit"]
+    return {
+        "model": model,
+        "interval_s": interval_s,
+        "channels": store.CHANNELS,
+        "events_per_day": events_per_day,
+        "config_puts_per_day": config_puts_per_day,
+        "warmup_days": warmup_days,
+        "days": days,
+        "blocks": {"intervals": ib, "events": eb, "config": cb, "block_size": 4096},
+        "erases_per_block_per_day": [round(d / days, 5) for d in delta],
+        "max_erases_per_block_per_day": {
+            name: round(max(delta[a:b]) / days, 5) for name, (a, b) in rings.items()
+        },
+        "most_erased_block": delta.index(worst),
+        "years_to_100k_erases": years,
+        "years_to_100k_erases_estimate": est["years_to_limit"],
+        "meets_20_years": years is not None and years >= TARGET_YEARS,
+        "retained_intervals": sum(1 for _ in s.intervals()),
+        "footprint_bytes_5min": footprint,
+        "fits_256_kib": footprint <= 256 * 1024,
+        "seconds": round(elapsed, 2),
+    }
 
 
 def simulate(
@@ -117,14 +211,22 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--days", type=int, default=365, help="measured days (default 365)")
     parser.add_argument("--warmup-days", type=int, default=160, help="days before measuring")
     parser.add_argument("--interval", type=int, default=900, choices=store.NOMINAL)
-    parser.add_argument("--events-per-day", type=int, default=24)
-    parser.add_argument("--config-puts-per-day", type=int, default=4)
+    parser.add_argument("--events-per-day", type=int, default=4, help="tamper events (app)")
+    parser.add_argument("--config-puts-per-day", type=int, default=4, help="--model store only")
+    parser.add_argument("--model", choices=("app", "store"), default="app")
     args = parser.parse_args(argv)
     if args.days <= 0 or args.warmup_days < 0:
         parser.error("--days must be > 0 and --warmup-days >= 0")
-    out = simulate(
-        args.days, args.warmup_days, args.interval, args.events_per_day, args.config_puts_per_day
-    )
+    if args.model == "app":
+        out = simulate_app(args.days, args.warmup_days, args.interval, args.events_per_day)
+    else:
+        out = simulate(
+            args.days,
+            args.warmup_days,
+            args.interval,
+            args.events_per_day,
+            args.config_puts_per_day,
+        )
     print(json.dumps(out))
     return 0
 

@@ -47,7 +47,7 @@ class NotErased(ValueError):
 class NORFlash:
     """NOR flash: `block_count` erase blocks of `block_size` bytes."""
 
-    def __init__(self, block_size=4096, block_count=64, path=None, partial=True, seed=1):
+    def __init__(self, block_size=4096, block_count=64, path=None, partial=True, seed=1, ram=True):
         if block_size <= 0 or block_count <= 0:
             raise ValueError("block_size and block_count must be positive")
         self.block_size = block_size
@@ -56,7 +56,11 @@ class NORFlash:
         self.path = path
         self.partial = partial  # half-program the byte at a cut
         self._rng = (seed or 1) & 0x7FFFFFFF
-        self.data = bytearray(b"\xff" * self.size)
+        # ram=False (file-backed only): no RAM image, every operation reads and
+        # writes the file; the virtual board uses it so the flash model does not
+        # take 256 KiB of a 100 KB MicroPython heap (on the board flash is flash)
+        self.ram = ram or path is None
+        self.data = bytearray(b"\xff" * self.size) if self.ram else None
         self.erase_counts = [0] * block_count
         self.ops = 0  # mutating operations so far (program or erase)
         self.programs = 0
@@ -82,16 +86,17 @@ class NORFlash:
     def _open_file(self):
         p = self.path
         if self._exists(p):
-            with open(p, "rb") as f:
-                img = f.read()
-            if len(img) != self.size:
-                raise ValueError(
-                    "flash image %s is %d bytes, expected %d" % (p, len(img), self.size)
-                )
-            self.data[:] = img
+            n = os.stat(p)[6]
+            if n != self.size:
+                raise ValueError("flash image %s is %d bytes, expected %d" % (p, n, self.size))
+            if self.ram:
+                with open(p, "rb") as f:
+                    self.data[:] = f.read()
         else:
+            ff = b"\xff" * self.block_size
             with open(p, "wb") as f:
-                f.write(self.data)
+                for _ in range(self.block_count):
+                    f.write(ff)
         ep = p + ".erase"
         if self._exists(ep):
             with open(ep) as f:
@@ -100,13 +105,25 @@ class NORFlash:
                 self.erase_counts = counts
         self._file = open(p, "r+b")
 
-    def _persist(self, addr, n):
+    def _persist(self, addr, n, d=None, base=0):
         f = self._file
         if f is None:
             return
         f.seek(addr)
-        f.write(self.data[addr : addr + n])
+        if d is None:
+            f.write(self.data[addr : addr + n])
+        else:
+            f.write(memoryview(d)[addr - base : addr - base + n])
         f.flush()
+
+    def _window(self, addr, n):
+        """(bytes of [addr, addr + n) to work on, the address of its index 0)."""
+        if self.ram:
+            return self.data, 0
+        d = bytearray(n)
+        self._file.seek(addr)
+        self._file.readinto(d)
+        return d, addr
 
     def _persist_counts(self):
         if self._file is None:
@@ -174,29 +191,30 @@ class NORFlash:
         n = len(buf)
         if addr < 0 or addr + n > self.size:
             raise ValueError("program out of range: addr %d len %d" % (addr, n))
-        d = self.data
+        d, base = self._window(addr, n)
+        o = addr - base
         for i in range(n):
-            if buf[i] & ~d[addr + i] & 0xFF:
+            if buf[i] & ~d[o + i] & 0xFF:
                 raise NotErased(
                     "program 0->1 at block %d offset %d: old 0x%02x new 0x%02x"
                     % (
                         (addr + i) // self.block_size,
                         (addr + i) % self.block_size,
-                        d[addr + i],
+                        d[o + i],
                         buf[i],
                     )
                 )
         land = self._landing(n)
         for i in range(land):
-            d[addr + i] = buf[i]
+            d[o + i] = buf[i]
         if self.budget is not None:
             self.budget -= land
         cut = land < n
         if cut and self.partial:
             # the byte at the cut: only some of the bits it should clear are cleared
-            d[addr + land] &= buf[land] | (self._rand() & 0xFF)
+            d[o + land] &= buf[land] | (self._rand() & 0xFF)
             land += 1
-        self._persist(addr, land)
+        self._persist(addr, land, None if self.ram else d, base)
         self.ops += 1
         self.programs += 1
         self.bytes_programmed += land
@@ -211,18 +229,18 @@ class NORFlash:
         bs = self.block_size
         base = block * bs
         land = self._landing(bs)
-        d = self.data
-        for i in range(base, base + land):
+        d, b0 = self._window(base, bs)
+        for i in range(base - b0, base - b0 + land):
             d[i] = 0xFF
         if self.budget is not None:
             self.budget -= land
         cut = land < bs
         n = land
         if cut and self.partial:
-            d[base + land] |= self._rand() & 0xFF
+            d[base - b0 + land] |= self._rand() & 0xFF
             n += 1
         self.erase_counts[block] += 1
-        self._persist(base, n)
+        self._persist(base, n, None if self.ram else d, b0)
         self._persist_counts()
         self.ops += 1
         self.erases += 1
@@ -238,7 +256,11 @@ class NORFlash:
             raise ValueError(
                 "read out of range: block %d offset %d len %d" % (block_num, offset, n)
             )
-        buf[:] = self.data[addr : addr + n]
+        if self.ram:
+            buf[:] = self.data[addr : addr + n]
+        else:
+            self._file.seek(addr)
+            self._file.readinto(buf)
 
     def writeblocks(self, block_num, buf, offset=None):
         if offset is None:

@@ -161,6 +161,7 @@ class EventLog:
         self._seqs = []  # frame seqs that carried the batch in flight
         self.attempt = 0  # transmissions of the batch in flight
         self.next_try = 0  # earliest re-push instant
+        self.acked_upto = 0  # seq of the newest event removed by an ack (persist it)
 
     def pushes(self, code):
         m = (self.push_mask | ALWAYS_PUSH) & ~NEVER_PUSH
@@ -239,6 +240,7 @@ class EventLog:
         if not self._batch or frame_seq not in self._seqs:
             return 0
         n = self._batch
+        self.acked_upto = self._queue[n - 1][0]
         del self._queue[:n]
         self._batch = 0
         self._seqs = []
@@ -246,6 +248,17 @@ class EventLog:
         self.next_try = 0
         self._reload()
         return n
+
+    def resume(self, from_seq):
+        """After a reboot: queue again the pushed events with seq >= from_seq
+        (those after the newest acknowledged one) from the sink."""
+        if from_seq < 1:
+            from_seq = 1
+        if not self._reload_from or from_seq < self._reload_from:
+            self._reload_from = from_seq
+        if not self._batch:
+            self._queue = []
+            self._reload()
 
     def _reload(self):
         # Refill the RAM queue from the sink after an overflow.

