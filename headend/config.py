@@ -50,6 +50,13 @@ class Config:
             learned from the frames that arrive on a line.
         speed: simulated-clock speed factor (1 = real time); start instant
             ``clock_start`` (UTC s, 0 = now).
+        poll_s: real seconds between the service's periodic checks (timeouts,
+            queued jobs, pending schedules, due deliveries, evening assignment).
+        notify_topic: MQTT topic prefix of recipients: a recipient ``r`` gets
+            ``<notify_topic>/r`` and acknowledges on ``<notify_topic>/r/ack``.
+        notify_retry_s: an unacknowledged delivery is re-sent after this.
+        notify_max_attempts: deliveries are given up (logged) after this many sends.
+        operator: the recipient that is told about failed reads (H06).
     """
 
     broker: str = "mqtt://127.0.0.1:1883"
@@ -70,6 +77,11 @@ class Config:
     serial: tuple[dict[str, Any], ...] = field(default_factory=tuple)
     speed: float = 1.0
     clock_start: int = 0
+    poll_s: float = 1.0
+    notify_topic: str = "ami/v1/notify"
+    notify_retry_s: int = 60
+    notify_max_attempts: int = 60
+    operator: str = "operator"
 
     def __post_init__(self) -> None:
         try:
@@ -91,11 +103,29 @@ class Config:
             "group_capacity",
             "schedule_ack_timeout_s",
             "ondemand_timeout_s",
+            "poll_s",
+            "notify_retry_s",
+            "notify_max_attempts",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: expected > 0, got {getattr(self, name)}")
         if self.ondemand_retries < 0 or self.speed <= 0:
             raise ConfigError("ondemand_retries must be >= 0 and speed > 0")
+        if not self.notify_topic or "+" in self.notify_topic or "#" in self.notify_topic:
+            raise ConfigError(f"notify_topic: expected a topic prefix, got {self.notify_topic!r}")
+        for line in self.serial:
+            if not isinstance(line.get("url"), str) or not line["url"]:
+                raise ConfigError(f"serial: each line needs a url, got {line!r}")
+            if line["url"].startswith(("loop://", "rfc2217://", "spy://")):
+                # pyserial-asyncio needs a file descriptor to watch; these URLs have none
+                raise ConfigError(
+                    f"serial: {line['url']!r} cannot be used with asyncio; "
+                    "use a device path or socket://host:port"
+                )
+            if not isinstance(line.get("baud", 19200), int):
+                raise ConfigError(f"serial: baud must be an int, got {line!r}")
+        if "{meter}" not in self.realtime_topic:
+            raise ConfigError("realtime_topic: expected a topic with {meter} in it")
 
     @property
     def broker_host_port(self) -> tuple[str, int]:
@@ -130,7 +160,11 @@ def _coerce(name: str, raw: Any) -> Any:
         if kind == "float":
             return float(raw)
         if kind.startswith("tuple"):
-            return tuple(raw)
+            # serial lines: a list of tables, or (env, flags) URLs separated by commas
+            items = raw.split(",") if isinstance(raw, str) else raw
+            return tuple(
+                {"url": i.strip()} if isinstance(i, str) else dict(i) for i in items if i != ""
+            )
         return str(raw)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{name}: expected {kind}, got {raw!r}") from e

@@ -134,17 +134,26 @@ class MeterSession:
     meter_id: the meter.
     key: its 32-byte key (signs downlinks).
     next_counter: the replay-guard counter source (must only grow, across restarts).
+    first_seq: where this session's seq numbers start (a random one after a restart
+        keeps a late answer to the previous run's frames from matching a new one).
     """
 
-    def __init__(self, meter_id: int, key: bytes, next_counter: Callable[[], int]) -> None:
+    def __init__(
+        self, meter_id: int, key: bytes, next_counter: Callable[[], int], first_seq: int = 0
+    ) -> None:
         self.meter_id = meter_id
         self.key = key
         self._next_counter = next_counter
-        self._seq = 0
+        self._seq = first_seq & 0xFFFF
         self.requests: dict[int, Request] = {}  # every seq we sent a request under
 
+    def frame(self, mtype: str, body: dict[str, Any], now: float, auth: bool) -> tuple[int, bytes]:
+        """(seq, frame) of one downlink whose answer the caller tracks itself (durably)."""
+        return self._frame(mtype, body, now, auth)
+
     def _frame(self, mtype: str, body: dict[str, Any], now: float, auth: bool) -> tuple[int, bytes]:
-        self._seq = (self._seq + 1) & 0xFFFF
+        # 1..65535: seq 0 would read as "no request" in a read_response's request_seq
+        self._seq = self._seq % 0xFFFF + 1
         fields = {
             "type": mtype,
             "seq": self._seq,

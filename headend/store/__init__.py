@@ -53,13 +53,15 @@ __all__ = [
 ]
 
 
-def open_store(url: str, *, schema: str | None = None) -> SqlStore:
+def open_store(url: str, *, schema: str | None = None, migrate: bool = True) -> SqlStore:
     """Open (creating and migrating) a store.
 
     Args:
         url: ``sqlite:///relative.db``, ``sqlite:////abs/path.db``, a plain file
             path, or ``postgresql://user@host:port/db``.
         schema: PostgreSQL schema to use (ignored for SQLite).
+        migrate: bring the schema to the latest version; False: refuse (SchemaError)
+            a database that is not at it.
 
     Raises:
         ConfigError: the URL names no supported backend.
@@ -67,7 +69,7 @@ def open_store(url: str, *, schema: str | None = None) -> SqlStore:
     if url.startswith(("postgresql://", "postgres://")):
         from headend.store.postgres import PostgresStore
 
-        return PostgresStore(url, schema=schema)
+        return PostgresStore(url, schema=schema, migrate=migrate)
     if url.startswith("sqlite://"):
         path = url.removeprefix("sqlite://")
         if not path.startswith("/"):
@@ -75,9 +77,9 @@ def open_store(url: str, *, schema: str | None = None) -> SqlStore:
         path = path[1:] or ":memory:"
         from headend.store.sqlite import SqliteStore
 
-        return SqliteStore(path)
+        return SqliteStore(path, migrate=migrate)
     if "://" in url:
         raise ConfigError(f"store URL {url!r}: expected sqlite:///... or postgresql://...")
     from headend.store.sqlite import SqliteStore
 
-    return SqliteStore(url)
+    return SqliteStore(url, migrate=migrate)

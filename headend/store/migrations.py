@@ -111,6 +111,114 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX meter_event_time ON meter_event (time)",
         ),
     ),
+    Migration(
+        2,
+        "operations: auth counters, read groups, links, schedules, jobs, activity, routing",
+        (
+            # Replay guard of downlinks (SPEC "Authentication"): only ever grows.
+            """CREATE TABLE auth_counter (
+                meter_id BIGINT PRIMARY KEY REFERENCES meter (meter_id) ON DELETE CASCADE,
+                counter BIGINT NOT NULL
+            )""",
+            # grp NULL = the unscheduled group (H01).
+            """CREATE TABLE group_member (
+                meter_id BIGINT PRIMARY KEY REFERENCES meter (meter_id) ON DELETE CASCADE,
+                grp INTEGER,
+                read_offset_s INTEGER,
+                since_ms BIGINT NOT NULL
+            )""",
+            "CREATE INDEX group_member_grp ON group_member (grp)",
+            # Which links a meter was heard on (H08); meter.transport is the current one.
+            """CREATE TABLE meter_link (
+                meter_id BIGINT NOT NULL REFERENCES meter (meter_id) ON DELETE CASCADE,
+                transport TEXT NOT NULL,
+                first_seen_ms BIGINT NOT NULL,
+                last_seen_ms BIGINT NOT NULL,
+                frames BIGINT NOT NULL,
+                PRIMARY KEY (meter_id, transport)
+            )""",
+            """CREATE TABLE schedule (
+                meter_id BIGINT NOT NULL REFERENCES meter (meter_id) ON DELETE CASCADE,
+                slot INTEGER NOT NULL,
+                start_s BIGINT NOT NULL,
+                end_s BIGINT NOT NULL,
+                period_s BIGINT NOT NULL,
+                offset_s BIGINT NOT NULL,
+                what INTEGER NOT NULL,
+                cancel INTEGER NOT NULL,
+                source TEXT NOT NULL,
+                state TEXT NOT NULL,
+                seqs TEXT NOT NULL,
+                attempts INTEGER NOT NULL,
+                requested_ms BIGINT NOT NULL,
+                sent_ms BIGINT,
+                acked_ms BIGINT,
+                flagged_ms BIGINT,
+                reason INTEGER,
+                PRIMARY KEY (meter_id, slot)
+            )""",
+            "CREATE INDEX schedule_state ON schedule (state, sent_ms)",
+            """CREATE TABLE job (
+                job_id {id},
+                meter_id BIGINT NOT NULL REFERENCES meter (meter_id) ON DELETE CASCADE,
+                requester TEXT NOT NULL,
+                source INTEGER NOT NULL,
+                mode INTEGER NOT NULL,
+                start_s BIGINT NOT NULL,
+                end_s BIGINT NOT NULL,
+                what INTEGER NOT NULL,
+                state TEXT NOT NULL,
+                worker TEXT,
+                seqs TEXT NOT NULL,
+                attempts INTEGER NOT NULL,
+                parts INTEGER NOT NULL,
+                parts_seen TEXT NOT NULL,
+                created_ms BIGINT NOT NULL,
+                sent_ms BIGINT,
+                deadline_ms BIGINT,
+                done_ms BIGINT,
+                latency_ms BIGINT,
+                requester_ack_ms BIGINT,
+                result TEXT,
+                trouble TEXT
+            )""",
+            "CREATE INDEX job_state ON job (state, deadline_ms)",
+            # No foreign key on meter_id: frames from unknown meters are logged too.
+            """CREATE TABLE activity (
+                activity_id {id},
+                at_ms BIGINT NOT NULL,
+                meter_id BIGINT,
+                kind TEXT NOT NULL,
+                detail TEXT NOT NULL,
+                ref TEXT
+            )""",
+            "CREATE INDEX activity_at ON activity (at_ms)",
+            "CREATE INDEX activity_meter ON activity (meter_id, at_ms)",
+            # code 0 routes every event code.
+            """CREATE TABLE event_route (
+                code INTEGER NOT NULL,
+                recipient TEXT NOT NULL,
+                added_ms BIGINT NOT NULL,
+                PRIMARY KEY (code, recipient)
+            )""",
+            """CREATE TABLE delivery (
+                delivery_id {id},
+                recipient TEXT NOT NULL,
+                kind TEXT NOT NULL,
+                event_id BIGINT REFERENCES meter_event (event_id) ON DELETE CASCADE,
+                job_id BIGINT REFERENCES job (job_id) ON DELETE CASCADE,
+                payload TEXT NOT NULL,
+                state TEXT NOT NULL,
+                created_ms BIGINT NOT NULL,
+                sent_ms BIGINT,
+                next_ms BIGINT NOT NULL,
+                attempts INTEGER NOT NULL,
+                acked_ms BIGINT,
+                UNIQUE (event_id, recipient)
+            )""",
+            "CREATE INDEX delivery_due ON delivery (state, next_ms)",
+        ),
+    ),
 )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 UP = "ami/v1/{meter}/up"
 DOWN = "ami/v1/{meter}/down"
 SESSION_EXPIRY_S = 7 * 86400
+PUBLISH_TIMEOUT_S = 5.0
 
 
 def meter_from_topic(topic: str) -> int | None:
@@ -39,15 +41,30 @@ def meter_from_topic(topic: str) -> int | None:
     return meter if 0 <= meter <= 0xFFFFFFFF else None
 
 
-class MqttTransport:
-    """Args: host, port, client_id (unique per worker), share_group."""
+OtherDeliver = Callable[[str, bytes], Awaitable[None]]
 
-    def __init__(self, host: str, port: int, client_id: str, share_group: str = "headend") -> None:
+
+class MqttTransport:
+    """Args: host, port, client_id (unique per worker), share_group;
+    extra_topics: more subscriptions (e.g. notification acks), whose messages
+    go to ``on_other(topic, payload)``."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        client_id: str,
+        share_group: str = "headend",
+        extra_topics: tuple[str, ...] = (),
+        on_other: OtherDeliver | None = None,
+    ) -> None:
         self.name = "mqtt"
         self.host = host
         self.port = port
         self.client_id = client_id
         self.share_group = share_group
+        self.extra_topics = extra_topics
+        self.on_other = on_other
         self._client: aiomqtt.Client | None = None
         self.connected = asyncio.Event()
         self.reconnects = 0
@@ -74,11 +91,22 @@ class MqttTransport:
                 async with self._new_client() as client:
                     self._client = client
                     await client.subscribe(f"$share/{self.share_group}/ami/v1/+/up", qos=1)
+                    for topic in self.extra_topics:
+                        await client.subscribe(topic, qos=1)
                     self.connected.set()
                     attempt = 0
                     async for message in client.messages:
                         meter = meter_from_topic(str(message.topic))
                         payload = message.payload
+                        topic = str(message.topic)
+                        if (
+                            meter is None
+                            and self.on_other is not None
+                            and not (topic.startswith("ami/v1/") and topic.endswith("/up"))
+                            and isinstance(payload, bytes | bytearray)
+                        ):
+                            await self.on_other(topic, bytes(payload))
+                            continue
                         if meter is None or not isinstance(payload, bytes | bytearray):
                             self.dropped += 1
                             log.warning("dropped uplink on %s: not a meter frame", message.topic)
@@ -109,6 +137,8 @@ class MqttTransport:
         if client is None:
             raise TransportError(f"MQTT broker {self.host}:{self.port} not connected")
         try:
-            await client.publish(topic, payload, qos=qos)
+            # bounded: a publish into a dying connection would otherwise wait the
+            # client's whole timeout and hold up every uplink behind it
+            await client.publish(topic, payload, qos=qos, timeout=PUBLISH_TIMEOUT_S)
         except aiomqtt.MqttError as e:
             raise TransportError(f"publish to {topic} failed: {e}") from e

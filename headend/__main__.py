@@ -1,0 +1,7 @@
+"""`python -m headend` = the `headend` command."""
+
+import sys
+
+from headend.cli import main
+
+sys.exit(main())

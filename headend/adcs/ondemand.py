@@ -1,0 +1,160 @@
+"""On-demand reads (H05, H06): jobs from the CLI, the API or a system.
+
+A job is a row: the CLI (another process) queues it, the service claims it
+(`start_jobs`), sends an authenticated read_request and waits. The answer's
+parts are stored as they arrive (source on_demand, or recovery for system
+recovery reads), the result accumulates on the job, and when the last part is
+in the job is done: latency (queued -> complete) is recorded, completion is
+logged, and the result is delivered to the requester, whose acknowledgement
+is recorded. No valid answer within ``ondemand_timeout_s`` -> logged and
+retried (``ondemand_retries`` times); then the job fails and the requester and
+the operator are notified with the trouble details. A meter nack that says
+the read cannot be answered (not_held, bad_parameter) fails the job at once.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from headend.adcs.scheduling import reason_name
+from headend.context import Ctx
+from headend.mdms.ingest import merge_result
+from headend.mdms.routing import notify
+from headend.outbox import Outbox
+from headend.store import ops as log
+from headend.store.ops import Ops
+from headend.store.records import Job, JobState, ReadSpec
+
+FINAL_NACKS = frozenset({5, 7, 10})  # not_held, bad_parameter, not_registered
+
+
+def describe(spec: ReadSpec) -> str:
+    if spec.mode == 2:
+        return "on-demand read (since midnight)"
+    if spec.mode == 1:
+        return "read since the last acknowledged interval"
+    return f"read of [{spec.start}, {spec.end})"
+
+
+def request_read(ops: Ops, spec: ReadSpec, requester: str, now_ms: int) -> int:
+    """Queue a read for the service; returns the job id. Raises UnknownMeter, InvalidData."""
+    with ops.db.transaction():
+        job_id = ops.enqueue_job(spec, requester, now_ms)
+        ops.log(
+            now_ms,
+            log.READ_QUEUED,
+            f"job {job_id}: {describe(spec)}, what {spec.what}, for {requester}",
+            spec.meter_id,
+            str(job_id),
+        )
+    return job_id
+
+
+def _attempt(ctx: Ctx, job: Job, now_ms: int, out: Outbox, why: str | None) -> None:
+    mid = job.spec.meter_id
+    meter = ctx.store.get_meter(mid)
+    seq, frame = ctx.sessions.frame(mid, "read_request", job.spec.wire(), now_ms, auth=True)
+    deadline = now_ms + ctx.config.ondemand_timeout_s * 1000
+    ctx.ops.job_sent(job.job_id, seq, now_ms, deadline)
+    n = job.attempts + 1
+    if why is None:
+        text = f"job {job.job_id}: read_request seq {seq} via {meter.transport or 'mqtt'}"
+        ctx.ops.log(now_ms, log.READ_SENT, text, mid, str(job.job_id))
+    else:
+        text = f"job {job.job_id}: {why}; retry as seq {seq} (attempt {n})"
+        ctx.ops.log(now_ms, log.READ_RETRY, text, mid, str(job.job_id))
+    out.send(mid, frame, meter.transport)
+
+
+def start_jobs(ctx: Ctx, now_ms: int) -> Outbox:
+    """Claim queued jobs for this worker and send their first read_request."""
+    out = Outbox()
+    for job in ctx.ops.claim_jobs(ctx.config.worker, now_ms):
+        with ctx.store.db.transaction():
+            _attempt(ctx, job, now_ms, out, None)
+    return out
+
+
+def on_part(ctx: Ctx, job: Job, body: dict[str, Any], data: dict[str, Any], now_ms: int) -> None:
+    """One part of the job's answer is stored (inside the ingest transaction)."""
+    parts = max(int(body["parts"]), 1)
+    if int(body["part"]) in job.parts_seen:
+        return  # a repeated part (QoS 1 redelivery, a meter repeat): stored once, counted once
+    job = ctx.ops.job_part(job.job_id, int(body["part"]), parts, merge_result(job.result, data))
+    if len(job.parts_seen) < parts or not ctx.ops.finish_job(job.job_id, JobState.DONE, now_ms):
+        return
+    latency = now_ms - job.created_ms
+    ctx.ops.log(
+        now_ms,
+        log.READ_DONE,
+        f"job {job.job_id}: complete in {latency / 1000:.1f} s ({parts} part(s), "
+        f"attempt {job.attempts}); data stored as {job.spec.source.name.lower()}",
+        job.spec.meter_id,
+        str(job.job_id),
+    )
+    notify(
+        ctx,
+        job.requester,
+        "read",
+        {
+            "job": job.job_id,
+            "state": "done",
+            "meter": job.spec.meter_id,
+            "latency_ms": latency,
+            "data": json.loads(job.result or "{}"),
+        },
+        now_ms,
+        job_id=job.job_id,
+    )
+
+
+def _fail(ctx: Ctx, job: Job, trouble: str, now_ms: int) -> None:
+    if not ctx.ops.finish_job(job.job_id, JobState.FAILED, now_ms, trouble):
+        return
+    mid = job.spec.meter_id
+    ctx.ops.log(now_ms, log.READ_FAILED, f"job {job.job_id}: {trouble}", mid, str(job.job_id))
+    body = {"job": job.job_id, "state": "failed", "meter": mid, "trouble": trouble}
+    notify(ctx, job.requester, "read", body, now_ms, job_id=job.job_id)
+    if ctx.config.operator != job.requester:
+        notify(ctx, ctx.config.operator, "trouble", {**body, "requester": job.requester}, now_ms)
+
+
+def _trouble(ctx: Ctx, job: Job, last: str) -> str:
+    meter = ctx.store.get_meter(job.spec.meter_id)
+    links = ctx.ops.links(meter.meter_id)
+    heard = max((ls for _, _, _, ls, _ in links), default=None)
+    seen = f"last heard {heard // 1000} (UTC s)" if heard is not None else "never heard"
+    return (
+        f"meter {meter.meter_id}: {last}; {describe(job.spec)} sent {job.attempts} time(s) "
+        f"(seqs {', '.join(map(str, job.seqs))}), {ctx.config.ondemand_timeout_s} s allowed "
+        f"each; link {meter.transport or 'none'}, {seen}"
+    )
+
+
+def on_nack(ctx: Ctx, job: Job, reason: int, now_ms: int) -> Outbox:
+    """The meter refused the read_request."""
+    out = Outbox()
+    why = f"meter nack {reason_name(reason)}"
+    with ctx.store.db.transaction():
+        if reason in FINAL_NACKS or job.attempts > ctx.config.ondemand_retries:
+            _fail(ctx, job, _trouble(ctx, job, why), now_ms)
+        else:
+            _attempt(ctx, job, now_ms, out, why)
+    return out
+
+
+def expire(ctx: Ctx, now_ms: int) -> Outbox:
+    """H06: retry a job with no valid answer in time, or fail it and notify."""
+    out = Outbox()
+    timeout = ctx.config.ondemand_timeout_s
+    for job in ctx.ops.overdue_jobs(ctx.config.worker, now_ms):
+        with ctx.store.db.transaction():
+            why = f"no valid answer within {timeout} s"
+            if job.parts_seen:
+                why += f" (got parts {sorted(job.parts_seen)} of {job.parts})"
+            if job.attempts <= ctx.config.ondemand_retries:
+                _attempt(ctx, job, now_ms, out, why)
+            else:
+                _fail(ctx, job, _trouble(ctx, job, why), now_ms)
+    return out

@@ -1,0 +1,96 @@
+"""Registration (M17, H01): a registering meter is stored and joins *unscheduled*.
+
+The meter repeats `register` until it gets a `register_ack`, so registering
+is idempotent: a repeat updates the registration and keeps the meter's read
+group. A meter that re-registers while in a read group gets its default
+schedule again (a reset meter may have lost it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from headend.context import Ctx
+from headend.errors import InvalidData, UnknownMeter
+from headend.outbox import Outbox
+from headend.store import Channel, Meter
+from headend.store import ops as log
+from headend.store.records import ScheduleSpec
+
+ACCEPTED, REJECTED = 0, 1
+
+
+def meter_from_register(fields: dict[str, Any], transport: str, now_ms: int) -> Meter:
+    """The `Meter` a register frame describes. Raises InvalidData."""
+    b = fields["body"]
+    try:
+        channels = tuple(
+            Channel(c["kind"], c["unit"], c["multiplier"], c["scaler"]) for c in b["channels"]
+        )
+        return Meter(
+            meter_id=fields["meter_id"],
+            fw_version=b["fw_version"],
+            interval_s=b["interval_s"],
+            utc_offset_min=b["utc_offset_min"],
+            meter_multiplier=b["meter_multiplier"],
+            channels=channels,
+            registered_at=now_ms // 1000,
+            capacity_days=b["capacity_days"],
+            transport=transport,
+        )
+    except (KeyError, TypeError) as e:
+        raise InvalidData(f"register body: {e!r}") from e
+
+
+def on_register(ctx: Ctx, fields: dict[str, Any], transport: str, now_ms: int) -> Outbox:
+    """Store the registration, join the unscheduled group, and ack it.
+
+    Raises:
+        InvalidData: the registration is not acceptable (the caller logs it
+            and answers `register_ack` status 1).
+    """
+    meter = meter_from_register(fields, transport, now_ms)
+    mid = meter.meter_id
+    try:
+        old: Meter | None = ctx.store.get_meter(mid)
+    except UnknownMeter:
+        old = None
+    if old is not None:  # keep what the ADCS decided; the meter describes only itself
+        meter = dataclasses.replace(meter, read_group=old.read_group)
+    ctx.store.register_meter(meter)
+    ctx.ops.link_seen(mid, transport, now_ms)
+    joined = ctx.ops.join_unscheduled(mid, now_ms)
+    grp, offset = ctx.ops.group_of(mid)
+    chans = ", ".join(
+        f"{c.kind.name.lower()} {c.unit.symbol} x{c.multiplier}e{c.scaler}" for c in meter.channels
+    )
+    what = "registered" if old is None else "re-registered"
+    where = "unscheduled" if grp is None else f"read group {ctx.window.label(grp)}"
+    ctx.ops.log(
+        now_ms,
+        log.REGISTERED,
+        f"{what} fw {meter.fw_version}, {meter.interval_s} s intervals, "
+        f"UTC{meter.utc_offset_min:+d} min, meter x{meter.meter_multiplier}, "
+        f"{len(meter.channels)} channels ({chans}), {meter.capacity_days} days, "
+        f"via {transport}; {where}",
+        mid,
+    )
+    if grp is not None and offset is not None and not joined and old is not None:
+        ctx.ops.put_schedule(
+            ScheduleSpec(mid, 0, offset_s=offset), "system:re-registration", now_ms
+        )
+    out = Outbox()
+    out.send(mid, ctx.sessions.reply(mid, "register_ack", {"status": ACCEPTED}, now_ms), transport)
+    return out
+
+
+def reject(ctx: Ctx, meter_id: int, transport: str, now_ms: int) -> Outbox:
+    """A `register_ack` that refuses the registration."""
+    out = Outbox()
+    out.send(
+        meter_id,
+        ctx.sessions.reply(meter_id, "register_ack", {"status": REJECTED}, now_ms),
+        transport,
+    )
+    return out

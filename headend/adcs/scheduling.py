@@ -1,0 +1,214 @@
+"""Schedules: evening placement into read groups (H01), acks (H02), non-default (H07).
+
+Every schedule change is written as a *pending* row with its source (the
+system or the party that asked), so the CLI in another process and the
+service share one path: the service sends pending rows (`send_pending`),
+records the meter's answer (`on_answer`), and flags and re-sends a schedule
+whose ack is missing after ``schedule_ack_timeout_s`` (`check_acks`).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from headend.adcs.groups import place
+from headend.config import Config, parse_hhmm
+from headend.context import Ctx
+from headend.errors import InvalidData
+from headend.outbox import Outbox
+from headend.store import Meter
+from headend.store import ops as log
+from headend.store.base import DAY_S
+from headend.store.records import Schedule, ScheduleSpec, ScheduleState
+
+ASSIGNMENT = "system:evening-assignment"
+NACK_REASONS = {
+    1: "bad_crc",
+    2: "unknown_type",
+    3: "auth_failed",
+    4: "replay",
+    5: "not_held",
+    6: "busy",
+    7: "bad_parameter",
+    8: "unsupported_version",
+    9: "malformed",
+    10: "not_registered",
+}
+
+#: nacks that say nothing about the schedule (a counter race, a busy meter)
+TRANSIENT_NACKS = frozenset({4, 6})
+
+
+def reason_name(code: int) -> str:
+    return NACK_REASONS.get(code, f"reason {code}")
+
+
+def check_spec(spec: ScheduleSpec, meter: Meter) -> None:
+    """H07: a non-default schedule reads more than once a day, never more often
+    than the meter records. Raises InvalidData."""
+    if spec.slot == 0 or spec.cancel:
+        return
+    if spec.period_s < meter.interval_s:
+        raise InvalidData(
+            f"period {spec.period_s} s is shorter than meter {meter.meter_id}'s "
+            f"{meter.interval_s} s interval: never read more often than it records"
+        )
+    if spec.period_s >= DAY_S:
+        raise InvalidData(
+            f"period {spec.period_s} s: a non-default schedule reads more than once a day "
+            f"(period < 86400 s); the daily read is slot 0"
+        )
+
+
+def describe(spec: ScheduleSpec) -> str:
+    if spec.cancel:
+        return f"slot {spec.slot}: cancel"
+    until = f"until {spec.end}" if spec.end else "ongoing"
+    start = f" from {spec.start}" if spec.start else ""
+    return (
+        f"slot {spec.slot}: every {spec.period_s} s at +{spec.offset_s} s{start}, {until}, "
+        f"what {spec.what}"
+    )
+
+
+def set_schedule(ctx: Ctx, spec: ScheduleSpec, source: str, now_ms: int) -> None:
+    """Set, update or cancel a schedule (sent by the service). Logged with its source.
+
+    Raises:
+        UnknownMeter, InvalidData: nothing is written.
+    """
+    meter = ctx.store.get_meter(spec.meter_id)
+    check_spec(spec, meter)
+    with ctx.store.db.transaction():
+        ctx.ops.put_schedule(spec, source, now_ms)
+        ctx.ops.log(now_ms, log.SCHEDULE_SET, f"{describe(spec)}; source {source}", spec.meter_id)
+
+
+def cancel_schedule(ctx: Ctx, meter_id: int, slot: int, source: str, now_ms: int) -> None:
+    """Cancel a non-default slot (slot 0, the daily read, cannot be cancelled)."""
+    set_schedule(ctx, ScheduleSpec(meter_id, slot, cancel=True), source, now_ms)
+
+
+def next_assignment(config: Config, after_ms: int) -> int:
+    """UTC ms of the next evening assignment (``assign_at`` in ``report_tz``) after ``after_ms``."""
+    tz = config.tz
+    at = parse_hhmm("assign_at", config.assign_at)
+    local = datetime.fromtimestamp(after_ms / 1000, tz)
+    for days in range(0, 3):
+        day = (local + timedelta(days=days)).date()
+        t = datetime.combine(day, at, tz)
+        ms = int(t.timestamp() * 1000)
+        if ms > after_ms:
+            return ms
+    raise InvalidData(f"no assignment time after {after_ms}")  # unreachable: a day has one
+
+
+def assign(ctx: Ctx, now_ms: int) -> dict[int, int]:
+    """Place every unscheduled meter in the least-loaded read group and queue its
+    default schedule (slot 0, daily, at the group's read offset). Returns meter -> group.
+
+    Meters that find every group full stay unscheduled until the next evening.
+    """
+    with ctx.store.db.transaction():
+        waiting = ctx.ops.unscheduled()
+        placed = place(ctx.window, ctx.ops.group_loads(), waiting)
+        for mid, grp in placed.items():
+            offset = ctx.window.read_offset(grp, mid)
+            ctx.ops.set_group(mid, grp, offset, ctx.window.label(grp), now_ms)
+            ctx.ops.put_schedule(ScheduleSpec(mid, 0, offset_s=offset), ASSIGNMENT, now_ms)
+            ctx.ops.log(
+                now_ms,
+                log.GROUP_ASSIGNED,
+                f"read group {ctx.window.label(grp)} (#{grp}), daily read at "
+                f"{offset // 3600:02d}:{offset // 60 % 60:02d}:{offset % 60:02d} local standard "
+                f"time; source {ASSIGNMENT}",
+                mid,
+            )
+        for mid in sorted(set(waiting) - placed.keys()):
+            ctx.ops.log(
+                now_ms, log.GROUP_ASSIGNED, "every read group is full: stays unscheduled", mid
+            )
+    return placed
+
+
+def _send(ctx: Ctx, sched: Schedule, now_ms: int, flag: bool, out: Outbox) -> None:
+    spec = sched.spec
+    meter = ctx.store.get_meter(spec.meter_id)
+    seq, frame = ctx.sessions.frame(
+        spec.meter_id, "schedule_set", {"slots": [spec.wire()]}, now_ms, auth=True
+    )
+    if not ctx.ops.schedule_sent(spec.meter_id, spec.slot, seq, now_ms, flag):
+        return
+    n = sched.attempts + 1
+    if flag:
+        waited = (now_ms - (sched.sent_ms or now_ms)) // 1000
+        ctx.ops.log(
+            now_ms,
+            log.SCHEDULE_ACK_MISSING,
+            f"{describe(spec)}: no ack {waited} s after the send (seqs "
+            f"{', '.join(map(str, sched.seqs))}); flagged, re-sent as seq {seq} (attempt {n})",
+            spec.meter_id,
+        )
+    else:
+        ctx.ops.log(
+            now_ms,
+            log.SCHEDULE_SENT,
+            f"{describe(spec)} sent as seq {seq} via {meter.transport or 'mqtt'}; "
+            f"source {sched.source}",
+            spec.meter_id,
+        )
+    out.send(spec.meter_id, frame, meter.transport)
+
+
+def send_pending(ctx: Ctx, now_ms: int, limit: int = 1000) -> Outbox:
+    """Send every pending schedule (one schedule_set per slot)."""
+    out = Outbox()
+    for sched in ctx.ops.schedules(states=(ScheduleState.PENDING,))[:limit]:
+        with ctx.store.db.transaction():
+            _send(ctx, sched, now_ms, False, out)
+    return out
+
+
+def check_acks(ctx: Ctx, now_ms: int) -> Outbox:
+    """H02: a schedule without ack after the timeout is flagged, logged and re-sent."""
+    out = Outbox()
+    due = now_ms - ctx.config.schedule_ack_timeout_s * 1000
+    for sched in ctx.ops.schedules(states=(ScheduleState.SENT, ScheduleState.FLAGGED)):
+        if sched.sent_ms is not None and sched.sent_ms <= due:
+            with ctx.store.db.transaction():
+                _send(ctx, sched, now_ms, True, out)
+    return out
+
+
+def on_answer(ctx: Ctx, meter_id: int, seq: int, status: int, now_ms: int) -> None:
+    """Record a schedule_ack (status 0) or a nack of a schedule_set, and log it."""
+    sched = ctx.ops.schedule_answered(meter_id, seq, status, now_ms)
+    if sched is None:
+        ctx.ops.log(
+            now_ms,
+            log.REJECTED,
+            f"schedule answer (status {status}) for seq {seq} matches no open schedule: ignored",
+            meter_id,
+        )
+        return
+    waited = (now_ms - (sched.sent_ms or now_ms)) / 1000
+    if status:
+        again = status in TRANSIENT_NACKS
+        if again:  # nothing wrong with the schedule: re-sent after the ack timeout
+            ctx.ops.reopen_schedule(meter_id, sched.spec.slot)
+        ctx.ops.log(
+            now_ms,
+            log.SCHEDULE_NACK,
+            f"{describe(sched.spec)} refused by the meter: {reason_name(status)} "
+            f"(seq {seq}, {waited:.1f} s after the send); source {sched.source}"
+            + ("; re-sent after the ack timeout" if again else ""),
+            meter_id,
+        )
+    else:
+        ctx.ops.log(
+            now_ms,
+            log.SCHEDULE_ACK,
+            f"{describe(sched.spec)} acknowledged (seq {seq}, attempt {sched.attempts}, "
+            f"{waited:.1f} s after the send); source {sched.source}",
+            meter_id,
+        )

@@ -1,0 +1,44 @@
+"""Time service (H10): the head-end is the official time for meter clocks.
+
+A meter's `time_sync_request` (t1) is answered with t1, t2 (when it arrived)
+and t3 (when the answer leaves) from the head-end `Clock`; the meter takes t4
+and works out offset and delay itself (SPEC "Conversations"). Answers are
+built on the event loop, not behind the database, so queueing does not add to
+the round trip the meter measures. A meter that reports its clock more than
+120 s off (event 4 clock_out_of_sync) gets an authenticated `time_set`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from headend.context import Ctx, Sessions
+from headend.outbox import Outbox
+from headend.store import ops as log
+
+OUT_OF_SYNC = 4
+
+
+def answer(
+    sessions: Sessions, fields: dict[str, Any], t2_ms: int, now_ms: Callable[[], int]
+) -> bytes:
+    """The `time_sync_response` to a request that arrived at ``t2_ms``."""
+    t3 = now_ms()
+    body = {"t1_ms": fields["body"]["t1_ms"], "t2_ms": t2_ms, "t3_ms": t3}
+    return sessions.reply(fields["meter_id"], "time_sync_response", body, t3)
+
+
+def set_time(ctx: Ctx, meter_id: int, off_s: int, transport: str | None, now_ms: int) -> Outbox:
+    """An authenticated `time_set` to the head-end's time, logged."""
+    out = Outbox()
+    seq, frame = ctx.sessions.frame(meter_id, "time_set", {"utc_ms": now_ms}, now_ms, auth=True)
+    ctx.ops.log(
+        now_ms,
+        log.TIME_SET,
+        f"meter reported its clock {off_s} s off (event 4): authenticated time_set seq {seq} "
+        f"to {now_ms} ms",
+        meter_id,
+    )
+    out.send(meter_id, frame, transport)
+    return out

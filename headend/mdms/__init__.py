@@ -1,0 +1,1 @@
+"""MDMS: ingest into the meter-data store, event routing, exports."""

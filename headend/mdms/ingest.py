@@ -1,0 +1,171 @@
+"""Read responses into the store (H04, D01), and their engineering-unit JSON.
+
+A read_response's sections become store items: interval blocks, midnight
+registers, events; the current registers and the meter clock go only to the
+requester and real-time subscribers (the store keeps the midnight ones). The
+JSON gives exact decimal strings in the channel's unit (raw x channel
+multiplier x 10^scaler x meter multiplier), never floats.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from headend.errors import InvalidData
+from headend.store import (
+    BlockIngest,
+    EventRecord,
+    IntervalBlock,
+    Meter,
+    MidnightRegister,
+    Source,
+)
+
+EVENT_NAMES = {
+    1: "power_down",
+    2: "power_up",
+    3: "clock_adjusted",
+    4: "clock_out_of_sync",
+    5: "sync_failed",
+    6: "schedule_changed",
+    7: "read_failed",
+    8: "config_changed",
+    9: "download_granted",
+    10: "download_denied",
+    11: "tamper",
+    12: "self_test",
+    13: "auth_failed",
+    14: "read_unanswerable",
+    15: "interval_changed",
+    16: "message_sent",
+}
+READ_KINDS = {0: "scheduled", 1: "on_demand", 2: "period"}
+
+
+def iso(t: int) -> str:
+    """UTC seconds as ISO 8601 with a Z."""
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class Sections:
+    """The store items and extras of one frame's sections."""
+
+    blocks: list[BlockIngest] = field(default_factory=list)
+    midnights: list[MidnightRegister] = field(default_factory=list)
+    events: list[EventRecord] = field(default_factory=list)
+    registers: tuple[int, tuple[int, ...]] | None = None  # (at, values)
+    clock: int | None = None
+
+    @property
+    def upto(self) -> int:
+        """End of the last interval carried (what a read_ack acknowledges); 0 if none."""
+        return max((b.block.end for b in self.blocks), default=0)
+
+
+def sections(meter: Meter, raw: list[dict[str, Any]], source: Source, received_s: int) -> Sections:
+    """Items of a frame's sections for ``meter``. Raises InvalidData on any bad one."""
+    out = Sections()
+    mid = meter.meter_id
+    for n, sec in enumerate(raw):
+        tag = sec.get("tag") if isinstance(sec, dict) else None
+        try:
+            body = sec["body"]
+            if tag == "intervals":
+                out.blocks.append(
+                    BlockIngest(mid, IntervalBlock.from_canonical(body), source, received_s)
+                )
+            elif tag == "midnight":
+                out.midnights.append(
+                    MidnightRegister(mid, body["day"], tuple(body["values"]), source, received_s)
+                )
+            elif tag == "events":
+                out.events += [
+                    EventRecord(mid, e["code"], e["time"], e["data"], source, received_s)
+                    for e in body
+                ]
+            elif tag == "registers":
+                values = tuple(body["values"])
+                if len(values) != len(meter.channels):
+                    raise InvalidData(
+                        f"registers: expected {len(meter.channels)} values, got {len(values)}"
+                    )
+                out.registers = (int(body["at"]), values)
+            elif tag == "clock":
+                out.clock = int(body["time"])
+            # schedules / config sections (downloads) hold nothing the MDMS stores
+        except (KeyError, TypeError) as e:
+            raise InvalidData(f"section {n} ({tag}): {e!r}") from e
+    return out
+
+
+def _channels(meter: Meter) -> list[dict[str, Any]]:
+    return [
+        {"index": i, "kind": c.kind.name.lower(), "unit": c.unit.symbol}
+        for i, c in enumerate(meter.channels)
+    ]
+
+
+def _eng(meter: Meter, values: tuple[int, ...] | list[int]) -> list[str]:
+    return [str(meter.scale(c).engineering(v)) for c, v in enumerate(values)]
+
+
+def engineering(meter: Meter, secs: Sections, source: Source) -> dict[str, Any]:
+    """The frame's data in engineering units, as a JSON-ready dict."""
+    intervals = []
+    for b in secs.blocks:
+        blk = b.block
+        for i in range(blk.count):
+            start = blk.start + i * blk.interval_s
+            intervals.append(
+                {
+                    "start": iso(start),
+                    "end": iso(start + blk.interval_s),
+                    "flags": blk.flags[i],
+                    "values": _eng(meter, [ch[i] for ch in blk.channels]),
+                }
+            )
+    out: dict[str, Any] = {
+        "meter": meter.meter_id,
+        "source": source.name.lower(),
+        "channels": _channels(meter),
+        "intervals": intervals,
+        "midnight": [{"day": iso(m.day), "values": _eng(meter, m.values)} for m in secs.midnights],
+        "events": [
+            {
+                "time": iso(e.time),
+                "code": e.code,
+                "name": EVENT_NAMES.get(e.code, "unknown"),
+                "data": e.data,
+            }
+            for e in secs.events
+        ],
+    }
+    if secs.registers is not None:
+        at, values = secs.registers
+        out["registers"] = {"at": iso(at), "values": _eng(meter, values)}
+    if secs.clock is not None:
+        out["clock"] = iso(secs.clock)
+    return out
+
+
+def merge_result(previous: str | None, part: dict[str, Any]) -> str:
+    """A job's accumulated result JSON with one more part's data added."""
+    if not previous:
+        return json.dumps(part, separators=(",", ":"))
+    acc = json.loads(previous)
+    for key in ("intervals", "midnight", "events"):
+        acc[key] = acc.get(key, []) + part.get(key, [])
+    acc["intervals"].sort(key=lambda iv: iv["start"])
+    for key in ("registers", "clock"):
+        if key in part:
+            acc[key] = part[key]
+    return json.dumps(acc, separators=(",", ":"))
+
+
+def to_json(data: dict[str, Any]) -> bytes:
+    """Compact UTF-8 JSON of an `engineering` dict (what real-time subscribers get)."""
+    return json.dumps(data, separators=(",", ":")).encode()
