@@ -32,6 +32,9 @@ class Config:
         share_group: MQTT 5 shared-subscription group: workers with the same
             group share the meters' uplinks (``$share/<group>/ami/v1/+/up``).
         worker: this worker's MQTT client id (unique per process).
+        session_expiry_s: how long the broker keeps a disconnected worker's
+            session (its share of uplinks); a retired worker stops taking a share
+            after this. Meters repeat unacknowledged uplinks, so nothing is lost.
         report_tz: IANA time zone for reports and exports.
         master_key: hex key from which each meter's key is derived
             (HMAC-SHA256(master, meter id)); the default is for development only.
@@ -62,6 +65,7 @@ class Config:
     broker: str = "mqtt://127.0.0.1:1883"
     database: str = "sqlite:///var/headend.sqlite"
     share_group: str = "headend"
+    session_expiry_s: int = 600
     worker: str = "headend-1"
     report_tz: str = "UTC"
     master_key: str = DEV_MASTER_KEY
@@ -106,6 +110,7 @@ class Config:
             "poll_s",
             "notify_retry_s",
             "notify_max_attempts",
+            "session_expiry_s",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: expected > 0, got {getattr(self, name)}")

@@ -71,6 +71,7 @@ class Service:
             share_group=config.share_group,
             extra_topics=(f"$share/{config.share_group}/{config.notify_topic}/+/ack",),
             on_other=self._on_other,
+            session_expiry_s=config.session_expiry_s,
         )
         self.serials = [SerialTransport(s["url"], int(s.get("baud", 19200))) for s in config.serial]
         self.transports: dict[str, Transport] = {"mqtt": self.mqtt}

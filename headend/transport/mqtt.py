@@ -25,7 +25,11 @@ log = logging.getLogger(__name__)
 
 UP = "ami/v1/{meter}/up"
 DOWN = "ami/v1/{meter}/down"
-SESSION_EXPIRY_S = 7 * 86400
+# A worker's session (its queue of uplinks) outlives a restart, but not a
+# retirement: once it expires the broker stops giving the dead worker a share.
+# Meters repeat every uplink until the head-end acks it, so an expired queue
+# costs a repeat, not data.
+SESSION_EXPIRY_S = 600
 PUBLISH_TIMEOUT_S = 5.0
 
 
@@ -57,7 +61,9 @@ class MqttTransport:
         share_group: str = "headend",
         extra_topics: tuple[str, ...] = (),
         on_other: OtherDeliver | None = None,
+        session_expiry_s: int = SESSION_EXPIRY_S,
     ) -> None:
+        self.session_expiry_s = session_expiry_s
         self.name = "mqtt"
         self.host = host
         self.port = port
@@ -72,7 +78,7 @@ class MqttTransport:
 
     def _new_client(self) -> aiomqtt.Client:
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = SESSION_EXPIRY_S
+        props.SessionExpiryInterval = self.session_expiry_s
         return aiomqtt.Client(
             self.host,
             self.port,
