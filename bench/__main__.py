@@ -4,6 +4,7 @@ wire         wire size and codec speed per meter-day (protocol)
 ingest       head-end ingest rate into the store
 flash-wear   flash erase counts and years of service (firmware store)
 firmware-heap  firmware heap on the MicroPython binary
+heap-map     where the firmware's heap goes, per module (quick, no broker)
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ BENCHES = {
     "ingest": "bench.ingest",
     "flash-wear": "bench.flash_wear",
     "firmware-heap": "bench.firmware_heap",
+    "heap-map": "bench.heap_map",
 }
 
 

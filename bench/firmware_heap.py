@@ -81,7 +81,7 @@ def _launcher(path: Path, code: str, board_dir: Path) -> str:
     mods = (
         "asyncio link.mqtt meter.errors meter.crc meter.auth meter.blocks meter.wire "
         "meter.ring meter.config_log meter.store meter.timeutil meter.recorder meter.events "
-        "meter.clock meter.schedules meter.reads meter.meter hal.norflash hal.unix main"
+        "meter.clock meter.schedules meter.reads meter.meter hal.unix main"
     )
     return (
         "import gc, sys\n"

@@ -10,7 +10,8 @@
 # on the virtual board, control (line commands for the HIL supervisor).
 # Only this file and hal/ read clocks. Nothing unacknowledged is forgotten:
 # the core re-sends until the head-end's application ack; the link only has
-# to carry frames (QoS 1) while it is up.
+# to carry frames (QoS 1) while it is up. Few tasks and methods on purpose:
+# each costs heap (firmware README, "Heap").
 import gc
 import sys
 
@@ -19,22 +20,19 @@ try:
 except ImportError:  # older MicroPython
     import uasyncio as asyncio
 
+try:
+    from micropython import const
+except ImportError:
+
+    def const(x):
+        return x
+
+
 from link import mqtt
 from meter import hdlc, store
 from meter import meter as core
 
-_MAX_INFLIGHT = 8  # frames handed to MQTT and not yet PUBACKed
-
-
-def pick_hal():
-    """hal.unix on the unix port (and CPython), hal.esp32 on the board."""
-    if sys.platform in ("linux", "darwin"):
-        from hal import unix
-
-        return unix
-    from hal import esp32
-
-    return esp32
+_MAX_INFLIGHT = const(8)  # frames handed to MQTT and not yet PUBACKed
 
 
 class App:
@@ -49,49 +47,38 @@ class App:
         self.steady = 0
         self.samples = 0
         self.errors = 0
-        self.probe = bool(getattr(board, "cfg", {}).get("heap_probe", False))
-        mid = board.meter_id
-        self.up_topic = "ami/v1/%d/up" % mid
-        self.down_topic = "ami/v1/%d/down" % mid
+        self.up_topic = "ami/v1/%d/up" % board.meter_id
 
     # -- links ------------------------------------------------------------------
 
-    def mqtt_up(self):
+    def online(self, mqtt_only=False):
+        """The uplink can carry frames now (mqtt_only: the MQTT link is up)."""
         c = self.client
-        return c is not None and c.connected.is_set() and not self.b.link_forced_down
-
-    def online(self):
-        up = self.b.uplink
-        if up == "mqtt":
-            return self.mqtt_up()
-        if up == "uart":
+        up = c is not None and c.connected.is_set() and not self.b.link_forced_down
+        if mqtt_only or self.b.uplink == "mqtt":
+            return up
+        if self.b.uplink == "uart":
             return bool(self.serial_writers)
-        return self.mqtt_up() or bool(self.serial_writers)
+        return up or bool(self.serial_writers)
 
-    async def send_up(self, frames):
-        if not frames:
-            return
+    async def send(self, frames, writer=None):
+        """Frames out: to `writer` (a serial reply), else the uplink(s)."""
         up = self.b.uplink
-        if up in ("mqtt", "both") and self.mqtt_up():
+        if writer is None and up != "uart" and self.online(True):
             for raw in frames:
                 # bounded: a frame the link cannot take now is re-sent by the core
                 if len(self.client.inflight) < _MAX_INFLIGHT:
                     await self.client.publish(self.up_topic, raw)
-        if up in ("uart", "both"):
-            for w in self.serial_writers:
-                await self._serial_write(w, frames)
-
-    async def _serial_write(self, w, frames):
-        try:
-            for raw in frames:
-                w.write(hdlc.frame(raw))
-            await w.drain()
-        except OSError:
-            pass
+        for w in (writer,) if writer is not None else self.serial_writers if up != "mqtt" else ():
+            try:
+                for raw in frames:
+                    w.write(hdlc.frame(raw))
+                await w.drain()
+            except OSError:
+                pass
 
     def _receive(self, raw):
-        b = self.b
-        ms = b.now_ms()
+        ms = self.b.now_ms()
         try:
             return self.m.receive(raw, ms // 1000, ms)
         except Exception as e:  # a core bug must not stop the meter
@@ -105,29 +92,25 @@ class App:
             for raw in out:
                 await self.client.publish(self.up_topic, raw)
 
-    def start_mqtt(self):
-        if self.b.broker is None or self.client_task is not None:
-            return
-        host, port = self.b.broker
-        self.client = mqtt.Client(
-            "meter-%d" % self.b.meter_id,
-            host,
-            port,
-            subscriptions=(self.down_topic,),
-            handler=self._on_mqtt,
-            keepalive_s=self.b.keepalive_s,
-            rand=lambda: self.b.rand() & 0xFFFF,
-        )
-        self.client_task = asyncio.create_task(self.client.run())
-
-    async def stop_mqtt(self):
+    async def mqtt(self, on):
+        """Start (on) or stop the MQTT link client."""
+        b = self.b
         c = self.client
-        if c is not None:
+        if on and b.broker is not None and c is None:
+            self.client = mqtt.Client(
+                "meter-%d" % b.meter_id,
+                b.broker[0],
+                b.broker[1],
+                subscriptions=("ami/v1/%d/down" % b.meter_id,),
+                handler=self._on_mqtt,
+                keepalive_s=b.keepalive_s,
+                rand=lambda: b.rand() & 0xFFFF,
+            )
+            self.client_task = asyncio.create_task(self.client.run())
+        elif not on and c is not None:
             await c.stop()
-        if self.client_task is not None:
             self.client_task.cancel()
-        self.client = None
-        self.client_task = None
+            self.client = self.client_task = None
 
     async def serve_serial(self, reader, writer):
         """One optical/serial connection: HDLC frames in, replies out."""
@@ -136,13 +119,19 @@ class App:
         self.serial_writers.append(writer)
         try:
             while True:
-                n = await _readinto(reader, buf)
+                # StreamReader.readinto exists on MicroPython; CPython's has read()
+                if hasattr(reader, "readinto"):
+                    n = await reader.readinto(buf)
+                else:
+                    data = await reader.read(len(buf))
+                    n = len(data)
+                    buf[:n] = data
                 if not n:
                     break
                 for raw in de.feed(memoryview(buf)[:n]):
                     out = self._receive(raw)
                     if out:
-                        await self._serial_write(writer, out)
+                        await self.send(out, writer)
         except OSError:
             pass
         finally:
@@ -154,15 +143,21 @@ class App:
 
     # -- tasks ------------------------------------------------------------------
 
-    def _drain(self):
-        c = self.b.drain()
-        if c:
-            self.m.add(c)
+    async def pulses(self):
+        """Drain the pulse counters (after a wake-up, and before each tick)."""
+        while True:
+            await self.b.pulse_wait()
+            c = self.b.drain()
+            if c:
+                self.m.add(c)
 
     async def tick_loop(self):
         b = self.b
+        probe = getattr(b, "heap_probe", False)
         while True:
-            self._drain()
+            c = b.drain()
+            if c:
+                self.m.add(c)
             ms = b.now_ms()
             try:
                 frames = self.m.tick(ms // 1000, self.online(), ms)
@@ -170,16 +165,12 @@ class App:
                 self.errors += 1
                 sys.print_exception(e)
                 frames = []
-            if self.probe:
+            if probe:
                 self.sample(frames)
-            await self.send_up(frames)
+            if frames:
+                await self.send(frames)
             frames = None
             await asyncio.sleep_ms(b.tick_ms)
-
-    async def pulses(self):
-        while True:
-            await self.b.pulse_wait()
-            self._drain()
 
     def sample(self, live=None):
         """Heap in use after a collection; `live` (e.g. frames in flight) is kept."""
@@ -193,87 +184,72 @@ class App:
         return a
 
     async def control(self, reader, writer):
-        """Line commands of the virtual board (UNIX.md)."""
+        """Line commands of the virtual board (UNIX.md), one reply line each."""
+        import json
+
+        b = self.b
         try:
             while True:
                 line = await reader.readline()
                 if not line:
                     break
-                reply = await self.command(line.decode().strip())
+                parts = line.decode().split()
+                cmd = parts[0] if parts else ""
+                arg = parts[1] if len(parts) > 1 else ""
+                reply = "ok"
+                if cmd == "status":
+                    st = self.m.status()
+                    st["now"] = b.now()
+                    st["online"] = self.online()
+                    st["mqtt"] = self.online(True)
+                    st["errors"] = self.errors
+                    reply = json.dumps(st)
+                elif cmd == "heap":
+                    a = self.sample()
+                    f = gc.mem_free()
+                    reply = json.dumps(
+                        {"alloc": a, "free": f, "peak": self.peak, "steady": self.steady}
+                    )
+                elif cmd == "step":
+                    b.anchor(b.now_ms() + int(arg) * 1000)
+                elif cmd == "drift":
+                    b.anchor(b.now_ms(), drift=int(arg))
+                elif cmd == "speed":
+                    b.anchor(b.now_ms(), speed=int(arg))
+                elif cmd == "link":
+                    b.link_forced_down = arg == "down"
+                    await self.mqtt(arg != "down")
+                elif cmd == "tamper":
+                    self.m.tamper(b.now())
+                elif cmd == "off":  # graceful power-down (a kill -9 is the hard cut)
+                    sys.exit(0)
+                else:
+                    reply = "error unknown command %r" % cmd
                 writer.write((reply + "\n").encode())
                 await writer.drain()
         except OSError:
             pass
         writer.close()
 
-    async def command(self, line):
-        import json
-
-        b = self.b
-        parts = line.split()
-        cmd = parts[0] if parts else ""
-        arg = parts[1] if len(parts) > 1 else ""
-        if cmd == "status":
-            st = self.m.status()
-            st["now"] = b.now()
-            st["online"] = self.online()
-            st["mqtt"] = self.mqtt_up()
-            st["errors"] = self.errors
-            return json.dumps(st)
-        if cmd == "heap":
-            a = self.sample()
-            return json.dumps(
-                {"alloc": a, "free": gc.mem_free(), "peak": self.peak, "steady": self.steady}
-            )
-        if cmd == "step":
-            b.step(int(arg))
-            return "ok"
-        if cmd == "drift":
-            b.set_drift(int(arg))
-            return "ok"
-        if cmd == "speed":
-            b.set_speed(int(arg))
-            return "ok"
-        if cmd == "link":
-            if arg == "down":
-                b.link_forced_down = True
-                await self.stop_mqtt()
-            else:
-                b.link_forced_down = False
-                self.start_mqtt()
-            return "ok"
-        if cmd == "tamper":
-            self.m.tamper(b.now())
-            return "ok"
-        if cmd == "off":  # graceful power-down (a kill -9 is the hard cut)
-            sys.exit(0)
-        return "error unknown command %r" % cmd
-
-
-async def _readinto(reader, buf):
-    # StreamReader.readinto exists on MicroPython; CPython's reader has read()
-    if hasattr(reader, "readinto"):
-        return await reader.readinto(buf)
-    data = await reader.read(len(buf))
-    buf[: len(data)] = data
-    return len(data)
-
 
 async def run(board):
     app = App(board)
     app.m.boot(board.now())
     print("meter %d booted at %d (%s)" % (board.meter_id, board.now(), board.NAME))
-    app.start_mqtt()
-    tasks = [asyncio.create_task(app.tick_loop()), asyncio.create_task(app.pulses())]
+    await app.mqtt(True)
+    asyncio.create_task(app.pulses())
     await board.serial_ports(app.serve_serial)
     if getattr(board, "control_port", 0):
         await asyncio.start_server(app.control, "127.0.0.1", board.control_port)
     print("ready")
-    await asyncio.gather(*tasks)
+    await app.tick_loop()
 
 
 def main(argv):
-    hal = pick_hal()
+    if sys.platform in ("linux", "darwin"):  # the unix port (and CPython): virtual board
+        from hal import unix as hal
+    else:
+        from hal import esp32 as hal
     board = hal.Board(argv[1] if len(argv) > 1 else hal.DEFAULT_DIR)
     asyncio.run(run(board))
 

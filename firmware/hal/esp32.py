@@ -65,14 +65,17 @@ def _make_isr(ch):
     return isr
 
 
+_IDENT = ("interval_s", "utc_offset_min", "push_mask", "meter_multiplier", "read_offset_s")
+
+
 class Board:
     NAME = NAME
 
     def __init__(self, flash_dir=DEFAULT_DIR):
         global _flag
         with open((flash_dir or "") + "/board.json") as f:
-            cfg = json.load(f)
-        self.cfg = cfg
+            cfg = json.load(f)  # read once into attributes (not kept: heap)
+        self._ident = {k: cfg[k] for k in _IDENT if k in cfg}
         self.meter_id = cfg["meter_id"]
         self.key = bytes.fromhex(cfg["key"])
         br = cfg.get("broker")
@@ -116,12 +119,8 @@ class Board:
             self._wlan.connect(w["ssid"], w["key"])
 
     def ident(self):
-        c = self.cfg
-        out = {}
-        for k in ("interval_s", "utc_offset_min", "push_mask", "meter_multiplier", "read_offset_s"):
-            if k in c:
-                out[k] = c[k]
-        return out
+        """Keyword arguments for meter.Ident (defaults of a fresh install)."""
+        return self._ident
 
     # -- RTC ------------------------------------------------------------------
 

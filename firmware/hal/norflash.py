@@ -60,7 +60,12 @@ class NORFlash:
         # writes the file; the virtual board uses it so the flash model does not
         # take 256 KiB of a 100 KB MicroPython heap (on the board flash is flash)
         self.ram = ram or path is None
-        self.data = bytearray(b"\xff" * self.size) if self.ram else None
+        self.data = None
+        if self.ram:  # erased: filled in place (bytearray(b"\xff" * size) needs twice the heap)
+            self.data = bytearray(self.size)
+            ff = b"\xff" * block_size
+            for b in range(block_count):
+                self.data[b * block_size : (b + 1) * block_size] = ff
         self.erase_counts = [0] * block_count
         self.ops = 0  # mutating operations so far (program or erase)
         self.programs = 0

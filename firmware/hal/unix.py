@@ -6,6 +6,9 @@
 # process being killed) the way a battery-backed RTC does: its anchor is in
 # <flash_dir>/rtc.json and it keeps counting from real time while "off".
 # Integers only: times are int ms, energy int Wh with the remainder carried.
+# Lean on purpose (it is measured with the firmware, `bench firmware-heap`):
+# board.json is read once into attributes, the flash is a small file-backed
+# NOR device (hal/norflash.py, with power-cut injection, stays host-side).
 import json
 import os
 import time
@@ -23,13 +26,14 @@ except ImportError:
         return x
 
 
-from hal import norflash
 from meter import timeutil as tu
 
 _PROFILE_STEP = const(900)  # the CSV's interval
 _PPM = const(1000000)
+_CHUNK = const(256)  # flash scratch: programs are records (<= 256 B), erases go in chunks
 NAME = "unix"
 DEFAULT_DIR = "var/board"
+_IDENT = ("interval_s", "utc_offset_min", "push_mask", "meter_multiplier", "read_offset_s")
 
 
 def _exists(p):
@@ -45,6 +49,75 @@ def real_ms():
     return time.time_ns() // 1000000
 
 
+class Flash:
+    """The board's NOR flash in a file: programming only clears bits (a 0 -> 1
+    bit is a firmware bug: ValueError), ioctl(6) erases to 0xFF and counts it
+    in `<path>.erase`. Written through on every operation (a kill -9 is a cut)."""
+
+    def __init__(self, path, block_size=4096, blocks=64):
+        self.path = path
+        self.bs = block_size
+        self.n = blocks
+        self.erase_counts = [0] * blocks
+        self._tmp = bytearray(_CHUNK)
+        if _exists(path):
+            if os.stat(path)[6] != block_size * blocks:
+                raise ValueError("flash image %s: wrong size" % path)
+            if _exists(path + ".erase"):
+                with open(path + ".erase") as f:
+                    c = [int(x) for x in f.read().split()]
+                if len(c) == blocks:
+                    self.erase_counts = c
+            self.f = open(path, "r+b")
+        else:
+            self.f = open(path, "w+b")
+            for b in range(blocks):
+                self._fill(b)
+
+    def _fill(self, block):
+        t = self._tmp
+        for i in range(_CHUNK):
+            t[i] = 0xFF
+        self.f.seek(block * self.bs)
+        for _ in range(self.bs // _CHUNK):
+            self.f.write(t)
+        self.f.flush()
+
+    def readblocks(self, block, buf, offset=0):
+        self.f.seek(block * self.bs + offset)
+        self.f.readinto(buf)
+
+    def writeblocks(self, block, buf, offset=None):
+        if offset is None:  # the simple interface: erase whole blocks first
+            for i in range(len(buf) // self.bs):
+                self.ioctl(6, block + i)
+            offset = 0
+        n = len(buf)
+        old = self._tmp if n <= _CHUNK else bytearray(n)
+        addr = block * self.bs + offset
+        f = self.f
+        f.seek(addr)
+        f.readinto(memoryview(old)[:n])
+        for i in range(n):
+            if buf[i] & ~old[i] & 0xFF:
+                raise ValueError("program 0->1 at %d" % (addr + i))
+        f.seek(addr)
+        f.write(buf)
+        f.flush()
+
+    def ioctl(self, op, arg):
+        if op == 4:
+            return self.n
+        if op == 5:
+            return self.bs
+        if op == 6:
+            self._fill(arg)
+            self.erase_counts[arg] += 1
+            with open(self.path + ".erase", "w") as f:
+                f.write(" ".join([str(c) for c in self.erase_counts]))
+        return 0
+
+
 class Board:
     """The virtual board: config, RTC, energy source, flash, ports."""
 
@@ -54,7 +127,6 @@ class Board:
         self.dir = flash_dir
         with open(flash_dir + "/board.json") as f:
             cfg = json.load(f)
-        self.cfg = cfg
         self.meter_id = cfg["meter_id"]
         self.key = bytes.fromhex(cfg["key"])
         br = cfg.get("broker")
@@ -64,46 +136,38 @@ class Board:
         self.control_port = cfg.get("control_port", 0)
         self.uplink = cfg.get("uplink", "mqtt" if br else "uart")
         self.tick_ms = cfg.get("tick_ms", 100)
+        self.heap_probe = cfg.get("heap_probe", False)
         self.link_forced_down = False
+        self._ident = {k: cfg[k] for k in _IDENT if k in cfg}
         fl = cfg.get("flash", {})
-        self.flash = norflash.NORFlash(
+        self.flash = Flash(
+            flash_dir + "/" + fl.get("file", "flash.bin"),
             fl.get("block_size", 4096),
             fl.get("blocks", 64),
-            path=flash_dir + "/" + fl.get("file", "flash.bin"),
-            ram=False,
         )
         self._rtc_init(cfg.get("clock", {}))
         self._energy_init(cfg.get("energy", {}))
 
     def ident(self):
         """Keyword arguments for meter.Ident (defaults of a fresh install)."""
-        c = self.cfg
-        out = {}
-        for k in ("interval_s", "utc_offset_min", "push_mask", "meter_multiplier", "read_offset_s"):
-            if k in c:
-                out[k] = c[k]
-        return out
+        return self._ident
 
     # -- RTC (simulated, battery-backed) ------------------------------------------
 
     def _rtc_init(self, clk):
-        self.speed = clk.get("speed", 1)
         p = self.dir + "/rtc.json"
+        r = {}
         if _exists(p):
             with open(p) as f:
                 r = json.load(f)
-            self._anchor_sim = r["sim_ms"]
-            self._anchor_real = r["real_ms"]
-            self._true_sim = r.get("true_sim_ms", self._anchor_sim)
-            self._true_real = r.get("true_real_ms", self._anchor_real)
-            self.speed = r.get("speed", self.speed)
-            self.drift_ppm = r.get("drift_ppm", 0)
-        else:
-            self._anchor_sim = clk.get("sim_start", 1772323200) * 1000
-            self._anchor_real = clk.get("real_start_ms", 0) or real_ms()
-            self.drift_ppm = clk.get("drift_ppm", 0)
-            self._true_sim = self._anchor_sim
-            self._true_real = self._anchor_real
+        sim = clk.get("sim_start", 1772323200) * 1000
+        self._anchor_sim = r.get("sim_ms", sim)
+        self._anchor_real = r.get("real_ms") or clk.get("real_start_ms", 0) or real_ms()
+        self._true_sim = r.get("true_sim_ms", self._anchor_sim)
+        self._true_real = r.get("true_real_ms", self._anchor_real)
+        self.speed = r.get("speed", clk.get("speed", 1))
+        self.drift_ppm = r.get("drift_ppm", clk.get("drift_ppm", 0))
+        if not r:
             self._rtc_save()
 
     def _rtc_save(self):
@@ -134,50 +198,37 @@ class Board:
         """Simulated reality (no drift, no steps): what the energy source follows."""
         return self._true_sim + (real_ms() - self._true_real) * self.speed
 
-    def _reanchor(self, sim_ms):
-        self._anchor_sim = sim_ms
-        self._anchor_real = real_ms()
-        self._rtc_save()
-
     def set_clock(self, utc_s):
         """The firmware steps the RTC (time sync, time_set)."""
-        self._reanchor(utc_s * 1000)
+        self.anchor(utc_s * 1000)
 
-    def step(self, seconds):
-        """Inject a clock fault: jump by `seconds` (control port)."""
-        self._reanchor(self.now_ms() + seconds * 1000)
-
-    def set_drift(self, ppm):
-        self._reanchor(self.now_ms())
-        self.drift_ppm = ppm
-        self._rtc_save()
-
-    def set_speed(self, speed):
-        self._true_sim = self.true_ms()
-        self._true_real = real_ms()
-        self._reanchor(self.now_ms())
-        self.speed = speed
+    def anchor(self, sim_ms, drift=None, speed=None):
+        """Re-anchor the RTC at sim_ms; the control port also changes drift
+        (ppm) or speed there (`step`, `drift`, `speed`)."""
+        if speed is not None:
+            self._true_sim = self.true_ms()
+            self._true_real = real_ms()
+            self.speed = speed
+        if drift is not None:
+            self.drift_ppm = drift
+        self._anchor_sim = sim_ms
+        self._anchor_real = real_ms()
         self._rtc_save()
 
     # -- energy: the load profile, integer Wh in proportion to elapsed time -------
 
     def _energy_init(self, en):
+        n = self.channels = en.get("channels", 4)
         self.scale_pct = en.get("scale_pct", 100)
-        self.channels = en.get("channels", 4)
         self._prof = None
         self._rows = 0
         self._t0 = 0
-        self._frac = [0] * self.channels  # remainder in Wh x 900 x 100
+        self._frac = [0] * n  # remainder in Wh x 900 x 100
         self._last = None
-        self._row_buf = bytearray(2 * self.channels)
-        csv = en.get("csv")
-        if csv is None:
-            csv = _default_csv()
-        if en.get("flat_wh") is not None:  # a flat load: Wh per 15 minutes per channel
-            self._flat = en["flat_wh"]
-            return
-        self._flat = None
-        if csv and _exists(csv):
+        self._row_buf = bytearray(2 * n)
+        self._flat = en.get("flat_wh")  # a flat load: Wh per 15 minutes per channel
+        csv = en.get("csv") or _default_csv()
+        if self._flat is None and _exists(csv):
             self._load_profile(csv)
 
     def _load_profile(self, csv):
@@ -195,7 +246,15 @@ class Board:
                     if len(parts) < 1 + n:
                         continue
                     if first:
-                        t0 = _iso_utc(parts[0])
+                        s = parts[0]  # "2024-04-01T00:00:00Z"
+                        t0 = tu.utc(
+                            int(s[0:4]),
+                            int(s[5:7]),
+                            int(s[8:10]),
+                            int(s[11:13]),
+                            int(s[14:16]),
+                            int(s[17:19]),
+                        )
                         b.write(t0.to_bytes(4, "big"))
                         first = False
                     for i in range(n):
@@ -208,40 +267,34 @@ class Board:
         self._t0 = int.from_bytes(self._prof.read(4), "big")
         self._rows = (os.stat(binp)[6] - 4) // (2 * n)
 
-    def _row(self, t):
-        """Wh per 15 minutes of each channel for sim time t (the profile repeats)."""
-        if self._flat is not None:
-            return self._flat
-        if not self._rows:
-            return None
-        k = ((t - self._t0) // _PROFILE_STEP) % self._rows
-        f = self._prof
-        f.seek(4 + k * len(self._row_buf))
-        f.readinto(self._row_buf)
-        b = self._row_buf
-        return [(b[2 * i] << 8) | b[2 * i + 1] for i in range(self.channels)]
-
     def drain(self):
         """Energy since the last drain, ints per channel (pulse-counter semantics)."""
         now = self.true_ms() // 1000
         last = self._last
         self._last = now
-        if last is None or now <= last:
+        if last is None or now <= last or (self._flat is None and not self._rows):
             return None
-        out = [0] * self.channels
+        n = self.channels
+        out = [0] * n
+        b = self._row_buf
+        frac = self._frac
         t = last
         while t < now:  # walk profile rows: energy in proportion to time in each
             end = t - (t - self._t0) % _PROFILE_STEP + _PROFILE_STEP
             if end > now:
                 end = now
-            row = self._row(t)
-            if row is not None:
-                dt = end - t
-                for i in range(self.channels):
-                    self._frac[i] += row[i] * self.scale_pct * dt
-                    whole = self._frac[i] // (_PROFILE_STEP * 100)
-                    self._frac[i] -= whole * _PROFILE_STEP * 100
-                    out[i] += whole
+            row = self._flat
+            if row is None:  # the profile repeats
+                k = ((t - self._t0) // _PROFILE_STEP) % self._rows
+                self._prof.seek(4 + k * 2 * n)
+                self._prof.readinto(b)
+            dt = end - t
+            for i in range(n):
+                wh = row[i] if row is not None else (b[2 * i] << 8) | b[2 * i + 1]
+                frac[i] += wh * self.scale_pct * dt
+                whole = frac[i] // (_PROFILE_STEP * 100)
+                frac[i] -= whole * _PROFILE_STEP * 100
+                out[i] += whole
             t = end
         return out
 
@@ -256,23 +309,11 @@ class Board:
         if self.uart_port:
             await asyncio.start_server(handler, "127.0.0.1", self.uart_port)
 
-    # -- misc ---------------------------------------------------------------------
-
     def rand(self):
         return int.from_bytes(os.urandom(4), "big")
-
-    def tamper_input(self):
-        return False
 
 
 def _default_csv():
     # ../shared/data/household_45d_15min.csv relative to the repo (firmware/..)
     here = __file__.rsplit("/", 1)[0] if "/" in __file__ else "."
     return here + "/../../../shared/data/household_45d_15min.csv"
-
-
-def _iso_utc(s):
-    # "2024-04-01T00:00:00Z" -> UTC s (integers only)
-    return tu.utc(
-        int(s[0:4]), int(s[5:7]), int(s[8:10]), int(s[11:13]), int(s[14:16]), int(s[17:19])
-    )

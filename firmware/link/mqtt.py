@@ -4,7 +4,7 @@
 # off, so the broker keeps our subscription and queued downlinks while we are
 # away), reconnect with exponential backoff and jitter. Packet building and
 # parsing are pure functions; `Client` is the small asyncio shell around them.
-# Delivery: an outgoing QoS 1 message stays in `inflight` until its PUBACK and
+# Delivery: an outgoing QoS 1 message stays in `inflight` until its _PUBACK and
 # is re-sent with DUP after every reconnect; an incoming QoS 1 message is
 # PUBACKed only after the handler returned, so a crash in between makes the
 # broker send it again (at least once; the protocol's seq makes it idempotent).
@@ -23,15 +23,15 @@ except ImportError:
         return x
 
 
-CONNECT = const(1)
-CONNACK = const(2)
-PUBLISH = const(3)
-PUBACK = const(4)
-SUBSCRIBE = const(8)
-SUBACK = const(9)
-PINGREQ = const(12)
-PINGRESP = const(13)
-DISCONNECT = const(14)
+_CONNECT = const(1)
+_CONNACK = const(2)
+_PUBLISH = const(3)
+_PUBACK = const(4)
+_SUBSCRIBE = const(8)
+_SUBACK = const(9)
+_PINGREQ = const(12)
+_PINGRESP = const(13)
+_DISCONNECT = const(14)
 
 _MAX_PACKET = const(8192)  # a frame is at most 4133 bytes; anything bigger is refused
 
@@ -75,11 +75,11 @@ def connect_packet(client_id, keepalive, clean=False, user=None, password=None):
         flags |= 0x40
         payload += _str(password)
     var = _str("MQTT") + bytes([4, flags]) + struct.pack(">H", keepalive)
-    return _packet(CONNECT << 4, var + payload)
+    return _packet(_CONNECT << 4, var + payload)
 
 
 def publish_packet(topic, payload, qos=1, pid=0, dup=False, retain=False):
-    flags = (PUBLISH << 4) | (qos << 1) | (0x08 if dup else 0) | (1 if retain else 0)
+    flags = (_PUBLISH << 4) | (qos << 1) | (0x08 if dup else 0) | (1 if retain else 0)
     var = _str(topic)
     if qos:
         var += struct.pack(">H", pid)
@@ -87,26 +87,26 @@ def publish_packet(topic, payload, qos=1, pid=0, dup=False, retain=False):
 
 
 def puback_packet(pid):
-    return _packet(PUBACK << 4, struct.pack(">H", pid))
+    return _packet(_PUBACK << 4, struct.pack(">H", pid))
 
 
 def subscribe_packet(pid, topics, qos=1):
     body = struct.pack(">H", pid)
     for t in topics:
         body += _str(t) + bytes([qos])
-    return _packet((SUBSCRIBE << 4) | 0x02, body)
+    return _packet((_SUBSCRIBE << 4) | 0x02, body)
 
 
 def pingreq_packet():
-    return bytes([PINGREQ << 4, 0])
+    return bytes([_PINGREQ << 4, 0])
 
 
 def disconnect_packet():
-    return bytes([DISCONNECT << 4, 0])
+    return bytes([_DISCONNECT << 4, 0])
 
 
 def parse_publish(flags, body):
-    """(topic, payload, qos, pid, dup) of a PUBLISH body."""
+    """(topic, payload, qos, pid, dup) of a _PUBLISH body."""
     if len(body) < 2:
         raise MQTTError("PUBLISH too short")
     tlen = struct.unpack_from(">H", body, 0)[0]
@@ -161,6 +161,28 @@ async def _sleep_ms(ms):
         await asyncio.sleep(ms / 1000)
 
 
+class _Flag:
+    """asyncio.Event's is_set/set/clear/wait (wait polls every 20 ms): only
+    tests wait on it, and asyncio.Event would load asyncio.event (~1 KB heap)."""
+
+    def __init__(self):
+        self.on = False
+
+    def is_set(self):
+        return self.on
+
+    def set(self):
+        self.on = True
+
+    def clear(self):
+        self.on = False
+
+    async def wait(self):
+        while not self.on:
+            await _sleep_ms(20)
+        return True
+
+
 class Client:
     """Args: client_id, host, port, subscriptions (topics, QoS 1), handler
     (async callable (topic, payload) for incoming messages), keepalive_s, rand
@@ -190,8 +212,7 @@ class Client:
         self._order = []  # pids in send order, for in-order resend
         self._pid = 0
         self._writer = None
-        self.connected = asyncio.Event()
-        self._acked = asyncio.Event()
+        self.connected = _Flag()
         self._stop = False
         self.connects = 0
         self.failures = 0
@@ -224,8 +245,7 @@ class Client:
 
         async def wait():
             while pid in self.inflight:
-                self._acked.clear()
-                await self._acked.wait()
+                await _sleep_ms(20)
 
         if timeout_s is None:
             await wait()
@@ -242,7 +262,7 @@ class Client:
             writer.write(connect_packet(self.client_id, self.keepalive_s, clean=False))
             await writer.drain()
             ptype, _f, body = await read_packet(reader)
-            if ptype != CONNACK or len(body) != 2 or body[1] != 0:
+            if ptype != _CONNACK or len(body) != 2 or body[1] != 0:
                 raise MQTTError("CONNACK refused: %r" % (body,))
             session_present = body[0] & 1
             if self.subscriptions and not session_present:
@@ -254,9 +274,33 @@ class Client:
             self._writer = writer
             self.connects += 1
             self.connected.set()
-            pinger = asyncio.create_task(self._pinger(writer))
+            self._rx = True
+            self._silent = False
+            pinger = asyncio.create_task(self._pinger(writer, asyncio.current_task()))
             try:
-                await self._reader_loop(reader, writer)
+                while True:
+                    ptype, flags, body = await read_packet(reader)
+                    self._rx = True
+                    if ptype == _PUBLISH:
+                        topic, payload, qos, pid, _dup = parse_publish(flags, body)
+                        if self.handler is not None:
+                            await self.handler(topic, payload)
+                        if qos == 1:
+                            writer.write(puback_packet(pid))
+                            await writer.drain()
+                    elif ptype == _PUBACK and len(body) == 2:
+                        pid = struct.unpack(">H", body)[0]
+                        if self.inflight.pop(pid, None) is not None:
+                            self._order.remove(pid)
+                    elif ptype not in (_SUBACK, _PINGRESP):
+                        raise MQTTError("unexpected packet type %d" % ptype)
+            except asyncio.CancelledError:
+                if not self._silent:
+                    raise  # stop() or the app: not a link failure
+                t = asyncio.current_task()
+                if hasattr(t, "uncancel"):  # CPython >= 3.11 counts cancellations
+                    t.uncancel()
+                raise MQTTError("broker silent for over 1.5 keepalive periods")
             finally:
                 pinger.cancel()
         finally:
@@ -268,33 +312,21 @@ class Client:
             except Exception:  # the socket may already be gone; nothing to save
                 pass
 
-    async def _pinger(self, writer):
+    async def _pinger(self, writer, session):
+        # PINGREQ every 3/4 keepalive; the broker answers every one, so two
+        # periods without any packet mean the link is dead: cancel the session
+        # (a task of its own per read, as wait_for makes, costs heap)
+        idle = 0
         while True:
             await asyncio.sleep(self.keepalive_s * 3 // 4 or 1)
+            idle = 0 if self._rx else idle + 1
+            self._rx = False
+            if idle >= 2:
+                self._silent = True
+                session.cancel()
+                return
             writer.write(pingreq_packet())
             await writer.drain()
-
-    async def _reader_loop(self, reader, writer):
-        while True:
-            ptype, flags, body = await asyncio.wait_for(
-                read_packet(reader), self.keepalive_s * 3 // 2 + 1
-            )
-            if ptype == PUBLISH:
-                topic, payload, qos, pid, _dup = parse_publish(flags, body)
-                if self.handler is not None:
-                    await self.handler(topic, payload)
-                if qos == 1:
-                    writer.write(puback_packet(pid))
-                    await writer.drain()
-            elif ptype == PUBACK and len(body) == 2:
-                pid = struct.unpack(">H", body)[0]
-                if self.inflight.pop(pid, None) is not None:
-                    self._order.remove(pid)
-                    self._acked.set()
-            elif ptype in (SUBACK, PINGRESP):
-                pass
-            else:
-                raise MQTTError("unexpected packet type %d" % ptype)
 
     async def run(self):
         """Connect, serve, and reconnect with backoff until `stop()`."""

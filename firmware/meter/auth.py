@@ -14,8 +14,8 @@ except ImportError:
 
 
 _BLOCK = const(64)  # SHA-256 block size
-MAC_LEN = const(16)
-KEY_LEN = const(32)
+_MAC_LEN = const(16)
+_KEY_LEN = const(32)
 _HEADER_LEN = const(15)
 _CRC_LEN = const(2)
 _FLAG_AUTH = const(0x01)
@@ -61,7 +61,7 @@ def frame_mac(key, signed, counter):
         raise MalformedPayload("auth counter out of range", "0..2**32-1", counter)
     h = bytearray(signed)
     h.extend(struct.pack(">I", counter))
-    return hmac_sha256(key, h)[:MAC_LEN]
+    return hmac_sha256(key, h)[:_MAC_LEN]
 
 
 def download_mac(key, nonce, operator):
@@ -83,12 +83,12 @@ def verify_frame(frame, key, last_counter=None):
     if len(mv) < _HEADER_LEN + _CRC_LEN or not mv[2] & _FLAG_AUTH:
         raise BadMac("frame is not authenticated", "AUTH flag", "none")
     end = _HEADER_LEN + ((mv[13] << 8) | mv[14])
-    if len(mv) < end + 4 + MAC_LEN:
-        raise BadMac("frame too short for its auth trailer", end + 4 + MAC_LEN, len(mv))
+    if len(mv) < end + 4 + _MAC_LEN:
+        raise BadMac("frame too short for its auth trailer", end + 4 + _MAC_LEN, len(mv))
     # header || payload || counter are contiguous in the frame: MAC them in place
     counter = struct.unpack_from(">I", mv, end)[0]
-    want = hmac_sha256(key, mv[0 : end + 4])[:MAC_LEN]
-    if not compare(want, mv[end + 4 : end + 4 + MAC_LEN]):
+    want = hmac_sha256(key, mv[0 : end + 4])[:_MAC_LEN]
+    if not compare(want, mv[end + 4 : end + 4 + _MAC_LEN]):
         raise BadMac(
             "MAC does not match the meter key", "valid MAC", bytes(mv[end + 4 : end + 20]).hex()
         )

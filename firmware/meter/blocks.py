@@ -14,12 +14,12 @@ except ImportError:
         return x
 
 
-GROUP = const(32)
+_GROUP = const(32)
 MAX_VALUE = const(0x7FFFFFFF)  # values are 0 <= v < 2**31
-WIDTHS = (0, 1, 2, 4, 8, 16, 32)  # by width code
+_WIDTHS = const((0, 1, 2, 4, 8, 16, 32))  # by width code
 _MAX_BASE_BYTES = const(5)  # a FOR base is < 2**31
-FLAG_BITS = const(0x1F)  # power_failed, clock_adjusted, partial, recovered, invalid
-MAX_VARINT_BYTES = const(10)
+_FLAG_BITS = const(0x1F)  # power_failed, clock_adjusted, partial, recovered, invalid
+_MAX_VARINT_BYTES = const(10)
 
 POWER_FAILED = const(0x01)
 CLOCK_ADJUSTED = const(0x02)
@@ -27,7 +27,7 @@ PARTIAL = const(0x04)
 RECOVERED = const(0x08)
 INVALID = const(0x10)
 
-_VARINT_LIMIT = 1 << 64  # the construct side caps varints at 64 bits
+_VARINT_LIMIT = const(1 << 64)  # the construct side caps varints at 64 bits
 
 
 def bitlen(x):
@@ -68,7 +68,7 @@ def encode_varint(v, out=None):
     return out
 
 
-def decode_varint(buf, pos=0, end=None, maxlen=MAX_VARINT_BYTES):
+def decode_varint(buf, pos=0, end=None, maxlen=_MAX_VARINT_BYTES):
     """Read a varint from buf[pos:end]; return (value, next pos).
 
     Rejects a non-minimal encoding (a last byte of 0 after the first), more than
@@ -100,7 +100,7 @@ def decode_varint(buf, pos=0, end=None, maxlen=MAX_VARINT_BYTES):
 
 
 def _check_flags(f):
-    if type(f) is not int or f < 0 or f & ~FLAG_BITS:
+    if type(f) is not int or f < 0 or f & ~_FLAG_BITS:
         raise MalformedPayload("status flags use reserved bits", "mask 0x1f", f)
 
 
@@ -149,7 +149,7 @@ def decode_runs(runs, count):
 def _code_for(bits):
     # smallest width code whose width holds a value of this bit length
     c = 0
-    while WIDTHS[c] < bits:
+    while _WIDTHS[c] < bits:
         c += 1
     return c
 
@@ -199,8 +199,8 @@ def encode_channel(values):
     out = bytearray()
     prev = 0
     total = len(values)
-    for g in range(0, total, GROUP):
-        n = total - g if total - g < GROUP else GROUP
+    for g in range(0, total, _GROUP):
+        n = total - g if total - g < _GROUP else _GROUP
         lo = hi = values[g]
         zmax = 0
         p = prev
@@ -218,8 +218,8 @@ def encode_channel(values):
             p = v
         cf = _code_for(bitlen(hi - lo))
         cd = _code_for(bitlen(zmax))
-        wf = WIDTHS[cf]
-        wd = WIDTHS[cd]
+        wf = _WIDTHS[cf]
+        wd = _WIDTHS[cd]
         if (n * wd + 7) >> 3 < _varint_len(lo) + ((n * wf + 7) >> 3):  # DELTA only if smaller
             out.append(0x80 | cd)
             _pack(out, values, g, n, wd, prev, True)
@@ -239,14 +239,14 @@ def decode_channel(data, count):
     too long for count values.
     """
     size = len(data)
-    if size < (count + GROUP - 1) // GROUP:  # a header byte per group at least
+    if size < (count + _GROUP - 1) // _GROUP:  # a header byte per group at least
         raise MalformedPayload("channel stream truncated", ">= 1 byte per group", size)
     out = [0] * count
     prev = 0
     pos = 0
     i = 0
     while i < count:
-        n = count - i if count - i < GROUP else GROUP
+        n = count - i if count - i < _GROUP else _GROUP
         if pos >= size:
             raise MalformedPayload("channel stream truncated", "group header", "end")
         head = data[pos]
@@ -254,7 +254,7 @@ def decode_channel(data, count):
         code = head & 0x7F
         if code > 6:
             raise MalformedPayload("bad group header", "width code 0..6", "0x%02x" % head)
-        w = WIDTHS[code]
+        w = _WIDTHS[code]
         delta = head & 0x80
         base = 0
         if not delta:

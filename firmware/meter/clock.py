@@ -29,9 +29,9 @@ OUT_OF_SYNC = const(2)
 FAILED = const(3)
 DECISIONS = ("none", "step", "out_of_sync", "failed")
 
-STEP_ABOVE_MS = const(20000)  # |offset| above this: step
-OUT_OF_SYNC_MS = const(120000)  # |offset| at or above this: out of sync, no step
-MARGIN_S = const(60)  # never sync within this of an interval boundary
+_STEP_ABOVE_MS = const(20000)  # |offset| above this: step
+_OUT_OF_SYNC_MS = const(120000)  # |offset| at or above this: out of sync, no step
+_MARGIN_S = const(60)  # never sync within this of an interval boundary
 MAX_DELAY_MS = const(4000)  # longer round trips are rejected (error up to 2 s)
 TIMEOUT_S = const(30)  # no reply within this: failed attempt
 RETRIES = const(3)  # failed attempts retried per day
@@ -50,9 +50,9 @@ class ClockError(ValueError):
 
 def _allowed_before(x, base, interval_s):
     # Allowed instants t in [base, x): (t - base) % interval_s in [MARGIN, interval_s - MARGIN].
-    per = interval_s - 2 * MARGIN_S + 1
+    per = interval_s - 2 * _MARGIN_S + 1
     q, r = divmod(x - base, interval_s)
-    r -= MARGIN_S
+    r -= _MARGIN_S
     if r < 0:
         r = 0
     elif r > per:
@@ -78,9 +78,9 @@ def next_sync_instant(day_start, interval_s, rand_u32, after=None):
     if n <= 0:
         return None
     k = a + rand_u32 % n
-    per = interval_s - 2 * MARGIN_S + 1
+    per = interval_s - 2 * _MARGIN_S + 1
     q, r = divmod(k, per)
-    return day_start + q * interval_s + MARGIN_S + r
+    return day_start + q * interval_s + _MARGIN_S + r
 
 
 def offset_and_delay(t1_ms, t2_ms, t3_ms, t4_ms):
@@ -99,9 +99,9 @@ def offset_and_delay(t1_ms, t2_ms, t3_ms, t4_ms):
 def decide(offset_ms):
     """NONE, STEP or OUT_OF_SYNC for an estimated offset (M07, M08)."""
     a = -offset_ms if offset_ms < 0 else offset_ms
-    if a <= STEP_ABOVE_MS:
+    if a <= _STEP_ABOVE_MS:
         return NONE
-    if a < OUT_OF_SYNC_MS:
+    if a < _OUT_OF_SYNC_MS:
         return STEP
     return OUT_OF_SYNC
 

@@ -17,15 +17,15 @@ except ImportError:
         return x
 
 
-KIND_VALUE = const(0)
-KIND_DELETE = const(1)
-MAX_VALUE = const(251)  # bytes per value: 3 header + 251 + 2 check = 256
-MAX_KEY = const(255)
+_KIND_VALUE = const(0)
+_KIND_DELETE = const(1)
+_MAX_VALUE = const(251)  # bytes per value: 3 header + 251 + 2 check = 256
+_MAX_KEY = const(255)
 
 
 class ConfigLog:
-    def __init__(self, bdev, first, count, tag):
-        self.ring = Ring(bdev, first, count, tag)
+    def __init__(self, bdev, first, count, tag, buf=None):
+        self.ring = Ring(bdev, first, count, tag, buf)
         self.ring.opened = self._relocate
         self.index = {}  # key -> [block, slot, nslot]; nslot 0 = deleted
         self.limit = self.ring.usable // 2  # live slots allowed
@@ -39,9 +39,9 @@ class ConfigLog:
         idx = {}
         for blk in r.order:
             for slot, kind, rec in r.records(blk):
-                if kind == KIND_VALUE:
+                if kind == _KIND_VALUE:
                     idx[rec[1]] = [blk, slot, NSLOT[rec[0] & 3]]
-                elif kind == KIND_DELETE:
+                elif kind == _KIND_DELETE:
                     idx[rec[1]] = [blk, slot, 0]
         self.index = idx
         self.live = 0
@@ -68,7 +68,7 @@ class ConfigLog:
             if r.wpos + NSLOT[size_class(ln + 5)] > r.spb:
                 self.stuck = True  # only after repeated cuts during one copy
                 return
-            blk, slot = r.append(KIND_VALUE, 3 + ln, tmp)  # r.buf may hold a pending put
+            blk, slot = r.append(_KIND_VALUE, 3 + ln, tmp)  # r.buf may hold a pending put
             ent[0] = blk
             ent[1] = slot
 
@@ -85,11 +85,11 @@ class ConfigLog:
         return sorted(k for k in self.index if self.index[k][2])
 
     def put(self, key, value):
-        if not isinstance(key, int) or key < 0 or key > MAX_KEY:
+        if not isinstance(key, int) or key < 0 or key > _MAX_KEY:
             raise StoreError("config key must be an int 0..255")
         ln = len(value)
-        if ln > MAX_VALUE:
-            raise StoreError("config value of %d bytes exceeds %d" % (ln, MAX_VALUE))
+        if ln > _MAX_VALUE:
+            raise StoreError("config value of %d bytes exceeds %d" % (ln, _MAX_VALUE))
         n = NSLOT[size_class(ln + 5)]
         old = self.index.get(key)
         live = self.live - (old[2] if old else 0) + n
@@ -100,7 +100,7 @@ class ConfigLog:
         r.buf[1] = key
         r.buf[2] = ln
         r.buf[3 : 3 + ln] = value
-        blk, slot = r.append(KIND_VALUE, 3 + ln)
+        blk, slot = r.append(_KIND_VALUE, 3 + ln)
         self.index[key] = [blk, slot, n]
         self.live = live
 
@@ -111,7 +111,7 @@ class ConfigLog:
         self._check_stuck()
         r = self.ring
         r.buf[1] = key
-        blk, slot = r.append(KIND_DELETE, 2)
+        blk, slot = r.append(_KIND_DELETE, 2)
         self.index[key] = [blk, slot, 0]
         self.live -= old[2]
 

@@ -59,18 +59,18 @@ MAX_CODE = const(16)
 # Push mask: bit (1 << code). Bit 0 and bits above 16 are reserved.
 MASK_ALL = const(0x1FFFE)
 # Always pushed whatever the mask: M08 requires the out-of-sync message.
-ALWAYS_PUSH = const(0x10)  # 1 << CLOCK_OUT_OF_SYNC
+_ALWAYS_PUSH = const(0x10)  # 1 << CLOCK_OUT_OF_SYNC
 # Never pushed: pushing message_sent would log another message_sent (a loop).
-NEVER_PUSH = const(0x10000)  # 1 << MESSAGE_SENT
+_NEVER_PUSH = const(0x10000)  # 1 << MESSAGE_SENT
 DEFAULT_PUSH_MASK = const(0x2836)  # power_down/up, out_of_sync, sync_failed, tamper, auth_failed
 
 # Message types whose body is usage data: not logged as message_sent.
-USAGE_TYPES = (0x08, 0x12)  # read_response, download_data
+_USAGE_TYPES = const((0x08, 0x12))  # read_response, download_data
 
-RETRY_BASE_S = const(30)
+_RETRY_BASE_S = const(30)
 RETRY_CAP_S = const(3600)
-QUEUE_CAP = const(32)
-BATCH_MAX = const(16)
+_QUEUE_CAP = const(32)
+_BATCH_MAX = const(16)
 _SEQS_KEPT = const(4)  # frame seqs remembered per batch (late acks still count)
 _U32 = const(0xFFFFFFFF)
 
@@ -99,7 +99,7 @@ def retry_delay(attempt, rand_u32):
     """
     if attempt < 1:
         attempt = 1
-    d = RETRY_BASE_S
+    d = _RETRY_BASE_S
     while attempt > 1 and d < RETRY_CAP_S:
         d *= 2
         attempt -= 1
@@ -151,7 +151,7 @@ class StoreSink:
 class EventLog:
     """Event logging and pushing over a persistence sink."""
 
-    def __init__(self, sink, push_mask=DEFAULT_PUSH_MASK, queue_cap=QUEUE_CAP):
+    def __init__(self, sink, push_mask=DEFAULT_PUSH_MASK, queue_cap=_QUEUE_CAP):
         self.sink = sink
         self.push_mask = check_push_mask(push_mask)
         self.queue_cap = queue_cap
@@ -164,7 +164,7 @@ class EventLog:
         self.acked_upto = 0  # seq of the newest event removed by an ack (persist it)
 
     def pushes(self, code):
-        m = (self.push_mask | ALWAYS_PUSH) & ~NEVER_PUSH
+        m = (self.push_mask | _ALWAYS_PUSH) & ~_NEVER_PUSH
         return bool(m & (1 << code))
 
     def set_push_mask(self, mask):
@@ -187,7 +187,7 @@ class EventLog:
 
     def message_sent(self, msg_type, now):
         """Log a non-usage message just sent (event 16). Returns seq, or None for usage data."""
-        if msg_type in USAGE_TYPES:
+        if msg_type in _USAGE_TYPES:
             return None
         return self.log(MESSAGE_SENT, now, msg_type)
 
@@ -211,7 +211,7 @@ class EventLog:
             return True
         return now >= self.next_try
 
-    def batch(self, max_count=BATCH_MAX):
+    def batch(self, max_count=_BATCH_MAX):
         """The events for the next event frame: list of (code, time, data).
 
         The first call picks up to max_count queued events; until they are

@@ -11,8 +11,8 @@ except ImportError:
         return x
 
 
-FLAG = const(0x7E)
-ESC = const(0x7D)
+_FLAG = const(0x7E)
+_ESC = const(0x7D)
 _XOR = const(0x20)
 MAX_FRAME = const(4133)  # 15 header + 4096 payload + 20 auth + 2 CRC
 
@@ -28,14 +28,14 @@ def frame(data):
     if n < 1 or n > MAX_FRAME:
         raise FramingError("frame length", "1..%d bytes" % MAX_FRAME, n)
     out = bytearray()
-    out.append(FLAG)
+    out.append(_FLAG)
     for b in data:
-        if b == FLAG or b == ESC:
-            out.append(ESC)
+        if b == _FLAG or b == _ESC:
+            out.append(_ESC)
             out.append(b ^ _XOR)
         else:
             out.append(b)
-    out.append(FLAG)
+    out.append(_FLAG)
     return bytes(out)
 
 
@@ -61,7 +61,7 @@ class Deframer:
         n = self._n
         st = self._state
         for b in data:
-            if b == FLAG:
+            if b == _FLAG:
                 if st == _DATA:
                     if n:
                         frames.append(bytes(buf[0:n]))
@@ -71,12 +71,12 @@ class Deframer:
                 st = _DATA
                 continue
             if st == _DATA:
-                if b == ESC:
+                if b == _ESC:
                     st = _ESCAPED
                     continue
             elif st == _ESCAPED:
                 b ^= _XOR
-                if b != FLAG and b != ESC:
+                if b != _FLAG and b != _ESC:
                     st = _BAD
                     continue
                 st = _DATA

@@ -28,47 +28,49 @@ from meter import timeutil as tu
 from meter.errors import BadCrc, BadMac, ProtocolError, Replay, UnknownMessageType
 from meter.errors import UnsupportedVersion
 
-FW_VERSION = "ami-fw 0.3.0"
+_FW_VERSION = const("ami-fw 0.3.0")
 
 # config/state keys in the store's config log
-K_CONFIG = const(1)  # interval, offset, push mask, multiplier, registered, pending interval
-K_SCHEDULES = const(2)  # Schedules.to_bytes()
-K_COUNTER = const(3)  # last accepted auth counter
-K_EVENT_ACK = const(4)  # seq of the newest acknowledged pushed event
-_CONFIG_FMT = ">HhIHBH"
+_K_CONFIG = const(1)  # interval, offset, push mask, multiplier, registered, pending interval
+_K_SCHEDULES = const(2)  # Schedules.to_bytes()
+_K_COUNTER = const(3)  # last accepted auth counter
+_K_EVENT_ACK = const(4)  # seq of the newest acknowledged pushed event
+_CONFIG_FMT = const(">HhIHBH")
 
 # config_set keys (SPEC)
-CFG_INTERVAL = const(1)
-CFG_UTC_OFFSET = const(2)
-CFG_PUSH_MASK = const(3)
-CFG_MULTIPLIER = const(4)
-CFG_RESET_REGISTRATION = const(5)
+_CFG_INTERVAL = const(1)
+_CFG_UTC_OFFSET = const(2)
+_CFG_PUSH_MASK = const(3)
+_CFG_MULTIPLIER = const(4)
+_CFG_RESET_REGISTRATION = const(5)
 
 # nack reasons (SPEC)
-NACK_BAD_CRC = const(1)
-NACK_UNKNOWN_TYPE = const(2)
-NACK_AUTH_FAILED = const(3)
-NACK_REPLAY = const(4)
-NACK_NOT_HELD = const(5)
-NACK_BUSY = const(6)
-NACK_BAD_PARAMETER = const(7)
-NACK_UNSUPPORTED_VERSION = const(8)
-NACK_MALFORMED = const(9)
-NACK_NOT_REGISTERED = const(10)
+_NACK_BAD_CRC = const(1)
+_NACK_UNKNOWN_TYPE = const(2)
+_NACK_AUTH_FAILED = const(3)
+_NACK_REPLAY = const(4)
+_NACK_NOT_HELD = const(5)
+_NACK_BUSY = const(6)
+_NACK_BAD_PARAMETER = const(7)
+_NACK_UNSUPPORTED_VERSION = const(8)
+_NACK_MALFORMED = const(9)
+_NACK_NOT_REGISTERED = const(10)
 
-WINDOW = const(2)  # read parts in flight, unacknowledged, per read
-READ_ATTEMPTS = const(4)  # sends of a part before the read counts as failed (M15)
-MAX_READS = const(6)  # reads in progress at once (4 slots + on-demand)
-ON_DEMAND_SLOT = const(255)  # read_failed data for a read that is not a slot's
-REGISTER_CAP_S = const(3600)
+_WINDOW = const(2)  # read parts in flight, unacknowledged, per read
+_READ_ATTEMPTS = const(4)  # sends of a part before the read counts as failed (M15)
+_MAX_READS = const(6)  # reads in progress at once (4 slots + on-demand)
+_ON_DEMAND_SLOT = const(255)  # read_failed data for a read that is not a slot's
+_REGISTER_CAP_S = const(3600)
 _DAY = const(86400)
 
 # default channels: (kind, unit, multiplier, scaler)
-CHANNELS = (
-    (1, 1, 1, 0),  # active import, Wh
-    (2, 1, 1, 0),  # active export, Wh
-    (3, 2, 1, 0),  # reactive import, varh
-    (4, 2, 1, 0),  # reactive export, varh
+_CHANNELS = const(
+    (
+        (1, 1, 1, 0),  # active import, Wh
+        (2, 1, 1, 0),  # active export, Wh
+        (3, 2, 1, 0),  # reactive import, varh
+        (4, 2, 1, 0),  # reactive export, varh
+    )
 )
 
 
@@ -84,8 +86,8 @@ class Ident:
         push_mask=events.DEFAULT_PUSH_MASK,
         meter_multiplier=1,
         read_offset_s=schedules.DEFAULT_READ_OFFSET_S,
-        channels=CHANNELS,
-        fw_version=FW_VERSION,
+        channels=_CHANNELS,
+        fw_version=_FW_VERSION,
     ):
         self.meter_id = meter_id
         self.key = key
@@ -103,7 +105,7 @@ class Read:
     """A read response in progress: its plan and which parts are acknowledged."""
 
     def __init__(self, slot, kind, request_seq, start, end, what, ev_from, ev_to, parts):
-        self.slot = slot  # 0-3, or ON_DEMAND_SLOT
+        self.slot = slot  # 0-3, or _ON_DEMAND_SLOT
         self.kind = kind
         self.request_seq = request_seq
         self.start = start
@@ -118,9 +120,6 @@ class Read:
         self.attempt = 0  # sends of the oldest unacknowledged part
         self.next_try = 0
         self.dead = False  # failed: dropped at the next reap
-
-    def done(self):
-        return self.dead or self.acked >= len(self.parts)
 
 
 class Meter:
@@ -165,10 +164,10 @@ class Meter:
             1 if self.registered else 0,
             self.pending_interval,
         )
-        self.store.put_config(K_CONFIG, blob)
+        self.store.put_config(_K_CONFIG, blob)
 
     def _put_schedules(self):
-        self.store.put_config(K_SCHEDULES, self.sched.to_bytes())
+        self.store.put_config(_K_SCHEDULES, self.sched.to_bytes())
         self._sched_next = list(self.sched.next_at)
 
     # -- boot ------------------------------------------------------------------
@@ -183,7 +182,7 @@ class Meter:
         """
         st = self.store
         st.mount()
-        cfg = st.get_config(K_CONFIG)
+        cfg = st.get_config(_K_CONFIG)
         self.first_boot = cfg is None
         if cfg is not None:
             iv, off_min, mask, mult, reg, pend = struct.unpack(_CONFIG_FMT, cfg)
@@ -193,10 +192,10 @@ class Meter:
             self.multiplier = mult
             self.registered = bool(reg)
             self.pending_interval = pend if pend in tu.INTERVALS else 0
-        blob = st.get_config(K_COUNTER)
+        blob = st.get_config(_K_COUNTER)
         self.last_counter = struct.unpack(">I", blob)[0] if blob else None
         off = self.utc_offset_s
-        blob = st.get_config(K_SCHEDULES)
+        blob = st.get_config(_K_SCHEDULES)
         self.sched = None
         if blob:
             try:
@@ -207,7 +206,7 @@ class Meter:
             self.sched = schedules.Schedules(self.interval_s, off, self.ident.read_offset_s)
         self._sched_next = list(self.sched.next_at)
         self.ev = events.EventLog(events.StoreSink(st), self.push_mask)
-        blob = st.get_config(K_EVENT_ACK)
+        blob = st.get_config(_K_EVENT_ACK)
         self.ev.resume((struct.unpack(">I", blob)[0] if blob else 0) + 1)
         self.sync = clock.SyncState(self.interval_s, off)
         self.rec = recorder.Recorder(
@@ -252,8 +251,19 @@ class Meter:
 
     def _store_closed(self, closed, now):
         st = self.store
-        if closed.new_interval:
-            self._interval_changed(closed.new_interval, now)
+        new = closed.new_interval
+        if new:
+            # the recorder switched at a boundary: persist first (boot reads it)
+            self.interval_s = new
+            self.pending_interval = 0
+            self._put_config()
+            for i in self.sched.conflicts(new):  # set meanwhile with a shorter period
+                self.sched.cancel(i, now)
+                self.ev.log(events.SCHEDULE_CHANGED, now, i)
+            self.sched.set_interval(new)
+            self._put_schedules()
+            self.sync.set_interval(new, now, self._rand())
+            self.ev.log(events.INTERVAL_CHANGED, now, new)
         for r in closed:
             st.append_interval(r[0], r[1], r[2], r[3])
         while True:
@@ -262,28 +272,17 @@ class Meter:
                 break
             st.append_register_read(m[0], m[1])
 
-    def _interval_changed(self, new, now):
-        # the recorder switched at a boundary: persist first (boot reads it)
-        self.interval_s = new
-        self.pending_interval = 0
-        self._put_config()
-        bad = self.sched.conflicts(new)
-        for i in bad:  # set meanwhile with a period shorter than the new length
-            self.sched.cancel(i, now)
-            self.ev.log(events.SCHEDULE_CHANGED, now, i)
-        self.sched.set_interval(new)
-        self._put_schedules()
-        self.sync.set_interval(new, now, self._rand())
-        self.ev.log(events.INTERVAL_CHANGED, now, new)
-
     # -- frames ----------------------------------------------------------------
 
-    def _frame(self, mtype, body, now):
-        self._seq = (self._seq + 1) & 0xFFFF
+    def _frame(self, out, mtype, body, now, seq=None):
+        """Encode one uplink into out (a list); returns its seq: the next one,
+        or `seq` for a repeat (the head-end treats a repeat as idempotent)."""
+        if seq is None:
+            seq = self._seq = (self._seq + 1) & 0xFFFF
         raw = wire.encode(
             {
                 "type": mtype,
-                "seq": self._seq,
+                "seq": seq,
                 "meter_id": self.meter_id,
                 "timestamp": now,
                 "auth": None,
@@ -291,33 +290,13 @@ class Meter:
             }
         )
         self.frames_sent += 1
-        self.ev.message_sent(wire.MESSAGE_TYPES[mtype], now)
-        return raw
+        self.ev.message_sent(wire.type_code(mtype), now)
+        out.append(raw)
+        return seq
 
     def _nack(self, out, mtype_code, seq, reason, now):
-        out.append(
-            self._frame(
-                "nack", {"nacked_type": mtype_code, "nacked_seq": seq, "reason": reason}, now
-            )
-        )
-
-    def register_body(self):
-        chans = []
-        for kind, unit, mult, scaler in self.ident.channels:
-            chans.append({"kind": kind, "unit": unit, "multiplier": mult, "scaler": scaler})
-        return {
-            "fw_version": self.ident.fw_version,
-            "interval_s": self.interval_s,
-            "capacity_days": self.capacity_days(),
-            "utc_offset_min": self.utc_offset_s // 60,
-            "meter_multiplier": self.multiplier,
-            "channels": chans,
-        }
-
-    def capacity_days(self):
-        """Days of intervals the store keeps at the current interval length."""
-        slots = self.store.capacity()[0]
-        return slots // (_DAY // self.interval_s + 2)
+        body = {"nacked_type": mtype_code, "nacked_seq": seq, "reason": reason}
+        self._frame(out, "nack", body, now)
 
     # -- tick ------------------------------------------------------------------
 
@@ -329,55 +308,61 @@ class Meter:
         """
         self._store_closed(self.rec.tick(now), now)
         out = []
+        ev = self.ev
         if not self.registered and online and now >= self._reg_next:
-            out.append(self._frame("register", self.register_body(), now))
+            chans = []
+            for kind, unit, mult, scaler in self.ident.channels:
+                chans.append({"kind": kind, "unit": unit, "multiplier": mult, "scaler": scaler})
+            body = {
+                "fw_version": self.ident.fw_version,
+                "interval_s": self.interval_s,
+                # days of intervals the store keeps at the current interval length
+                "capacity_days": self.store.capacity()[0] // (_DAY // self.interval_s + 2),
+                "utc_offset_min": self.utc_offset_s // 60,
+                "meter_multiplier": self.multiplier,
+                "channels": chans,
+            }
+            self._frame(out, "register", body, now)
             self._reg_attempt += 1
             d = events.retry_delay(self._reg_attempt, self._rand())
-            self._reg_next = now + (d if d < REGISTER_CAP_S else REGISTER_CAP_S)
-        self._schedule_reads(now)
-        self._time_sync(now, online, now_ms, out)
-        if online:
-            ev = self.ev
-            if ev.push_due(now):
-                batch = ev.batch()
-                evs = [{"code": c, "time": t, "data": d} for c, t, d in batch]
-                raw = self._frame("event", {"events": evs}, now)
-                ev.pushed(self._seq, now, self._rand())
-                out.append(raw)
-            for rd in self.reads:
-                self._send_read(rd, now, out)
-            self._reap_reads(now)
-        return out
-
-    def _time_sync(self, now, online, now_ms, out):
-        sy = self.sync
-        if sy.timed_out(now):
-            sy.failed(now, self._rand(), clock.FAIL_TIMEOUT)
-            self.ev.log(events.SYNC_FAILED, now, clock.FAIL_TIMEOUT)
-        if sy.due(now):
-            if not online:
-                sy.failed(now, self._rand(), clock.FAIL_TIMEOUT)
-                self.ev.log(events.SYNC_FAILED, now, clock.FAIL_TIMEOUT)
-                return
-            t1 = now_ms if now_ms is not None else now * 1000
-            out.append(self._frame("time_sync_request", {"t1_ms": t1}, now))
-            sy.sent(now, t1)
-
-    def _schedule_reads(self, now):
+            self._reg_next = now + (d if d < _REGISTER_CAP_S else _REGISTER_CAP_S)
+        # reads: an occurrence due while the previous read of its slot is
+        # unacknowledged: that read failed (M15); the new one covers everything
+        # since the last ack
         sch = self.sched
-        # an occurrence due while the previous read of its slot is unacknowledged:
-        # that read failed (M15); the new one covers everything since the last ack
         for rd in self.reads:
             i = rd.slot
             if not rd.dead and i < schedules.NSLOTS and sch.next_at[i] and now >= sch.next_at[i]:
                 self._read_failed(rd, now)
-        self._reap_reads(now)
+        self._reap_reads()
         due = sch.due(now)
         for i, start, end in due:
             slot = sch.slots[i]
             self._start_read(i, start, end, slot.what if slot else schedules.WHAT_ALL, now)
         if due or sch.next_at != self._sched_next:
             self._put_schedules()
+        # time sync
+        sy = self.sync
+        if sy.timed_out(now):
+            sy.failed(now, self._rand(), clock.FAIL_TIMEOUT)
+            ev.log(events.SYNC_FAILED, now, clock.FAIL_TIMEOUT)
+        if sy.due(now):
+            if not online:
+                sy.failed(now, self._rand(), clock.FAIL_TIMEOUT)
+                ev.log(events.SYNC_FAILED, now, clock.FAIL_TIMEOUT)
+            else:
+                t1 = now_ms if now_ms is not None else now * 1000
+                self._frame(out, "time_sync_request", {"t1_ms": t1}, now)
+                sy.sent(now, t1)
+        if online:
+            if ev.push_due(now):
+                # (code, time, data) tuples: the wire codec's compact struct form
+                batch = {"events": ev.batch()}
+                ev.pushed(self._frame(out, "event", batch, now), now, self._rand())
+            for rd in self.reads:
+                self._send_read(rd, now, out)
+            self._reap_reads()
+        return out
 
     def _start_read(self, slot, start, end, what, now, kind=reads.KIND_SCHEDULED, req=0):
         ev_to = end if kind == reads.KIND_SCHEDULED else now + 1
@@ -396,53 +381,41 @@ class Meter:
         self.reads.append(rd)
         return rd
 
-    def _send_part(self, rd, p, now, seq=None):
-        body = {
-            "request_seq": rd.request_seq,
-            "kind": rd.kind,
-            "part": p,
-            "parts": len(rd.parts),
-            "sections": reads.sections(
-                rd.parts[p],
-                p == 0,
-                rd.what,
-                self.store,
-                self.ev,
-                now,
-                self.rec.totals(),
-                rd.ev_from,
-                rd.ev_to,
-            ),
-        }
-        if seq is None:
-            raw = self._frame("read_response", body, now)
-            seq = self._seq
-        else:  # a repeat keeps its seq: the head-end treats it as idempotent
-            saved = self._seq
-            self._seq = (seq - 1) & 0xFFFF
-            raw = self._frame("read_response", body, now)
-            self._seq = saved
-        rd.out[seq] = p
-        return raw
-
     def _send_read(self, rd, now, out):
-        if rd.out and now >= rd.next_try:
-            if rd.attempt >= READ_ATTEMPTS:
-                self._read_failed(rd, now)
-                return
-            for seq in sorted(rd.out):
-                out.append(self._send_part(rd, rd.out[seq], now, seq))
-            rd.attempt += 1
-            rd.next_try = now + events.retry_delay(rd.attempt, self._rand())
+        """Re-send the parts in flight when their retry is due, or send new ones
+        while fewer than _WINDOW are in flight."""
+        again = rd.out and now >= rd.next_try
+        if again and rd.attempt >= _READ_ATTEMPTS:
+            self._read_failed(rd, now)
             return
-        sent = False
-        while len(rd.out) < WINDOW and rd.next_part < len(rd.parts):
-            out.append(self._send_part(rd, rd.next_part, now))
+        todo = sorted(rd.out) if again else []
+        while not again and len(rd.out) + len(todo) < _WINDOW and rd.next_part < len(rd.parts):
+            todo.append(-1 - rd.next_part)  # a new part: a fresh seq
             rd.next_part += 1
-            sent = True
-        if sent:
-            rd.attempt = 1
-            rd.next_try = now + events.retry_delay(1, self._rand())
+        if not todo:
+            return
+        for x in todo:
+            p = rd.out[x] if x >= 0 else -1 - x
+            body = {
+                "request_seq": rd.request_seq,
+                "kind": rd.kind,
+                "part": p,
+                "parts": len(rd.parts),
+                "sections": reads.sections(
+                    rd.parts[p],
+                    p == 0,
+                    rd.what,
+                    self.store,
+                    self.ev,
+                    now,
+                    self.rec.totals(),
+                    rd.ev_from,
+                    rd.ev_to,
+                ),
+            }
+            rd.out[self._frame(out, "read_response", body, now, x if x >= 0 else None)] = p
+        rd.attempt = rd.attempt + 1 if again else 1
+        rd.next_try = now + events.retry_delay(rd.attempt, self._rand())
 
     def _read_failed(self, rd, now):
         if rd.slot < schedules.NSLOTS:
@@ -451,12 +424,8 @@ class Meter:
         self.ev.log(events.READ_FAILED, now, rd.slot)
         rd.dead = True
 
-    def _reap_reads(self, now):
-        keep = []
-        for rd in self.reads:
-            if not rd.done():
-                keep.append(rd)
-        self.reads = keep
+    def _reap_reads(self):
+        self.reads = [rd for rd in self.reads if not rd.dead and rd.acked < len(rd.parts)]
 
     # -- receive ---------------------------------------------------------------
 
@@ -466,125 +435,165 @@ class Meter:
         try:
             f = wire.decode(raw)
         except ProtocolError as e:
-            self._bad_frame(raw, e, now, out)
+            # answer only a frame whose header names this meter
+            if len(raw) >= wire.HEADER_LEN and struct.unpack_from(">I", raw, 5)[0] == self.meter_id:
+                if isinstance(e, BadCrc):
+                    reason = _NACK_BAD_CRC
+                elif isinstance(e, UnknownMessageType):
+                    reason = _NACK_UNKNOWN_TYPE
+                elif isinstance(e, UnsupportedVersion):
+                    reason = _NACK_UNSUPPORTED_VERSION
+                else:
+                    reason = _NACK_MALFORMED
+                self._nack(out, raw[1], struct.unpack_from(">H", raw, 3)[0], reason, now)
             return out
         if f["meter_id"] != self.meter_id:
             return out  # another meter's frame (a shared serial line)
         mtype = f["type"]
         seq = f["seq"]
         body = f["body"]
+        code = wire.type_code(mtype)
         if mtype in wire.AUTH_REQUIRED:
             try:
                 counter = auth.verify_frame(raw, self.key, self.last_counter)
             except (BadMac, Replay) as e:
-                reason = NACK_REPLAY if isinstance(e, Replay) else NACK_AUTH_FAILED
-                self.ev.log(events.AUTH_FAILED, now, wire.MESSAGE_TYPES[mtype])
-                self._nack(out, wire.MESSAGE_TYPES[mtype], seq, reason, now)
+                reason = _NACK_REPLAY if isinstance(e, Replay) else _NACK_AUTH_FAILED
+                self.ev.log(events.AUTH_FAILED, now, code)
+                self._nack(out, code, seq, reason, now)
                 return out
             # persist before applying: a cut after it can never let a replay in
             self.last_counter = counter
-            self.store.put_config(K_COUNTER, struct.pack(">I", counter))
-        handler = _HANDLERS.get(mtype)
-        if handler is None:
-            self._nack(out, wire.MESSAGE_TYPES[mtype], seq, NACK_UNKNOWN_TYPE, now)
-            return out
-        handler(self, seq, body, now, now_ms, out)
+            self.store.put_config(_K_COUNTER, struct.pack(">I", counter))
+        ev = self.ev
+        if mtype == "register_ack":
+            if body["status"] == 0 and not self.registered:
+                self.registered = True
+                self._reg_attempt = 0
+                self._put_config()
+        elif mtype == "config_set":
+            status = 0
+            for it in body["items"]:
+                if not self._config(it["key"], it["value"], now, False):
+                    status = _NACK_BAD_PARAMETER
+            if status == 0:
+                for it in body["items"]:
+                    self._config(it["key"], it["value"], now, True)
+                self._put_config()
+            self._frame(out, "config_ack", {"acked_seq": seq, "status": status}, now)
+        elif mtype == "schedule_set":
+            sch = self.sched
+            saved = sch.to_bytes()
+            status = 0
+            try:
+                for s in body["slots"]:
+                    sch.apply(s, now)
+            except schedules.ScheduleError:
+                status = _NACK_BAD_PARAMETER
+                self.sched = schedules.Schedules.from_bytes(
+                    saved, self.interval_s, self.utc_offset_s
+                )
+            if status == 0:
+                self._put_schedules()
+                for s in body["slots"]:
+                    ev.log(events.SCHEDULE_CHANGED, now, s["slot"])
+            self._frame(out, "schedule_ack", {"acked_seq": seq, "status": status}, now)
+        elif mtype == "read_request":
+            self._read_request(seq, body, now, out)
+        elif mtype == "read_ack":
+            acked = body["acked_seq"]
+            for rd in self.reads:
+                p = rd.out.pop(acked, None)
+                if p is None:
+                    continue
+                rd.acked += 1
+                rd.attempt = 1  # progress: the retry clock starts again
+                rd.next_try = now + events.retry_delay(1, self._rand())
+                if rd.dead or rd.acked >= len(rd.parts):
+                    if rd.slot < schedules.NSLOTS:
+                        self.sched.acknowledged(rd.slot, rd.end, rd.start)
+                        self._put_schedules()
+                    self._reap_reads()
+                else:
+                    self._send_read(rd, now, out)  # the window moves on
+                break
+        elif mtype == "event_ack":
+            if ev.acked(body["acked_seq"]):
+                self.store.put_config(_K_EVENT_ACK, struct.pack(">I", ev.acked_upto))
+        elif mtype == "time_sync_response":
+            t4 = now_ms if now_ms is not None else now * 1000
+            r = self.sync.response(
+                body["t1_ms"], body["t2_ms"], body["t3_ms"], t4, now, self._rand()
+            )
+            if r is None:
+                return out  # not the request in flight
+            decision, offset_ms, _delay = r
+            if decision == clock.FAILED:
+                ev.log(events.SYNC_FAILED, now, self.sync.last_reason)
+            elif decision == clock.STEP:
+                self.step_clock(now, now + (offset_ms + 500) // 1000)
+            elif decision == clock.OUT_OF_SYNC:
+                c, data = clock.event_for(decision, offset_ms, now)
+                ev.log(c, now, data)
+        elif mtype == "time_set":
+            new = body["utc_ms"] // 1000
+            self.step_clock(now, new)
+            self.sync.time_set(new)
+        elif mtype == "nack":
+            if body["reason"] == _NACK_NOT_REGISTERED and self.registered:
+                self.registered = False
+                self._reg_next = 0
+                self._put_config()
+        elif mtype == "download_open" or mtype == "download_auth":
+            # M18 (optical download) is not part of this firmware yet
+            self._nack(out, 0x0F, seq, _NACK_UNKNOWN_TYPE, now)
+        else:
+            self._nack(out, code, seq, _NACK_UNKNOWN_TYPE, now)
         return out
 
-    def _bad_frame(self, raw, e, now, out):
-        # answer only a frame whose header names this meter
-        if len(raw) < wire.HEADER_LEN or struct.unpack_from(">I", raw, 5)[0] != self.meter_id:
-            return
-        if isinstance(e, BadCrc):
-            reason = NACK_BAD_CRC
-        elif isinstance(e, UnknownMessageType):
-            reason = NACK_UNKNOWN_TYPE
-        elif isinstance(e, UnsupportedVersion):
-            reason = NACK_UNSUPPORTED_VERSION
-        else:
-            reason = NACK_MALFORMED
-        self._nack(out, raw[1], struct.unpack_from(">H", raw, 3)[0], reason, now)
-
-    # handlers: (self, seq, body, now, now_ms, out)
-
-    def _on_register_ack(self, seq, body, now, now_ms, out):
-        if body["status"] == 0 and not self.registered:
-            self.registered = True
-            self._reg_attempt = 0
-            self._put_config()
-
-    def _on_config_set(self, seq, body, now, now_ms, out):
-        items = body["items"]
-        status = 0
-        for it in items:
-            if not self._config_ok(it["key"], it["value"]):
-                status = NACK_BAD_PARAMETER
-        if status == 0:
-            for it in items:
-                self._config_apply(it["key"], it["value"], now)
-            self._put_config()
-        out.append(self._frame("config_ack", {"acked_seq": seq, "status": status}, now))
-
-    def _config_ok(self, key, v):
-        if key == CFG_INTERVAL:
-            return v in tu.INTERVALS and not self.sched.conflicts(v)
-        if key == CFG_UTC_OFFSET:
-            # whole hours of change keep every interval grid (and so every record) aligned
-            return -840 <= v <= 840 and (v * 60 - self.utc_offset_s) % 3600 == 0
-        if key == CFG_PUSH_MASK:
-            return 0 <= v and not v & ~events.MASK_ALL
-        if key == CFG_MULTIPLIER:
-            return 1 <= v <= 0xFFFF
-        return key == CFG_RESET_REGISTRATION
-
-    def _config_apply(self, key, v, now):
-        if key == CFG_INTERVAL:
+    def _config(self, key, v, now, apply):
+        """Check one config_set item (apply False: True if valid) or apply it."""
+        if key == _CFG_INTERVAL:
+            if not apply:
+                return v in tu.INTERVALS and not self.sched.conflicts(v)
             at = self.rec.set_interval(v, now)
             self.pending_interval = v if at is not None else 0
-        elif key == CFG_UTC_OFFSET:
+        elif key == _CFG_UTC_OFFSET:
+            if not apply:
+                # whole hours of change keep every interval grid (and record) aligned
+                return -840 <= v <= 840 and (v * 60 - self.utc_offset_s) % 3600 == 0
             off = v * 60
             self.utc_offset_s = off
             self.rec.utc_offset_s = off
             self.sched.utc_offset_s = off
             self.sync.utc_offset_s = off
             self.sync.plan(now, self._rand())
-        elif key == CFG_PUSH_MASK:
+        elif key == _CFG_PUSH_MASK:
+            if not apply:
+                return 0 <= v and not v & ~events.MASK_ALL
             self.push_mask = v
             self.ev.set_push_mask(v)
-        elif key == CFG_MULTIPLIER:
+        elif key == _CFG_MULTIPLIER:
+            if not apply:
+                return 1 <= v <= 0xFFFF
             self.multiplier = v
-        elif key == CFG_RESET_REGISTRATION:
+        elif key == _CFG_RESET_REGISTRATION:
+            if not apply:
+                return True
             self.registered = False
             self._reg_attempt = 0
             self._reg_next = 0
+        else:
+            return False
         self.ev.log(events.CONFIG_CHANGED, now, key)
+        return True
 
-    def _on_schedule_set(self, seq, body, now, now_ms, out):
-        sch = self.sched
-        saved = sch.to_bytes()
-        status = 0
-        try:
-            for s in body["slots"]:
-                sch.apply(s, now)
-        except schedules.ScheduleError:
-            status = NACK_BAD_PARAMETER
-            self.sched = schedules.Schedules.from_bytes(saved, self.interval_s, self.utc_offset_s)
-        if status == 0:
-            self._put_schedules()
-            for s in body["slots"]:
-                self.ev.log(events.SCHEDULE_CHANGED, now, s["slot"])
-        out.append(self._frame("schedule_ack", {"acked_seq": seq, "status": status}, now))
-
-    def held_from(self):
-        """Start of the oldest interval held (or None)."""
-        for r in self.store.intervals():
-            return r[0]
-        return None
-
-    def _on_read_request(self, seq, body, now, now_ms, out):
+    def _read_request(self, seq, body, now, out):
         mode = body["mode"]
         what = body["what"] & schedules.WHAT_ALL or schedules.WHAT_ALL
-        held = self.held_from()
+        held = None  # start of the oldest interval held
+        for r in self.store.intervals():
+            held = r[0]
+            break
         acked = 0
         for a in self.sched.acked_end:
             if a > acked:
@@ -604,74 +613,22 @@ class Meter:
                 acked,
             )
         except schedules.NotHeld:
-            reason = NACK_NOT_HELD
+            reason = _NACK_NOT_HELD
         except schedules.ScheduleError:
-            reason = NACK_BAD_PARAMETER
-        if not reason and len(self.reads) >= MAX_READS:
-            reason = NACK_BUSY
+            reason = _NACK_BAD_PARAMETER
+        if not reason and len(self.reads) >= _MAX_READS:
+            reason = _NACK_BUSY
+        if not reason:
+            kind = reads.KIND_ON_DEMAND if mode == schedules.MODE_ON_DEMAND else reads.KIND_PERIOD
+            try:
+                rd = self._start_read(_ON_DEMAND_SLOT, start, end, what, now, kind, seq)
+            except reads.ReadError:
+                reason = _NACK_BAD_PARAMETER
         if reason:
             self.ev.log(events.READ_UNANSWERABLE, now, reason)
             self._nack(out, 0x07, seq, reason, now)
             return
-        kind = reads.KIND_ON_DEMAND if mode == schedules.MODE_ON_DEMAND else reads.KIND_PERIOD
-        try:
-            rd = self._start_read(ON_DEMAND_SLOT, start, end, what, now, kind, seq)
-        except reads.ReadError:
-            self.ev.log(events.READ_UNANSWERABLE, now, NACK_BAD_PARAMETER)
-            self._nack(out, 0x07, seq, NACK_BAD_PARAMETER, now)
-            return
         self._send_read(rd, now, out)  # answer at once (H05: within seconds)
-
-    def _on_read_ack(self, seq, body, now, now_ms, out):
-        acked = body["acked_seq"]
-        for rd in self.reads:
-            p = rd.out.pop(acked, None)
-            if p is None:
-                continue
-            rd.acked += 1
-            rd.attempt = 1  # progress: the retry clock starts again
-            rd.next_try = now + events.retry_delay(1, self._rand())
-            if rd.done():
-                if rd.slot < schedules.NSLOTS:
-                    self.sched.acknowledged(rd.slot, rd.end, rd.start)
-                    self._put_schedules()
-                self._reap_reads(now)
-            else:
-                self._send_read(rd, now, out)  # the window moves on
-            return
-
-    def _on_event_ack(self, seq, body, now, now_ms, out):
-        if self.ev.acked(body["acked_seq"]):
-            self.store.put_config(K_EVENT_ACK, struct.pack(">I", self.ev.acked_upto))
-
-    def _on_time_sync_response(self, seq, body, now, now_ms, out):
-        t4 = now_ms if now_ms is not None else now * 1000
-        r = self.sync.response(body["t1_ms"], body["t2_ms"], body["t3_ms"], t4, now, self._rand())
-        if r is None:
-            return  # not the request in flight
-        decision, offset_ms, _delay = r
-        if decision == clock.FAILED:
-            self.ev.log(events.SYNC_FAILED, now, self.sync.last_reason)
-        elif decision == clock.STEP:
-            self.step_clock(now, now + (offset_ms + 500) // 1000)
-        elif decision == clock.OUT_OF_SYNC:
-            code, data = clock.event_for(decision, offset_ms, now)
-            self.ev.log(code, now, data)
-
-    def _on_time_set(self, seq, body, now, now_ms, out):
-        new = body["utc_ms"] // 1000
-        self.step_clock(now, new)
-        self.sync.time_set(new)
-
-    def _on_nack(self, seq, body, now, now_ms, out):
-        if body["reason"] == NACK_NOT_REGISTERED and self.registered:
-            self.registered = False
-            self._reg_next = 0
-            self._put_config()
-
-    def _on_download(self, seq, body, now, now_ms, out):
-        # M18 (optical download) is not part of this firmware yet
-        self._nack(out, 0x0F, seq, NACK_UNKNOWN_TYPE, now)
 
     # -- clock -----------------------------------------------------------------
 
@@ -705,18 +662,3 @@ class Meter:
             "next_event_seq": self.store.next_event_seq(),
             "out_of_sync": self.sync.out_of_sync,
         }
-
-
-_HANDLERS = {
-    "register_ack": Meter._on_register_ack,
-    "config_set": Meter._on_config_set,
-    "schedule_set": Meter._on_schedule_set,
-    "read_request": Meter._on_read_request,
-    "read_ack": Meter._on_read_ack,
-    "event_ack": Meter._on_event_ack,
-    "time_sync_response": Meter._on_time_sync_response,
-    "time_set": Meter._on_time_set,
-    "nack": Meter._on_nack,
-    "download_open": Meter._on_download,
-    "download_auth": Meter._on_download,
-}

@@ -8,7 +8,7 @@
 #     IntervalBlock section per contiguous run of equal length) and the
 #     midnight register reads in that span (the last part also takes the
 #     midnight at `end`);
-#   event parts: up to EVENTS_PER_PART events each, the events with a time
+#   event parts: up to _EVENTS_PER_PART events each, the events with a time
 #     in the read's event span, oldest first.
 # Part 0 also carries the clock section and, if asked, the current registers.
 # Parts are rebuilt from flash each time they are (re)sent: nothing but the
@@ -22,14 +22,16 @@ except ImportError:
         return x
 
 
+from array import array
+
 from meter import timeutil as tu
 
 WHAT_INTERVALS = const(1)
 WHAT_REGISTERS = const(2)
 WHAT_MIDNIGHT = const(4)
 WHAT_EVENTS = const(8)
-EVENTS_PER_PART = const(200)  # 9 bytes each: 1.8 KB
-MAX_PARTS = const(255)
+_EVENTS_PER_PART = const(200)  # 9 bytes each: 1.8 KB
+_MAX_PARTS = const(255)
 _DAY = const(86400)
 _HALF_DAY = const(43200)
 
@@ -42,7 +44,7 @@ _EV = const(1)  # part tuple (_EV, first_seq, last_seq)
 
 
 class ReadError(ValueError):
-    """A read cannot be planned (e.g. more than MAX_PARTS parts)."""
+    """A read cannot be planned (e.g. more than _MAX_PARTS parts)."""
 
 
 def chunk_s(interval_s):
@@ -75,7 +77,7 @@ def plan(start, end, what, interval_s, utc_offset_s, events, ev_from, ev_to, seq
             if seq > seq_hi:
                 break
             if ev_from <= t < ev_to:
-                if n % EVENTS_PER_PART == 0:
+                if n % _EVENTS_PER_PART == 0:
                     parts.append((_EV, seq, seq_hi))
                 n += 1
         # each event part runs to the next one's first seq
@@ -88,8 +90,8 @@ def plan(start, end, what, interval_s, utc_offset_s, events, ev_from, ev_to, seq
             k -= 1
     if not parts:
         parts.append((_IV, start, start, start))  # clock (+ registers) only
-    if len(parts) > MAX_PARTS:
-        raise ReadError("read needs %d parts (max %d)" % (len(parts), MAX_PARTS))
+    if len(parts) > _MAX_PARTS:
+        raise ReadError("read needs %d parts (max %d)" % (len(parts), _MAX_PARTS))
     return parts
 
 
@@ -102,9 +104,9 @@ def interval_sections(store, a, b, out):
         if blk is not None and (s != blk["start"] + ln * len(flags) or ln != blk["interval_s"]):
             out.append({"tag": "intervals", "body": blk})
             blk = None
-        if blk is None:
-            flags = []
-            chans = [[] for _ in range(len(vals))]
+        if blk is None:  # 1 (flags) and 4 bytes (values) per interval, not 8
+            flags = bytearray()
+            chans = [array("I") for _ in range(len(vals))]
             blk = {"start": s, "interval_s": ln, "flags": flags, "channels": chans}
         flags.append(fl)
         for i in range(len(vals)):
@@ -133,9 +135,9 @@ def sections(part, first, what, store, events, now, registers, ev_from, ev_to):
         evs = []
         for row in events.since(lo):
             seq, code, t, data = row
-            if seq > hi or len(evs) >= EVENTS_PER_PART:
+            if seq > hi or len(evs) >= _EVENTS_PER_PART:
                 break
             if ev_from <= t < ev_to:
-                evs.append({"code": code, "time": t, "data": data})
+                evs.append((code, t, data))  # compact form of the Event struct
         out.append({"tag": "events", "body": evs})
     return out

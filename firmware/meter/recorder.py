@@ -46,8 +46,8 @@ INVALID = const(0x10)
 
 # Gap records older than this before the new interval are not emitted (the
 # store keeps 45 days; a clock set years ahead must not write years of zeros).
-MAX_GAP_S = const(3888000)  # 45 days
-MAX_CHANNELS = const(8)
+_MAX_GAP_S = const(3888000)  # 45 days
+_MAX_CHANNELS = const(8)
 _DAY = const(86400)
 
 
@@ -113,8 +113,8 @@ class Recorder:
     def __init__(self, interval_s, channels=4, utc_offset_s=0, registers=None):
         tu.check_interval(interval_s)
         tu.check_utc_offset(utc_offset_s)
-        if not isinstance(channels, int) or not 1 <= channels <= MAX_CHANNELS:
-            raise RecorderError("channels must be 1..%d, got %r" % (MAX_CHANNELS, channels))
+        if not isinstance(channels, int) or not 1 <= channels <= _MAX_CHANNELS:
+            raise RecorderError("channels must be 1..%d, got %r" % (_MAX_CHANNELS, channels))
         self.interval_s = interval_s
         self.channels = channels
         self.utc_offset_s = utc_offset_s
@@ -210,8 +210,8 @@ class Recorder:
         for i in range(len(acc)):
             acc[i] = 0
         frm = end
-        if new_start - frm > MAX_GAP_S:
-            frm = new_start - MAX_GAP_S
+        if new_start - frm > _MAX_GAP_S:
+            frm = new_start - _MAX_GAP_S
             if self._pending and frm < self._switch_at:
                 frm = tu.floor_to(frm, old, off)
         switch = self._switch_at if self._pending else new_start
@@ -344,8 +344,8 @@ class Recorder:
             return None
         done = self._mid_done
         nxt = to if done is None else done + _DAY
-        if to - nxt > MAX_GAP_S:
-            nxt = to - MAX_GAP_S
+        if to - nxt > _MAX_GAP_S:
+            nxt = to - _MAX_GAP_S
         self._mid_done = nxt
         regs = self._mid_regs
         if nxt >= to:

@@ -35,19 +35,19 @@ except ImportError:  # pragma: no cover - ports without binascii.crc32
 
 SLOT = const(16)
 HDR_SLOTS = const(3)
-HDR_BYTES = const(48)
-PAYLOAD_BYTES = const(36)
+_HDR_BYTES = const(48)
+_PAYLOAD_BYTES = const(36)
 MAX_RECORD = const(256)
-MAGIC = const(0x4D41)  # bytes "AM": neither byte is 0x00 nor 0xFF
-VERSION = const(1)
+_MAGIC = const(0x4D41)  # bytes "AM": neither byte is 0x00 nor 0xFF
+_VERSION = const(1)
 NSLOT = (1, 2, 4, 16)  # slots per size class (2 low bits of a record's first byte)
-MAX_KIND = const(62)  # kind 63 with class 3 would be 0xFF, the erased value
+_MAX_KIND = const(62)  # kind 63 with class 3 would be 0xFF, the erased value
 
 _IOCTL_COUNT = const(4)
 _IOCTL_SIZE = const(5)
 _IOCTL_ERASE = const(6)
-_FF = b"\xff" * SLOT
-_ZERO2 = b"\x00\x00"
+_FF = const(b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff")  # a SLOT erased
+_ZERO2 = const(b"\x00\x00")
 
 
 def _crc32_soft(data, crc=0):
@@ -94,7 +94,7 @@ class Ring:
       opened()      called after a new head block got its header
     """
 
-    def __init__(self, bdev, first, count, tag):
+    def __init__(self, bdev, first, count, tag, buf=None):
         bs = bdev.ioctl(_IOCTL_SIZE, 0)
         if bs % 256 or bs < 1024:
             raise StoreError("block size %d: need a multiple of 256, >= 1024" % bs)
@@ -115,8 +115,9 @@ class Ring:
         self.head = -1  # head block (relative), -1 = ring empty
         self.head_seq = 0
         self.wpos = 0  # next free slot in the head block
-        self.hdr = bytearray(HDR_BYTES)
-        self.buf = bytearray(MAX_RECORD)  # record being built by the owner
+        self.hdr = bytearray(_HDR_BYTES)
+        # record being built by the owner (owners may share one: no nesting)
+        self.buf = buf if buf is not None else bytearray(MAX_RECORD)
         self.payload = None
         self.opened = None
 
@@ -128,7 +129,7 @@ class Ring:
             hdr = self.hdr
         self.bdev.readblocks(self.first + blk, hdr, 0)
         magic, tag, ver, seq = struct.unpack_from("<HBBI", hdr, 0)
-        if magic != MAGIC or tag != self.tag or ver != VERSION:
+        if magic != _MAGIC or tag != self.tag or ver != _VERSION:
             return -1
         if struct.unpack_from("<I", hdr, 44)[0] != check32(memoryview(hdr)[:44]):
             return -1
@@ -173,9 +174,9 @@ class Ring:
         bdev.ioctl(_IOCTL_ERASE, self.first + v)
         hdr = self.hdr
         seq = self.head_seq + 1
-        for i in range(HDR_BYTES):
+        for i in range(_HDR_BYTES):
             hdr[i] = 0xFF
-        struct.pack_into("<HBBI", hdr, 0, MAGIC, self.tag, VERSION, seq)
+        struct.pack_into("<HBBI", hdr, 0, _MAGIC, self.tag, _VERSION, seq)
         mv = memoryview(hdr)
         if self.payload is not None:
             self.payload(mv[8:44])

@@ -38,7 +38,7 @@ SET = const(0)
 CANCEL = const(1)
 DEFAULT_READ_OFFSET_S = const(3600)  # 01:00 local standard time
 MAX_PERIOD_S = const(2678400)  # 31 days
-MAX_SPAN_S = const(3888000)  # a read never covers more than 45 days (what is held)
+_MAX_SPAN_S = const(3888000)  # a read never covers more than 45 days (what is held)
 _DAY = const(86400)
 _U32 = const(0xFFFFFFFF)
 
@@ -47,8 +47,10 @@ MODE_PERIOD = const(0)
 MODE_SINCE_ACK = const(1)
 MODE_ON_DEMAND = const(2)
 
-_MAGIC = b"S\x01"
-_REC = ">BIIIIBIIIIB"  # present, start, end, period, offset, what, next, sent, acked, first, failed
+_MAGIC = const(b"S\x01")
+_REC = const(
+    ">BIIIIBIIIIB"
+)  # present, start, end, period, offset, what, next, sent, acked, first, failed
 _REC_LEN = const(35)
 BLOB_LEN = const(142)
 
@@ -277,8 +279,8 @@ class Schedules:
                 start = self.acked_end[i] or self.first[i]
             else:
                 start = self.sent_end[i]
-            if end - start > MAX_SPAN_S:
-                start = end - MAX_SPAN_S
+            if end - start > _MAX_SPAN_S:
+                start = end - _MAX_SPAN_S
             if start >= end:
                 if i:
                     continue  # nothing new (clock stepped back): skip

@@ -14,7 +14,7 @@
 import struct
 
 from meter.config_log import ConfigLog
-from meter.ring import HDR_SLOTS, NSLOT, SLOT, Ring, StoreError
+from meter.ring import HDR_SLOTS, MAX_RECORD, NSLOT, SLOT, Ring, StoreError
 
 try:
     from micropython import const
@@ -26,24 +26,24 @@ except ImportError:
 
 CHANNELS = const(4)
 INTERVALS_45D_5MIN = const(12960)  # 45 days x 288
-REGISTER_READS_45D = const(45)  # one midnight register read per day, 2 slots each
-HEADROOM_SLOTS = const(256)  # torn slots after cuts, partial/wide records
-TAG_INTERVALS = const(1)
-TAG_EVENTS = const(2)
-TAG_CONFIG = const(3)
-KIND_INTERVAL = const(0)  # 1 slot: nominal length, flags < 32, values < 65536
-KIND_INTERVAL_WIDE = const(1)  # 2 slots: any length/flags, values < 2**32
-KIND_REG_SET = const(2)  # 2 slots: registers set to absolute values
-KIND_REG_READ = const(3)  # 2 slots: a register read (midnight, M03)
-KIND_EVENT = const(0)
+_REGISTER_READS_45D = const(45)  # one midnight register read per day, 2 slots each
+_HEADROOM_SLOTS = const(256)  # torn slots after cuts, partial/wide records
+_TAG_INTERVALS = const(1)
+_TAG_EVENTS = const(2)
+_TAG_CONFIG = const(3)
+_KIND_INTERVAL = const(0)  # 1 slot: nominal length, flags < 32, values < 65536
+_KIND_INTERVAL_WIDE = const(1)  # 2 slots: any length/flags, values < 2**32
+_KIND_REG_SET = const(2)  # 2 slots: registers set to absolute values
+_KIND_REG_READ = const(3)  # 2 slots: a register read (midnight, M03)
+_KIND_EVENT = const(0)
 NOMINAL = (300, 600, 900, 1800, 3600)  # interval lengths of the compact record
-REG_MOD = 1 << 48  # registers roll over at 2**48
-U32 = 0xFFFFFFFF
-MAX_EVENT_DATA = const(242)
+_REG_MOD = const(1 << 48)  # registers roll over at 2**48
+_U32 = 0xFFFFFFFF
+_MAX_EVENT_DATA = const(242)
 # flag bits (the recorder decides what it sets; the store only keeps 8 bits)
-FLAG_POWER_FAIL = const(1)
-FLAG_CLOCK_SET = const(2)
-FLAG_PARTIAL = const(4)
+_FLAG_POWER_FAIL = const(1)
+_FLAG_CLOCK_SET = const(2)
+_FLAG_PARTIAL = const(4)
 
 
 def _int(x, lo, hi, what):
@@ -59,9 +59,9 @@ def layout(block_size=4096, min_intervals=INTERVALS_45D_5MIN):
 
     The interval ring keeps (blocks - 1) full blocks at all times (one block may
     be being reused), which must hold min_intervals compact records + 45 register
-    reads + HEADROOM_SLOTS (torn slots after cuts, partial/wide records)."""
+    reads + _HEADROOM_SLOTS (torn slots after cuts, partial/wide records)."""
     usable = block_size // SLOT - HDR_SLOTS
-    need = min_intervals + 2 * REGISTER_READS_45D + HEADROOM_SLOTS
+    need = min_intervals + 2 * _REGISTER_READS_45D + _HEADROOM_SLOTS
     ib = (need + usable - 1) // usable + 1
     eb = max(3, (6 * 4096) // block_size)
     cb = max(3, (4 * 4096) // block_size)
@@ -86,9 +86,12 @@ class Store:
         self.first = first
         self.blocks = (ib, eb, cb)
         self.bdev = bdev
-        self._iv = Ring(bdev, first, ib, TAG_INTERVALS)
-        self._ev = Ring(bdev, first + ib, eb, TAG_EVENTS)
-        self._cf = ConfigLog(bdev, first + ib + eb, cb, TAG_CONFIG)
+        # one record buffer for the three rings: a record is built and appended
+        # before the next one starts (the config copy uses its own)
+        buf = bytearray(MAX_RECORD)
+        self._iv = Ring(bdev, first, ib, _TAG_INTERVALS, buf)
+        self._ev = Ring(bdev, first + ib, eb, _TAG_EVENTS, buf)
+        self._cf = ConfigLog(bdev, first + ib + eb, cb, _TAG_CONFIG, buf)
         self._iv.payload = self._iv_payload
         self._ev.payload = self._ev_payload
         self._regs = [0] * CHANNELS
@@ -128,7 +131,7 @@ class Store:
             if self._last is None:
                 for i in range(len(iv.order) - 2, -1, -1):
                     for _, kind, rec in iv.records(iv.order[i]):
-                        if kind <= KIND_INTERVAL_WIDE:
+                        if kind <= _KIND_INTERVAL_WIDE:
                             self._last = _decode(kind, rec)
                     if self._last is not None:
                         break
@@ -139,7 +142,7 @@ class Store:
             ev.read_header(ev.head)
             self._next_seq = struct.unpack_from("<I", ev.hdr, 8)[0]
             for _, kind, rec in ev.records(ev.head):
-                if kind == KIND_EVENT:
+                if kind == _KIND_EVENT:
                     seq = struct.unpack_from("<I", rec, 1)[0]
                     if seq >= self._next_seq:
                         self._next_seq = seq + 1
@@ -153,15 +156,15 @@ class Store:
 
     def _apply(self, kind, rec):
         regs = self._regs
-        if kind <= KIND_INTERVAL_WIDE:
+        if kind <= _KIND_INTERVAL_WIDE:
             t = _decode(kind, rec)
             v = t[3]
             for i in range(CHANNELS):
-                regs[i] = (regs[i] + v[i]) % REG_MOD
+                regs[i] = (regs[i] + v[i]) % _REG_MOD
             if t[0] > self._hw:
                 self._hw = t[0]
             self._last = t
-        elif kind == KIND_REG_SET:
+        elif kind == _KIND_REG_SET:
             r = _decode_regs(rec)
             for i in range(CHANNELS):
                 regs[i] = r[1][i]
@@ -177,14 +180,14 @@ class Store:
     def append_interval(self, start_s, interval_s, flags, values):
         """Commit one closed interval. Returns when it is on flash."""
         self._need_mount()
-        _int(start_s, 0, U32, "start_s")
+        _int(start_s, 0, _U32, "start_s")
         _int(interval_s, 1, 0xFFFF, "interval_s")
         _int(flags, 0, 255, "flags")
         if len(values) != CHANNELS:
             raise StoreError("need %d channel values, got %d" % (CHANNELS, len(values)))
         small = interval_s in NOMINAL and flags < 32
         for v in values:
-            _int(v, 0, U32, "channel value")
+            _int(v, 0, _U32, "channel value")
             if v > 0xFFFF:
                 small = False
         buf = self._iv.buf
@@ -192,40 +195,40 @@ class Store:
         if small:
             code = (flags << 3) | NOMINAL.index(interval_s)
             struct.pack_into("<IB4H", buf, 1, start_s, code, v0, v1, v2, v3)
-            self._iv.append(KIND_INTERVAL, 14)
+            self._iv.append(_KIND_INTERVAL, 14)
         else:
             struct.pack_into("<IHB4I", buf, 1, start_s, interval_s, flags, v0, v1, v2, v3)
-            self._iv.append(KIND_INTERVAL_WIDE, 24)
+            self._iv.append(_KIND_INTERVAL_WIDE, 24)
         regs = self._regs
         for i in range(CHANNELS):
-            regs[i] = (regs[i] + values[i]) % REG_MOD
+            regs[i] = (regs[i] + values[i]) % _REG_MOD
         if start_s > self._hw:
             self._hw = start_s
         self._last = (start_s, interval_s, flags, tuple(values))
 
     def _append_regs(self, kind, time_s, values):
         self._need_mount()
-        _int(time_s, 0, U32, "time_s")
+        _int(time_s, 0, _U32, "time_s")
         if len(values) != CHANNELS:
             raise StoreError("need %d register values" % CHANNELS)
         for v in values:
-            _int(v, 0, REG_MOD - 1, "register")
+            _int(v, 0, _REG_MOD - 1, "register")
         buf = self._iv.buf
         struct.pack_into("<I", buf, 1, time_s)
         for i in range(CHANNELS):
             v = values[i]
-            struct.pack_into("<IH", buf, 5 + 6 * i, v & U32, v >> 32)
+            struct.pack_into("<IH", buf, 5 + 6 * i, v & _U32, v >> 32)
         self._iv.append(kind, 29)
 
     def set_registers(self, time_s, values):
         """Set the cumulative registers (installation, meter exchange)."""
-        self._append_regs(KIND_REG_SET, time_s, values)
+        self._append_regs(_KIND_REG_SET, time_s, values)
         for i in range(CHANNELS):
             self._regs[i] = values[i]
 
     def append_register_read(self, time_s, values):
         """Store a register read (e.g. the midnight read of M03)."""
-        self._append_regs(KIND_REG_READ, time_s, values)
+        self._append_regs(_KIND_REG_READ, time_s, values)
 
     def registers(self):
         """Cumulative registers: all committed intervals since the last set."""
@@ -246,7 +249,7 @@ class Store:
             start = i + 1
         return order[start:]
 
-    def intervals(self, since_s=0, until_s=U32 + 1):
+    def intervals(self, since_s=0, until_s=_U32 + 1):
         """Yield (start_s, interval_s, flags, values) with since_s <= start_s < until_s,
         oldest first (in the order they were appended)."""
         self._need_mount()
@@ -257,12 +260,12 @@ class Store:
 
         for blk in self._blocks_from(iv, skip):
             for _, kind, rec in iv.records(blk):
-                if kind <= KIND_INTERVAL_WIDE:
+                if kind <= _KIND_INTERVAL_WIDE:
                     t = struct.unpack_from("<I", rec, 1)[0]
                     if since_s <= t < until_s:
                         yield _decode(kind, rec)
 
-    def register_reads(self, since_s=0, until_s=U32 + 1):
+    def register_reads(self, since_s=0, until_s=_U32 + 1):
         """Yield (time_s, registers) of register reads with since_s <= time_s < until_s."""
         self._need_mount()
         iv = self._iv
@@ -275,7 +278,7 @@ class Store:
 
         for blk in self._blocks_from(iv, skip):
             for _, kind, rec in iv.records(blk):
-                if kind == KIND_REG_READ:
+                if kind == _KIND_REG_READ:
                     r = _decode_regs(rec)
                     if since_s <= r[0] < until_s:
                         yield r
@@ -285,15 +288,15 @@ class Store:
         """Log an event; returns its sequence number (1, 2, ...)."""
         self._need_mount()
         _int(code, 0, 0xFFFF, "event code")
-        _int(time_s, 0, U32, "time_s")
+        _int(time_s, 0, _U32, "time_s")
         n = len(data)
-        if n > MAX_EVENT_DATA:
-            raise StoreError("event data of %d bytes exceeds %d" % (n, MAX_EVENT_DATA))
+        if n > _MAX_EVENT_DATA:
+            raise StoreError("event data of %d bytes exceeds %d" % (n, _MAX_EVENT_DATA))
         seq = self._next_seq
         buf = self._ev.buf
         struct.pack_into("<IIHB", buf, 1, seq, time_s, code, n)
         buf[12 : 12 + n] = data
-        self._ev.append(KIND_EVENT, 12 + n)
+        self._ev.append(_KIND_EVENT, 12 + n)
         self._next_seq = seq + 1
         return seq
 
@@ -310,7 +313,7 @@ class Store:
 
         for blk in self._blocks_from(ev, skip):
             for _, kind, rec in ev.records(blk):
-                if kind == KIND_EVENT:
+                if kind == _KIND_EVENT:
                     seq, t, code, n = struct.unpack_from("<IIHB", rec, 1)
                     if seq >= since_seq:
                         yield seq, t, code, bytes(rec[12 : 12 + n])
@@ -343,7 +346,7 @@ class Store:
 
 
 def _decode(kind, rec):
-    if kind == KIND_INTERVAL:
+    if kind == _KIND_INTERVAL:
         t, code, v0, v1, v2, v3 = struct.unpack_from("<IB4H", rec, 1)
         return t, NOMINAL[code & 7], code >> 3, (v0, v1, v2, v3)
     t, ilen, flags, v0, v1, v2, v3 = struct.unpack_from("<IHB4I", rec, 1)

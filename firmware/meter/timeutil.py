@@ -14,9 +14,9 @@ except ImportError:
         return x
 
 
-EPOCH_2000 = const(946684800)  # 2000-01-01T00:00:00Z in seconds since 1970
+_EPOCH_2000 = const(946684800)  # 2000-01-01T00:00:00Z in seconds since 1970
 DAY = const(86400)
-MAX_UTC_OFFSET_S = const(50400)  # 14 h, the widest offset in use
+_MAX_UTC_OFFSET_S = const(50400)  # 14 h, the widest offset in use
 INTERVALS = (300, 600, 900, 1800, 3600)
 
 
@@ -26,12 +26,12 @@ class TimeError(ValueError):
 
 def utc_from_2000(t2000):
     """Seconds since 2000 (ESP32 RTC) -> UTC seconds since 1970."""
-    return t2000 + EPOCH_2000
+    return t2000 + _EPOCH_2000
 
 
 def utc_to_2000(t):
     """UTC seconds since 1970 -> seconds since 2000 (ESP32 RTC)."""
-    return t - EPOCH_2000
+    return t - _EPOCH_2000
 
 
 def epoch_shift(gmtime0_year):
@@ -40,7 +40,7 @@ def epoch_shift(gmtime0_year):
     Pass time.gmtime(0)[0] of the running port: 2000 (ESP32) or 1970 (unix).
     """
     if gmtime0_year == 2000:
-        return EPOCH_2000
+        return _EPOCH_2000
     if gmtime0_year == 1970:
         return 0
     raise TimeError("unknown epoch year %r" % (gmtime0_year,))
@@ -58,7 +58,7 @@ def check_utc_offset(utc_offset_s):
     if (
         not isinstance(utc_offset_s, int)
         or utc_offset_s % 60
-        or not -MAX_UTC_OFFSET_S <= utc_offset_s <= MAX_UTC_OFFSET_S
+        or not -_MAX_UTC_OFFSET_S <= utc_offset_s <= _MAX_UTC_OFFSET_S
     ):
         raise TimeError(
             "utc_offset_s must be whole minutes within +-14 h, got %r" % (utc_offset_s,)

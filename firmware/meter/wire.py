@@ -27,23 +27,65 @@ except ImportError:
         return x
 
 
-VERSION = const(1)
+_VERSION = const(1)
 HEADER_LEN = const(15)
-CRC_LEN = const(2)
-AUTH_LEN = const(20)  # counter u32 + mac[16]
+_CRC_LEN = const(2)
+_AUTH_LEN = const(20)  # counter u32 + mac[16]
 MAX_PAYLOAD = const(4096)
-MAX_FRAME = const(4133)  # HEADER_LEN + MAX_PAYLOAD + AUTH_LEN + CRC_LEN
-FLAG_AUTH = const(0x01)
-_HEADER = ">BBBHIIH"
+MAX_FRAME = const(4133)  # HEADER_LEN + MAX_PAYLOAD + _AUTH_LEN + _CRC_LEN
+_FLAG_AUTH = const(0x01)
+_HEADER = const(">BBBHIIH")
 
-# Field kinds. A type is one of these ints, or a tuple:
-# (_STRUCT, ((name, type), ...)), (_LIST8, item), (_LISTV, item), (_BYTES, n).
+# The schema as text (one str each, read in place from flash; a table of
+# tuples and dicts would cost ~8 KB of heap). A message is "name field:T ...",
+# the type code is its 1-based position in _MSGS; a section "name field:T ..."
+# or "name =T" (a bare body), its tag the position in _SECS. T is a letter of
+# _KINDS (B H I Q b h i: big-endian ints as struct; V varint; S str u8-length;
+# K interval block; X sections), "[T" a u8-counted list, "{T" a varint-counted
+# one, n / m 16 / 32 raw bytes, or a struct of _SUBS (C channel, T config item,
+# O schedule slot, E event). Compiled per call into the tuples below.
+_MSGS = const(
+    "register fw_version:S interval_s:H capacity_days:H utc_offset_min:h"
+    " meter_multiplier:H channels:[C|"
+    "register_ack status:B|"
+    "config_set items:[T|"
+    "config_ack acked_seq:H status:B|"
+    "schedule_set slots:[O|"
+    "schedule_ack acked_seq:H status:B|"
+    "read_request mode:B start:I end:I what:B|"
+    "read_response request_seq:H kind:B part:B parts:B sections:X|"
+    "read_ack acked_seq:H upto:I|"
+    "event events:[E|"
+    "event_ack acked_seq:H|"
+    "time_sync_request t1_ms:Q|"
+    "time_sync_response t1_ms:Q t2_ms:Q t3_ms:Q|"
+    "time_set utc_ms:Q|"
+    "download_open operator:H|"
+    "download_challenge nonce:n|"
+    "download_auth operator:H mac:m|"
+    "download_data part:B parts:B sections:X|"
+    "nack nacked_type:B nacked_seq:H reason:B"
+)
+_SECS = const(
+    "clock time:I|registers at:I values:[V|midnight day:I values:[V|intervals =K|"
+    "events ={E|schedules =[O|config =[T"
+)
+_SUBS = const(
+    "C kind:B unit:B multiplier:H scaler:b|T key:B value:i|"
+    "O slot:B action:B start:I end:I period_s:I offset_s:I what:B|E code:B time:I data:I"
+)
+_KINDS = const("BHIQbhiVSKX")
+_NMSGS = const(19)
+_NSECS = const(7)
+# downlink commands the meter must only accept with a valid MAC
+AUTH_REQUIRED = ("config_set", "schedule_set", "read_request", "time_set")
+
+# Compiled field kinds: an int (the index in _KINDS), or a tuple
+# (_STRUCT, [(name, type), ...]), (_LIST8, item), (_LISTV, item), (_BYTES, n).
 _U8 = const(0)
 _U16 = const(1)
 _U32 = const(2)
 _U64 = const(3)
-_I8 = const(4)
-_I16 = const(5)
 _I32 = const(6)
 _VAR = const(7)
 _STR = const(8)
@@ -53,90 +95,78 @@ _STRUCT = const(11)
 _LIST8 = const(12)
 _LISTV = const(13)
 _BYTES = const(14)
+_FMT = const((">B", ">H", ">I", ">Q", ">b", ">h", ">i"))  # by int kind; size 1 << (k & 3)
 
-# struct format, size, min, max of the fixed-size integer kinds, by kind
-_INTS = (
-    (">B", 1, 0, 0xFF),
-    (">H", 2, 0, 0xFFFF),
-    (">I", 4, 0, 0xFFFFFFFF),
-    (">Q", 8, 0, 0xFFFFFFFFFFFFFFFF),
-    (">b", 1, -0x80, 0x7F),
-    (">h", 2, -0x8000, 0x7FFF),
-    (">i", 4, -0x80000000, 0x7FFFFFFF),
-)
 
-_CHANNEL = (_STRUCT, (("kind", _U8), ("unit", _U8), ("multiplier", _U16), ("scaler", _I8)))
-_ITEM = (_STRUCT, (("key", _U8), ("value", _I32)))
-_SLOT = (
-    _STRUCT,
-    (
-        ("slot", _U8),
-        ("action", _U8),
-        ("start", _U32),
-        ("end", _U32),
-        ("period_s", _U32),
-        ("offset_s", _U32),
-        ("what", _U8),
-    ),
-)
-_EVENT = (_STRUCT, (("code", _U8), ("time", _U32), ("data", _U32)))
+def _entry(table, i):
+    """Entry i (0-based) of a "|"-separated table, or None."""
+    p = 0
+    while i:
+        p = table.find("|", p) + 1
+        if not p:
+            return None
+        i -= 1
+    q = table.find("|", p)
+    return table[p:q] if q >= 0 else table[p:]
 
-# tag -> (name, body type); a section body must be consumed exactly
-SECTIONS = {
-    1: ("clock", (_STRUCT, (("time", _U32),))),
-    2: ("registers", (_STRUCT, (("at", _U32), ("values", (_LIST8, _VAR))))),
-    3: ("midnight", (_STRUCT, (("day", _U32), ("values", (_LIST8, _VAR))))),
-    4: ("intervals", _BLOCK),
-    5: ("events", (_LISTV, _EVENT)),
-    6: ("schedules", (_LIST8, _SLOT)),
-    7: ("config", (_LIST8, _ITEM)),
-}
-SECTION_TAGS = {name: tag for tag, (name, _) in SECTIONS.items()}
 
-# type code -> (name, body fields)
-MESSAGES = {
-    0x01: (
-        "register",
-        (
-            ("fw_version", _STR),
-            ("interval_s", _U16),
-            ("capacity_days", _U16),
-            ("utc_offset_min", _I16),
-            ("meter_multiplier", _U16),
-            ("channels", (_LIST8, _CHANNEL)),
-        ),
-    ),
-    0x02: ("register_ack", (("status", _U8),)),
-    0x03: ("config_set", (("items", (_LIST8, _ITEM)),)),
-    0x04: ("config_ack", (("acked_seq", _U16), ("status", _U8))),
-    0x05: ("schedule_set", (("slots", (_LIST8, _SLOT)),)),
-    0x06: ("schedule_ack", (("acked_seq", _U16), ("status", _U8))),
-    0x07: ("read_request", (("mode", _U8), ("start", _U32), ("end", _U32), ("what", _U8))),
-    0x08: (
-        "read_response",
-        (
-            ("request_seq", _U16),
-            ("kind", _U8),
-            ("part", _U8),
-            ("parts", _U8),
-            ("sections", _SECTIONS),
-        ),
-    ),
-    0x09: ("read_ack", (("acked_seq", _U16), ("upto", _U32))),
-    0x0A: ("event", (("events", (_LIST8, _EVENT)),)),
-    0x0B: ("event_ack", (("acked_seq", _U16),)),
-    0x0C: ("time_sync_request", (("t1_ms", _U64),)),
-    0x0D: ("time_sync_response", (("t1_ms", _U64), ("t2_ms", _U64), ("t3_ms", _U64))),
-    0x0E: ("time_set", (("utc_ms", _U64),)),
-    0x0F: ("download_open", (("operator", _U16),)),
-    0x10: ("download_challenge", (("nonce", (_BYTES, 16)),)),
-    0x11: ("download_auth", (("operator", _U16), ("mac", (_BYTES, 32)))),
-    0x12: ("download_data", (("part", _U8), ("parts", _U8), ("sections", _SECTIONS))),
-    0x13: ("nack", (("nacked_type", _U8), ("nacked_seq", _U16), ("reason", _U8))),
-}
-MESSAGE_TYPES = {name: code for code, (name, _) in MESSAGES.items()}
-# downlink commands the meter must only accept with a valid MAC
-AUTH_REQUIRED = ("config_set", "schedule_set", "read_request", "time_set")
+def _find(table, name):
+    """1-based position of the entry called `name`, or 0."""
+    if " " in name:
+        return 0
+    key = name + " "
+    p = 0
+    i = 1
+    while True:
+        if table.startswith(key, p):
+            return i
+        p = table.find("|", p) + 1
+        if not p:
+            return 0
+        i += 1
+
+
+def _compile(t):
+    c = t[0]
+    if c == "[":
+        return (_LIST8, _compile(t[1:]))
+    if c == "{":
+        return (_LISTV, _compile(t[1:]))
+    if c == "n" or c == "m":
+        return (_BYTES, 16 if c == "n" else 32)
+    k = _KINDS.find(c)
+    if k >= 0:
+        return k
+    return _struct(_entry(_SUBS, "CTOE".find(c)))[1]
+
+
+def _struct(entry):
+    """(name, compiled body) of a table entry "name field:T ..." / "name =T"."""
+    parts = entry.split(" ")
+    if parts[1][0] == "=":
+        return parts[0], _compile(parts[1][1:])
+    fields = []
+    for f in parts[1:]:
+        n, t = f.split(":")
+        fields.append((n, _compile(t)))
+    return parts[0], (_STRUCT, fields)
+
+
+def type_code(name):
+    """The type byte of a message name, or None."""
+    return _find(_MSGS, name) or None if type(name) is str else None
+
+
+def __getattr__(attr):
+    # the tables as dicts, built on demand for host tools and tests (not kept)
+    if attr == "MESSAGE_TYPES":  # name -> type code
+        return {_struct(_entry(_MSGS, i))[0]: i + 1 for i in range(_NMSGS)}
+    if attr == "MESSAGES":
+        return {i + 1: _struct(_entry(_MSGS, i)) for i in range(_NMSGS)}
+    if attr == "SECTIONS":
+        return {i + 1: _struct(_entry(_SECS, i)) for i in range(_NSECS)}
+    raise AttributeError(attr)
+
 
 # Anything a body parser may raise on bad input; re-raised as MalformedPayload.
 _STRUCT_ERROR = getattr(struct, "error", ValueError)
@@ -209,8 +239,8 @@ class _Reader:
     def read(self, t, what):
         if type(t) is int:
             if t <= _I32:
-                fmt, size, _, _ = _INTS[t]
-                return struct.unpack_from(fmt, self.buf, self.take(size, what))[0]
+                p = self.take(1 << (t & 3), what)
+                return struct.unpack_from(_FMT[t], self.buf, p)[0]
             if t == _VAR:
                 v, self.pos = blocks.decode_varint(self.buf, self.pos, self.end)
                 return v
@@ -250,10 +280,9 @@ class _Reader:
             raise MalformedPayload(
                 "section truncated", "%d bytes" % n, "%d left" % (self.end - pos)
             )
-        spec = SECTIONS.get(tag)
-        if spec is None:
+        if not 1 <= tag <= _NSECS:
             raise MalformedPayload("unknown section tag", "1..7", tag)
-        name, body_type = spec
+        name, body_type = _struct(_entry(_SECS, tag - 1))
         sub = _Reader(self.buf, pos, pos + n)
         body = sub.read(body_type, name)
         if sub.pos != sub.end:
@@ -265,14 +294,14 @@ class _Reader:
 def frame_length(data):
     """Total length the header of data announces; checks 1-3 of SPEC's order."""
     n = len(data)
-    if n < HEADER_LEN + CRC_LEN:
+    if n < HEADER_LEN + _CRC_LEN:
         raise TruncatedFrame("frame shorter than header and CRC", ">= 17", n)
-    if data[0] != VERSION:
-        raise UnsupportedVersion("unsupported protocol version", VERSION, data[0])
+    if data[0] != _VERSION:
+        raise UnsupportedVersion("unsupported protocol version", _VERSION, data[0])
     plen = (data[13] << 8) | data[14]
     if plen > MAX_PAYLOAD:
         raise BadLength("payload length over maximum", "<= %d" % MAX_PAYLOAD, plen)
-    return HEADER_LEN + plen + (AUTH_LEN if data[2] & FLAG_AUTH else 0) + CRC_LEN
+    return HEADER_LEN + plen + (_AUTH_LEN if data[2] & _FLAG_AUTH else 0) + _CRC_LEN
 
 
 def decode(data, key=None, last_counter=None):
@@ -297,18 +326,18 @@ def decode(data, key=None, last_counter=None):
     want = crc16(mv[0 : n - 2])
     if got != want:
         raise BadCrc("CRC-16/X-25 mismatch", "0x%04x" % want, "0x%04x" % got)
-    spec = MESSAGES.get(mv[1])
-    if spec is None:
+    code = mv[1]
+    if not 1 <= code <= _NMSGS:
         raise UnknownMessageType("unknown message type", "one of SPEC.md's types", "0x%02x" % mv[1])
     flags = mv[2]
-    if flags & ~FLAG_AUTH:
+    if flags & ~_FLAG_AUTH:
         raise MalformedFrame("reserved flag bits set", "0", "0x%02x" % flags)
-    name, body_fields = spec
+    name, body_type = _struct(_entry(_MSGS, code - 1))
     _, _, _, seq, meter_id, timestamp, plen = struct.unpack_from(_HEADER, mv, 0)
     end = HEADER_LEN + plen
     r = _Reader(mv, HEADER_LEN, end)
     try:
-        body = r.read((_STRUCT, body_fields), name)
+        body = r.read(body_type, name)
     except MalformedPayload:
         raise
     except _BAD_INPUT as e:
@@ -319,9 +348,9 @@ def decode(data, key=None, last_counter=None):
     if r.pos != end:
         raise MalformedPayload("bytes left in %s payload" % name, plen, r.pos - HEADER_LEN)
     fauth = None
-    if flags & FLAG_AUTH:
+    if flags & _FLAG_AUTH:
         counter = struct.unpack_from(">I", mv, end)[0]
-        fauth = {"counter": counter, "mac": bytes(mv[end + 4 : end + AUTH_LEN])}
+        fauth = {"counter": counter, "mac": bytes(mv[end + 4 : end + _AUTH_LEN])}
     if fauth is not None:
         if key is not None:
             auth.verify_frame(mv, key, last_counter)  # BadMac, then Replay
@@ -332,7 +361,7 @@ def decode(data, key=None, last_counter=None):
     elif key is not None and name in AUTH_REQUIRED:
         raise BadMac("%s must be authenticated" % name, "AUTH flag", "none")
     return {
-        "version": VERSION,
+        "version": _VERSION,
         "type": name,
         "seq": seq,
         "meter_id": meter_id,
@@ -348,10 +377,12 @@ def decode(data, key=None, last_counter=None):
 def _write(out, t, v, what):
     if type(t) is int:
         if t <= _I32:
-            fmt, _, lo, hi = _INTS[t]
+            bits = 8 << (t & 3)
+            lo = -(1 << (bits - 1)) if t > _U64 else 0
+            hi = (1 << bits) + lo - 1
             if type(v) is not int or v < lo or v > hi:
                 raise MalformedPayload("%s out of range" % what, "int %d..%d" % (lo, hi), v)
-            out.extend(struct.pack(fmt, v))
+            out.extend(struct.pack(_FMT[t], v))
         elif t == _VAR:
             blocks.encode_varint(v, out)
         elif t == _STR:
@@ -372,9 +403,16 @@ def _write(out, t, v, what):
         return
     k = t[0]
     if k == _STRUCT:
+        fields = t[1]
+        if type(v) is tuple and len(v) == len(fields):
+            # the meter's compact form: the values in field order (an event as
+            # (code, time, data) takes half the heap of its dict)
+            for i in range(len(v)):
+                _write(out, fields[i][1], v[i], fields[i][0])
+            return
         if type(v) is not dict:
             raise MalformedPayload(what, "dict", type(v).__name__)
-        for name, ft in t[1]:
+        for name, ft in fields:
             if name not in v:
                 raise MalformedPayload("field missing", name, "absent")
             _write(out, ft, v[name], name)
@@ -406,13 +444,12 @@ def _count(out, v, limit, what):
 def _section(out, s):
     if type(s) is not dict or "tag" not in s or "body" not in s:
         raise MalformedPayload("section", "{tag, body}", s)
-    tag = SECTION_TAGS.get(s["tag"])
-    if tag is None:
-        raise MalformedPayload(
-            "unknown section tag", "one of %s" % ", ".join(SECTION_TAGS), s["tag"]
-        )
+    name = s["tag"]
+    tag = _find(_SECS, name) if type(name) is str else 0
+    if not tag:
+        raise MalformedPayload("unknown section tag", "a section name", name)
     body = bytearray()
-    _write(body, SECTIONS[tag][1], s["body"], s["tag"])
+    _write(body, _struct(_entry(_SECS, tag - 1))[1], s["body"], name)
     out.append(tag)
     blocks.encode_varint(len(body), out)
     out.extend(body)
@@ -429,11 +466,11 @@ def encode(fields, key=None):
     """
     if type(fields) is not dict:
         raise MalformedPayload("fields", "dict", type(fields).__name__)
-    version = fields.get("version", VERSION)
-    if version != VERSION or type(version) is not int:
-        raise UnsupportedVersion("cannot encode version", VERSION, version)
+    version = fields.get("version", _VERSION)
+    if version != _VERSION or type(version) is not int:
+        raise UnsupportedVersion("cannot encode version", _VERSION, version)
     name = fields.get("type")
-    code = MESSAGE_TYPES.get(name) if type(name) is str else None
+    code = type_code(name)
     if code is None:
         raise UnknownMessageType("cannot encode message type", "a type name", name)
     fauth = fields.get("auth")
@@ -452,7 +489,7 @@ def encode(fields, key=None):
             _write(bytearray(), t, fields[f], f)  # range check only
         if "body" not in fields:
             raise MalformedPayload("field missing", "body", "absent")
-        _write(out, (_STRUCT, MESSAGES[code][1]), fields["body"], name)
+        _write(out, _struct(_entry(_MSGS, code - 1))[1], fields["body"], name)
     except ProtocolError:
         raise
     except _BAD_INPUT as e:
@@ -460,12 +497,12 @@ def encode(fields, key=None):
     plen = len(out) - HEADER_LEN
     if plen > MAX_PAYLOAD:
         raise BadLength("payload over maximum", "<= %d" % MAX_PAYLOAD, plen)
-    flags = FLAG_AUTH if fauth is not None else 0
+    flags = _FLAG_AUTH if fauth is not None else 0
     struct.pack_into(
         _HEADER,
         out,
         0,
-        VERSION,
+        _VERSION,
         code,
         flags,
         fields["seq"],

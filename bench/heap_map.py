@@ -1,0 +1,100 @@
+"""Where the firmware's heap goes, quickly (`python -m bench heap-map`).
+
+The firmware as `firmware-heap` places it (ROMFS image of .mpy, run in place,
+the image buffer excluded), without a broker: imports each module on its own
+(heap after gc.collect(), qstrs added), then the running state of a booted
+board (Board, App + Store + Meter, boot, a day of ticks). Seconds instead of
+the 2-day run; the figures that count are `firmware-heap`'s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+MODULES = (
+    "asyncio link.mqtt meter.errors meter.crc meter.auth meter.blocks meter.wire "
+    "meter.ring meter.config_log meter.store meter.timeutil meter.recorder meter.events "
+    "meter.clock meter.schedules meter.reads meter.meter hal.unix main"
+)
+
+_PROBE = """
+import gc, sys, vfs, micropython
+img = open(@IMG@, 'rb').read()
+vfs.mount(vfs.VfsRom(img), '/rom')
+sys.path.insert(0, '/rom')
+def mark(tag, _l=[0]):
+    gc.collect()
+    a = gc.mem_alloc() - @N@
+    print('@', tag, a, a - _l[0])
+    _l[0] = a
+mark('base')
+for m in @MODS@.split():
+    __import__(m)
+    mark('import ' + m)
+micropython.qstr_info()
+import main
+from hal import unix as hal
+b = hal.Board(@BOARD@)
+mark('Board')
+app = main.App(b)
+mark('App')
+app.m.boot(b.now())
+mark('boot')
+t = b.now()
+for i in range(96):
+    app.m.tick(t + i * 900, False)
+mark('ticks')
+"""
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench heap-map", description=__doc__)
+    parser.add_argument("--heap-kb", type=int, default=400)
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    from bench.firmware_heap import _bin, build
+
+    with tempfile.TemporaryDirectory(prefix="ami-heapmap-") as t:
+        tmp = Path(t)
+        img, n = build(tmp, "romfs")
+        board = tmp / "board"
+        board.mkdir()
+        cfg = {"meter_id": 4711, "key": bytes(range(32)).hex(), "broker": None, "tick_ms": 50}
+        (board / "board.json").write_text(json.dumps(cfg))
+        code = (
+            _PROBE.replace("@IMG@", repr(str(img)))
+            .replace("@BOARD@", repr(str(board)))
+            .replace("@MODS@", repr(MODULES))
+            .replace("@N@", str(n))
+        )
+        env = dict(os.environ, MICROPYPATH=".frozen")
+        out = subprocess.run(
+            [_bin("micropython"), "-X", f"heapsize={args.heap_kb * 1024}", "-c", code],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    rows: dict[str, int] = {}
+    for line in out.stdout.splitlines():
+        if line.startswith("@ "):
+            parts = line.split()
+            rows[" ".join(parts[1:-2])] = int(parts[-1])
+            print(f"{' '.join(parts[1:-2]):<24} {int(parts[-1]):>7}  (total {int(parts[-2])})")
+        elif line.startswith("qstr pool"):
+            print(line)
+    if out.returncode:
+        print(out.stdout[-2000:], out.stderr[-2000:])
+    return out.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
