@@ -3,10 +3,16 @@
 Runs firmware/main.py with hal/unix under `-X heapsize=…` for 2 simulated days
 against a private mosquitto, with a fake head-end that registers the meter,
 acks reads and events, answers time syncs, and sends an authenticated
-on-demand read every 6 simulated hours; the control port injects a tamper
-event every 8 hours. The firmware samples gc.mem_alloc() after gc.collect()
-(`heap_probe`): at idle ticks (steady) and with the tick's frames still live
+read_request every 6 simulated hours (in turn: the previous day, on demand
+since midnight, a 45-day period: everything held); the control port injects
+a tamper event every 8 hours. The firmware samples gc.mem_alloc() after
+gc.collect() (`heap_probe`): at idle ticks (steady), with the tick's frames
+still live, and while a read part is being built, its frame and columns live
 (peak); the bench also polls the control port's `heap` command.
+`memory_errors` counts the MemoryErrors the firmware logged (each one a
+frame not sent); `reads` how many requests were answered with every part.
+With any, the run is repeated at --retry-kb and the first one kept as
+`at_requested_heap`; with none, the requested heap's run is the headline.
 
 Code placement (--code):
   romfs         (default) the firmware is a ROMFS image (mpremote romfs build:
@@ -133,6 +139,7 @@ async def _head_end(broker: Any, stop: asyncio.Event, stats: dict[str, int]) -> 
     async with aiomqtt.Client(broker.host, broker.port, identifier="bench-head") as client:
         await client.subscribe(f"ami/v1/{MID}/up", qos=1)
         last_req = 0
+        parts: dict[int, set[int]] = {}  # request seq -> parts received
 
         async def serve() -> None:
             nonlocal last_req
@@ -140,6 +147,9 @@ async def _head_end(broker: Any, stop: asyncio.Event, stats: dict[str, int]) -> 
                 f = decode(bytes(msg.payload))  # type: ignore[arg-type]
                 t, body = f["type"], f["body"]
                 stats[t] = stats.get(t, 0) + 1
+                if t == "nack":  # e.g. nack_7_5: a read_request not held
+                    k = f"nack_{body['nacked_type']}_{body['reason']}"
+                    stats[k] = stats.get(k, 0) + 1
                 if t == "register":
                     await client.publish(down, frame("register_ack", {"status": 0}), qos=1)
                 elif t == "event":
@@ -151,11 +161,26 @@ async def _head_end(broker: Any, stop: asyncio.Event, stats: dict[str, int]) -> 
                     t2 = body["t1_ms"] + 25_000  # 25 s off: the meter steps
                     r = {"t1_ms": body["t1_ms"], "t2_ms": t2, "t3_ms": t2 + 2}
                     await client.publish(down, frame("time_sync_response", r), qos=1)
+                if t == "read_response" and body["request_seq"] in parts:
+                    got = parts[body["request_seq"]]
+                    got.add(body["part"])
+                    if len(got) == body["parts"]:
+                        stats["reads_complete"] = stats.get("reads_complete", 0) + 1
+                        del parts[body["request_seq"]]
                 if f["timestamp"] - last_req >= 6 * 3600:
-                    last_req = f["timestamp"]
-                    day = f["timestamp"] - f["timestamp"] % 86400
-                    req = {"mode": 0, "start": day - 86400, "end": day, "what": 15}
-                    await client.publish(down, frame("read_request", req, True), qos=1)
+                    last_req = ts = f["timestamp"]
+                    day = ts - ts % 86400
+                    kind = stats.get("read_request", 0) % 3
+                    if kind == 0:  # the previous day
+                        req = {"mode": 0, "start": day - 86400, "end": day, "what": 15}
+                    elif kind == 1:  # on demand, since midnight
+                        req = {"mode": 2, "start": 0, "end": 0, "what": 15}
+                    else:  # 45 days: everything held
+                        req = {"mode": 0, "start": ts - 45 * 86400, "end": ts, "what": 15}
+                    stats["read_request"] = stats.get("read_request", 0) + 1
+                    raw = frame("read_request", req, True)
+                    parts[seq] = set()
+                    await client.publish(down, raw, qos=1)
 
         task = asyncio.create_task(serve())
         await stop.wait()
@@ -248,7 +273,8 @@ async def _run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         proc.stdout.close()
         proc.wait()
     out_text = "".join(lines) + rest
-    memory_error = "MemoryError" in out_text
+    memory_errors = sum(1 for ln in out_text.splitlines() if ln.startswith("MemoryError"))
+    memory_error = memory_errors > 0 or "MemoryError" in out_text
     sub = image if args.code != "mpy" else 0  # the image buffer is the "flash"
     peak = max([final.get("peak", 0), *polled]) - sub if polled or final else None
     steady = final.get("steady", 0) - sub if final else None
@@ -271,7 +297,12 @@ async def _run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "target_steady_bytes": TARGET,
         "meets_target": steady is not None and steady <= TARGET and not memory_error,
         "memory_error": memory_error,
+        "memory_errors": memory_errors,
         "firmware_errors": status.get("errors"),
+        "reads": {
+            "requested": stats.pop("read_request", 0),
+            "complete": stats.pop("reads_complete", 0),
+        },
         "import_heap_bytes": sum(imports.values()),
         "import_heap_by_module": imports,
         "uplinks": stats,
@@ -302,6 +333,9 @@ def main(argv: list[str]) -> int:
         out["at_requested_heap"] = {
             "heapsize_bytes": first["heapsize_bytes"],
             "memory_error": True,
+            "memory_errors": first["memory_errors"],
+            "peak_heap_bytes": first["peak_heap_bytes"],
+            "reads": first["reads"],
             "log_tail": first["log_tail"],
         }
     print(json.dumps(out))

@@ -154,6 +154,8 @@ class App:
     async def tick_loop(self):
         b = self.b
         probe = getattr(b, "heap_probe", False)
+        if probe:  # the peak includes a read part being built (reads.frame)
+            self.m.probe = self.sample
         while True:
             c = b.drain()
             if c:

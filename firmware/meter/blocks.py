@@ -154,56 +154,68 @@ def _code_for(bits):
     return c
 
 
-def _varint_len(v):
-    n = 1
+def put_varint(buf, p, v):
+    """Write the minimal LEB128 of v >= 0 at buf[p] (buf None: only count); next p."""
     while v >= 0x80:
+        if buf is not None:
+            buf[p] = (v & 0x7F) | 0x80
+        p += 1
         v >>= 7
-        n += 1
-    return n
+    if buf is not None:
+        buf[p] = v
+    return p + 1
 
 
-def _pack(out, values, g, n, w, ref, delta):
+def _pack(buf, p, values, g, n, w, ref, delta):
     # values[g:g+n] as v - ref (FOR) or zigzag(v - prev) (DELTA), w bits each
     if w == 0:
-        return
+        return p
+    if buf is None:
+        return p + ((n * w + 7) >> 3)
     acc = 0
     nb = 0
-    p = ref
+    q = ref
     for i in range(g, g + n):
         v = values[i]
         if delta:
-            x = zigzag(v - p)
-            p = v
+            x = zigzag(v - q)
+            q = v
         else:
             x = v - ref
         if w >= 8:
             if w == 32:
-                out.append(x >> 24)
-                out.append((x >> 16) & 0xFF)
+                buf[p] = x >> 24
+                buf[p + 1] = (x >> 16) & 0xFF
+                p += 2
             if w >= 16:
-                out.append((x >> 8) & 0xFF)
-            out.append(x & 0xFF)
+                buf[p] = (x >> 8) & 0xFF
+                p += 1
+            buf[p] = x & 0xFF
+            p += 1
         else:
             acc = (acc << w) | x
             nb += w
             if nb == 8:  # 8 is a multiple of 1, 2 and 4
-                out.append(acc)
+                buf[p] = acc
+                p += 1
                 acc = 0
                 nb = 0
     if nb:
-        out.append(acc << (8 - nb))  # unused low bits are 0
+        buf[p] = acc << (8 - nb)  # unused low bits are 0
+        p += 1
+    return p
 
 
-def encode_channel(values):
-    """One channel's interval values -> its canonical stream (bytearray)."""
-    out = bytearray()
+def put_channel(buf, p, values, off, total):
+    """Write the canonical stream of values[off:off+total] at buf[p] (buf None:
+    only count, and check the values); return the next position."""
     prev = 0
-    total = len(values)
-    for g in range(0, total, _GROUP):
-        n = total - g if total - g < _GROUP else _GROUP
+    end = off + total
+    for g in range(off, end, _GROUP):
+        n = end - g if end - g < _GROUP else _GROUP
         lo = hi = values[g]
         zmax = 0
-        p = prev
+        q = prev
         for i in range(g, g + n):
             v = values[i]
             if type(v) is not int or v < 0 or v > MAX_VALUE:
@@ -212,22 +224,32 @@ def encode_channel(values):
                 lo = v
             if v > hi:
                 hi = v
-            z = zigzag(v - p)
+            z = zigzag(v - q)
             if z > zmax:
                 zmax = z
-            p = v
+            q = v
         cf = _code_for(bitlen(hi - lo))
         cd = _code_for(bitlen(zmax))
         wf = _WIDTHS[cf]
         wd = _WIDTHS[cd]
-        if (n * wd + 7) >> 3 < _varint_len(lo) + ((n * wf + 7) >> 3):  # DELTA only if smaller
-            out.append(0x80 | cd)
-            _pack(out, values, g, n, wd, prev, True)
+        # DELTA only if smaller
+        if (n * wd + 7) >> 3 < put_varint(None, 0, lo) + ((n * wf + 7) >> 3):
+            if buf is not None:
+                buf[p] = 0x80 | cd
+            p = _pack(buf, p + 1, values, g, n, wd, prev, True)
         else:
-            out.append(cf)
-            encode_varint(lo, out)
-            _pack(out, values, g, n, wf, lo, False)
+            if buf is not None:
+                buf[p] = cf
+            p = _pack(buf, put_varint(buf, p + 1, lo), values, g, n, wf, lo, False)
         prev = values[g + n - 1]
+    return p
+
+
+def encode_channel(values):
+    """One channel's interval values -> its canonical stream (bytearray)."""
+    n = len(values)
+    out = bytearray(put_channel(None, 0, values, 0, n))
+    put_channel(out, 0, values, 0, n)
     return out
 
 

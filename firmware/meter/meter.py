@@ -151,6 +151,7 @@ class Meter:
         self.booted = False
         self.first_boot = False
         self.frames_sent = 0
+        self.probe = None  # probe(1) while a read part is built (the bench's heap peak)
 
     # -- persistence -----------------------------------------------------------
 
@@ -396,14 +397,19 @@ class Meter:
             return
         for x in todo:
             p = rd.out[x] if x >= 0 else -1 - x
-            body = {
-                "request_seq": rd.request_seq,
-                "kind": rd.kind,
-                "part": p,
-                "parts": len(rd.parts),
-                "sections": reads.sections(
+            if x < 0:  # a new part: a fresh seq (a repeat keeps its own: idempotent)
+                x = self._seq = (self._seq + 1) & 0xFFFF
+            # encoded straight from flash into the frame (reads.frame): a part
+            # never holds its intervals or events as lists or dicts
+            out.append(
+                reads.frame(
+                    x,
+                    self.meter_id,
+                    rd.request_seq,
+                    rd.kind,
+                    p,
+                    len(rd.parts),
                     rd.parts[p],
-                    p == 0,
                     rd.what,
                     self.store,
                     self.ev,
@@ -411,9 +417,11 @@ class Meter:
                     self.rec.totals(),
                     rd.ev_from,
                     rd.ev_to,
-                ),
-            }
-            rd.out[self._frame(out, "read_response", body, now, x if x >= 0 else None)] = p
+                    self.probe,
+                )
+            )
+            self.frames_sent += 1  # usage data: no message_sent event
+            rd.out[x] = p
         rd.attempt = rd.attempt + 1 if again else 1
         rd.next_try = now + events.retry_delay(rd.attempt, self._rand())
 

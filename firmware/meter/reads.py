@@ -3,16 +3,20 @@
 # Pure logic over the store: handed the period, the time and what to send.
 # A read of [start, end) is split into parts so every frame stays under
 # MAX_PAYLOAD and the meter never holds more than one part in RAM:
-#   interval parts: one local day each (half a day at 5-minute intervals),
-#     holding the intervals whose start is in the part's span (as one
-#     IntervalBlock section per contiguous run of equal length) and the
-#     midnight register reads in that span (the last part also takes the
+#   interval parts: a local day each, or an equal share of it holding at
+#     most _PART_IV intervals (8 h at 5 minutes, 12 h at 10), with the
+#     intervals whose start is in the part's span (as IntervalBlock sections
+#     of at most _CHUNK intervals of a contiguous run of equal length) and
+#     the midnight register reads in that span (the last part also takes the
 #     midnight at `end`);
 #   event parts: up to _EVENTS_PER_PART events each, the events with a time
 #     in the read's event span, oldest first.
 # Part 0 also carries the clock section and, if asked, the current registers.
 # Parts are rebuilt from flash each time they are (re)sent: nothing but the
-# plan (a list of small tuples) is kept between sends.
+# plan (a list of small tuples) is kept between sends. A part is encoded
+# straight from the store into its frame, twice: once to size it, once into a
+# bytearray of exactly that size; the only other heap it takes is one chunk
+# of interval columns (_CHUNK x 4 u32 + flags, 0.5 KB), no lists or dicts.
 
 try:
     from micropython import const
@@ -22,9 +26,13 @@ except ImportError:
         return x
 
 
+import struct
 from array import array
 
+from meter import blocks
 from meter import timeutil as tu
+from meter.crc import crc16
+from meter.errors import BadLength, MalformedPayload
 
 WHAT_INTERVALS = const(1)
 WHAT_REGISTERS = const(2)
@@ -33,7 +41,19 @@ WHAT_EVENTS = const(8)
 _EVENTS_PER_PART = const(200)  # 9 bytes each: 1.8 KB
 _MAX_PARTS = const(255)
 _DAY = const(86400)
-_HALF_DAY = const(43200)
+_PART_IV = const(96)  # intervals per part at most
+_CHUNK = const(32)  # intervals per IntervalBlock at most (one channel group)
+_NCH = const(4)  # channels of a stored interval
+# frame layout (SPEC; wire.py): header, read_response payload, CRC
+_HEADER = const(">BBBHIIH")
+_HEADER_LEN = const(15)
+_MAX_PAYLOAD = const(4096)
+_READ_RESPONSE = const(8)  # type code
+_SEC_CLOCK = const(1)  # section tags
+_SEC_REGISTERS = const(2)
+_SEC_MIDNIGHT = const(3)
+_SEC_INTERVALS = const(4)
+_SEC_EVENTS = const(5)
 
 KIND_SCHEDULED = const(0)
 KIND_ON_DEMAND = const(1)
@@ -48,8 +68,10 @@ class ReadError(ValueError):
 
 
 def chunk_s(interval_s):
-    """Span of one interval part: a local day, half a day at 5 minutes."""
-    return _HALF_DAY if interval_s < 600 else _DAY
+    """Span of one interval part: a local day, or the smallest equal share of
+    it holding at most _PART_IV intervals."""
+    n = (_DAY // interval_s + _PART_IV - 1) // _PART_IV
+    return _DAY // n
 
 
 def plan(start, end, what, interval_s, utc_offset_s, events, ev_from, ev_to, seq_hi):
@@ -95,49 +117,166 @@ def plan(start, end, what, interval_s, utc_offset_s, events, ev_from, ev_to, seq
     return parts
 
 
-def interval_sections(store, a, b, out):
-    """Append IntervalBlock sections for the stored intervals starting in [a, b)."""
-    blk = None
-    flags = chans = None
-    for rec in store.intervals(a, b):
-        s, ln, fl, vals = rec
-        if blk is not None and (s != blk["start"] + ln * len(flags) or ln != blk["interval_s"]):
-            out.append({"tag": "intervals", "body": blk})
-            blk = None
-        if blk is None:  # 1 (flags) and 4 bytes (values) per interval, not 8
-            flags = bytearray()
-            chans = [array("I") for _ in range(len(vals))]
-            blk = {"start": s, "interval_s": ln, "flags": flags, "channels": chans}
-        flags.append(fl)
-        for i in range(len(vals)):
-            chans[i].append(vals[i])
-    if blk is not None:
-        out.append({"tag": "intervals", "body": blk})
-    return out
+def _regs(buf, p, t, values):
+    # registers / midnight body: at:I values:[V
+    if buf is not None:
+        struct.pack_into(">IB", buf, p, t, len(values))
+    p += 5
+    for v in values:
+        p = blocks.put_varint(buf, p, v)
+    return p
 
 
-def sections(part, first, what, store, events, now, registers, ev_from, ev_to):
-    """The sections of one part (a list of section dicts)."""
-    out = []
+def _head(buf, p, tag, n):
+    # a section's tag and body length
+    if buf is not None:
+        buf[p] = tag
+    return blocks.put_varint(buf, p + 1, n)
+
+
+def _block(buf, p, s0, ln, k, cols, flags):
+    # one IntervalBlock body from the column chunk (SPEC; blocks.encode_block)
+    if buf is not None:
+        struct.pack_into(">IHHB", buf, p, s0, ln, k, _NCH)
+    p += 9
+    nr = 0
+    last = -1
+    for i in range(k):
+        if flags[i] != last:
+            last = flags[i]
+            if last & ~0x1F:
+                raise MalformedPayload("status flags use reserved bits", "mask 0x1f", last)
+            nr += 1
+    p = blocks.put_varint(buf, p, nr)
+    i = 0
+    while i < k:
+        f = flags[i]
+        j = i + 1
+        while j < k and flags[j] == f:
+            j += 1
+        p = blocks.put_varint(buf, p, j - i)
+        if buf is not None:
+            buf[p] = f
+        p += 1
+        i = j
+    for c in range(_NCH):
+        n = blocks.put_channel(None, 0, cols, c * _CHUNK, k)
+        p = blocks.put_varint(buf, p, n)
+        p = blocks.put_channel(buf, p, cols, c * _CHUNK, k) if buf is not None else p + n
+    return p
+
+
+def _events(buf, p, events, lo, hi, ev_from, ev_to):
+    # the events body: varint count, then (code:B time:I data:I) each
+    n = 0
+    for _pass in (0, 1):
+        if _pass:
+            p = blocks.put_varint(buf, p, n)
+            if buf is None:
+                return p + 9 * n
+        k = 0
+        for row in events.since(lo):
+            seq, code, t, data = row
+            if seq > hi or k >= _EVENTS_PER_PART:
+                break
+            if ev_from <= t < ev_to:
+                if _pass:
+                    struct.pack_into(">BII", buf, p, code, t, data)
+                    p += 9
+                k += 1
+        n = k
+    return p
+
+
+def _sections(
+    buf, p, part, first, what, store, events, now, registers, ev_from, ev_to, cols, flags
+):
+    # the sections of one part from p; returns (next p, number of sections)
+    ns = 0
     if first:
-        out.append({"tag": "clock", "body": {"time": now}})
+        p = _head(buf, p, _SEC_CLOCK, 4)
+        if buf is not None:
+            struct.pack_into(">I", buf, p, now)
+        p += 4
+        ns += 1
         if what & WHAT_REGISTERS:
-            out.append({"tag": "registers", "body": {"at": now, "values": list(registers)}})
+            p = _head(buf, p, _SEC_REGISTERS, _regs(None, 0, now, registers))
+            p = _regs(buf, p, now, registers)
+            ns += 1
     if part[0] == _IV:
         _, a, b, mid_to = part
         if what & WHAT_INTERVALS and a < b:
-            interval_sections(store, a, b, out)
+            k = s0 = ln = 0
+            for rec in store.intervals(a, b):
+                s, rl, fl, vals = rec
+                if k and (k == _CHUNK or rl != ln or s != s0 + ln * k):
+                    p = _head(buf, p, _SEC_INTERVALS, _block(None, 0, s0, ln, k, cols, flags))
+                    p = _block(buf, p, s0, ln, k, cols, flags)
+                    ns += 1
+                    k = 0
+                if not k:
+                    s0 = s
+                    ln = rl
+                flags[k] = fl
+                for c in range(_NCH):
+                    cols[c * _CHUNK + k] = vals[c]
+                k += 1
+            if k:
+                p = _head(buf, p, _SEC_INTERVALS, _block(None, 0, s0, ln, k, cols, flags))
+                p = _block(buf, p, s0, ln, k, cols, flags)
+                ns += 1
         if what & WHAT_MIDNIGHT and a < mid_to:
             for t, regs in store.register_reads(a, mid_to):
-                out.append({"tag": "midnight", "body": {"day": t, "values": list(regs)}})
+                p = _head(buf, p, _SEC_MIDNIGHT, _regs(None, 0, t, regs))
+                p = _regs(buf, p, t, regs)
+                ns += 1
     else:
         _, lo, hi = part
-        evs = []
-        for row in events.since(lo):
-            seq, code, t, data = row
-            if seq > hi or len(evs) >= _EVENTS_PER_PART:
-                break
-            if ev_from <= t < ev_to:
-                evs.append((code, t, data))  # compact form of the Event struct
-        out.append({"tag": "events", "body": evs})
-    return out
+        p = _head(buf, p, _SEC_EVENTS, _events(None, 0, events, lo, hi, ev_from, ev_to))
+        p = _events(buf, p, events, lo, hi, ev_from, ev_to)
+        ns += 1
+    return p, ns
+
+
+def frame(
+    seq,
+    meter_id,
+    request_seq,
+    kind,
+    p,
+    parts,
+    part,
+    what,
+    store,
+    events,
+    now,
+    registers,
+    ev_from,
+    ev_to,
+    probe=None,
+):
+    """The read_response frame (bytearray) of part number p (part: its plan tuple).
+
+    Byte-identical to wire.encode of the same body; sized first, then written
+    into one bytearray of the frame's size. probe(1), if given, is called
+    with everything the build holds still live (the bench's heap peak).
+    """
+    # small pieces: a fragmented heap has no room for one large block
+    cols = array("I", bytes(4 * _NCH * _CHUNK))
+    flags = bytearray(_CHUNK)
+    args = (part, p == 0, what, store, events, now, registers, ev_from, ev_to, cols, flags)
+    n, ns = _sections(None, _HEADER_LEN + 6, *args)
+    n -= _HEADER_LEN
+    if n > _MAX_PAYLOAD:
+        raise BadLength("payload over maximum", "<= %d" % _MAX_PAYLOAD, n)
+    if ns > 0xFF:
+        raise MalformedPayload("too many sections", "<= 255", ns)
+    buf = bytearray(_HEADER_LEN + n + 2)
+    struct.pack_into(_HEADER, buf, 0, 1, _READ_RESPONSE, 0, seq, meter_id, now, n)
+    struct.pack_into(">HBBBB", buf, _HEADER_LEN, request_seq, kind, p, parts, ns)
+    _sections(buf, _HEADER_LEN + 6, *args)
+    n += _HEADER_LEN
+    struct.pack_into(">H", buf, n, crc16(memoryview(buf)[:n]))
+    if probe is not None:
+        probe(1)
+    return buf

@@ -1,7 +1,7 @@
 # Meter core: recording, retention, midnight registers, clock policy end to end,
 # reboot recovery. Runs on CPython (pytest) and MicroPython (mpy_runner.py).
 from hal import norflash
-from meter import events, recorder
+from meter import events, recorder, wire
 from meter_kit import DAY, T0, Board, Head, events_of, intervals_of
 
 
@@ -67,7 +67,31 @@ def test_m02_keeps_45_days_at_5_minutes_oldest_overwritten():
     day44 = (b.now // DAY - 44) * DAY
     req = h.frame("read_request", {"mode": 0, "start": day44, "end": day44 + DAY, "what": 1}, True)
     parts = [h.decode(r) for r in b.m.receive(req, b.now)]
-    assert parts[0]["type"] == "read_response" and parts[0]["body"]["parts"] == 2
+    # a day at 5 minutes: three parts of 8 h (96 intervals each at most)
+    assert parts[0]["type"] == "read_response" and parts[0]["body"]["parts"] == 3
+    # the whole 45 days in one period read: every part fits, is canonical
+    # (what wire.encode gives for its fields) and together they hold it all
+    req = h.frame("read_request", {"mode": 0, "start": first, "end": b.now, "what": 15}, True)
+    raw = b.m.receive(req, b.now)
+    seen = []
+    t = first
+    while raw:
+        nxt = []
+        for r in raw:
+            f = wire.decode(r)  # not kept: 45 days of decoded frames fill a small heap
+            assert len(r) <= wire.MAX_FRAME and wire.encode(f) == bytes(r)
+            seen.append(f["body"]["part"])
+            for iv in intervals_of([f]):  # parts go out in order
+                assert iv[0] == t
+                t += 300
+            nparts = f["body"]["parts"]
+            ack = h.frame("read_ack", {"acked_seq": f["seq"], "upto": 0})
+            f = None
+            nxt += b.m.receive(ack, b.now)
+        raw = nxt
+    assert nparts <= 255 and seen == list(range(nparts))
+    assert t == b.now  # every interval held, once
+    assert len(b.m.reads) == 1  # only the unacknowledged 44-days-back read is left
     req = h.frame("read_request", {"mode": 0, "start": T0, "end": T0 + DAY, "what": 1}, True)
     nack = h.decode(b.m.receive(req, b.now)[0])
     assert nack["type"] == "nack" and nack["body"]["reason"] == 5
