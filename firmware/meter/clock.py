@@ -144,8 +144,10 @@ class SyncState:
     def _plan_day(self, day, rand_u32, after):
         t = next_sync_instant(day, self.interval_s, rand_u32, after)
         if t is None:
+            # nothing left today: tomorrow, still honouring `after` (a retry's
+            # gap spans midnight when the failure came just before it)
             day += _DAY
-            t = next_sync_instant(day, self.interval_s, rand_u32)
+            t = next_sync_instant(day, self.interval_s, rand_u32, after)
         if day != self.day:
             self.failures = 0
         self.day = day

@@ -199,3 +199,13 @@ def test_m06_interval_change_replans_clear_of_new_boundaries():
     st.plan(M, 1000)
     t = st.set_interval(300, M + 10, 1000)
     assert _clear_of_boundaries(t, M, 300) and t > M + 10
+
+
+def test_m09_retry_gap_holds_across_midnight():
+    # a failure 52 s before local midnight: the retry lands tomorrow, still >= 120 s later
+    off = -12600
+    now = 1772335748
+    s = clock.SyncState(900, off)
+    nxt = s.failed(now, 0)
+    assert nxt >= now + clock.RETRY_GAP_S
+    assert (nxt - tu.day_start(nxt, off)) % 900 >= 60
