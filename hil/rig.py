@@ -1,0 +1,591 @@
+"""The HIL rig: private mosquitto + the head-end in-process + N virtual boards.
+
+    async with Rig(boards=2, speed=3000) as rig:
+        await rig.until(rig.sim_start + 2 * 86400)      # simulated time passes
+        job = await rig.read(1001)                       # an on-demand read via a job
+        image = rig.boards[0].read_flash()               # what the board's flash holds
+
+Everything shares ONE simulated clock: the boards' board.json carry the same
+``sim_start`` and ``real_start_ms`` and ``speed`` as the head-end's `RigClock`
+(wall-clock based, as the board's RTC is). `Rig.set_speed` changes the speed
+of every board and re-anchors the head-end clock on the first board's RTC
+anchor (rtc.json), so they stay aligned to the millisecond × speed.
+
+The head-end is `headend.service.Service` on SQLite in the rig's temp dir, as
+tests/support/service.py runs it. A `Sniffer` (a plain MQTT subscriber to
+``ami/v1/+/up`` and ``ami/v1/+/down``) records every frame with its real and
+simulated arrival time, for checks the head-end does not log (time sync
+exchanges, read spans). A `LatencyProxy` between boards and broker models a
+slow link. On exit nothing keeps running, and the temp dir is removed unless
+``keep=True``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import shutil
+import socket
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiomqtt
+
+from headend.adcs import ondemand
+from headend.clock import Clock
+from headend.config import DEV_MASTER_KEY, Config
+from headend.context import Ctx
+from headend.service import Service
+from headend.store.records import Job, JobState, ReadSpec
+from hil.board import SIM_START, BoardSpec, VirtualBoard
+from hil.broker import Broker, BrokerError, find_mosquitto, free_port
+from protocol.errors import ProtocolError
+from protocol.frame import decode
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+DAY = 86_400
+
+
+class NoDelayBroker(Broker):
+    """hil.broker's private mosquitto with ``set_tcp_nodelay true``.
+
+    Without it mosquitto leaves Nagle's algorithm on its client sockets, and a
+    small reply that follows another small packet waits for the peer's delayed
+    ACK (~40 ms on Linux): × the rig's speed that is seconds of simulated round
+    trip, and every time sync fails its 4 s delay limit.
+    """
+
+    def _write_config(self) -> Path:
+        conf = super()._write_config()
+        with open(conf, "a") as f:
+            f.write("set_tcp_nodelay true\n")
+        return conf
+
+
+def _nodelay(mqtt_transport: Any) -> bool:
+    """Set TCP_NODELAY on the head-end's MQTT socket (see `Rig` "Nagle"); True if set."""
+    try:
+        sock = mqtt_transport._client._client.socket()
+        if sock is None:
+            return False
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return True
+    except (AttributeError, OSError):
+        return False
+
+
+async def cancel_hard(task: asyncio.Task[Any], what: str, tries: int = 20) -> None:
+    """Cancel ``task`` and wait for it, cancelling again whatever keeps running.
+
+    On Python 3.11 a cancellation that lands while ``asyncio.wait_for`` (inside
+    aiomqtt's publish) completes is swallowed: the head-end's MQTT task then goes
+    on waiting for messages, and its TaskGroup (which cancels its children only
+    once) waits for it forever. Tasks that were asked to cancel and still run are
+    cancelled again (reported to the head-end owner).
+    """
+    task.cancel()
+    for _ in range(tries):
+        done, _ = await asyncio.wait({task}, timeout=0.5)
+        if done:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                task.result()
+            return
+        me = asyncio.current_task()
+        for t in asyncio.all_tasks():
+            if t is not me and not t.done() and t.cancelling():
+                t.cancel()
+    stuck = "; ".join(
+        f"{t.get_name()} at {' > '.join(_awaiting(t.get_coro()))}"
+        for t in asyncio.all_tasks()
+        if not t.done() and t is not asyncio.current_task()
+    )
+    log.warning("%s did not stop after %d cancellations; tasks: %s", what, tries, stuck)
+
+
+def _awaiting(coro: Any) -> list[str]:
+    """file:line of each frame a coroutine is suspended in, outermost first."""
+    out = []
+    while coro is not None:
+        f = getattr(coro, "cr_frame", None) or getattr(coro, "ag_frame", None)
+        f = f or getattr(coro, "gi_frame", None)
+        if f is not None:
+            out.append(f"{f.f_code.co_filename.rsplit('/', 1)[-1]}:{f.f_lineno}")
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "ag_await", None)
+        coro = coro or getattr(coro, "gi_yieldfrom", None)
+    return out
+
+
+class RigError(RuntimeError):
+    """The rig could not start, or a wait ran out (the message says what was awaited)."""
+
+
+@dataclass
+class RigClock(Clock):
+    """The head-end's clock on the rig: now = anchor_sim + (wall - anchor_wall) × speed.
+
+    Wall-clock based like the virtual board's RTC (hal/unix), so both read the
+    same simulated instant; `follow` re-anchors after a speed change.
+    """
+
+    anchor_wall: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.anchor_wall:
+            self.anchor_wall = time.time()
+
+    def now(self) -> float:
+        return self.start + (time.time() - self.anchor_wall) * self.speed
+
+    def follow(self, sim_s: float, wall_s: float, speed: float) -> None:
+        """From now on: ``sim_s`` at wall time ``wall_s``, at ``speed``."""
+        self.start, self.anchor_wall, self.speed = sim_s, wall_s, speed
+
+
+@dataclass(frozen=True)
+class Seen:
+    """One frame on the broker: when (real and simulated), which way, decoded."""
+
+    real: float
+    sim: float
+    meter_id: int
+    up: bool
+    fields: dict[str, Any]
+
+    @property
+    def type(self) -> str:
+        return str(self.fields["type"])
+
+
+class Sniffer:
+    """A plain MQTT subscriber that decodes every meter frame it sees (not a head-end)."""
+
+    def __init__(self, host: str, port: int, clock: Clock) -> None:
+        self.host, self.port, self.clock = host, port, clock
+        self.seen: list[Seen] = []
+        self.bad = 0
+        self.ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                async with aiomqtt.Client(
+                    self.host, self.port, identifier=f"hil-sniffer-{uuid.uuid4().hex[:8]}"
+                ) as c:
+                    await c.subscribe("ami/v1/+/up", qos=1)
+                    await c.subscribe("ami/v1/+/down", qos=1)
+                    self.ready.set()
+                    async for m in c.messages:
+                        self._on(str(m.topic), m.payload)
+            except aiomqtt.MqttError:
+                await asyncio.sleep(0.2)
+
+    def _on(self, topic: str, payload: Any) -> None:
+        parts = topic.split("/")
+        if len(parts) != 4 or not isinstance(payload, bytes | bytearray):
+            return
+        try:
+            fields = decode(bytes(payload))
+        except ProtocolError:
+            self.bad += 1
+            return
+        self.seen.append(
+            Seen(time.time(), self.clock.now(), int(parts[2]), parts[3] == "up", fields)
+        )
+
+    def of(self, mtype: str, meter_id: int | None = None) -> list[Seen]:
+        return [
+            s for s in self.seen if s.type == mtype and (meter_id is None or s.meter_id == meter_id)
+        ]
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+        await asyncio.wait_for(self.ready.wait(), 10)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            await cancel_hard(self._task, "the sniffer")
+            self._task = None
+
+
+class LatencyProxy:
+    """A TCP proxy that delays every byte by ``delay_s`` (+ up to ``jitter_s``) each way.
+
+    Models a slow link (cellular, PLC) between boards and broker; order is kept.
+    """
+
+    def __init__(self, host: str, port: int, delay_s: float, jitter_s: float = 0.0) -> None:
+        self.target = (host, port)
+        self.delay_s, self.jitter_s = delay_s, jitter_s
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._rand = random.Random(1)
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._on_client, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _pipe(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        q: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+
+        async def feed() -> None:
+            last = 0.0
+            while data := await r.read(65536):
+                due = max(loop.time() + self.delay_s + self._rand.random() * self.jitter_s, last)
+                last = due
+                q.put_nowait((due, data))
+            q.put_nowait((0.0, b""))
+
+        feeder = asyncio.create_task(feed())
+        try:
+            while True:
+                due, data = await q.get()
+                if not data:
+                    break
+                await asyncio.sleep(max(0.0, due - loop.time()))
+                w.write(data)
+                await w.drain()
+        except OSError:
+            pass
+        finally:
+            feeder.cancel()
+            w.close()
+
+    async def _on_client(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        try:
+            r2, w2 = await asyncio.open_connection(*self.target)
+        except OSError:
+            w.close()
+            return
+        for a, b in ((r, w2), (r2, w)):
+            t = asyncio.create_task(self._pipe(a, b))
+            self._tasks.add(t)
+            t.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for t in list(self._tasks):
+            t.cancel()
+        for t in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, OSError):
+                await t
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await self._server.wait_closed()
+
+
+BoardOptions = dict[str, Any] | Callable[[int], dict[str, Any]]
+
+
+@dataclass
+class Rig:
+    """Broker + head-end + boards on one simulated clock (an async context manager).
+
+    Args:
+        boards: how many virtual boards (meter ids first_id, first_id + 1, ...).
+        speed: simulated seconds per real second (int; see hil/README.md "Timing").
+        sim_start: simulated UTC s at the start.
+        board_options: extra BoardSpec fields, a dict or a function of the board index.
+        headend: extra headend Config fields (poll_s, assign_at, ondemand_timeout_s ...).
+        latency_s, jitter_s: put a LatencyProxy between the boards and the broker.
+        keep: keep the temp dir (SQLite file, flash dirs, console logs) and print where.
+        say: progress printer (None: quiet).
+    """
+
+    boards: int = 1
+    speed: int = 600
+    sim_start: int = SIM_START
+    first_id: int = 1001
+    board_options: BoardOptions | None = None
+    headend: dict[str, Any] = field(default_factory=dict)
+    latency_s: float = 0.0
+    jitter_s: float = 0.0
+    keep: bool = False
+    workdir: Path | None = None
+    say: Callable[[str], None] | None = None
+    sniff: bool = True
+
+    def __post_init__(self) -> None:
+        self.board_list: list[VirtualBoard] = []
+        self.broker: Broker | None = None
+        self.service: Service | None = None
+        self.sniffer: Sniffer | None = None
+        self.proxy: LatencyProxy | None = None
+        self._svc_task: asyncio.Task[None] | None = None
+        self._nd_task: asyncio.Task[None] | None = None
+        self._tmp: Path | None = None
+        self.clock = RigClock(float(self.speed), float(self.sim_start))
+        self.config: Config | None = None
+
+    # -- life cycle -----------------------------------------------------------------------------
+
+    def _say(self, text: str) -> None:
+        if self.say is not None:
+            self.say(text)
+
+    @property
+    def dir(self) -> Path:
+        if self._tmp is None:
+            raise RigError("rig not started")
+        return self._tmp
+
+    async def __aenter__(self) -> Rig:
+        try:
+            await self._start()
+        except BaseException:
+            await self._stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stop()
+
+    async def _start(self) -> None:
+        if self.workdir is not None:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            self._tmp = Path(tempfile.mkdtemp(prefix="ami-hil-", dir=self.workdir))
+        else:
+            self._tmp = Path(tempfile.mkdtemp(prefix="ami-hil-"))
+        mosq = find_mosquitto()
+        if mosq is None:
+            raise RigError("mosquitto not found (make setup installs it)")
+        (self.dir / "broker").mkdir()
+        self.broker = NoDelayBroker(mosq, self.dir / "broker")
+        try:
+            self.broker.start()
+        except BrokerError as e:
+            raise RigError(str(e)) from e
+        self._say(f"broker  mosquitto on {self.broker.url}")
+        host, port = self.broker.host, self.broker.port
+        if self.latency_s or self.jitter_s:
+            self.proxy = LatencyProxy(host, port, self.latency_s, self.jitter_s)
+            await self.proxy.start()
+            self._say(
+                f"link    boards reach the broker through a proxy adding {self.latency_s:.3f} s "
+                f"(+ up to {self.jitter_s:.3f} s) each way"
+            )
+        # one simulated clock: the boards' board.json and the head-end's RigClock
+        real_start_ms = time.time_ns() // 1_000_000
+        self.clock.follow(float(self.sim_start), real_start_ms / 1000, float(self.speed))
+        cfg: dict[str, Any] = {
+            "broker": self.broker.url,
+            "database": f"sqlite:///{self.dir / 'headend.sqlite'}",
+            "share_group": f"hil{uuid.uuid4().hex[:10]}",
+            "worker": "hil-headend",
+            "speed": float(self.speed),
+            "clock_start": self.sim_start,
+            "poll_s": 0.05,
+            "master_key": DEV_MASTER_KEY,
+        }
+        cfg.update(self.headend)
+        self.config = Config(**cfg)
+        self.service = Service(self.config, clock=self.clock)
+        self._svc_task = asyncio.create_task(self.service.run())
+        await self._service_ready()
+        self._nd_task = asyncio.create_task(self._keep_nodelay())
+        self._say(f"head-end in-process on {cfg['database']}, clock {self.speed}x")
+        if self.sniff:
+            self.sniffer = Sniffer(host, port, self.clock)
+            await self.sniffer.start()
+        bport = self.proxy.port if self.proxy is not None else port
+        # the boards start now: day 0 begins for them and the head-end at this instant
+        real_start_ms = time.time_ns() // 1_000_000
+        self.clock.follow(float(self.sim_start), real_start_ms / 1000, float(self.speed))
+        for i in range(self.boards):
+            opts = self.board_options
+            extra = (opts(i) if callable(opts) else dict(opts)) if opts is not None else {}
+            mid = self.first_id + i
+            spec = BoardSpec(
+                meter_id=mid,
+                flash_dir=self.dir / f"board-{mid}",
+                speed=self.speed,
+                sim_start=self.sim_start,
+                real_start_ms=real_start_ms,
+                broker=(host, bport),
+                master_key=self.config.master_key,
+                **extra,
+            )
+            self.board_list.append(VirtualBoard(spec))
+        await asyncio.gather(*(b.start() for b in self.board_list))
+        if self.board_list:
+            self._say(
+                f"boards  {len(self.board_list)} virtual board(s) on MicroPython: "
+                + ", ".join(str(b.meter_id) for b in self.board_list)
+            )
+
+    async def _service_ready(self) -> None:
+        svc, task = self.service, self._svc_task
+        assert svc is not None and task is not None
+        end = time.monotonic() + 15
+        while not (svc.ready.is_set() and svc.mqtt.connected.is_set()):
+            if task.done():
+                task.result()
+            if time.monotonic() > end:
+                raise RigError("the head-end service did not connect to the broker in 15 s")
+            await asyncio.sleep(0.02)
+
+    async def _keep_nodelay(self) -> None:
+        # Workaround (reported): headend/transport/mqtt.py leaves Nagle on, and a small
+        # reply waits for the broker's delayed ACK (~40 ms real = seconds simulated).
+        svc = self.service
+        assert svc is not None
+        done: object = None
+        while True:
+            client = getattr(svc.mqtt, "_client", None)
+            if client is not None and client is not done and _nodelay(svc.mqtt):
+                done = client
+            await asyncio.sleep(0.1)
+
+    async def _stop(self) -> None:
+        if self._nd_task is not None:
+            self._nd_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._nd_task
+            self._nd_task = None
+        for b in self.board_list:
+            with contextlib.suppress(Exception):
+                await b.close()
+        if self._svc_task is not None:
+            await cancel_hard(self._svc_task, "the head-end service")
+            self._svc_task = None
+        if self.sniffer is not None:
+            await self.sniffer.stop()
+        if self.proxy is not None:
+            await self.proxy.close()
+        if self.broker is not None:
+            self.broker.stop()
+        if self._tmp is not None:
+            if self.keep:
+                self._say(f"kept    {self._tmp}")
+            else:
+                shutil.rmtree(self._tmp, ignore_errors=True)
+
+    # -- boards ---------------------------------------------------------------------------------
+
+    def board(self, meter_id: int) -> VirtualBoard:
+        for b in self.board_list:
+            if b.meter_id == meter_id:
+                return b
+        raise RigError(f"no board {meter_id} on this rig")
+
+    @property
+    def meter_ids(self) -> list[int]:
+        return [b.meter_id for b in self.board_list]
+
+    # -- time -----------------------------------------------------------------------------------
+
+    def now(self) -> float:
+        """Simulated UTC s (the head-end's clock; the boards' reality)."""
+        return self.clock.now()
+
+    async def until(self, sim_t: float, tick: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Wait until simulated time ``sim_t`` (``tick`` is awaited about every real second)."""
+        while True:
+            left = sim_t - self.clock.now()
+            if left <= 0:
+                return
+            await asyncio.sleep(min(left / self.clock.speed, 1.0))
+            if tick is not None:
+                await tick()
+
+    async def set_speed(self, speed: int) -> None:
+        """Change the speed of every board, then re-anchor the head-end on the first one."""
+        for b in self.board_list:
+            if b.powered:
+                await b.set_speed(speed)
+        for b in self.board_list:
+            if b.powered:
+                r = b.rtc()
+                self.clock.follow(r["true_sim_ms"] / 1000, r["true_real_ms"] / 1000, float(speed))
+                break
+        else:
+            self.clock.follow(self.clock.now(), time.time(), float(speed))
+        self.speed = speed
+
+    async def eventually(
+        self,
+        probe: Callable[[], Awaitable[T | None | bool]],
+        timeout: float,
+        what: str,
+        every: float = 0.05,
+    ) -> T:
+        """Poll ``probe`` until it returns something truthy (real-time ``timeout``)."""
+        end = time.monotonic() + timeout
+        last: Any = None
+        while time.monotonic() < end:
+            last = await probe()
+            if last:
+                result: T = last
+                return result
+            await asyncio.sleep(every)
+        raise RigError(f"{what}: not reached in {timeout:.0f} s (last: {last!r})")
+
+    # -- the head-end ---------------------------------------------------------------------------
+
+    async def call(self, fn: Callable[[Ctx], T]) -> T:
+        """Run ``fn(ctx)`` on the head-end's database thread (in order with its work)."""
+        if self.service is None:
+            raise RigError("rig not started")
+        return await self.service.call(lambda core: fn(core.ctx))
+
+    async def registered(self) -> set[int]:
+        """Meter ids the head-end has registered."""
+        return set(await self.call(lambda ctx: ctx.store.meter_ids()))
+
+    async def wait_registered(self, timeout: float = 60.0) -> None:
+        """Wait until the head-end has registered every board (M17)."""
+
+        async def all_in() -> bool:
+            return set(self.meter_ids) <= await self.registered()
+
+        await self.eventually(all_in, timeout, "every board registered at the head-end", 0.05)
+
+    async def request_read(
+        self, meter_id: int, mode: int = 2, start: int = 0, end: int = 0, requester: str = "hil"
+    ) -> int:
+        """Queue an on-demand read job (as `headend read` does); returns the job id."""
+        spec = ReadSpec(meter_id, mode=mode, start=start, end=end)
+        now_ms = self.clock.now_ms()
+        return await self.call(lambda ctx: ondemand.request_read(ctx.ops, spec, requester, now_ms))
+
+    async def job(self, job_id: int) -> Job:
+        return await self.call(lambda ctx: ctx.ops.job(job_id))
+
+    async def wait_job(self, job_id: int, timeout: float = 60.0) -> Job:
+        """Wait until the job is done or failed; returns it."""
+
+        async def closed() -> Job | None:
+            j = await self.job(job_id)
+            return j if j.state in (JobState.DONE, JobState.FAILED) else None
+
+        return await self.eventually(closed, timeout, f"job {job_id} closed", every=0.02)
+
+    async def read(self, meter_id: int, timeout: float = 60.0, **kw: Any) -> Job:
+        """An on-demand read, waited for."""
+        return await self.wait_job(await self.request_read(meter_id, **kw), timeout)
+
+    async def stored_intervals(self, meter_id: int, start: int, end: int) -> dict[int, Any]:
+        """start -> Interval (channel 0) the head-end holds in [start, end)."""
+        rows = await self.call(lambda ctx: ctx.store.intervals(meter_id, 0, start, end))
+        return {iv.start: iv for iv in rows}
+
+    async def activity(self, meter_id: int | None, kinds: list[str] | None = None) -> list[Any]:
+        return list(
+            await self.call(lambda ctx: ctx.ops.activity(meter_id, kinds or (), limit=100_000))
+        )
+
+
+def free_tcp_port() -> int:
+    return free_port()

@@ -1,0 +1,102 @@
+"""What the scenarios share: options, progress, and flash-vs-head-end comparisons."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from headend.store.records import JobState
+from hil.board import VirtualBoard
+from hil.rig import Rig
+
+DAY = 86_400
+T0 = 1772323200  # 2026-03-01T00:00:00Z (a Sunday), midnight UTC: the scenarios' day 0
+
+
+@dataclass
+class Options:
+    """Knobs of a scenario run; None = the scenario's own default (its docstring)."""
+
+    days: float | None = None
+    speed: int | None = None
+    boards: int | None = None
+    cuts: int | None = None
+    reads: int | None = None
+    latency_s: float | None = None
+    outage_days: float | None = None
+    seed: int = 1
+    keep: bool = False
+    say: Callable[[str], None] = field(default=lambda s: print(s, file=sys.stderr, flush=True))
+
+    def pick(self, name: str, default: Any) -> Any:
+        v = getattr(self, name)
+        return default if v is None else v
+
+
+def when(t: float) -> str:
+    return datetime.fromtimestamp(int(t), UTC).strftime("%Y-%m-%d %H:%M")
+
+
+class Progress:
+    """Prints "[real s] sim time  text" lines."""
+
+    def __init__(self, rig: Rig | None, say: Callable[[str], None]) -> None:
+        self.rig = rig
+        self.say = say
+        self.t0 = time.monotonic()
+
+    def __call__(self, text: str) -> None:
+        sim = f"{when(self.rig.now())}  " if self.rig is not None and self.rig.service else ""
+        self.say(f"[{time.monotonic() - self.t0:6.1f} s] {sim}{text}")
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Nearest-rank percentile (p in 0..100)."""
+    if not values:
+        return math.nan
+    s = sorted(values)
+    k = max(0, math.ceil(p / 100 * len(s)) - 1)
+    return s[k]
+
+
+async def collect(rig: Rig, meter_id: int, start: int, timeout: float = 120.0) -> dict[str, Any]:
+    """A period read [start, last complete interval) through a head-end job, waited for."""
+    end = int(rig.now()) + 1
+    job = await rig.read(meter_id, timeout=timeout, mode=0, start=start, end=end)
+    return {
+        "state": str(job.state),
+        "parts": job.parts,
+        "attempts": job.attempts,
+        "ok": job.state is JobState.DONE,
+    }
+
+
+async def compare(rig: Rig, board: VirtualBoard, since: int, until: int) -> dict[str, int]:
+    """The board's flash against the head-end's store, for intervals in [since, until).
+
+    Returns counts: on_flash, headend_missing (on flash, not held), value_mismatch
+    (channel 0 differs), headend_extra (held, not on flash), doubled (a start twice
+    on flash), gaps (grid slots with no record on flash), corrupt_records.
+    """
+    img = board.read_flash()
+    flash = [iv for iv in img.intervals if since <= iv[0] < until]
+    held = await rig.stored_intervals(board.meter_id, since, until)
+    starts = {iv[0] for iv in flash}
+    missing = [iv for iv in flash if iv[0] not in held]
+    mismatch = [iv for iv in flash if iv[0] in held and held[iv[0]].value != iv[3][0]]
+    first = min(starts) if starts else since
+    last = max(starts) if starts else since
+    return {
+        "on_flash": len(flash),
+        "headend_missing": len(missing),
+        "value_mismatch": len(mismatch),
+        "headend_extra": len(set(held) - starts),
+        "doubled": img.doubled(),
+        "gaps": len(img.gaps(first, last)),
+        "corrupt_records": img.corrupt_records,
+    }
