@@ -89,6 +89,9 @@ class Broker:
             f"log_dest file {self.log_path}\n"
             "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
             "connection_messages true\n"
+            # Nagle's algorithm would hold a small reply for the peer's delayed
+            # ACK (~40 ms): seconds of simulated round trip at the rig's speeds
+            "set_tcp_nodelay true\n"
         )
         return conf
 

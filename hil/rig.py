@@ -27,7 +27,6 @@ import contextlib
 import logging
 import random
 import shutil
-import socket
 import tempfile
 import time
 import uuid
@@ -52,34 +51,6 @@ from protocol.frame import decode
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 DAY = 86_400
-
-
-class NoDelayBroker(Broker):
-    """hil.broker's private mosquitto with ``set_tcp_nodelay true``.
-
-    Without it mosquitto leaves Nagle's algorithm on its client sockets, and a
-    small reply that follows another small packet waits for the peer's delayed
-    ACK (~40 ms on Linux): × the rig's speed that is seconds of simulated round
-    trip, and every time sync fails its 4 s delay limit.
-    """
-
-    def _write_config(self) -> Path:
-        conf = super()._write_config()
-        with open(conf, "a") as f:
-            f.write("set_tcp_nodelay true\n")
-        return conf
-
-
-def _nodelay(mqtt_transport: Any) -> bool:
-    """Set TCP_NODELAY on the head-end's MQTT socket (see `Rig` "Nagle"); True if set."""
-    try:
-        sock = mqtt_transport._client._client.socket()
-        if sock is None:
-            return False
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return True
-    except (AttributeError, OSError):
-        return False
 
 
 async def cancel_hard(task: asyncio.Task[Any], what: str, tries: int = 20) -> None:
@@ -324,7 +295,6 @@ class Rig:
         self.sniffer: Sniffer | None = None
         self.proxy: LatencyProxy | None = None
         self._svc_task: asyncio.Task[None] | None = None
-        self._nd_task: asyncio.Task[None] | None = None
         self._tmp: Path | None = None
         self.clock = RigClock(float(self.speed), float(self.sim_start))
         self.config: Config | None = None
@@ -362,7 +332,7 @@ class Rig:
         if mosq is None:
             raise RigError("mosquitto not found (make setup installs it)")
         (self.dir / "broker").mkdir()
-        self.broker = NoDelayBroker(mosq, self.dir / "broker")
+        self.broker = Broker(mosq, self.dir / "broker")
         try:
             self.broker.start()
         except BrokerError as e:
@@ -394,7 +364,6 @@ class Rig:
         self.service = Service(self.config, clock=self.clock)
         self._svc_task = asyncio.create_task(self.service.run())
         await self._service_ready()
-        self._nd_task = asyncio.create_task(self._keep_nodelay())
         self._say(f"head-end in-process on {cfg['database']}, clock {self.speed}x")
         if self.sniff:
             self.sniffer = Sniffer(host, port, self.clock)
@@ -436,24 +405,7 @@ class Rig:
                 raise RigError("the head-end service did not connect to the broker in 15 s")
             await asyncio.sleep(0.02)
 
-    async def _keep_nodelay(self) -> None:
-        # Workaround (reported): headend/transport/mqtt.py leaves Nagle on, and a small
-        # reply waits for the broker's delayed ACK (~40 ms real = seconds simulated).
-        svc = self.service
-        assert svc is not None
-        done: object = None
-        while True:
-            client = getattr(svc.mqtt, "_client", None)
-            if client is not None and client is not done and _nodelay(svc.mqtt):
-                done = client
-            await asyncio.sleep(0.1)
-
     async def _stop(self) -> None:
-        if self._nd_task is not None:
-            self._nd_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._nd_task
-            self._nd_task = None
         for b in self.board_list:
             with contextlib.suppress(Exception):
                 await b.close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 
 import aiomqtt
@@ -87,6 +88,8 @@ class MqttTransport:
             clean_start=False,
             properties=props,
             keepalive=30,
+            # small replies (acks, time sync) must not wait for Nagle's delayed ACK
+            socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
             max_queued_outgoing_messages=100_000,
         )
 
