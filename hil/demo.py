@@ -1,174 +1,85 @@
-"""`make demo` until the full rig exists: one meter, end to end, on real parts.
+"""`make demo`: the whole system on real parts, for a few simulated days.
 
-Starts a private mosquitto, runs the meter's codec and MQTT client on the real
-MicroPython binary to send 45 days of the reference profile as daily reads,
-receives them in the head-end's MQTT transport (shared subscription), decodes
-them with the normative schema, stores them in a fresh SQLite store, acks each
-day back to the meter, and prints what happened. Leaves nothing running.
+A private mosquitto, the head-end service (`headend.service.Service`, in
+this process) on a fresh SQLite file, virtual boards running the real
+firmware on the MicroPython binary (`hil.rig`), and a fleet of simulated
+meters (the same firmware core on CPython, `python -m hil fleet` in a second
+process) with offline days, intermittent and slow links and skewed clocks,
+all on one simulated clock. The head-end registers every meter, places it in
+a read group in the evening, collects each night, answers on-demand reads
+queued through its job path (as `headend read` does), and after the last
+night the missing days are read again as recovery jobs. The demo prints
+progress, a human summary, and one JSON line (keys in hil/FLEET.md "Demo").
+Nothing keeps running; the temporary files go unless --keep.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
-from typing import Any
 
 from bench.profile import DEFAULT_CSV
-from headend.store import (
-    BlockIngest,
-    Channel,
-    IntervalBlock,
-    Meter,
-    MidnightRegister,
-    Source,
-    open_store,
-)
-from headend.transport.base import Uplink
-from headend.transport.mqtt import MqttTransport
-from hil.broker import running_broker
-from protocol.errors import ProtocolError
-from protocol.frame import decode, encode
-
-ROOT = Path(__file__).resolve().parents[1]
-METER = 1001
+from hil.broker import find_mosquitto
+from hil.fleet import DEFAULT_SPEED, DEFAULT_START
+from hil.fleet_headend import FleetRun, RunOptions
+from hil.fleet_profile import DEFAULT_MIX, ProfileError, parse_mix
+from hil.fleet_time import parse_utc
 
 
-def _micropython() -> str:
-    here = Path(sys.executable).parent / "micropython"
-    return str(here) if here.exists() else "micropython"
-
-
-async def _run(host: str, port: int, db: Path, csv: Path) -> dict[str, Any]:
-    store = open_store(f"sqlite:///{db}")
-    transport = MqttTransport(host, port, client_id="demo-headend")
-    seq = 0
-    counts = {"frames": 0, "bytes": 0, "bad": 0, "days": 0}
-
-    async def deliver(up: Uplink) -> None:
-        nonlocal seq
-        counts["frames"] += 1
-        counts["bytes"] += len(up.frame)
-        try:
-            f = decode(up.frame)
-        except ProtocolError as e:
-            counts["bad"] += 1
-            print(f"  rejected a frame: {e}", file=sys.stderr)
-            return
-        seq += 1
-        head = {"seq": seq, "meter_id": up.meter_id, "timestamp": int(time.time()), "auth": None}
-        if f["type"] == "register":
-            b = f["body"]
-            store.register_meter(
-                Meter(
-                    meter_id=up.meter_id,
-                    fw_version=b["fw_version"],
-                    interval_s=b["interval_s"],
-                    utc_offset_min=b["utc_offset_min"],
-                    meter_multiplier=b["meter_multiplier"],
-                    channels=tuple(
-                        Channel(c["kind"], c["unit"], c["multiplier"], c["scaler"])
-                        for c in b["channels"]
-                    ),
-                    registered_at=f["timestamp"],
-                    capacity_days=b["capacity_days"],
-                )
-            )
-            reply = dict(head, type="register_ack", body={"status": 0})
-        elif f["type"] == "read_response":
-            blocks, mids = [], []
-            upto = 0
-            for s in f["body"]["sections"]:
-                if s["tag"] == "intervals":
-                    blk = IntervalBlock.from_canonical(s["body"])
-                    blocks.append(BlockIngest(up.meter_id, blk, Source.SCHEDULED, f["timestamp"]))
-                    upto = max(upto, blk.end)
-                elif s["tag"] == "midnight":
-                    mids.append(
-                        MidnightRegister(
-                            up.meter_id,
-                            s["body"]["day"],
-                            tuple(s["body"]["values"]),
-                            Source.SCHEDULED,
-                            f["timestamp"],
-                        )
-                    )
-            store.ingest(blocks=blocks, midnights=mids)  # committed before the ack below
-            counts["days"] += 1
-            reply = dict(head, type="read_ack", body={"acked_seq": f["seq"], "upto": upto})
-        else:
-            return
-        await transport.send(up.meter_id, encode(reply))
-
-    task = asyncio.create_task(transport.run(deliver))
-    await asyncio.wait_for(transport.connected.wait(), 10)
-    print(f"head-end subscribed to $share/headend/ami/v1/+/up on {host}:{port}")
-    print("meter: MicroPython binary running firmware/meter/wire.py + firmware/link/mqtt.py")
-    proc = await asyncio.create_subprocess_exec(
-        _micropython(),
-        "-X",
-        "heapsize=2M",
-        str(ROOT / "hil" / "mpy" / "demo_meter.py"),
-        host,
-        str(port),
-        str(METER),
-        str(csv),
-        env={"MICROPYPATH": f"{ROOT / 'firmware'}:.frozen"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m hil demo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    out, err = await asyncio.wait_for(proc.communicate(), 120)
-    task.cancel()
-    if proc.returncode != 0:
-        raise RuntimeError(f"meter failed:\n{err.decode()}")
-    sent = out.decode().split()
-    days_sent, acked = int(sent[1]), int(sent[3])
-    first, last = 1711929600, 1711929600 + 45 * 86400
-    cov = store.coverage(METER, first, last)
-    stored = sum(c.present for c in cov)
-    result = {
-        "meter_days_sent": days_sent,
-        "meter_days_acked_by_headend": acked,
-        "meter_days_complete_in_store": sum(1 for c in cov if c.complete),
-        "intervals_stored": stored,
-        "wire_bytes": counts["bytes"],
-        "bad_frames": counts["bad"],
-    }
-    store.close()
-    return result
+    p.add_argument("--boards", type=int, default=5, help="virtual boards (MicroPython)")
+    p.add_argument("--meters", type=int, default=500, help="fleet meters (CPython)")
+    p.add_argument("--days", type=int, default=3, help="full simulated days to collect")
+    p.add_argument(
+        "--speed", type=int, default=DEFAULT_SPEED, help="simulated s per real s (FLEET.md)"
+    )
+    p.add_argument("--ondemand", type=int, default=100, help="on-demand reads to make")
+    p.add_argument("--start", default=DEFAULT_START, help="simulated start, UTC")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--profile-mix", default=DEFAULT_MIX, help=f"default {DEFAULT_MIX}")
+    p.add_argument("--csv", type=Path, default=DEFAULT_CSV, help="load profile CSV")
+    p.add_argument("--progress-s", type=float, default=10.0, help="real s between progress")
+    p.add_argument("--keep", action="store_true", help="keep the database, logs and flash dirs")
+    return p
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hil demo", description=__doc__)
-    parser.add_argument("--csv", type=Path, default=DEFAULT_CSV, help="load profile CSV")
-    parser.add_argument(
-        "--keep", action="store_true", help="keep the SQLite file and print its path"
-    )
-    args = parser.parse_args(argv)
-    tmp = Path(tempfile.mkdtemp(prefix="ami-demo-"))
-    db = tmp / "headend.sqlite"
-    print("starting a private mosquitto broker ...")
-    with running_broker() as broker:
-        result = asyncio.run(_run(broker.host, broker.port, db, args.csv))
-    print(
-        f"\n{result['meter_days_sent']} meter-days sent by the meter over MQTT, "
-        f"{result['meter_days_acked_by_headend']} acknowledged by the head-end after storing; "
-        f"{result['meter_days_complete_in_store']} complete days "
-        f"({result['intervals_stored']} intervals x 4 channels) in the store; "
-        f"{result['wire_bytes'] / max(1, result['meter_days_sent']):.0f} bytes per meter-day"
-        " on the wire."
-    )
-    if args.keep:
-        print(f"kept: {db}")
-    else:
-        for p in tmp.iterdir():
-            p.unlink()
-        tmp.rmdir()
-    print(json.dumps(result))
-    ok = result["meter_days_complete_in_store"] == result["meter_days_sent"] > 0
-    return 0 if ok else 1
+    args = parser().parse_args(argv)
+    try:
+        parse_mix(args.profile_mix)
+        if min(args.boards, args.meters, args.ondemand) < 0 or args.days < 1:
+            raise ProfileError("--boards, --meters, --ondemand must be >= 0, --days >= 1")
+        if args.boards + args.meters < 1:
+            raise ProfileError("no meters: give --boards or --meters")
+        run = FleetRun(
+            RunOptions(
+                meters=args.meters,
+                days=args.days,
+                speed=args.speed,
+                start=parse_utc(args.start),
+                seed=args.seed,
+                profile_mix=args.profile_mix,
+                boards=args.boards,
+                ondemand=args.ondemand,
+                keep=args.keep,
+                csv=args.csv,
+                progress_s=args.progress_s,
+            )
+        )
+    except (ProfileError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if find_mosquitto() is None:
+        print("error: mosquitto not found (make setup installs it)", file=sys.stderr)
+        return 1
+    result = run.run()
+    print(run.human(result))
+    print(json.dumps(result), flush=True)
+    return 0 if run.ok(result) else 1

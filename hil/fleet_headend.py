@@ -1,0 +1,518 @@
+"""A whole fleet run: rig (broker, head-end, boards) + fleet process + the count.
+
+`FleetRun` is what `python -m hil fleet` (without --broker) and `make demo`
+run. The rig (`hil.rig.Rig`) starts a private mosquitto, the head-end service
+in this process on SQLite, and the virtual boards; the fleet runs in a
+second Python process (`python -m hil fleet --broker ... --hold`) on the
+same simulated time (the rig clock's start and wall-clock anchor), so the
+head-end and the fleet each get a core.
+
+While time passes it takes a snapshot of the head-end's store after every
+night's collection window (which meter-days were complete on schedule) and
+queues the on-demand reads through the head-end's job path. After the last
+window it queues one recovery read (source recovery) per meter still
+missing data, waits for them, and counts:
+
+    expected   every meter x every full day of the run
+    collected  complete in the head-end's store at the end
+    recovered  collected, but not complete at the snapshot after that day's window
+               (the meter's own catch-up read, M15, or a head-end recovery read)
+    missing    expected - collected
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import random
+import shutil
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.profile import DEFAULT_CSV
+from headend.adcs import ondemand
+from headend.config import parse_hhmm
+from headend.errors import StoreError
+from headend.store import Source, SqlStore, open_store
+from headend.store.records import MODE_PERIOD, JobState, ReadSpec
+from hil.fleet import DEFAULT_SPEED, DEFAULT_START, FIRST_ID, INSTALL_S, timeline
+from hil.fleet_meter import NO_SYNC_FAILED_PUSH
+from hil.fleet_profile import DAY, DEFAULT_MIX, ProfileError
+from hil.fleet_time import TimeBase, iso, parse_utc
+from hil.rig import Rig
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN_START = parse_utc(DEFAULT_START)
+WINDOW_START = "00:01"
+WINDOW_END = "08:00"  # the head-end's default window
+GROUP_MINUTES = 20
+START_MARGIN_S = 2 * 3600  # simulated time the rig (boards) may take to start the fleet
+ON_TIME_MARGIN_S = 900  # a day counts as collected on schedule if complete 15 min after the window
+RECOVERY_WAIT_S = 30.0  # real seconds to wait for the recovery reads
+SCHEDULE_ACK_REAL_S = 10.0  # a schedule ack is awaited at least this long in real time
+ONDEMAND_REAL_S = 3.0  # an on-demand answer likewise
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What to run. ``outages``: the fleet's --outage strings (ID:FROM/TO)."""
+
+    meters: int = 100
+    days: int = 3
+    speed: int = DEFAULT_SPEED
+    start: int = RUN_START
+    seed: int = 1
+    profile_mix: str = DEFAULT_MIX
+    outages: tuple[str, ...] = ()
+    boards: int = 0
+    ondemand: int = 0
+    keep: bool = False
+    csv: Path = DEFAULT_CSV
+    first_id: int = FIRST_ID
+    board_first_id: int = 1001
+    progress_s: float = 5.0
+    tick_s: float = 30.0
+    install_s: int = INSTALL_S
+    window_end: str = WINDOW_END
+    push_mask: int = NO_SYNC_FAILED_PUSH
+
+
+def percentile(values: list[float], p: float) -> float | None:
+    """Nearest-rank percentile (None for no values)."""
+    if not values:
+        return None
+    v = sorted(values)
+    return v[max(0, math.ceil(p / 100 * len(v)) - 1)]
+
+
+class Snapshots:
+    """Which (meter, day) pairs are complete in the head-end's store.
+
+    Reads through a connection of its own (as the CLI would, SQLite WAL: no
+    writer waits for it) on one worker thread, so the head-end's event loop
+    and database thread are never held up by the count.
+    """
+
+    def __init__(self, db_url: str) -> None:
+        self.db_url = db_url
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="fleet-count")
+        self._store: SqlStore | None = None
+
+    def _complete(self, meter_ids: list[int], days: list[int]) -> set[tuple[int, int]]:
+        if self._store is None:
+            self._store = open_store(self.db_url, migrate=False)
+        store = self._store
+        out: set[tuple[int, int]] = set()
+        lo, hi = min(days), max(days) + DAY
+        want = set(days)
+        known = set(store.meter_ids())
+        for mid in meter_ids:
+            if mid not in known:
+                continue
+            for c in store.coverage(mid, lo, hi):
+                if c.day in want and c.complete:
+                    out.add((mid, c.day))
+        return out
+
+    async def complete(self, meter_ids: list[int], days: list[int]) -> set[tuple[int, int]]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._complete, meter_ids, days)
+
+    def close(self) -> None:
+        def shut() -> None:
+            if self._store is not None:
+                self._store.close()
+                self._store = None
+
+        self._pool.submit(shut).result()
+        self._pool.shutdown()
+
+
+@dataclass
+class Tally:
+    """What the head-end holds, counted against what it should hold."""
+
+    expected: set[tuple[int, int]]
+    on_time: set[tuple[int, int]] = field(default_factory=set)
+    before_recovery: set[tuple[int, int]] = field(default_factory=set)
+    final: set[tuple[int, int]] = field(default_factory=set)
+
+    def counts(self) -> dict[str, int]:
+        collected = self.final & self.expected
+        on_time = self.on_time & collected
+        by_meter = (self.before_recovery & collected) - on_time
+        recovered = collected - on_time
+        return {
+            "expected_meter_days": len(self.expected),
+            "collected_meter_days": len(collected),
+            "on_schedule_meter_days": len(on_time),
+            "recovered_meter_days": len(recovered),
+            "recovered_by_meter_meter_days": len(by_meter),
+            "recovered_by_headend_meter_days": len(recovered - by_meter),
+            "missing_meter_days": len(self.expected - collected),
+        }
+
+
+class FleetRun:
+    """Rig + fleet process + count; `run()` returns the result dict."""
+
+    def __init__(self, opts: RunOptions) -> None:
+        self.o = opts
+        self.fleet_ids = list(range(opts.first_id, opts.first_id + opts.meters))
+        self.board_ids = list(range(opts.board_first_id, opts.board_first_id + opts.boards))
+        self.meter_ids = self.board_ids + self.fleet_ids
+        self.day1, self.end = timeline(opts.start, opts.days, opts.window_end)
+        # the evening assignment, after the last meter was installed; the fleet starts
+        # its installation when it starts (after the boards, up to START_MARGIN_S late)
+        t = opts.start + opts.install_s + START_MARGIN_S
+        self.assign = -(-t // 1800) * 1800  # on the half hour
+        if self.assign > self.day1 - 1800:
+            raise ProfileError(
+                f"installation ({opts.install_s} s from {iso(opts.start)}) plus "
+                f"{START_MARGIN_S} s of start-up must end before 23:00 of the first evening"
+            )
+        self.days = [self.day1 + k * DAY for k in range(opts.days)]
+        self.tally = Tally({(m, d) for m in self.meter_ids for d in self.days})
+        self.jobs: list[int] = []
+        self.recovery_jobs: list[int] = []
+        self.fleet_result: dict[str, Any] = {}
+        self.fleet_rc: int | None = None
+        self.headend_frames = 0
+        self.registered = 0
+        self.t_start = time.monotonic()
+        # the rig's temp dir goes in a dir of our own (removed at the end unless --keep)
+        self.workdir = Path(tempfile.mkdtemp(prefix="ami-fleet-"))
+
+    @staticmethod
+    def say(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    def run(self) -> dict[str, Any]:
+        try:
+            return asyncio.run(self._main())
+        finally:
+            if self.o.keep:
+                self.say(f"run: kept {self.workdir}")
+            else:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # -- the run -------------------------------------------------------------------------------
+
+    def _headend_config(self) -> dict[str, Any]:
+        total = len(self.meter_ids)
+        speed = self.o.speed
+        return {
+            "poll_s": 0.1,
+            # timeouts keep a real-time margin over the head-end's real processing time
+            # (see FLEET.md "Time"): never shorter than the defaults
+            "schedule_ack_timeout_s": max(900, int(SCHEDULE_ACK_REAL_S * speed)),
+            "ondemand_timeout_s": max(240, int(ONDEMAND_REAL_S * speed)),
+            "assign_at": iso(self.assign)[11:16],
+            "window_start": WINDOW_START,
+            "window_end": self.o.window_end,
+            "group_minutes": GROUP_MINUTES,
+            "group_capacity": max(1, math.ceil(total / self.groups())),
+            "worker": "fleet-headend",
+        }
+
+    def groups(self) -> int:
+        """Read groups in the window: the meters are spread evenly over all of them."""
+        ws = parse_hhmm("window_start", WINDOW_START)
+        we = parse_hhmm("window_end", self.o.window_end)
+        span = (we.hour - ws.hour) * 60 + we.minute - ws.minute
+        return max(1, math.ceil(span / GROUP_MINUTES))
+
+    def _board_options(self, i: int) -> dict[str, Any]:
+        return {"csv": self.o.csv, "scale_pct": 60 + 25 * i}
+
+    async def _main(self) -> dict[str, Any]:
+        o = self.o
+        self.say(
+            f"run: {len(self.meter_ids)} meters ({o.boards} virtual boards, {o.meters} fleet), "
+            f"{o.days} day(s) from {iso(self.day1)}, x{o.speed}; simulated {iso(o.start)} .. "
+            f"{iso(self.end)} (~{(self.end - o.start) / o.speed:.0f} s real)"
+        )
+        async with Rig(
+            workdir=self.workdir,
+            boards=o.boards,
+            speed=o.speed,
+            sim_start=o.start,
+            first_id=o.board_first_id,
+            board_options=self._board_options,
+            headend=self._headend_config(),
+            keep=o.keep,
+            say=lambda s: self.say(f"rig: {s}"),
+            sniff=False,
+        ) as rig:
+            assert rig.config is not None and rig.broker is not None and rig.service is not None
+            tb = TimeBase(int(rig.clock.start), rig.clock.anchor_wall, o.speed)
+            snaps = Snapshots(rig.config.database)
+            proc = await self._spawn_fleet(tb, rig.broker.host, rig.broker.port)
+            try:
+                await self._collect(rig, tb, snaps)
+                await self._recover(rig, tb, snaps)
+            finally:
+                await self._stop_fleet(proc)
+                snaps.close()
+            self.headend_frames = rig.service.frames
+            ondemand_stats = await self._ondemand_stats(rig)
+        return self._result(ondemand_stats)
+
+    async def _spawn_fleet(
+        self, tb: TimeBase, host: str, port: int
+    ) -> asyncio.subprocess.Process | None:
+        o = self.o
+        if not o.meters:
+            self.fleet_rc = 0
+            return None
+        argv = [
+            sys.executable,
+            "-m",
+            "hil",
+            "fleet",
+            "--broker",
+            f"{host}:{port}",
+            "--meters",
+            str(o.meters),
+            "--days",
+            str(o.days),
+            "--speed",
+            str(o.speed),
+            "--start",
+            str(tb.sim_start),
+            "--real-start",
+            repr(tb.real_start),
+            "--end",
+            str(self.end),
+            "--seed",
+            str(o.seed),
+            "--profile-mix",
+            o.profile_mix,
+            "--first-id",
+            str(o.first_id),
+            "--csv",
+            str(o.csv),
+            "--tick-s",
+            str(o.tick_s),
+            "--install-s",
+            str(o.install_s),
+            "--push-mask",
+            hex(o.push_mask),
+            "--hold",
+            "--quiet",
+        ]
+        for text in o.outages:
+            argv += ["--outage", text]
+        return await asyncio.create_subprocess_exec(
+            *argv,
+            cwd=ROOT,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+
+    async def _stop_fleet(self, proc: asyncio.subprocess.Process | None) -> None:
+        if proc is None:
+            return
+        if proc.stdin is not None:
+            proc.stdin.close()  # --hold: EOF ends the fleet, which prints its JSON
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), 60)
+        except TimeoutError:
+            proc.kill()
+            out, _ = await proc.communicate()
+        self.fleet_rc = proc.returncode
+        lines = [ln for ln in out.decode(errors="replace").splitlines() if ln.startswith("{")]
+        if lines:
+            self.fleet_result = json.loads(lines[-1])
+
+    def _snapshots(self) -> list[tuple[int, int]]:
+        """(simulated time, day) of each on-schedule snapshot."""
+        we = parse_hhmm("window_end", self.o.window_end)
+        after = we.hour * 3600 + we.minute * 60 + ON_TIME_MARGIN_S
+        return [(d + DAY + after, d) for d in self.days]
+
+    def _ondemand_plan(self) -> list[tuple[int, int]]:
+        """(simulated time, meter) of each on-demand read: daytime of the 2nd full day
+        (1st if only one), 09:00-17:00, boards and fleet meters alike."""
+        if not self.o.ondemand:
+            return []
+        rng = random.Random(self.o.seed + 7)
+        day = self.days[1] if len(self.days) > 1 else self.days[0]
+        times = sorted(rng.uniform(day + 9 * 3600, day + 17 * 3600) for _ in range(self.o.ondemand))
+        return [(int(t), rng.choice(self.meter_ids)) for t in times]
+
+    async def _collect(self, rig: Rig, tb: TimeBase, snaps: Snapshots) -> None:
+        due = self._snapshots()
+        reads = self._ondemand_plan()
+        next_note = time.monotonic() + self.o.progress_s
+        while True:
+            now = tb.now()
+            while due and now >= due[0][0]:
+                _, day = due.pop(0)
+                got = await snaps.complete(self.meter_ids, [day])
+                self.tally.on_time |= got
+                self.say(
+                    f"run: {iso(now)}  day {iso(day)[:10]} collected on schedule: "
+                    f"{len(got)}/{len(self.meter_ids)} meters"
+                )
+            while reads and now >= reads[0][0]:
+                _, mid = reads.pop(0)
+                with contextlib.suppress(StoreError):  # an unregistered meter: not asked
+                    self.jobs.append(await rig.request_read(mid, requester="demo"))
+            if now >= self.end:
+                break
+            if time.monotonic() >= next_note:
+                next_note = time.monotonic() + self.o.progress_s
+                await self._progress(rig, now)
+            await asyncio.sleep(0.1)
+
+    async def _progress(self, rig: Rig, now: float) -> None:
+        assert rig.service is not None
+        registered = len(await rig.registered())
+        done = len(self.tally.on_time)
+        day_no = (now - self.day1) / DAY
+        self.say(
+            f"run: {iso(now)}  day {day_no:+.1f}/{self.o.days}  "
+            f"real {time.monotonic() - self.t_start:.0f} s  registered {registered}/"
+            f"{len(self.meter_ids)}  head-end frames {rig.service.frames}  "
+            f"meter-days on schedule {done}/{len(self.tally.expected)}  "
+            f"on-demand queued {len(self.jobs)}"
+        )
+
+    async def _recover(self, rig: Rig, tb: TimeBase, snaps: Snapshots) -> None:
+        """One recovery read per meter still missing days (source recovery, via jobs)."""
+        have = await snaps.complete(self.meter_ids, self.days)
+        self.tally.before_recovery = have
+        missing: dict[int, list[int]] = {}
+        for mid, day in sorted(self.tally.expected - have):
+            missing.setdefault(mid, []).append(day)
+        known = await rig.registered()
+        self.registered = len(known)
+        for mid, days in missing.items():
+            if mid not in known:
+                continue
+            spec = ReadSpec(mid, MODE_PERIOD, min(days), max(days) + DAY, source=Source.RECOVERY)
+            now_ms = tb.now_ms()
+            self.recovery_jobs.append(
+                await rig.call(
+                    lambda ctx, s=spec, t=now_ms: ondemand.request_read(ctx.ops, s, "recovery", t)
+                )
+            )
+        self.say(
+            f"run: {iso(tb.now())}  after the last window: {len(have)}/{len(self.tally.expected)}"
+            f" meter-days complete; {len(self.recovery_jobs)} recovery read(s) queued"
+        )
+        end = time.monotonic() + RECOVERY_WAIT_S
+        while self.recovery_jobs and time.monotonic() < end:
+            states = [(await rig.job(j)).state for j in self.recovery_jobs]
+            if all(s in (JobState.DONE, JobState.FAILED) for s in states):
+                break
+            await asyncio.sleep(0.1)
+        self.tally.final = await snaps.complete(self.meter_ids, self.days)
+
+    async def _ondemand_stats(self, rig: Rig) -> dict[str, Any]:
+        lat: list[float] = []
+        failed = 0
+        open_ = 0
+        for j in self.jobs:
+            job = await rig.job(j)
+            if job.state is JobState.DONE and job.latency_ms is not None:
+                lat.append(job.latency_ms / 1000 / self.o.speed)  # simulated ms -> real s
+            elif job.state is JobState.FAILED:
+                failed += 1
+            else:
+                open_ += 1
+        rec = [await rig.job(j) for j in self.recovery_jobs]
+        p80, p99 = percentile(lat, 80), percentile(lat, 99)
+        return {
+            "ondemand_requested": len(self.jobs),
+            "ondemand_done": len(lat),
+            "ondemand_failed": failed,
+            "ondemand_open": open_,
+            "ondemand_p80_s": round(p80, 3) if p80 is not None else None,
+            "ondemand_p99_s": round(p99, 3) if p99 is not None else None,
+            "ondemand_p80_sim_s": round(p80 * self.o.speed, 1) if p80 is not None else None,
+            "ondemand_p99_sim_s": round(p99 * self.o.speed, 1) if p99 is not None else None,
+            "recovery_reads": len(rec),
+            "recovery_reads_done": sum(j.state is JobState.DONE for j in rec),
+        }
+
+    def _result(self, od: dict[str, Any]) -> dict[str, Any]:
+        f = self.fleet_result
+        out: dict[str, Any] = {
+            "meters": len(self.meter_ids),
+            "boards": self.o.boards,
+            "fleet_meters": self.o.meters,
+            "days": self.o.days,
+            "speed": self.o.speed,
+            "first_day": iso(self.day1),
+            **self.tally.counts(),
+            "predicted_missing_meter_days": f.get("predicted_missing_meter_days"),
+            **od,
+            "registered_meters": self.registered,
+            "headend_frames": self.headend_frames,
+            "fleet_frames_sent": f.get("frames_sent"),
+            "fleet_frames_acked": f.get("frames_acked"),
+            "fleet_uplinks": f.get("uplinks"),
+            "fleet_ack_latency_real_ms": f.get("ack_latency_real_ms"),
+            "fleet_ack_latency_worst_hours": f.get("ack_latency_worst_hours"),
+            "failures_injected": f.get("failures_injected"),
+            "meter_events": f.get("meter_events"),
+            "sync_failed": f.get("sync_failed"),
+            "fleet_core_errors": f.get("core_errors"),
+            "fleet_exit": self.fleet_rc,
+            "real_s": round(time.monotonic() - self.t_start, 1),
+        }
+        return out
+
+    # -- verdict and words -----------------------------------------------------------------------
+
+    @staticmethod
+    def ok(r: dict[str, Any]) -> bool:
+        """Every meter-day accounted for, nothing missing that could have been fetched."""
+        return (
+            r["collected_meter_days"] + r["missing_meter_days"] == r["expected_meter_days"]
+            and r["fleet_exit"] == 0
+            and r["missing_meter_days"] <= (r["predicted_missing_meter_days"] or 0)
+        )
+
+    @staticmethod
+    def human(r: dict[str, Any]) -> str:
+        fi = r.get("failures_injected") or {}
+        lines = [
+            f"{r['meters']} meters ({r['boards']} virtual boards on MicroPython, "
+            f"{r['fleet_meters']} fleet meters), {r['days']} day(s) from {r['first_day'][:10]} "
+            f"at x{r['speed']}, {r['real_s']:.0f} s real",
+            f"  meter-days expected {r['expected_meter_days']}: collected "
+            f"{r['collected_meter_days']} ({r['on_schedule_meter_days']} on schedule, "
+            f"{r['recovered_meter_days']} recovered: {r['recovered_by_meter_meter_days']} by the "
+            f"meters' catch-up reads, {r['recovered_by_headend_meter_days']} by head-end recovery "
+            f"reads), missing {r['missing_meter_days']} "
+            f"(predicted {r['predicted_missing_meter_days']}: offline through the end)",
+            f"  failures injected: {fi.get('offline_meters', 0)} meters offline a day, "
+            f"{fi.get('intermittent_meters', 0)} intermittent ({fi.get('link_drops', 0)} link "
+            f"drops), {fi.get('slow_meters', 0)} slow links, {fi.get('skewed_meters', 0)} "
+            "skewed clocks",
+            f"  head-end: {r['headend_frames']} uplinks handled; fleet sent "
+            f"{r['fleet_frames_sent']} frames, {r['fleet_frames_acked']} acknowledged",
+            f"  meter events: {r.get('meter_events')}; time-sync failures by reason "
+            f"{r.get('sync_failed')}",
+        ]
+        if r.get("ondemand_requested"):
+            lines.append(
+                f"  on-demand reads: {r['ondemand_requested']} requested, {r['ondemand_done']} "
+                f"done, {r['ondemand_failed']} failed; request to stored answer p80 "
+                f"{r['ondemand_p80_s']} s, p99 {r['ondemand_p99_s']} s real "
+                f"({r['ondemand_p80_sim_s']} s / {r['ondemand_p99_sim_s']} s simulated)"
+            )
+        lines.append(
+            f"  recovery reads: {r['recovery_reads']} queued, {r['recovery_reads_done']} done"
+        )
+        return "\n".join(lines)
