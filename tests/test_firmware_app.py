@@ -4,7 +4,6 @@ mosquitto; the test plays the head-end with protocol.frame over aiomqtt."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
@@ -16,6 +15,7 @@ from typing import Any
 import aiomqtt
 import pytest
 
+from hil.rig import cancel_hard
 from protocol.frame import decode, encode
 from tests.support.broker import Broker, free_port
 from tests.support.mpy import FIRMWARE, micropython_binary
@@ -166,9 +166,8 @@ def _run(coro_fn: Any, board: VirtualBoard, head: HeadEnd) -> None:
         try:
             await coro_fn()
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                await task
+            # Python 3.11's wait_for inside aiomqtt can swallow one cancellation
+            await cancel_hard(task, "the test head-end")
 
     try:
         asyncio.run(main())
