@@ -27,6 +27,7 @@ import aiomqtt
 
 from headend.clock import Clock
 from headend.keys import meter_key
+from hil.rig import cancel_hard
 from protocol.auth import verify_frame
 from protocol.errors import ProtocolError
 from protocol.frame import decode, encode
@@ -197,9 +198,7 @@ class FakeMeter:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(self._task, 15)
+            await cancel_hard(self._task, f"fake meter {self.meter_id}")
 
     # -- sending -------------------------------------------------------------------------------
 

@@ -123,9 +123,7 @@ class Subscriber:
 
     async def __aexit__(self, *exc: object) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_hard(self._task, "the test subscriber")
 
     async def publish(self, topic: str, payload: bytes) -> None:
         await self._client.publish(topic, payload, qos=1)
