@@ -171,39 +171,17 @@ def simulate(
                 s.put_config(2, b"last-ack %d" % t)
     elapsed = time.perf_counter() - t_start
     delta = [a - b for a, b in zip(flash.erase_counts, before, strict=True)]
-    worst = max(delta)
-    ib, eb, cb = s.blocks
-    measured_years = store.wear_years(worst, days, LIMIT)
-    est = store.wear_estimate(
-        interval_s=interval_s,
-        events_per_day=events_per_day,
-        config_puts_per_day=config_puts_per_day,
-        limit=LIMIT,
+    return _figures(
+        s,
+        delta,
+        days,
+        warmup_days,
+        interval_s,
+        elapsed,
+        "store",
+        events_per_day,
+        config_puts_per_day,
     )
-    rings = {"intervals": (0, ib), "events": (ib, ib + eb), "config": (ib + eb, ib + eb + cb)}
-    footprint = store.footprint(4096)
-    years = measured_years if measured_years is not None else est["years_to_limit"]
-    return {
-        "interval_s": interval_s,
-        "channels": store.CHANNELS,
-        "events_per_day": events_per_day,
-        "config_puts_per_day": config_puts_per_day,
-        "warmup_days": warmup_days,
-        "days": days,
-        "blocks": {"intervals": ib, "events": eb, "config": cb, "block_size": 4096},
-        "erases_per_block_per_day": [round(d / days, 5) for d in delta],
-        "max_erases_per_block_per_day": {
-            name: round(max(delta[a:b]) / days, 5) for name, (a, b) in rings.items()
-        },
-        "most_erased_block": delta.index(worst),
-        "years_to_100k_erases": years,
-        "years_to_100k_erases_estimate": est["years_to_limit"],
-        "meets_20_years": years is not None and years >= TARGET_YEARS,
-        "retained_intervals": sum(1 for _ in s.intervals()),
-        "footprint_bytes_5min": footprint,
-        "fits_256_kib": footprint <= 256 * 1024,
-        "seconds": round(elapsed, 2),
-    }
 
 
 def main(argv: list[str]) -> int:

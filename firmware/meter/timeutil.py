@@ -37,7 +37,8 @@ def utc_to_2000(t):
 def epoch_shift(gmtime0_year):
     """Seconds to add to the port's time() to get 1970 seconds.
 
-    Pass time.gmtime(0)[0] of the running port: 2000 (ESP32) or 1970 (unix).
+    Pass the year of the running port's epoch (its gmtime of 0): 2000 on
+    the ESP32, 1970 on the unix port.
     """
     if gmtime0_year == 2000:
         return _EPOCH_2000
