@@ -55,22 +55,14 @@ def _bin(name: str) -> str:
 
 def build(tmp: Path, code: str) -> tuple[Path, int]:
     """Firmware as a ROMFS image (or a .mpy tree); returns (path, image bytes)."""
-    src = tmp / "src"
-    for d in ("meter", "link", "hal"):
-        shutil.copytree(FIRMWARE / d, src / d, ignore=shutil.ignore_patterns("*.md", "__pycache__"))
-    (src / "hal" / "esp32.py").unlink()
-    shutil.copy(FIRMWARE / "main.py", src / "main.py")
+    from tools.fwimage import build_image, compile_tree
+
     if code == "mpy":
-        for py in src.rglob("*.py"):
-            subprocess.run([_bin("mpy-cross"), str(py)], check=True)
-            py.unlink()
+        src = tmp / "src"
+        compile_tree(src, "unix")
         return src, 0
     img = tmp / "fw.romfs"
-    subprocess.run(
-        [sys.executable, "-m", "mpremote", "romfs", "-o", str(img), "build", str(src)],
-        check=True,
-        capture_output=True,
-    )
+    img.write_bytes(build_image("unix"))
     return img, img.stat().st_size
 
 
@@ -273,6 +265,7 @@ async def _run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         proc.stdout.close()
         proc.wait()
     out_text = "".join(lines) + rest
+    pools = [ln for ln in out_text.splitlines() if ln.startswith("qstr pool:")]
     memory_errors = sum(1 for ln in out_text.splitlines() if ln.startswith("MemoryError"))
     memory_error = memory_errors > 0 or "MemoryError" in out_text
     sub = image if args.code != "mpy" else 0  # the image buffer is the "flash"
@@ -303,6 +296,7 @@ async def _run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             "requested": stats.pop("read_request", 0),
             "complete": stats.pop("reads_complete", 0),
         },
+        "qstr_pool": pools[-1][len("qstr pool: ") :] if pools else None,
         "import_heap_bytes": sum(imports.values()),
         "import_heap_by_module": imports,
         "uplinks": stats,

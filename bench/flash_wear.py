@@ -33,7 +33,7 @@ if str(FIRMWARE) not in sys.path:
     sys.path.insert(0, str(FIRMWARE))
 
 from hal.norflash import NORFlash  # noqa: E402
-from meter import store  # noqa: E402
+from meter import store, wear  # noqa: E402
 
 LIMIT = 100_000
 TARGET_YEARS = 20
@@ -102,15 +102,15 @@ def _figures(
 ) -> dict[str, Any]:
     worst = max(delta)
     ib, eb, cb = s.blocks
-    measured_years = store.wear_years(worst, days, LIMIT)
-    est = store.wear_estimate(
+    measured_years = wear.wear_years(worst, days, LIMIT)
+    est = wear.wear_estimate(
         interval_s=interval_s,
         events_per_day=events_per_day,
         config_puts_per_day=config_puts_per_day,
         limit=LIMIT,
     )
     rings = {"intervals": (0, ib), "events": (ib, ib + eb), "config": (ib + eb, ib + eb + cb)}
-    footprint = store.footprint(4096)
+    footprint = wear.footprint(4096)
     years = measured_years if measured_years is not None else est["years_to_limit"]
     return {
         "model": model,

@@ -29,7 +29,7 @@ except ImportError:
 
 
 from link import mqtt
-from meter import hdlc, store
+from meter import store
 from meter import meter as core
 
 _MAX_INFLIGHT = const(8)  # frames handed to MQTT and not yet PUBACKed
@@ -72,7 +72,7 @@ class App:
         for w in (writer,) if writer is not None else self.serial_writers if up != "mqtt" else ():
             try:
                 for raw in frames:
-                    w.write(hdlc.frame(raw))
+                    w.write(core.cold("hdlc").frame(raw))
                 await w.drain()
             except OSError:
                 pass
@@ -114,7 +114,7 @@ class App:
 
     async def serve_serial(self, reader, writer):
         """One optical/serial connection: HDLC frames in, replies out."""
-        de = hdlc.Deframer()
+        de = core.cold("hdlc").Deframer()
         buf = bytearray(256)
         self.serial_writers.append(writer)
         try:
@@ -167,6 +167,8 @@ class App:
                 self.errors += 1
                 sys.print_exception(e)
                 frames = []
+            if not frames and not self.m.reads:
+                core.drop_cold()  # idle: the codec's functions leave the heap
             if probe:
                 self.sample(frames)
             if frames:
@@ -207,6 +209,8 @@ class App:
                     st["errors"] = self.errors
                     reply = json.dumps(st)
                 elif cmd == "heap":
+                    if hasattr(gc, "threshold"):  # MicroPython: the qstr pools to the console
+                        __import__("micropython").qstr_info()
                     a = self.sample()
                     f = gc.mem_free()
                     reply = json.dumps(

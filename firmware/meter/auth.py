@@ -58,7 +58,7 @@ def frame_mac(key, signed, counter):
     signed is the header (AUTH flag set) and payload as sent.
     """
     if type(counter) is not int or not 0 <= counter <= 0xFFFFFFFF:
-        raise MalformedPayload("auth counter out of range", "0..2**32-1", counter)
+        raise MalformedPayload("auth counter out of range", "0 <= n < 2**32", counter)
     h = bytearray(signed)
     h.extend(struct.pack(">I", counter))
     return hmac_sha256(key, h)[:_MAC_LEN]
@@ -67,7 +67,7 @@ def frame_mac(key, signed, counter):
 def download_mac(key, nonce, operator):
     """Full HMAC-SHA256(key, nonce || operator u16) answering a download challenge."""
     if type(operator) is not int or not 0 <= operator <= 0xFFFF:
-        raise MalformedPayload("operator out of range", "0..65535", operator)
+        raise MalformedPayload("operator out of range", "0 <= n < 65536", operator)
     msg = bytearray(nonce)
     msg.extend(struct.pack(">H", operator))
     return hmac_sha256(key, msg)
@@ -81,7 +81,7 @@ def verify_frame(frame, key, last_counter=None):
     """
     mv = memoryview(frame)
     if len(mv) < _HEADER_LEN + _CRC_LEN or not mv[2] & _FLAG_AUTH:
-        raise BadMac("frame is not authenticated", "AUTH flag", "none")
+        raise BadMac("frame is not authenticated", "the AUTH flag", "no AUTH flag")
     end = _HEADER_LEN + ((mv[13] << 8) | mv[14])
     if len(mv) < end + 4 + _MAC_LEN:
         raise BadMac("frame too short for its auth trailer", end + 4 + _MAC_LEN, len(mv))
@@ -90,8 +90,12 @@ def verify_frame(frame, key, last_counter=None):
     want = hmac_sha256(key, mv[0 : end + 4])[:_MAC_LEN]
     if not compare(want, mv[end + 4 : end + 4 + _MAC_LEN]):
         raise BadMac(
-            "MAC does not match the meter key", "valid MAC", bytes(mv[end + 4 : end + 20]).hex()
+            "MAC does not match the meter key",
+            "the meter key's MAC",
+            bytes(mv[end + 4 : end + 20]).hex(),
         )
     if last_counter is not None and counter <= last_counter:
-        raise Replay("counter not newer than the last accepted", "> %d" % last_counter, counter)
+        raise Replay(
+            "counter not newer than the last accepted", "counter > %d" % last_counter, counter
+        )
     return counter

@@ -81,7 +81,9 @@ def decode_varint(buf, pos=0, end=None, maxlen=_MAX_VARINT_BYTES):
     start = pos
     while True:
         if pos >= end:
-            raise MalformedPayload("varint runs off the end", "another byte", "end at %d" % pos)
+            raise MalformedPayload(
+                "varint runs off the end", "another byte", "end of data at %d" % pos
+            )
         b = buf[pos]
         pos += 1
         v |= (b & 0x7F) << shift
@@ -89,10 +91,10 @@ def decode_varint(buf, pos=0, end=None, maxlen=_MAX_VARINT_BYTES):
             if b == 0 and pos - start > 1:
                 raise MalformedPayload("non-minimal varint", "no trailing 00 byte", pos - start)
             if v >= _VARINT_LIMIT:
-                raise MalformedPayload("varint over 64 bits", "< 2**64", v)
+                raise MalformedPayload("varint over 64 bits", "a value < 2**64", v)
             return v, pos
         if pos - start >= maxlen:
-            raise MalformedPayload("varint too long", "<= %d bytes" % maxlen, "more")
+            raise MalformedPayload("varint too long", "<= %d bytes" % maxlen, "a longer varint")
         shift += 7
 
 
@@ -101,7 +103,7 @@ def decode_varint(buf, pos=0, end=None, maxlen=_MAX_VARINT_BYTES):
 
 def _check_flags(f):
     if type(f) is not int or f < 0 or f & ~_FLAG_BITS:
-        raise MalformedPayload("status flags use reserved bits", "mask 0x1f", f)
+        raise MalformedPayload("status flags use reserved bits", "only bits of 0x1f", f)
 
 
 def encode_runs(flags):
@@ -219,7 +221,7 @@ def put_channel(buf, p, values, off, total):
         for i in range(g, g + n):
             v = values[i]
             if type(v) is not int or v < 0 or v > MAX_VALUE:
-                raise MalformedPayload("interval value out of range", "0..2**31-1", v)
+                raise MalformedPayload("interval value out of range", "0 <= v < 2**31", v)
             if v < lo:
                 lo = v
             if v > hi:
@@ -275,7 +277,9 @@ def decode_channel(data, count):
         pos += 1
         code = head & 0x7F
         if code > 6:
-            raise MalformedPayload("bad group header", "width code 0..6", "0x%02x" % head)
+            raise MalformedPayload(
+                "bad group header", "width code 0..6", "header byte 0x%02x" % head
+            )
         w = _WIDTHS[code]
         delta = head & 0x80
         base = 0
@@ -283,7 +287,7 @@ def decode_channel(data, count):
             base, pos = decode_varint(data, pos, size, _MAX_BASE_BYTES)
         nbytes = (n * w + 7) >> 3
         if nbytes > size - pos:
-            raise MalformedPayload("channel stream truncated", "%d bytes" % nbytes, size - pos)
+            raise MalformedPayload("channel stream truncated", "need %d bytes" % nbytes, size - pos)
         if 0 < w < 8 and (n * w) & 7 and data[pos + nbytes - 1] & ((1 << (8 - ((n * w) & 7))) - 1):
             raise MalformedPayload("non-zero padding in channel group", 0, data[pos + nbytes - 1])
         for j in range(n):
@@ -304,12 +308,12 @@ def decode_channel(data, count):
             else:
                 prev = base + x
             if prev < 0 or prev > MAX_VALUE:
-                raise MalformedPayload("value out of range", "0..2**31-1", prev)
+                raise MalformedPayload("value out of range", "0 <= v < 2**31", prev)
             out[i + j] = prev
         pos += nbytes
         i += n
     if pos != size:
-        raise MalformedPayload("channel stream too long", "%d bytes" % pos, size)
+        raise MalformedPayload("channel stream too long", "exactly %d bytes" % pos, size)
     return out
 
 
@@ -333,9 +337,9 @@ def encode_block(block, out=None):
         )
     count = len(flags)
     if count < 1 or count > 0xFFFF:
-        raise MalformedPayload("interval count", "1..65535", count)
+        raise MalformedPayload("interval count", "1 <= n <= 65535", count)
     if len(channels) > 0xFF:
-        raise MalformedPayload("channel count", "0..255", len(channels))
+        raise MalformedPayload("channel count", "0 <= n <= 255", len(channels))
     if type(start) is not int or not 0 <= start <= 0xFFFFFFFF:
         raise MalformedPayload("block start out of range", "u32", start)
     if type(interval_s) is not int or not 0 <= interval_s <= 0xFFFF:
@@ -360,18 +364,18 @@ def decode_block(buf):
     """Decode an IntervalBlock that fills buf exactly (a section body)."""
     end = len(buf)
     if end < 9:
-        raise MalformedPayload("interval block header", ">= 9 bytes", end)
+        raise MalformedPayload("interval block header", "at least 9 bytes", end)
     start, interval_s, count, nch = struct.unpack_from(">IHHB", buf, 0)
     if count < 1:
-        raise MalformedPayload("interval block with no intervals", ">= 1", count)
+        raise MalformedPayload("interval block with no intervals", "at least one", count)
     nruns, pos = decode_varint(buf, 9, end)
     if nruns > count:
-        raise MalformedPayload("more flag runs than intervals", "<= %d" % count, nruns)
+        raise MalformedPayload("more flag runs than intervals", "no more than %d" % count, nruns)
     runs = []
     for _ in range(nruns):
         run, pos = decode_varint(buf, pos, end)
         if pos >= end:
-            raise MalformedPayload("flag run truncated", "flags byte", "end")
+            raise MalformedPayload("flag run truncated", "a flags byte", "end of data")
         runs.append((run, buf[pos]))
         pos += 1
     flags = decode_runs(runs, count)
@@ -379,7 +383,7 @@ def decode_block(buf):
     for _ in range(nch):
         n, pos = decode_varint(buf, pos, end)
         if n > end - pos:
-            raise MalformedPayload("channel stream truncated", "%d bytes" % n, end - pos)
+            raise MalformedPayload("channel stream truncated", "need %d bytes" % n, end - pos)
         channels.append(decode_channel(buf[pos : pos + n], count))
         pos += n
     if pos != end:

@@ -27,7 +27,6 @@ NONE = const(0)
 STEP = const(1)
 OUT_OF_SYNC = const(2)
 FAILED = const(3)
-DECISIONS = ("none", "step", "out_of_sync", "failed")
 
 _STEP_ABOVE_MS = const(20000)  # |offset| above this: step
 _OUT_OF_SYNC_MS = const(120000)  # |offset| at or above this: out of sync, no step

@@ -7,7 +7,7 @@
 # block holds nothing live by the time it is reused. A cut during the copy is
 # finished at the next mount. The live set is capped at half a block so the
 # copy always fits in a fresh block.
-from meter.ring import HDR_SLOTS, MAX_RECORD, NSLOT, SLOT, Ring, StoreError, size_class
+from meter.ring import MAX_RECORD, NSLOT, Ring, StoreError, size_class
 
 try:
     from micropython import const
@@ -118,6 +118,3 @@ class ConfigLog:
     def _check_stuck(self):
         if self.stuck:
             raise StoreError("config log: relocation pending and no room; erase config to recover")
-
-    def slots_used(self):
-        return (len(self.ring.order), self.ring.wpos - HDR_SLOTS, SLOT)

@@ -8,8 +8,6 @@ except ImportError:
         return x
 
 
-CHECK_VALUE = const(0x906E)
-
 # The 256 16-bit steps of the reflected polynomial 0x8408, little-endian: a
 # byte per step instead of a bit. A constant, so it stays in flash (built at
 # import it would take 512+ bytes of heap). Made by:

@@ -35,25 +35,6 @@ READ_UNANSWERABLE = const(14)
 INTERVAL_CHANGED = const(15)  # data = new interval_s
 MESSAGE_SENT = const(16)  # data = message type
 
-NAMES = (
-    None,
-    "power_down",
-    "power_up",
-    "clock_adjusted",
-    "clock_out_of_sync",
-    "sync_failed",
-    "schedule_changed",
-    "read_failed",
-    "config_changed",
-    "download_granted",
-    "download_denied",
-    "tamper",
-    "self_test",
-    "auth_failed",
-    "read_unanswerable",
-    "interval_changed",
-    "message_sent",
-)
 MAX_CODE = const(16)
 
 # Push mask: bit (1 << code). Bit 0 and bits above 16 are reserved.
@@ -107,28 +88,6 @@ def retry_delay(attempt, rand_u32):
         d = RETRY_CAP_S
     half = d // 2
     return d - half + rand_u32 % (half + 1)
-
-
-class MemorySink:
-    """In-RAM event sink (tests, virtual board without a store)."""
-
-    def __init__(self, cap=None):
-        self.cap = cap
-        self.rows = []  # (seq, code, time, data)
-        self.next_seq = 1
-
-    def append_event(self, code, time, data):
-        seq = self.next_seq
-        self.next_seq += 1
-        self.rows.append((seq, code, time, data))
-        if self.cap is not None and len(self.rows) > self.cap:
-            self.rows.pop(0)
-        return seq
-
-    def events(self, since_seq):
-        for row in self.rows:
-            if row[0] >= since_seq:
-                yield row
 
 
 class StoreSink:

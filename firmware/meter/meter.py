@@ -22,13 +22,40 @@ except ImportError:
 
 
 import struct
+import sys
 
-from meter import auth, clock, events, reads, recorder, schedules, wire
+from meter import clock, events, recorder, schedules
 from meter import timeutil as tu
-from meter.errors import BadCrc, BadMac, ProtocolError, Replay, UnknownMessageType
-from meter.errors import UnsupportedVersion
 
 _FW_VERSION = const("ami-fw 0.3.0")
+
+# Cold modules: the wire codec, its errors, authentication and read building work only
+# while a frame goes in or out, a few times a day. They run from flash; their
+# function objects take heap only while in use: cold() imports one, the app
+# calls drop_cold() when the meter is idle (firmware README, "Heap").
+_COLD = const(("reads", "wire", "auth", "blocks", "crc", "hdlc", "errors"))
+_KIND_SCHEDULED = const(0)  # reads.KIND_*
+_KIND_ON_DEMAND = const(1)
+_KIND_PERIOD = const(2)
+_HEADER_LEN = const(15)  # wire.HEADER_LEN
+
+
+def cold(name):
+    """The cold module meter.<name>, imported if it is not loaded."""
+    m = sys.modules.get("meter." + name)
+    if m is None:
+        __import__("meter." + name)
+        m = sys.modules["meter." + name]
+    return m
+
+
+def drop_cold():
+    """Forget the cold modules (a later cold() imports them again)."""
+    pkg = sys.modules.get("meter")
+    for name in _COLD:
+        if sys.modules.pop("meter." + name, None) is not None and hasattr(pkg, name):
+            delattr(pkg, name)
+
 
 # config/state keys in the store's config log
 _K_CONFIG = const(1)  # interval, offset, push mask, multiplier, registered, pending interval
@@ -280,6 +307,7 @@ class Meter:
         or `seq` for a repeat (the head-end treats a repeat as idempotent)."""
         if seq is None:
             seq = self._seq = (self._seq + 1) & 0xFFFF
+        wire = cold("wire")
         raw = wire.encode(
             {
                 "type": mtype,
@@ -365,9 +393,9 @@ class Meter:
             self._reap_reads()
         return out
 
-    def _start_read(self, slot, start, end, what, now, kind=reads.KIND_SCHEDULED, req=0):
-        ev_to = end if kind == reads.KIND_SCHEDULED else now + 1
-        parts = reads.plan(
+    def _start_read(self, slot, start, end, what, now, kind=_KIND_SCHEDULED, req=0):
+        ev_to = end if kind == _KIND_SCHEDULED else now + 1
+        parts = cold("reads").plan(
             start,
             end,
             what,
@@ -395,6 +423,7 @@ class Meter:
             rd.next_part += 1
         if not todo:
             return
+        reads = cold("reads")
         for x in todo:
             p = rd.out[x] if x >= 0 else -1 - x
             if x < 0:  # a new part: a fresh seq (a repeat keeps its own: idempotent)
@@ -440,16 +469,18 @@ class Meter:
     def receive(self, raw, now, now_ms=None):
         """Handle one downlink frame; return the reply frames (maybe none)."""
         out = []
+        wire = cold("wire")
+        E = cold("errors")  # the classes wire raises: loaded with it
         try:
             f = wire.decode(raw)
-        except ProtocolError as e:
+        except E.ProtocolError as e:
             # answer only a frame whose header names this meter
-            if len(raw) >= wire.HEADER_LEN and struct.unpack_from(">I", raw, 5)[0] == self.meter_id:
-                if isinstance(e, BadCrc):
+            if len(raw) >= _HEADER_LEN and struct.unpack_from(">I", raw, 5)[0] == self.meter_id:
+                if isinstance(e, E.BadCrc):
                     reason = _NACK_BAD_CRC
-                elif isinstance(e, UnknownMessageType):
+                elif isinstance(e, E.UnknownMessageType):
                     reason = _NACK_UNKNOWN_TYPE
-                elif isinstance(e, UnsupportedVersion):
+                elif isinstance(e, E.UnsupportedVersion):
                     reason = _NACK_UNSUPPORTED_VERSION
                 else:
                     reason = _NACK_MALFORMED
@@ -463,9 +494,9 @@ class Meter:
         code = wire.type_code(mtype)
         if mtype in wire.AUTH_REQUIRED:
             try:
-                counter = auth.verify_frame(raw, self.key, self.last_counter)
-            except (BadMac, Replay) as e:
-                reason = _NACK_REPLAY if isinstance(e, Replay) else _NACK_AUTH_FAILED
+                counter = cold("auth").verify_frame(raw, self.key, self.last_counter)
+            except (E.BadMac, E.Replay) as e:
+                reason = _NACK_REPLAY if isinstance(e, E.Replay) else _NACK_AUTH_FAILED
                 self.ev.log(events.AUTH_FAILED, now, code)
                 self._nack(out, code, seq, reason, now)
                 return out
@@ -627,10 +658,10 @@ class Meter:
         if not reason and len(self.reads) >= _MAX_READS:
             reason = _NACK_BUSY
         if not reason:
-            kind = reads.KIND_ON_DEMAND if mode == schedules.MODE_ON_DEMAND else reads.KIND_PERIOD
+            kind = _KIND_ON_DEMAND if mode == schedules.MODE_ON_DEMAND else _KIND_PERIOD
             try:
                 rd = self._start_read(_ON_DEMAND_SLOT, start, end, what, now, kind, seq)
-            except reads.ReadError:
+            except cold("reads").ReadError:
                 reason = _NACK_BAD_PARAMETER
         if reason:
             self.ev.log(events.READ_UNANSWERABLE, now, reason)

@@ -145,7 +145,7 @@ def _block(buf, p, s0, ln, k, cols, flags):
         if flags[i] != last:
             last = flags[i]
             if last & ~0x1F:
-                raise MalformedPayload("status flags use reserved bits", "mask 0x1f", last)
+                raise MalformedPayload("status flags use reserved bits", "only bits of 0x1f", last)
             nr += 1
     p = blocks.put_varint(buf, p, nr)
     i = 0
@@ -268,9 +268,9 @@ def frame(
     n, ns = _sections(None, _HEADER_LEN + 6, *args)
     n -= _HEADER_LEN
     if n > _MAX_PAYLOAD:
-        raise BadLength("payload over maximum", "<= %d" % _MAX_PAYLOAD, n)
+        raise BadLength("payload over maximum", "no more than %d" % _MAX_PAYLOAD, n)
     if ns > 0xFF:
-        raise MalformedPayload("too many sections", "<= 255", ns)
+        raise MalformedPayload("too many sections", "no more than 255", ns)
     buf = bytearray(_HEADER_LEN + n + 2)
     struct.pack_into(_HEADER, buf, 0, 1, _READ_RESPONSE, 0, seq, meter_id, now, n)
     struct.pack_into(">HBBBB", buf, _HEADER_LEN, request_seq, kind, p, parts, ns)

@@ -85,9 +85,6 @@ class Slot:
     def __eq__(self, other):
         return isinstance(other, Slot) and self.as_tuple() == other.as_tuple()
 
-    def __repr__(self):
-        return "Slot%r" % (self.as_tuple(),)
-
 
 def default_slot(read_offset_s=DEFAULT_READ_OFFSET_S, what=WHAT_ALL):
     return Slot(0, 0, 0, _DAY, read_offset_s, what)

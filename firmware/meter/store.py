@@ -14,7 +14,7 @@
 import struct
 
 from meter.config_log import ConfigLog
-from meter.ring import HDR_SLOTS, MAX_RECORD, NSLOT, SLOT, Ring, StoreError
+from meter.ring import HDR_SLOTS, MAX_RECORD, SLOT, Ring, StoreError
 
 try:
     from micropython import const
@@ -25,7 +25,7 @@ except ImportError:
 
 
 CHANNELS = const(4)
-INTERVALS_45D_5MIN = const(12960)  # 45 days x 288
+_INTERVALS_45D_5MIN = const(12960)  # 45 days x 288
 _REGISTER_READS_45D = const(45)  # one midnight register read per day, 2 slots each
 _HEADROOM_SLOTS = const(256)  # torn slots after cuts, partial/wide records
 _TAG_INTERVALS = const(1)
@@ -54,7 +54,7 @@ def _int(x, lo, hi, what):
     return x
 
 
-def layout(block_size=4096, min_intervals=INTERVALS_45D_5MIN):
+def layout(block_size=4096, min_intervals=_INTERVALS_45D_5MIN):
     """Blocks per ring for a block size: (interval, event, config).
 
     The interval ring keeps (blocks - 1) full blocks at all times (one block may
@@ -66,11 +66,6 @@ def layout(block_size=4096, min_intervals=INTERVALS_45D_5MIN):
     eb = max(3, (6 * 4096) // block_size)
     cb = max(3, (4 * 4096) // block_size)
     return ib, eb, cb
-
-
-def footprint(block_size=4096, min_intervals=INTERVALS_45D_5MIN):
-    ib, eb, cb = layout(block_size, min_intervals)
-    return (ib + eb + cb) * block_size
 
 
 class Store:
@@ -335,15 +330,6 @@ class Store:
     def config_keys(self):
         return self._cf.keys()
 
-    # --- wear -----------------------------------------------------------------------
-    def erase_counts(self):
-        """Erase count per block of this store if the device counts them (the host
-        NOR model does; esp32.Partition does not): list or None."""
-        c = getattr(self.bdev, "erase_counts", None)
-        if c is None:
-            return None
-        return list(c[self.first : self.first + self.total_blocks()])
-
 
 def _decode(kind, rec):
     if kind == _KIND_INTERVAL:
@@ -360,62 +346,3 @@ def _decode_regs(rec):
         lo, hi = struct.unpack_from("<IH", rec, 5 + 6 * i)
         out.append(lo | (hi << 32))
     return t, tuple(out)
-
-
-# --- flash wear (bench/flash_wear.py) ------------------------------------------------
-def wear_years(max_erases, days, limit=100000):
-    """Years until the most-erased block reaches `limit` erases, at the rate
-    max_erases per `days` days (integer arithmetic; None if no erases)."""
-    if max_erases <= 0:
-        return None
-    return limit * days // (max_erases * 365)
-
-
-def wear_estimate(
-    block_size=4096,
-    interval_s=900,
-    events_per_day=24,
-    event_data=4,
-    config_puts_per_day=4,
-    config_value=32,
-    limit=100000,
-):
-    """Steady-state erases per block per day (as (erases, days) fractions per ring)
-    and years until the most-erased block reaches `limit`, from the format alone.
-
-    Each ring erases one block per block filled, round robin, so a block is
-    erased once per (blocks x usable slots) slots written to its ring."""
-    ib, eb, cb = layout(block_size)
-    usable = block_size // SLOT - HDR_SLOTS
-    iv_slots = 86400 // interval_s + 2  # intervals + one register read
-    n_ev = NSLOT[_cls(12 + event_data + 2)]
-    ev_slots = events_per_day * n_ev
-    n_cf = NSLOT[_cls(3 + config_value + 2)]
-    cf_slots = config_puts_per_day * n_cf
-    # config: each new block also receives copies of the victim's live records,
-    # at most half a block: the worst case wears as if a block fills twice as fast
-    rings = (
-        ("intervals", ib, iv_slots, 1),
-        ("events", eb, ev_slots, 1),
-        ("config", cb, cf_slots, 2),
-    )
-    out = {}
-    worst_num, worst_den = 0, 1
-    for name, blocks, slots, factor in rings:
-        # erases per block per day = slots * factor / (usable * blocks)
-        num, den = slots * factor, usable * blocks
-        out[name] = (num, den)
-        if num * worst_den > worst_num * den:
-            worst_num, worst_den = num, den
-    years = None
-    if worst_num:
-        years = limit * worst_den // (worst_num * 365)
-    out["years_to_limit"] = years
-    return out
-
-
-def _cls(nbytes):
-    for c in range(4):
-        if NSLOT[c] * SLOT >= nbytes:
-            return c
-    raise StoreError("record too large")

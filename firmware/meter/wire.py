@@ -231,7 +231,7 @@ class _Reader:
         p = self.pos
         if n > self.end - p:
             raise MalformedPayload(
-                "%s truncated" % what, "%d bytes" % n, "%d left" % (self.end - p)
+                "%s truncated" % what, "need %d bytes" % n, "%d bytes left" % (self.end - p)
             )
         self.pos = p + n
         return p
@@ -266,7 +266,9 @@ class _Reader:
         elif k == _LISTV:
             n, self.pos = blocks.decode_varint(self.buf, self.pos, self.end)
             if n > self.end - self.pos:  # every item is at least a byte: bound the loop
-                raise MalformedPayload("%s count" % what, "<= %d" % (self.end - self.pos), n)
+                raise MalformedPayload(
+                    "count of %s" % what, "no more than %d" % (self.end - self.pos), n
+                )
         else:  # _BYTES
             p = self.take(t[1], what)
             return bytes(self.buf[p : p + t[1]])
@@ -278,10 +280,10 @@ class _Reader:
         n, pos = blocks.decode_varint(self.buf, self.pos, self.end)
         if n > self.end - pos:
             raise MalformedPayload(
-                "section truncated", "%d bytes" % n, "%d left" % (self.end - pos)
+                "section truncated", "need %d bytes" % n, "%d bytes left" % (self.end - pos)
             )
         if not 1 <= tag <= _NSECS:
-            raise MalformedPayload("unknown section tag", "1..7", tag)
+            raise MalformedPayload("unknown section tag", "a tag of 1..7", tag)
         name, body_type = _struct(_entry(_SECS, tag - 1))
         sub = _Reader(self.buf, pos, pos + n)
         body = sub.read(body_type, name)
@@ -295,12 +297,12 @@ def frame_length(data):
     """Total length the header of data announces; checks 1-3 of SPEC's order."""
     n = len(data)
     if n < HEADER_LEN + _CRC_LEN:
-        raise TruncatedFrame("frame shorter than header and CRC", ">= 17", n)
+        raise TruncatedFrame("frame shorter than header and CRC", "at least 17 bytes", n)
     if data[0] != _VERSION:
         raise UnsupportedVersion("unsupported protocol version", _VERSION, data[0])
     plen = (data[13] << 8) | data[14]
     if plen > MAX_PAYLOAD:
-        raise BadLength("payload length over maximum", "<= %d" % MAX_PAYLOAD, plen)
+        raise BadLength("payload length over maximum", "no more than %d" % MAX_PAYLOAD, plen)
     return HEADER_LEN + plen + (_AUTH_LEN if data[2] & _FLAG_AUTH else 0) + _CRC_LEN
 
 
@@ -325,13 +327,17 @@ def decode(data, key=None, last_counter=None):
     got = (mv[n - 2] << 8) | mv[n - 1]
     want = crc16(mv[0 : n - 2])
     if got != want:
-        raise BadCrc("CRC-16/X-25 mismatch", "0x%04x" % want, "0x%04x" % got)
+        raise BadCrc("CRC-16/X-25 mismatch", "CRC-16 0x%04x" % want, "CRC-16 0x%04x" % got)
     code = mv[1]
     if not 1 <= code <= _NMSGS:
-        raise UnknownMessageType("unknown message type", "one of SPEC.md's types", "0x%02x" % mv[1])
+        raise UnknownMessageType(
+            "unknown message type", "one of SPEC.md's types", "type byte 0x%02x" % mv[1]
+        )
     flags = mv[2]
     if flags & ~_FLAG_AUTH:
-        raise MalformedFrame("reserved flag bits set", "0", "0x%02x" % flags)
+        raise MalformedFrame(
+            "reserved flag bits set", "no reserved bits", "flags byte 0x%02x" % flags
+        )
     name, body_type = _struct(_entry(_MSGS, code - 1))
     _, _, _, seq, meter_id, timestamp, plen = struct.unpack_from(_HEADER, mv, 0)
     end = HEADER_LEN + plen
@@ -356,10 +362,12 @@ def decode(data, key=None, last_counter=None):
             auth.verify_frame(mv, key, last_counter)  # BadMac, then Replay
         elif last_counter is not None and fauth["counter"] <= last_counter:
             raise Replay(
-                "counter not newer than the last accepted", "> %d" % last_counter, fauth["counter"]
+                "counter not newer than the last accepted",
+                "counter > %d" % last_counter,
+                fauth["counter"],
             )
     elif key is not None and name in AUTH_REQUIRED:
-        raise BadMac("%s must be authenticated" % name, "AUTH flag", "none")
+        raise BadMac("%s must be authenticated" % name, "the AUTH flag", "no AUTH flag")
     return {
         "version": _VERSION,
         "type": name,
@@ -381,7 +389,7 @@ def _write(out, t, v, what):
             lo = -(1 << (bits - 1)) if t > _U64 else 0
             hi = (1 << bits) + lo - 1
             if type(v) is not int or v < lo or v > hi:
-                raise MalformedPayload("%s out of range" % what, "int %d..%d" % (lo, hi), v)
+                raise MalformedPayload("%s out of range" % what, "an int in %d..%d" % (lo, hi), v)
             out.extend(struct.pack(_FMT[t], v))
         elif t == _VAR:
             blocks.encode_varint(v, out)
@@ -414,12 +422,12 @@ def _write(out, t, v, what):
             raise MalformedPayload(what, "dict", type(v).__name__)
         for name, ft in fields:
             if name not in v:
-                raise MalformedPayload("field missing", name, "absent")
+                raise MalformedPayload("field missing", name, "not present")
             _write(out, ft, v[name], name)
         return
     if k == _BYTES:
         if type(v) not in (bytes, bytearray) or len(v) != t[1]:
-            raise MalformedPayload(what, "%d bytes" % t[1], v)
+            raise MalformedPayload(what, "exactly %d bytes" % t[1], v)
         out.extend(v)
         return
     if k == _LIST8:
@@ -436,7 +444,7 @@ def _count(out, v, limit, what):
     if limit is None:
         blocks.encode_varint(len(v), out)
     elif len(v) > limit:
-        raise MalformedPayload("too many %s" % what, "<= %d" % limit, len(v))
+        raise MalformedPayload("too many %s" % what, "no more than %d" % limit, len(v))
     else:
         out.append(len(v))
 
@@ -485,10 +493,10 @@ def encode(fields, key=None):
     try:
         for f, t in (("seq", _U16), ("meter_id", _U32), ("timestamp", _U32)):
             if f not in fields:
-                raise MalformedPayload("field missing", f, "absent")
+                raise MalformedPayload("field missing", f, "not present")
             _write(bytearray(), t, fields[f], f)  # range check only
         if "body" not in fields:
-            raise MalformedPayload("field missing", "body", "absent")
+            raise MalformedPayload("field missing", "body", "not present")
         _write(out, _struct(_entry(_MSGS, code - 1))[1], fields["body"], name)
     except ProtocolError:
         raise
@@ -496,7 +504,7 @@ def encode(fields, key=None):
         raise MalformedPayload("cannot encode %s: %r" % (name, e))
     plen = len(out) - HEADER_LEN
     if plen > MAX_PAYLOAD:
-        raise BadLength("payload over maximum", "<= %d" % MAX_PAYLOAD, plen)
+        raise BadLength("payload over maximum", "no more than %d" % MAX_PAYLOAD, plen)
     flags = _FLAG_AUTH if fauth is not None else 0
     struct.pack_into(
         _HEADER,

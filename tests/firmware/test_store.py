@@ -1,7 +1,7 @@
 # Store and NOR-flash model tests: run on CPython (pytest) and on MicroPython
 # (tests/firmware/mpy_runner.py). Plain functions, plain asserts, no pytest import.
 from hal import norflash
-from meter import store
+from meter import store, wear
 
 T0 = 1767225600  # 2026-01-01T00:00:00Z
 DAY = 86400
@@ -119,11 +119,11 @@ def test_m02_norflash_file_backing_persists_image_and_erase_counts():
 # --- intervals -------------------------------------------------------------------
 def test_m02_layout_fits_256_kib_at_5_min():
     ib, eb, cb = store.layout(4096)
-    assert store.footprint(4096) == (ib + eb + cb) * 4096 <= 256 * 1024
+    assert wear.footprint(4096) == (ib + eb + cb) * 4096 <= 256 * 1024
     f = norflash.NORFlash(4096, 64)
     s = store.Store(f).mount()
     iv_slots = s.capacity()[0]
-    assert iv_slots >= store.INTERVALS_45D_5MIN + 2 * 45
+    assert iv_slots >= wear.INTERVALS_45D_5MIN + 2 * 45
 
 
 def test_m02_append_and_read_back_intervals():
@@ -340,6 +340,6 @@ def test_m11_config_slots_persist_last_write_wins_with_wear_levelling():
 
 
 def test_m02_wear_estimate_meets_20_years():
-    est = store.wear_estimate()
+    est = wear.wear_estimate()
     assert est["years_to_limit"] >= 20
-    assert store.wear_years(10, 365) == 10000
+    assert wear.wear_years(10, 365) == 10000
