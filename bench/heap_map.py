@@ -52,6 +52,9 @@ t = b.now()
 for i in range(96):
     app.m.tick(t + i * 900, False)
 mark('ticks')
+from meter import meter as core
+core.drop_cold()
+mark('idle (cold dropped)')
 """
 
 

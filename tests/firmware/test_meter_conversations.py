@@ -291,3 +291,38 @@ def test_m20_other_meters_and_noise_are_ignored_or_nacked():
     assert KEY  # (the key never leaves the meter: not in any uplink)
     for g in h.got:
         assert g["auth"] is None
+
+
+def test_m13_m20_conversations_hold_across_cold_module_drops():
+    # the app forgets the codec, auth and read modules at every idle tick
+    # (meter.drop_cold, firmware README "Heap"): each frame re-imports them
+    import sys
+
+    from meter import meter as core
+
+    b = Board(now=T0 + DAY)
+    b.boot()
+    h = Head()
+    b.run(3 * 3600, step=300, head=h)
+    core.drop_cold()
+    assert not [n for n in ("meter.wire", "meter.reads", "meter.errors") if n in sys.modules]
+    req = h.frame("read_request", {"mode": 2, "start": 0, "end": 0, "what": 15}, True)
+    rs = [h.decode(r) for r in b.m.receive(req, b.now)]
+    assert rs and rs[0]["type"] == "read_response" and "meter.wire" in sys.modules
+    core.drop_cold()
+    for r in rs:
+        b.m.receive(h.frame("read_ack", {"acked_seq": r["seq"], "upto": 0}), b.now)
+        core.drop_cold()
+    rs += [h.decode(r) for r in b.m.tick(b.now)]
+    assert len(rs) == rs[0]["body"]["parts"] and b.m.reads == []
+    assert [r[0] for r in intervals_of(rs)] == [T0 + DAY + 900 * i for i in range(12)]
+    core.drop_cold()
+    body = {"mode": 2, "start": 0, "end": 0, "what": 15}
+    bad = Head(key=b"\x55" * 32).frame("read_request", body, True)
+    nack = h.decode(b.m.receive(bad, b.now)[0])
+    assert nack["type"] == "nack" and nack["body"]["reason"] == 3  # auth_failed, not a crash
+    core.drop_cold()
+    ok = h.frame("read_request", body, True)
+    torn = ok[:-1] + bytes([ok[-1] ^ 0xFF])  # a decode error raised by a re-imported codec
+    nack = h.decode(b.m.receive(torn, b.now)[0])
+    assert nack["type"] == "nack" and nack["body"]["reason"] == 1  # bad_crc

@@ -1,0 +1,23 @@
+# tools/fwimage: the firmware as a ROMFS image (M05's "fits the ESP32 layout"
+# with code in flash; firmware README "Heap").
+from pathlib import Path
+
+import pytest
+
+from tools.fwimage import FIRMWARE, build_image, compile_tree
+
+
+def test_m05_image_holds_one_hal_and_no_host_code(tmp_path: Path) -> None:
+    files = {p.relative_to(tmp_path).as_posix() for p in compile_tree(tmp_path, "esp32")}
+    assert {"main.mpy", "meter/meter.mpy", "meter/store.mpy", "link/mqtt.mpy"} <= files
+    assert "hal/esp32.mpy" in files and "hal/unix.mpy" not in files
+    assert not {"hal/norflash.mpy", "meter/wear.mpy"} & files  # host-side only
+    ring = (tmp_path / "meter" / "ring.mpy").read_bytes()
+    assert b"meter.ring" in ring and str(FIRMWARE).encode() not in ring  # named by module
+
+
+def test_m05_image_is_romfs_and_refuses_an_unknown_board() -> None:
+    img = build_image("unix")
+    assert img[:3] == b"\xd2\xcd\x31" and b"unix.mpy" in img and b"esp32.mpy" not in img
+    with pytest.raises(ValueError, match="stm32"):
+        build_image("stm32")
