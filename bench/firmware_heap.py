@@ -15,7 +15,7 @@ With any, the run is repeated at --retry-kb and the first one kept as
 `at_requested_heap`; with none, the requested heap's run is the headline.
 
 Code placement (--code):
-  romfs         (default) the firmware is a ROMFS image (mpremote romfs build:
+  romfs         (default) the firmware is a ROMFS image (tools/fwimage.py:
                 .mpy, run in place), mounted from a bytes buffer; that buffer
                 stands in for the ESP32's memory-mapped ROMFS partition, so
                 the heap is 100 KB plus the image and the image is subtracted
