@@ -33,7 +33,7 @@ if str(FIRMWARE) not in sys.path:
     sys.path.insert(0, str(FIRMWARE))
 
 from hal.norflash import NORFlash  # noqa: E402
-from meter import store, wear  # noqa: E402
+from meter import store, timeutil, wear  # noqa: E402
 
 LIMIT = 100_000
 TARGET_YEARS = 20
@@ -115,7 +115,7 @@ def _figures(
     return {
         "model": model,
         "interval_s": interval_s,
-        "channels": store.CHANNELS,
+        "channels": len(s.registers()),
         "events_per_day": events_per_day,
         "config_puts_per_day": config_puts_per_day,
         "warmup_days": warmup_days,
@@ -188,7 +188,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench flash-wear", description=__doc__)
     parser.add_argument("--days", type=int, default=365, help="measured days (default 365)")
     parser.add_argument("--warmup-days", type=int, default=160, help="days before measuring")
-    parser.add_argument("--interval", type=int, default=900, choices=store.NOMINAL)
+    parser.add_argument("--interval", type=int, default=900, choices=timeutil.INTERVALS)
     parser.add_argument("--events-per-day", type=int, default=4, help="tamper events (app)")
     parser.add_argument("--config-puts-per-day", type=int, default=4, help="--model store only")
     parser.add_argument("--model", choices=("app", "store"), default="app")

@@ -12,13 +12,9 @@
 # the core re-sends until the head-end's application ack; the link only has
 # to carry frames (QoS 1) while it is up. Few tasks and methods on purpose:
 # each costs heap (firmware README, "Heap").
+import asyncio
 import gc
 import sys
-
-try:
-    import asyncio
-except ImportError:  # older MicroPython
-    import uasyncio as asyncio
 
 try:
     from micropython import const
@@ -41,21 +37,20 @@ class App:
         ident = core.Ident(board.meter_id, board.key, **board.ident())
         self.m = core.Meter(store.Store(board.flash), ident, board.rand, board.set_clock)
         self.client = None
-        self.client_task = None
+        self.task = None  # the MQTT client's
         self.serial_writers = []
         self.peak = 0
-        self.steady = 0
-        self.samples = 0
+        self.steady = 0  # 0: not sampled yet
         self.errors = 0
-        self.up_topic = "ami/v1/%d/up" % board.meter_id
+        self.topic = "ami/v1/%d/up" % board.meter_id  # uplink
 
     # -- links ------------------------------------------------------------------
 
-    def online(self, mqtt_only=False):
-        """The uplink can carry frames now (mqtt_only: the MQTT link is up)."""
+    def online(self, mqtt=False):
+        """The uplink can carry frames now (mqtt: the MQTT link is up)."""
         c = self.client
         up = c is not None and c.connected.is_set() and not self.b.link_forced_down
-        if mqtt_only or self.b.uplink == "mqtt":
+        if mqtt or self.b.uplink == "mqtt":
             return up
         if self.b.uplink == "uart":
             return bool(self.serial_writers)
@@ -68,7 +63,7 @@ class App:
             for raw in frames:
                 # bounded: a frame the link cannot take now is re-sent by the core
                 if len(self.client.inflight) < _MAX_INFLIGHT:
-                    await self.client.publish(self.up_topic, raw)
+                    await self.client.publish(self.topic, raw)
         for w in (writer,) if writer is not None else self.serial_writers if up != "mqtt" else ():
             try:
                 for raw in frames:
@@ -90,7 +85,7 @@ class App:
         out = self._receive(payload)
         if out and not self.b.link_forced_down:
             for raw in out:
-                await self.client.publish(self.up_topic, raw)
+                await self.client.publish(self.topic, raw)
 
     async def mqtt(self, on):
         """Start (on) or stop the MQTT link client."""
@@ -106,11 +101,11 @@ class App:
                 keepalive_s=b.keepalive_s,
                 rand=lambda: b.rand() & 0xFFFF,
             )
-            self.client_task = asyncio.create_task(self.client.run())
+            self.task = asyncio.create_task(self.client.run())
         elif not on and c is not None:
             await c.stop()
-            self.client_task.cancel()
-            self.client = self.client_task = None
+            self.task.cancel()
+            self.client = self.task = None
 
     async def serve_serial(self, reader, writer):
         """One optical/serial connection: HDLC frames in, replies out."""
@@ -183,8 +178,7 @@ class App:
         if a > self.peak:
             self.peak = a
         if not live:
-            self.steady = a if not self.samples else (self.steady * 7 + a) // 8
-            self.samples += 1
+            self.steady = (self.steady * 7 + a) // 8 if self.steady else a
         return a
 
     async def control(self, reader, writer):

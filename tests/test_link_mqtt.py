@@ -42,13 +42,13 @@ def test_qos1_both_ways_and_persistent_session(mqtt_broker: Broker) -> None:
         await asyncio.wait_for(head.connected.wait(), 5)
         await asyncio.sleep(0.2)  # SUBACK
         pid = await head.publish("ami/v1/1/down", b"first")
-        assert await head.wait_acked(pid, 5)
+        await _until(lambda: pid not in head.inflight, 5)  # PUBACKed
         await _until(lambda: got == [("ami/v1/1/down", b"first")])
         # meter offline: the broker queues QoS 1 downlinks for its persistent session
         await meter.stop()
         await asyncio.sleep(0.2)
         pid = await head.publish("ami/v1/1/down", b"while-away")
-        assert await head.wait_acked(pid, 5)
+        await _until(lambda: pid not in head.inflight, 5)
         meter2 = Client(
             "meter-t1",
             mqtt_broker.host,
@@ -94,9 +94,9 @@ def test_unacked_publish_survives_broker_restart(mqtt_broker_private: Broker) ->
         pid = await meter.publish("ami/v1/2/up", b"during-outage")
         assert pid in meter.inflight  # not forgotten while unacknowledged
         b.start()
-        assert await meter.wait_acked(pid, 20)
+        await _until(lambda: pid not in meter.inflight, 20)  # re-sent and PUBACKed
         await _until(lambda: b"during-outage" in got, 20)
-        assert meter.failures >= 1 and meter.connects >= 2
+        assert meter.failures >= 1 and meter.connected.is_set()
         await meter.stop()
         await sink.stop()
         for t in tasks:
@@ -119,7 +119,11 @@ async def main():
     await c.connected.wait()
     await asyncio.sleep_ms(200)
     pid = await c.publish("ami/v1/3/down", b"loop")
-    print("acked", await c.wait_acked(pid, 5))
+    for _ in range(100):
+        if pid not in c.inflight:
+            break
+        await asyncio.sleep_ms(50)
+    print("acked", pid not in c.inflight)
     for _ in range(100):
         if got:
             break

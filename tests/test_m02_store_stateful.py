@@ -32,13 +32,14 @@ LAYOUT = (4, 4, 3)  # interval, event, config blocks: 3 x 61 slots kept at least
 T0 = 1767225600
 
 values = st.tuples(*[st.integers(0, 70000) | st.integers(0, 300)] * 4)
-lengths = st.sampled_from(store.NOMINAL) | st.integers(1, 4000)
+NOMINAL = (300, 600, 900, 1800, 3600)  # lengths a compact (1-slot) record holds (STORE.md)
+lengths = st.sampled_from(NOMINAL) | st.integers(1, 4000)
 flags = st.integers(0, 31) | st.integers(0, 255)
 
 
 def _slots(rec):
     _, ilen, fl, vals = rec
-    small = ilen in store.NOMINAL and fl < 32 and max(vals) <= 0xFFFF
+    small = ilen in NOMINAL and fl < 32 and max(vals) <= 0xFFFF
     return 1 if small else 2
 
 
@@ -47,7 +48,6 @@ class IntervalRing(RuleBasedStateMachine):
         super().__init__()
         self.flash = NORFlash(BS, BLOCKS, partial=True)
         self.store = self._mount()
-        self.usable = self.store._iv.usable
         self.model = []  # acknowledged records, oldest first
         self.cost = []  # worst-case slots each record (and waste before it) takes
         self.waste = 0  # worst-case slots wasted by torn writes since the last ack
@@ -133,7 +133,7 @@ class IntervalRing(RuleBasedStateMachine):
         k = len(got)
         assert got == self.model[len(self.model) - k :], "not a suffix of the acknowledged records"
         # guaranteed: the newest records whose worst-case cost fits in (blocks - 1) blocks
-        budget = (LAYOUT[0] - 1) * self.usable - self.waste
+        budget = self.store.capacity()[0] - self.waste
         need = 0
         for c in reversed(self.cost):
             budget -= c

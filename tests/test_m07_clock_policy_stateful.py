@@ -22,6 +22,12 @@ from meter import clock, timeutil  # noqa: E402
 from meter import recorder as rc  # noqa: E402
 
 DAY = 86400
+# clock policy values private to the module (M07-M09, firmware/meter/LOGIC.md)
+NONE = 0  # decision: |offset| <= 20 s, nothing to do
+MAX_DELAY_MS = 4000  # longer round trips are a failed attempt
+TIMEOUT_S = 30  # no reply within this: a failed attempt
+RETRIES = 3  # failed attempts retried per day
+RETRY_GAP_S = 120  # a retry is at least this long after the failure
 T0 = 1772323200  # 2026-03-01T00:00:00Z
 OFFSETS = st.sampled_from([0, -5 * 3600, 5 * 3600 + 1800, 12 * 3600 + 2700, -3 * 3600 - 1800])
 
@@ -84,7 +90,7 @@ def test_m07_m08_decisions_respect_thresholds_up_to_the_measurement_error(off, d
     if 20_000 + half < a < 120_000 - half:
         assert d == clock.STEP  # always step 20-120 s
     if a <= 20_000 - half:
-        assert d == clock.NONE  # never act <= 20 s
+        assert d == NONE  # never act <= 20 s
     if d == clock.STEP:
         assert 20_000 < abs(est) < 120_000
 
@@ -129,7 +135,7 @@ class SyncModel(RuleBasedStateMachine):
         assert 60 <= r <= self.interval - 60, "sync attempt near a boundary (M06)"
         day = timeutil.day_start(at, self.utc_off)
         self.attempts[day] = self.attempts.get(day, 0) + 1
-        assert self.attempts[day] <= clock.RETRIES + 1
+        assert self.attempts[day] <= RETRIES + 1
         t1 = self.meter_ms
         self.sync.sent(at, t1)
         return t1
@@ -162,20 +168,20 @@ class SyncModel(RuleBasedStateMachine):
             assert self.meter_ms == before  # no silent step (M08)
             self.events.append(clock.event_for(d, est, before // 1000))
             self.expect_oos = True
-        elif d == clock.NONE:
+        elif d == NONE:
             assert abs(true_before) <= 20_000 + half
             self.expect_oos = False
         else:
-            assert d == clock.FAILED and delay > clock.MAX_DELAY_MS
+            assert d == clock.FAILED and delay > MAX_DELAY_MS
             self.events.append(clock.event_for(d, est, 0, self.sync.last_reason))
 
     @rule(r=st.integers(0, 2**32 - 1))
     def attempt_lost(self, r):
         self._to_next_attempt()
-        self._advance_ms(clock.TIMEOUT_S * 1000)
+        self._advance_ms(TIMEOUT_S * 1000)
         assert self.sync.timed_out(self.now)
         nxt = self.sync.failed(self.now, r)
-        assert nxt >= self.now + clock.RETRY_GAP_S - 1
+        assert nxt >= self.now + RETRY_GAP_S - 1
         self.events.append(clock.event_for(clock.FAILED, 0, 0, self.sync.last_reason))
 
     @rule(hours=st.integers(1, 30))

@@ -9,14 +9,10 @@
 # Lean on purpose (it is measured with the firmware, `bench firmware-heap`):
 # board.json is read once into attributes, the flash is a small file-backed
 # NOR device (hal/norflash.py, with power-cut injection, stays host-side).
+import asyncio
 import json
 import os
 import time
-
-try:
-    import asyncio
-except ImportError:
-    import uasyncio as asyncio
 
 try:
     from micropython import const
@@ -33,7 +29,7 @@ _PPM = const(1000000)
 _CHUNK = const(256)  # flash scratch: programs are records (<= 256 B), erases go in chunks
 NAME = "unix"
 DEFAULT_DIR = "var/board"
-_IDENT = ("interval_s", "utc_offset_min", "push_mask", "meter_multiplier", "read_offset_s")
+_IDENT = const(("interval_s", "utc_offset_min", "push_mask", "meter_multiplier", "read_offset_s"))
 
 
 def _exists(p):
@@ -56,7 +52,7 @@ class Flash:
 
     def __init__(self, path, block_size=4096, blocks=64):
         self.path = path
-        self.bs = block_size
+        self.block_size = block_size
         self.n = blocks
         self.erase_counts = [0] * blocks
         self._tmp = bytearray(_CHUNK)
@@ -78,23 +74,23 @@ class Flash:
         t = self._tmp
         for i in range(_CHUNK):
             t[i] = 0xFF
-        self.f.seek(block * self.bs)
-        for _ in range(self.bs // _CHUNK):
+        self.f.seek(block * self.block_size)
+        for _ in range(self.block_size // _CHUNK):
             self.f.write(t)
         self.f.flush()
 
     def readblocks(self, block, buf, offset=0):
-        self.f.seek(block * self.bs + offset)
+        self.f.seek(block * self.block_size + offset)
         self.f.readinto(buf)
 
     def writeblocks(self, block, buf, offset=None):
         if offset is None:  # the simple interface: erase whole blocks first
-            for i in range(len(buf) // self.bs):
+            for i in range(len(buf) // self.block_size):
                 self.ioctl(6, block + i)
             offset = 0
         n = len(buf)
         old = self._tmp if n <= _CHUNK else bytearray(n)
-        addr = block * self.bs + offset
+        addr = block * self.block_size + offset
         f = self.f
         f.seek(addr)
         f.readinto(memoryview(old)[:n])
@@ -109,7 +105,7 @@ class Flash:
         if op == 4:
             return self.n
         if op == 5:
-            return self.bs
+            return self.block_size
         if op == 6:
             self._fill(arg)
             self.erase_counts[arg] += 1
@@ -123,9 +119,9 @@ class Board:
 
     NAME = NAME
 
-    def __init__(self, flash_dir):
-        self.dir = flash_dir
-        with open(flash_dir + "/board.json") as f:
+    def __init__(self, path):
+        self.dir = path
+        with open(path + "/board.json") as f:
             cfg = json.load(f)
         self.meter_id = cfg["meter_id"]
         self.key = bytes.fromhex(cfg["key"])
@@ -141,83 +137,31 @@ class Board:
         self._ident = {k: cfg[k] for k in _IDENT if k in cfg}
         fl = cfg.get("flash", {})
         self.flash = Flash(
-            flash_dir + "/" + fl.get("file", "flash.bin"),
+            path + "/" + fl.get("file", "flash.bin"),
             fl.get("block_size", 4096),
             fl.get("blocks", 64),
         )
-        self._rtc_init(cfg.get("clock", {}))
-        self._energy_init(cfg.get("energy", {}))
-
-    def ident(self):
-        """Keyword arguments for meter.Ident (defaults of a fresh install)."""
-        return self._ident
-
-    # -- RTC (simulated, battery-backed) ------------------------------------------
-
-    def _rtc_init(self, clk):
-        p = self.dir + "/rtc.json"
-        r = {}
+        # RTC (simulated, battery-backed): rtc.json's anchor, kept as read and
+        # written; board.json's clock only starts a board that has none yet
+        clk = cfg.get("clock", {})
+        sim = clk.get("sim_start", 1772323200) * 1000
+        real = clk.get("real_start_ms", 0) or real_ms()
+        self.rtc = {
+            "sim_ms": sim,
+            "real_ms": real,
+            "speed": clk.get("speed", 1),
+            "drift_ppm": clk.get("drift_ppm", 0),
+            "true_sim_ms": sim,
+            "true_real_ms": real,
+        }
+        p = path + "/rtc.json"
         if _exists(p):
             with open(p) as f:
-                r = json.load(f)
-        sim = clk.get("sim_start", 1772323200) * 1000
-        self._anchor_sim = r.get("sim_ms", sim)
-        self._anchor_real = r.get("real_ms") or clk.get("real_start_ms", 0) or real_ms()
-        self._true_sim = r.get("true_sim_ms", self._anchor_sim)
-        self._true_real = r.get("true_real_ms", self._anchor_real)
-        self.speed = r.get("speed", clk.get("speed", 1))
-        self.drift_ppm = r.get("drift_ppm", clk.get("drift_ppm", 0))
-        if not r:
+                self.rtc.update(json.load(f))
+        else:
             self._rtc_save()
-
-    def _rtc_save(self):
-        p = self.dir + "/rtc.json"
-        with open(p + ".tmp", "w") as f:
-            json.dump(
-                {
-                    "sim_ms": self._anchor_sim,
-                    "real_ms": self._anchor_real,
-                    "speed": self.speed,
-                    "drift_ppm": self.drift_ppm,
-                    "true_sim_ms": self._true_sim,
-                    "true_real_ms": self._true_real,
-                },
-                f,
-            )
-        os.rename(p + ".tmp", p)
-
-    def now_ms(self):
-        """Simulated UTC ms: anchor + elapsed real ms x speed x (1 + drift)."""
-        el = (real_ms() - self._anchor_real) * self.speed
-        return self._anchor_sim + el + el * self.drift_ppm // _PPM
-
-    def now(self):
-        return self.now_ms() // 1000
-
-    def true_ms(self):
-        """Simulated reality (no drift, no steps): what the energy source follows."""
-        return self._true_sim + (real_ms() - self._true_real) * self.speed
-
-    def set_clock(self, utc_s):
-        """The firmware steps the RTC (time sync, time_set)."""
-        self.anchor(utc_s * 1000)
-
-    def anchor(self, sim_ms, drift=None, speed=None):
-        """Re-anchor the RTC at sim_ms; the control port also changes drift
-        (ppm) or speed there (`step`, `drift`, `speed`)."""
-        if speed is not None:
-            self._true_sim = self.true_ms()
-            self._true_real = real_ms()
-            self.speed = speed
-        if drift is not None:
-            self.drift_ppm = drift
-        self._anchor_sim = sim_ms
-        self._anchor_real = real_ms()
-        self._rtc_save()
-
-    # -- energy: the load profile, integer Wh in proportion to elapsed time -------
-
-    def _energy_init(self, en):
+        # energy: a flat load, or the load profile (CSV) repeating
+        en = cfg.get("energy", {})
         n = self.channels = en.get("channels", 4)
         self.scale_pct = en.get("scale_pct", 100)
         self._prof = None
@@ -225,11 +169,59 @@ class Board:
         self._t0 = 0
         self._frac = [0] * n  # remainder in Wh x 900 x 100
         self._last = None
-        self._row_buf = bytearray(2 * n)
-        self._flat = en.get("flat_wh")  # a flat load: Wh per 15 minutes per channel
-        csv = en.get("csv") or _default_csv()
-        if self._flat is None and _exists(csv):
+        self.buf = bytearray(2 * n)  # one profile row
+        self.flat_wh = en.get("flat_wh")  # Wh per 15 minutes per channel
+        # by default ../shared/data/household_45d_15min.csv of the repo (firmware/..)
+        here = __file__[: __file__.rfind("/") + 1]
+        csv = en.get("csv") or here + "../../../shared/data/household_45d_15min.csv"
+        if self.flat_wh is None and _exists(csv):
             self._load_profile(csv)
+
+    def ident(self):
+        """Keyword arguments for meter.Ident (defaults of a fresh install)."""
+        return self._ident
+
+    # -- RTC: {sim_ms, real_ms, speed, drift_ppm, true_sim_ms, true_real_ms} ----------
+
+    def _rtc_save(self):
+        p = self.dir + "/rtc.json"
+        with open(p + ".tmp", "w") as f:
+            json.dump(self.rtc, f)
+        os.rename(p + ".tmp", p)
+
+    def now_ms(self):
+        """Simulated UTC ms: anchor + elapsed real ms x speed x (1 + drift)."""
+        r = self.rtc
+        el = (real_ms() - r["real_ms"]) * r["speed"]
+        return r["sim_ms"] + el + el * r["drift_ppm"] // _PPM
+
+    def now(self):
+        return self.now_ms() // 1000
+
+    def true_ms(self):
+        """Simulated reality (no drift, no steps): what the energy source follows."""
+        r = self.rtc
+        return r["true_sim_ms"] + (real_ms() - r["true_real_ms"]) * r["speed"]
+
+    def set_clock(self, t):
+        """The firmware steps the RTC to UTC second `t` (time sync, time_set)."""
+        self.anchor(t * 1000)
+
+    def anchor(self, sim_ms, drift=None, speed=None):
+        """Re-anchor the RTC at sim_ms; the control port also changes drift
+        (ppm) or speed there (`step`, `drift`, `speed`)."""
+        r = self.rtc
+        if speed is not None:
+            r["true_sim_ms"] = self.true_ms()
+            r["true_real_ms"] = real_ms()
+            r["speed"] = speed
+        if drift is not None:
+            r["drift_ppm"] = drift
+        r["sim_ms"] = sim_ms
+        r["real_ms"] = real_ms()
+        self._rtc_save()
+
+    # -- energy: the load profile, integer Wh in proportion to elapsed time -------
 
     def _load_profile(self, csv):
         # the CSV (45 days x 96 rows) is too big for the heap as ints: convert it
@@ -272,18 +264,18 @@ class Board:
         now = self.true_ms() // 1000
         last = self._last
         self._last = now
-        if last is None or now <= last or (self._flat is None and not self._rows):
+        if last is None or now <= last or (self.flat_wh is None and not self._rows):
             return None
         n = self.channels
         out = [0] * n
-        b = self._row_buf
+        b = self.buf
         frac = self._frac
         t = last
         while t < now:  # walk profile rows: energy in proportion to time in each
             end = t - (t - self._t0) % _PROFILE_STEP + _PROFILE_STEP
             if end > now:
                 end = now
-            row = self._flat
+            row = self.flat_wh
             if row is None:  # the profile repeats
                 k = ((t - self._t0) // _PROFILE_STEP) % self._rows
                 self._prof.seek(4 + k * 2 * n)
@@ -311,9 +303,3 @@ class Board:
 
     def rand(self):
         return int.from_bytes(os.urandom(4), "big")
-
-
-def _default_csv():
-    # ../shared/data/household_45d_15min.csv relative to the repo (firmware/..)
-    here = __file__.rsplit("/", 1)[0] if "/" in __file__ else "."
-    return here + "/../../../shared/data/household_45d_15min.csv"

@@ -8,11 +8,7 @@
 # is re-sent with DUP after every reconnect; an incoming QoS 1 message is
 # PUBACKed only after the handler returned, so a crash in between makes the
 # broker send it again (at least once; the protocol's seq makes it idempotent).
-try:
-    import asyncio
-except ImportError:  # older MicroPython
-    import uasyncio as asyncio
-
+import asyncio
 import struct
 
 try:
@@ -34,6 +30,8 @@ _PINGRESP = const(13)
 _DISCONNECT = const(14)
 
 _MAX_PACKET = const(8192)  # a frame is at most 4133 bytes; anything bigger is refused
+_BACKOFF_MS = const(500)  # the first reconnect delay, doubling per attempt
+_BACKOFF_CAP_MS = const(60000)
 
 
 class MQTTError(Exception):
@@ -61,48 +59,33 @@ def _str(s):
     return struct.pack(">H", len(s)) + s
 
 
-def _packet(ptype_flags, body):
-    return bytes([ptype_flags]) + remaining_length(len(body)) + body
+def _packet(flags, body):
+    return bytes([flags]) + remaining_length(len(body)) + body
 
 
-def connect_packet(client_id, keepalive, clean=False, user=None, password=None):
-    flags = 0x02 if clean else 0
-    payload = _str(client_id)
-    if user is not None:
-        flags |= 0x80
-        payload += _str(user)
-    if password is not None:
-        flags |= 0x40
-        payload += _str(password)
-    var = _str("MQTT") + bytes([4, flags]) + struct.pack(">H", keepalive)
-    return _packet(_CONNECT << 4, var + payload)
+def connect_packet(client_id, keepalive_s):
+    # protocol level 4 (3.1.1), connect flags 0: clean session off (the broker
+    # keeps our subscription and queue), no will, no user name or password
+    var = _str("MQTT") + bytes([4, 0]) + struct.pack(">H", keepalive_s)
+    return _packet(_CONNECT << 4, var + _str(client_id))
 
 
-def publish_packet(topic, payload, qos=1, pid=0, dup=False, retain=False):
-    flags = (_PUBLISH << 4) | (qos << 1) | (0x08 if dup else 0) | (1 if retain else 0)
-    var = _str(topic)
-    if qos:
-        var += struct.pack(">H", pid)
-    return _packet(flags, var + payload)
+def publish_packet(topic, payload, pid, dup=False):
+    """A QoS 1 PUBLISH (the only QoS the meter sends)."""
+    flags = (_PUBLISH << 4) | 0x02 | (0x08 if dup else 0)
+    return _packet(flags, _str(topic) + struct.pack(">H", pid) + payload)
 
 
 def puback_packet(pid):
     return _packet(_PUBACK << 4, struct.pack(">H", pid))
 
 
-def subscribe_packet(pid, topics, qos=1):
+def subscribe_packet(pid, subscriptions):
+    """SUBSCRIBE to each topic in `subscriptions` with QoS 1."""
     body = struct.pack(">H", pid)
-    for t in topics:
-        body += _str(t) + bytes([qos])
+    for t in subscriptions:
+        body += _str(t) + bytes([1])
     return _packet((_SUBSCRIBE << 4) | 0x02, body)
-
-
-def pingreq_packet():
-    return bytes([_PINGREQ << 4, 0])
-
-
-def disconnect_packet():
-    return bytes([_DISCONNECT << 4, 0])
 
 
 def parse_publish(flags, body):
@@ -142,23 +125,24 @@ async def read_packet(reader):
     return head[0] >> 4, head[0] & 0x0F, body
 
 
-def backoff_ms(attempt, rand16, base_ms=500, cap_ms=60000):
-    """Delay before reconnect attempt `attempt` (0-based): exponential, capped,
-    with full jitter in its upper half so a fleet does not reconnect in step."""
-    d = base_ms << attempt if attempt < 16 else cap_ms
-    if d > cap_ms:
-        d = cap_ms
-    return d // 2 + (d // 2) * rand16 // 65536
+def backoff_ms(attempt, rand):
+    """Delay before reconnect attempt `attempt` (0-based), `rand` 0..65535:
+    exponential, capped, with full jitter in its upper half so a fleet does not
+    reconnect in step."""
+    d = _BACKOFF_MS << attempt if attempt < 16 else _BACKOFF_CAP_MS
+    if d > _BACKOFF_CAP_MS:
+        d = _BACKOFF_CAP_MS
+    return d // 2 + (d // 2) * rand // 65536
 
 
 # ---- client (asyncio shell) ----
 
 
-async def _sleep_ms(ms):
+async def _sleep_ms(t):
     if hasattr(asyncio, "sleep_ms"):  # MicroPython: no float needed
-        await asyncio.sleep_ms(ms)
+        await asyncio.sleep_ms(t)
     else:
-        await asyncio.sleep(ms / 1000)
+        await asyncio.sleep(t / 1000)
 
 
 class _Flag:
@@ -210,56 +194,37 @@ class Client:
         self._open = connect or asyncio.open_connection
         self.inflight = {}  # pid -> (topic, payload): sent, not yet PUBACKed
         self._order = []  # pids in send order, for in-order resend
-        self._pid = 0
-        self._writer = None
+        self.pid = 0  # the last packet id handed out
+        self.writer = None  # the session's stream while connected
         self.connected = _Flag()
         self._stop = False
-        self.connects = 0
         self.failures = 0
 
     def _next_pid(self):
         while True:
-            self._pid = self._pid % 65535 + 1
-            if self._pid not in self.inflight:
-                return self._pid
+            self.pid = self.pid % 65535 + 1
+            if self.pid not in self.inflight:
+                return self.pid
 
-    async def publish(self, topic, payload, qos=1):
-        """Queue a message; it is sent now if connected, else on reconnect.
-        Returns the packet id (0 for QoS 0)."""
-        pid = 0
-        if qos:
-            pid = self._next_pid()
-            self.inflight[pid] = (topic, payload)
-            self._order.append(pid)
-        w = self._writer
+    async def publish(self, topic, payload):
+        """Queue a QoS 1 message; it is sent now if connected, else on
+        reconnect. Returns its packet id (gone from `inflight` once PUBACKed)."""
+        pid = self._next_pid()
+        self.inflight[pid] = (topic, payload)
+        self._order.append(pid)
+        w = self.writer
         if w is not None:
             try:
-                w.write(publish_packet(topic, payload, qos, pid))
+                w.write(publish_packet(topic, payload, pid))
                 await w.drain()
             except OSError:
                 pass  # the reader task notices and reconnects; inflight keeps it
         return pid
 
-    async def wait_acked(self, pid, timeout_s=None):
-        """True once `pid` has been PUBACKed (False on timeout)."""
-
-        async def wait():
-            while pid in self.inflight:
-                await _sleep_ms(20)
-
-        if timeout_s is None:
-            await wait()
-            return True
-        try:
-            await asyncio.wait_for(wait(), timeout_s)
-            return True
-        except asyncio.TimeoutError:
-            return False
-
     async def _session(self):
         reader, writer = await self._open(self.host, self.port)
         try:
-            writer.write(connect_packet(self.client_id, self.keepalive_s, clean=False))
+            writer.write(connect_packet(self.client_id, self.keepalive_s))
             await writer.drain()
             ptype, _f, body = await read_packet(reader)
             if ptype != _CONNACK or len(body) != 2 or body[1] != 0:
@@ -269,18 +234,16 @@ class Client:
                 writer.write(subscribe_packet(self._next_pid(), self.subscriptions))
             for pid in self._order:  # resend in order what the broker never acked
                 topic, payload = self.inflight[pid]
-                writer.write(publish_packet(topic, payload, 1, pid, dup=True))
+                writer.write(publish_packet(topic, payload, pid, dup=True))
             await writer.drain()
-            self._writer = writer
-            self.connects += 1
+            self.writer = writer
             self.connected.set()
-            self._rx = True
-            self._silent = False
+            self.idle = 0  # keepalive periods since the last packet (_pinger)
             pinger = asyncio.create_task(self._pinger(writer, asyncio.current_task()))
             try:
                 while True:
                     ptype, flags, body = await read_packet(reader)
-                    self._rx = True
+                    self.idle = 0
                     if ptype == _PUBLISH:
                         topic, payload, qos, pid, _dup = parse_publish(flags, body)
                         if self.handler is not None:
@@ -295,7 +258,7 @@ class Client:
                     elif ptype not in (_SUBACK, _PINGRESP):
                         raise MQTTError("unexpected packet type %d" % ptype)
             except asyncio.CancelledError:
-                if not self._silent:
+                if self.idle <= 2:
                     raise  # stop() or the app: not a link failure
                 t = asyncio.current_task()
                 if hasattr(t, "uncancel"):  # CPython >= 3.11 counts cancellations
@@ -304,7 +267,7 @@ class Client:
             finally:
                 pinger.cancel()
         finally:
-            self._writer = None
+            self.writer = None
             self.connected.clear()
             try:
                 writer.close()
@@ -312,20 +275,18 @@ class Client:
             except Exception:  # the socket may already be gone; nothing to save
                 pass
 
-    async def _pinger(self, writer, session):
+    async def _pinger(self, writer, task):
         # PINGREQ every 3/4 keepalive; the broker answers every one, so two
-        # periods without any packet mean the link is dead: cancel the session
-        # (a task of its own per read, as wait_for makes, costs heap)
-        idle = 0
+        # whole periods without any packet (`idle` past 2: the session zeroes
+        # it on each) mean the link is dead: cancel the session's `task` (a
+        # task of its own per read, as wait_for makes, costs heap)
         while True:
             await asyncio.sleep(self.keepalive_s * 3 // 4 or 1)
-            idle = 0 if self._rx else idle + 1
-            self._rx = False
-            if idle >= 2:
-                self._silent = True
-                session.cancel()
+            self.idle += 1
+            if self.idle > 2:
+                task.cancel()
                 return
-            writer.write(pingreq_packet())
+            writer.write(bytes([_PINGREQ << 4, 0]))
             await writer.drain()
 
     async def run(self):
@@ -344,10 +305,10 @@ class Client:
 
     async def stop(self):
         self._stop = True
-        w = self._writer
+        w = self.writer
         if w is not None:
             try:
-                w.write(disconnect_packet())
+                w.write(bytes([_DISCONNECT << 4, 0]))
                 await w.drain()
                 w.close()
             except OSError:

@@ -8,9 +8,10 @@
 #   20 s < |offset| < 120 s STEP         step the clock, log old/new (M07, M09)
 #   |offset| >= 120 s       OUT_OF_SYNC  push an event, do NOT step (M08);
 #                                        wait for an authenticated time_set
-# A lost reply, a reply after the timeout or a round trip over MAX_DELAY_MS is
+# A lost reply, a reply after the timeout or a round trip over 4 s is
 # a failed attempt: logged (M09) and retried at a new random instant later the
-# same day, up to `retries` times; then the next day's instant.
+# same day, up to 3 times; then the next day's instant.
+# Bad arguments raise a plain ValueError. `rand` is always a random u32.
 
 try:
     from micropython import const
@@ -23,7 +24,7 @@ except ImportError:
 from meter import events
 from meter import timeutil as tu
 
-NONE = const(0)
+_NONE = const(0)
 STEP = const(1)
 OUT_OF_SYNC = const(2)
 FAILED = const(3)
@@ -31,26 +32,23 @@ FAILED = const(3)
 _STEP_ABOVE_MS = const(20000)  # |offset| above this: step
 _OUT_OF_SYNC_MS = const(120000)  # |offset| at or above this: out of sync, no step
 _MARGIN_S = const(60)  # never sync within this of an interval boundary
-MAX_DELAY_MS = const(4000)  # longer round trips are rejected (error up to 2 s)
-TIMEOUT_S = const(30)  # no reply within this: failed attempt
-RETRIES = const(3)  # failed attempts retried per day
-RETRY_GAP_S = const(120)  # a retry is at least this long after the failure
+_MAX_DELAY_MS = const(4000)  # longer round trips are rejected (error up to 2 s)
+_TIMEOUT_S = const(30)  # no reply within this: failed attempt
+_RETRIES = const(3)  # failed attempts retried per day
+_RETRY_GAP_S = const(120)  # a retry is at least this long after the failure
 _DAY = const(86400)
 
 # Failure reasons (sync_failed event data).
 FAIL_TIMEOUT = const(1)
-FAIL_DELAY = const(2)
-FAIL_BAD_REPLY = const(3)
+_FAIL_DELAY = const(2)
+_FAIL_BAD_REPLY = const(3)
 
 
-class ClockError(ValueError):
-    """Bad argument to the clock policy."""
-
-
-def _allowed_before(x, base, interval_s):
-    # Allowed instants t in [base, x): (t - base) % interval_s in [MARGIN, interval_s - MARGIN].
+def _allowed_before(x, day_start, interval_s):
+    # Allowed instants t in [day_start, x): (t - day_start) % interval_s in
+    # [MARGIN, interval_s - MARGIN].
     per = interval_s - 2 * _MARGIN_S + 1
-    q, r = divmod(x - base, interval_s)
+    q, r = divmod(x - day_start, interval_s)
     r -= _MARGIN_S
     if r < 0:
         r = 0
@@ -59,7 +57,7 @@ def _allowed_before(x, base, interval_s):
     return q * per + r
 
 
-def next_sync_instant(day_start, interval_s, rand_u32, after=None):
+def next_sync_instant(day_start, interval_s, rand, after=None):
     """A random instant of the day starting at day_start, >= 60 s from any boundary.
 
     day_start: UTC instant of local midnight (a boundary). after: if given,
@@ -76,7 +74,7 @@ def next_sync_instant(day_start, interval_s, rand_u32, after=None):
     n = _allowed_before(hi, day_start, interval_s) - a
     if n <= 0:
         return None
-    k = a + rand_u32 % n
+    k = a + rand % n
     per = interval_s - 2 * _MARGIN_S + 1
     q, r = divmod(k, per)
     return day_start + q * interval_s + _MARGIN_S + r
@@ -89,26 +87,29 @@ def offset_and_delay(t1_ms, t2_ms, t3_ms, t4_ms):
     its error is at most delay / 2 (+1 ms rounding). delay = (t4 - t1) - (t3 - t2).
     """
     if t4_ms < t1_ms or t3_ms < t2_ms:
-        raise ClockError(
+        raise ValueError(
             "timestamps out of order: t1=%r t2=%r t3=%r t4=%r" % (t1_ms, t2_ms, t3_ms, t4_ms)
         )
     return ((t2_ms - t1_ms) + (t3_ms - t4_ms)) // 2, (t4_ms - t1_ms) - (t3_ms - t2_ms)
 
 
 def decide(offset_ms):
-    """NONE, STEP or OUT_OF_SYNC for an estimated offset (M07, M08)."""
+    """_NONE (0: nothing to do), STEP or OUT_OF_SYNC for an estimated offset (M07, M08)."""
     a = -offset_ms if offset_ms < 0 else offset_ms
     if a <= _STEP_ABOVE_MS:
-        return NONE
+        return _NONE
     if a < _OUT_OF_SYNC_MS:
         return STEP
     return OUT_OF_SYNC
 
 
-def event_for(decision, offset_ms, old_time_s, reason=0):
-    """(code, data) of the event the app logs for a verdict, or None (M08, M09)."""
+def event_for(decision, offset_ms, now, reason=0):
+    """(code, data) of the event the app logs for a verdict, or None (M08, M09).
+
+    now: the meter time of the verdict, before any step (clock_adjusted data).
+    """
     if decision == STEP:
-        return (events.CLOCK_ADJUSTED, old_time_s)
+        return (events.CLOCK_ADJUSTED, now)
     if decision == OUT_OF_SYNC:
         a = -offset_ms if offset_ms < 0 else offset_ms
         return (events.CLOCK_OUT_OF_SYNC, (a + 500) // 1000)
@@ -124,45 +125,42 @@ class SyncState:
     on a reply: response(...); if timed_out(now): failed(now, r, FAIL_TIMEOUT).
     """
 
-    def __init__(self, interval_s, utc_offset_s=0, retries=RETRIES, max_delay_ms=MAX_DELAY_MS):
+    def __init__(self, interval_s, utc_offset_s=0):
         tu.check_interval(interval_s)
         tu.check_utc_offset(utc_offset_s)
         self.interval_s = interval_s
         self.utc_offset_s = utc_offset_s
-        self.retries = retries
-        self.max_delay_ms = max_delay_ms
         self.next_at = None  # next attempt instant
         self.day = None  # day_start of the day next_at belongs to
         self.failures = 0  # failed attempts on that day
         self.t1_ms = None  # request in flight
         self.sent_at = 0
         self.out_of_sync = False  # set by OUT_OF_SYNC, cleared by time_set()
-        self.last_ok = None  # meter time of the last successful validation
         self.last_reason = 0  # reason of the last failed attempt (sync_failed data)
 
-    def _plan_day(self, day, rand_u32, after):
-        t = next_sync_instant(day, self.interval_s, rand_u32, after)
+    def _plan_day(self, day, rand, after):
+        t = next_sync_instant(day, self.interval_s, rand, after)
         if t is None:
             # nothing left today: tomorrow, still honouring `after` (a retry's
             # gap spans midnight when the failure came just before it)
             day += _DAY
-            t = next_sync_instant(day, self.interval_s, rand_u32, after)
+            t = next_sync_instant(day, self.interval_s, rand, after)
         if day != self.day:
             self.failures = 0
         self.day = day
         self.next_at = t
         return t
 
-    def plan(self, now, rand_u32):
+    def plan(self, now, rand):
         """Plan today's validation (or tomorrow's if none is left today)."""
-        return self._plan_day(tu.day_start(now, self.utc_offset_s), rand_u32, now)
+        return self._plan_day(tu.day_start(now, self.utc_offset_s), rand, now)
 
-    def set_interval(self, interval_s, now, rand_u32):
+    def set_interval(self, interval_s, now, rand):
         """The interval length changed: re-plan so the instant avoids the new boundaries."""
         tu.check_interval(interval_s)
         self.interval_s = interval_s
         if self.t1_ms is None:
-            return self.plan(now, rand_u32)
+            return self.plan(now, rand)
         return self.next_at
 
     def due(self, now):
@@ -174,13 +172,13 @@ class SyncState:
         self.sent_at = now
 
     def timed_out(self, now):
-        return self.t1_ms is not None and now - self.sent_at >= TIMEOUT_S
+        return self.t1_ms is not None and now - self.sent_at >= _TIMEOUT_S
 
-    def failed(self, now, rand_u32, reason=FAIL_TIMEOUT):
+    def failed(self, now, rand, reason=FAIL_TIMEOUT):
         """A failed attempt (the app logs sync_failed, M09). Returns the next attempt instant.
 
-        Retries at a random allowed instant >= RETRY_GAP_S later the same day,
-        at most `retries` times a day; after that, tomorrow's instant.
+        Retries at a random allowed instant >= 120 s later the same day, at
+        most 3 times a day; after that, tomorrow's instant.
         """
         self.t1_ms = None
         self.last_reason = reason
@@ -189,42 +187,37 @@ class SyncState:
         if day != self.day:
             self.day = day
             self.failures = 1
-        if self.failures <= self.retries:
-            return self._plan_day(day, rand_u32, now + RETRY_GAP_S - 1)
-        return self._plan_day(day + _DAY, rand_u32, None)
+        if self.failures <= _RETRIES:
+            return self._plan_day(day, rand, now + _RETRY_GAP_S - 1)
+        return self._plan_day(day + _DAY, rand, None)
 
-    def response(self, t1_ms, t2_ms, t3_ms, t4_ms, now, rand_u32):
+    def response(self, t1_ms, t2_ms, t3_ms, t4_ms, now, rand):
         """A time_sync_response arrived; t4_ms = meter clock on receipt.
 
         Returns (decision, offset_ms, delay_ms), or None for a reply that does
         not match the request in flight (ignored). A too-long round trip or an
         impossible reply is FAILED (re-planned as by failed(); the reason is
         in last_reason).
-        On NONE/STEP/OUT_OF_SYNC the next attempt is tomorrow's. The app steps
-        the clock by offset_ms on STEP, then calls the recorder's clock_step.
+        On _NONE (0), STEP or OUT_OF_SYNC the next attempt is tomorrow's. The app
+        steps the clock by offset_ms on STEP, then calls the recorder's clock_step.
         """
         if self.t1_ms is None or t1_ms != self.t1_ms:
             return None
         try:
             offset, delay = offset_and_delay(t1_ms, t2_ms, t3_ms, t4_ms)
-        except ClockError:
-            self.failed(now, rand_u32, FAIL_BAD_REPLY)
+        except ValueError:
+            self.failed(now, rand, _FAIL_BAD_REPLY)
             return (FAILED, 0, 0)
-        if delay > self.max_delay_ms or now - self.sent_at >= TIMEOUT_S:
-            self.failed(now, rand_u32, FAIL_DELAY if delay > self.max_delay_ms else FAIL_TIMEOUT)
+        if delay > _MAX_DELAY_MS or now - self.sent_at >= _TIMEOUT_S:
+            self.failed(now, rand, _FAIL_DELAY if delay > _MAX_DELAY_MS else FAIL_TIMEOUT)
             return (FAILED, offset, delay)
         self.t1_ms = None
         d = decide(offset)
-        if d == OUT_OF_SYNC:
-            self.out_of_sync = True
-        else:
-            self.out_of_sync = False
-            self.last_ok = now
+        self.out_of_sync = d == OUT_OF_SYNC
         day = tu.day_start(now, self.utc_offset_s)
-        self._plan_day(day + _DAY, rand_u32, None)
+        self._plan_day(day + _DAY, rand, None)
         return (d, offset, delay)
 
     def time_set(self, now):
-        """An authenticated time_set was applied: the clock is good again."""
+        """An authenticated time_set was applied at `now`: the clock is good again."""
         self.out_of_sync = False
-        self.last_ok = now

@@ -7,7 +7,7 @@
 # block holds nothing live by the time it is reused. A cut during the copy is
 # finished at the next mount. The live set is capped at half a block so the
 # copy always fits in a fresh block.
-from meter.ring import MAX_RECORD, NSLOT, Ring, StoreError, size_class
+from meter.ring import HDR_SLOTS, NSLOT, Ring, StoreError, size_class
 
 try:
     from micropython import const
@@ -18,7 +18,7 @@ except ImportError:
 
 
 _KIND_VALUE = const(0)
-_KIND_DELETE = const(1)
+_KIND_DELETE = const(1)  # no longer written; one on flash still deletes its key
 _MAX_VALUE = const(251)  # bytes per value: 3 header + 251 + 2 check = 256
 _MAX_KEY = const(255)
 
@@ -28,10 +28,10 @@ class ConfigLog:
         self.ring = Ring(bdev, first, count, tag, buf)
         self.ring.opened = self._relocate
         self.index = {}  # key -> [block, slot, nslot]; nslot 0 = deleted
-        self.limit = self.ring.usable // 2  # live slots allowed
+        self.limit = (self.ring.spb - HDR_SLOTS) // 2  # live slots allowed: half a block
         self.live = 0
         self.stuck = False
-        self._tmp = bytearray(MAX_RECORD)
+        self._tmp = bytearray(len(self.ring.buf))  # a record, for copies and reads
 
     def mount(self):
         r = self.ring
@@ -65,7 +65,7 @@ class ConfigLog:
             if not n:
                 continue
             ln = tmp[2]
-            if r.wpos + NSLOT[size_class(ln + 5)] > r.spb:
+            if r.pos + NSLOT[size_class(ln + 5)] > r.spb:
                 self.stuck = True  # only after repeated cuts during one copy
                 return
             blk, slot = r.append(_KIND_VALUE, 3 + ln, tmp)  # r.buf may hold a pending put
@@ -81,9 +81,6 @@ class ConfigLog:
             return default
         return bytes(tmp[3 : 3 + tmp[2]])
 
-    def keys(self):
-        return sorted(k for k in self.index if self.index[k][2])
-
     def put(self, key, value):
         if not isinstance(key, int) or key < 0 or key > _MAX_KEY:
             raise StoreError("config key must be an int 0..255")
@@ -95,7 +92,8 @@ class ConfigLog:
         live = self.live - (old[2] if old else 0) + n
         if live > self.limit:
             raise StoreError("config full: %d slots live, limit %d" % (live, self.limit))
-        self._check_stuck()
+        if self.stuck:
+            raise StoreError("config log: relocation pending and no room; erase config to recover")
         r = self.ring
         r.buf[1] = key
         r.buf[2] = ln
@@ -103,18 +101,3 @@ class ConfigLog:
         blk, slot = r.append(_KIND_VALUE, 3 + ln)
         self.index[key] = [blk, slot, n]
         self.live = live
-
-    def delete(self, key):
-        old = self.index.get(key)
-        if old is None or old[2] == 0:
-            return
-        self._check_stuck()
-        r = self.ring
-        r.buf[1] = key
-        blk, slot = r.append(_KIND_DELETE, 2)
-        self.index[key] = [blk, slot, 0]
-        self.live -= old[2]
-
-    def _check_stuck(self):
-        if self.stuck:
-            raise StoreError("config log: relocation pending and no room; erase config to recover")

@@ -9,6 +9,7 @@
 # also go to a bounded RAM queue and are pushed until an event_ack names a
 # frame seq that carried them. If the RAM queue is full, later events are
 # re-read from the sink once it drains: nothing is forgotten.
+# Bad codes, data or masks raise a plain ValueError.
 
 try:
     from micropython import const
@@ -18,6 +19,7 @@ except ImportError:
         return x
 
 
+# SPEC event codes; the ones no other module names are private (no global).
 POWER_DOWN = const(1)
 POWER_UP = const(2)
 CLOCK_ADJUSTED = const(3)  # data = old time
@@ -26,16 +28,16 @@ SYNC_FAILED = const(5)
 SCHEDULE_CHANGED = const(6)  # data = slot
 READ_FAILED = const(7)
 CONFIG_CHANGED = const(8)  # data = key
-DOWNLOAD_GRANTED = const(9)  # data = operator
-DOWNLOAD_DENIED = const(10)
+_DOWNLOAD_GRANTED = const(9)  # data = operator
+_DOWNLOAD_DENIED = const(10)
 TAMPER = const(11)
 SELF_TEST = const(12)  # data = result
 AUTH_FAILED = const(13)
 READ_UNANSWERABLE = const(14)
 INTERVAL_CHANGED = const(15)  # data = new interval_s
-MESSAGE_SENT = const(16)  # data = message type
+_MESSAGE_SENT = const(16)  # data = message type
 
-MAX_CODE = const(16)
+_MAX_CODE = const(16)
 
 # Push mask: bit (1 << code). Bit 0 and bits above 16 are reserved.
 MASK_ALL = const(0x1FFFE)
@@ -49,45 +51,36 @@ DEFAULT_PUSH_MASK = const(0x2836)  # power_down/up, out_of_sync, sync_failed, ta
 _USAGE_TYPES = const((0x08, 0x12))  # read_response, download_data
 
 _RETRY_BASE_S = const(30)
-RETRY_CAP_S = const(3600)
+_RETRY_CAP_S = const(3600)
 _QUEUE_CAP = const(32)
 _BATCH_MAX = const(16)
 _SEQS_KEPT = const(4)  # frame seqs remembered per batch (late acks still count)
 _U32 = const(0xFFFFFFFF)
 
 
-class EventError(ValueError):
-    """Bad event code, data or push mask."""
+def check_push_mask(push_mask):
+    if not isinstance(push_mask, int) or push_mask & ~MASK_ALL:
+        raise ValueError("push mask: only bits 1..16 may be set, got %r" % (push_mask,))
+    return push_mask
 
 
-def check_code(code):
-    if not isinstance(code, int) or not 1 <= code <= MAX_CODE:
-        raise EventError("event code must be 1..%d, got %r" % (MAX_CODE, code))
-    return code
-
-
-def check_push_mask(mask):
-    if not isinstance(mask, int) or mask & ~MASK_ALL:
-        raise EventError("push mask: only bits 1..16 may be set, got %r" % (mask,))
-    return mask
-
-
-def retry_delay(attempt, rand_u32):
+def retry_delay(attempt, rand):
     """Seconds to wait before re-push number `attempt` (1 = after the first send).
 
     Exponential from 30 s, capped at 3600 s, with "equal jitter": uniformly in
-    [d/2, d] so a fleet that lost its link together does not retry together.
+    [d/2, d] (rand: a random u32) so a fleet that lost its link together does
+    not retry together.
     """
     if attempt < 1:
         attempt = 1
     d = _RETRY_BASE_S
-    while attempt > 1 and d < RETRY_CAP_S:
+    while attempt > 1 and d < _RETRY_CAP_S:
         d *= 2
         attempt -= 1
-    if d > RETRY_CAP_S:
-        d = RETRY_CAP_S
+    if d > _RETRY_CAP_S:
+        d = _RETRY_CAP_S
     half = d // 2
-    return d - half + rand_u32 % (half + 1)
+    return d - half + rand % (half + 1)
 
 
 class StoreSink:
@@ -110,14 +103,13 @@ class StoreSink:
 class EventLog:
     """Event logging and pushing over a persistence sink."""
 
-    def __init__(self, sink, push_mask=DEFAULT_PUSH_MASK, queue_cap=_QUEUE_CAP):
+    def __init__(self, sink, push_mask=DEFAULT_PUSH_MASK):
         self.sink = sink
         self.push_mask = check_push_mask(push_mask)
-        self.queue_cap = queue_cap
         self._queue = []  # (seq, code, time, data) waiting for an ack, oldest first
         self._reload_from = 0  # > 0: events from this seq on overflowed the queue
-        self._batch = 0  # number of queue entries in flight
-        self._seqs = []  # frame seqs that carried the batch in flight
+        self.inflight = 0  # number of queued events in the batch in flight
+        self.sent = []  # seqs of the frames that carried the batch in flight
         self.attempt = 0  # transmissions of the batch in flight
         self.next_try = 0  # earliest re-push instant
         self.acked_upto = 0  # seq of the newest event removed by an ack (persist it)
@@ -126,29 +118,33 @@ class EventLog:
         m = (self.push_mask | _ALWAYS_PUSH) & ~_NEVER_PUSH
         return bool(m & (1 << code))
 
-    def set_push_mask(self, mask):
+    def set_push_mask(self, push_mask):
         """Set which codes are pushed at once (config key 3). Logged by the app."""
-        self.push_mask = check_push_mask(mask)
+        self.push_mask = check_push_mask(push_mask)
 
     def log(self, code, now, data=0):
         """Log an event at meter time `now`. Returns its seq."""
-        check_code(code)
+        if not isinstance(code, int) or not 1 <= code <= _MAX_CODE:
+            raise ValueError("event code must be 1..%d, got %r" % (_MAX_CODE, code))
         if not isinstance(data, int) or not 0 <= data <= _U32:
-            raise EventError("event data must be a u32, got %r" % (data,))
+            raise ValueError("event data must be a u32, got %r" % (data,))
         seq = self.sink.append_event(code, now, data)
         if self.pushes(code):
-            if self._reload_from or len(self._queue) >= self.queue_cap:
+            if self._reload_from or len(self._queue) >= _QUEUE_CAP:
                 if not self._reload_from:
                     self._reload_from = seq
             else:
                 self._queue.append((seq, code, now, data))
         return seq
 
-    def message_sent(self, msg_type, now):
-        """Log a non-usage message just sent (event 16). Returns seq, or None for usage data."""
-        if msg_type in _USAGE_TYPES:
+    def message_sent(self, mtype, now):
+        """Log a non-usage message of type code mtype just sent (event 16).
+
+        Returns its seq, or None for usage data.
+        """
+        if mtype in _USAGE_TYPES:
             return None
-        return self.log(MESSAGE_SENT, now, msg_type)
+        return self.log(_MESSAGE_SENT, now, mtype)
 
     def since(self, seq):
         """Every persisted event with seq >= `seq` (for reads and downloads)."""
@@ -170,52 +166,52 @@ class EventLog:
             return True
         return now >= self.next_try
 
-    def batch(self, max_count=_BATCH_MAX):
+    def batch(self):
         """The events for the next event frame: list of (code, time, data).
 
-        The first call picks up to max_count queued events; until they are
-        acked every call returns exactly the same events (a re-push), so an
-        ack for any frame that carried them removes exactly those.
+        The first call picks up to 16 queued events; until they are acked
+        every call returns exactly the same events (a re-push), so an ack for
+        any frame that carried them removes exactly those.
         """
-        if not self._batch:
-            self._batch = min(max_count, len(self._queue))
-            self._seqs = []
+        if not self.inflight:
+            self.inflight = min(_BATCH_MAX, len(self._queue))
+            self.sent = []
             self.attempt = 0
-        return [(e[1], e[2], e[3]) for e in self._queue[: self._batch]]
+        return [(e[1], e[2], e[3]) for e in self._queue[: self.inflight]]
 
-    def pushed(self, frame_seq, now, rand_u32):
-        """The batch went out in frame `frame_seq` at `now`. Returns the re-push instant."""
-        if not self._batch:
-            raise EventError("pushed() without a batch()")
+    def pushed(self, seq, now, rand):
+        """The batch went out in the frame numbered seq at `now`. Returns the re-push instant."""
+        if not self.inflight:
+            raise ValueError("pushed() without a batch()")
         self.attempt += 1
-        self._seqs.append(frame_seq)
-        if len(self._seqs) > _SEQS_KEPT:
-            self._seqs.pop(0)
-        self.next_try = now + retry_delay(self.attempt, rand_u32)
+        self.sent.append(seq)
+        if len(self.sent) > _SEQS_KEPT:
+            self.sent.pop(0)
+        self.next_try = now + retry_delay(self.attempt, rand)
         return self.next_try
 
-    def acked(self, frame_seq):
-        """event_ack for frame_seq. Returns how many events it removed (0: unknown seq)."""
-        if not self._batch or frame_seq not in self._seqs:
+    def acked(self, seq):
+        """event_ack for frame seq. Returns how many events it removed (0: unknown seq)."""
+        if not self.inflight or seq not in self.sent:
             return 0
-        n = self._batch
+        n = self.inflight
         self.acked_upto = self._queue[n - 1][0]
         del self._queue[:n]
-        self._batch = 0
-        self._seqs = []
+        self.inflight = 0
+        self.sent = []
         self.attempt = 0
         self.next_try = 0
         self._reload()
         return n
 
-    def resume(self, from_seq):
-        """After a reboot: queue again the pushed events with seq >= from_seq
+    def resume(self, seq):
+        """After a reboot: queue again the pushed events with seq >= `seq`
         (those after the newest acknowledged one) from the sink."""
-        if from_seq < 1:
-            from_seq = 1
-        if not self._reload_from or from_seq < self._reload_from:
-            self._reload_from = from_seq
-        if not self._batch:
+        if seq < 1:
+            seq = 1
+        if not self._reload_from or seq < self._reload_from:
+            self._reload_from = seq
+        if not self.inflight:
             self._queue = []
             self._reload()
 
@@ -228,7 +224,7 @@ class EventLog:
         for row in self.sink.events(start - 1):
             if row[0] < start or not self.pushes(row[1]):
                 continue
-            if len(self._queue) >= self.queue_cap:
+            if len(self._queue) >= _QUEUE_CAP:
                 self._reload_from = row[0]
                 return
             self._queue.append(row)

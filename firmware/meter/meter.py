@@ -33,8 +33,8 @@ _FW_VERSION = const("ami-fw 0.3.0")
 # while a frame goes in or out, a few times a day. They run from flash; their
 # function objects take heap only while in use: cold() imports one, the app
 # calls drop_cold() when the meter is idle (firmware README, "Heap").
-_COLD = const(("reads", "wire", "auth", "blocks", "crc", "hdlc", "errors"))
-_KIND_SCHEDULED = const(0)  # reads.KIND_*
+_COLD = const(("reads", "wire", "auth", "blocks", "ivblock", "crc", "hdlc", "errors"))
+_KIND_SCHEDULED = const(0)  # read_response kinds (SPEC)
 _KIND_ON_DEMAND = const(1)
 _KIND_PERIOD = const(2)
 _HEADER_LEN = const(15)  # wire.HEADER_LEN
@@ -176,7 +176,6 @@ class Meter:
         self._reg_attempt = 0
         self._reg_next = 0
         self.booted = False
-        self.first_boot = False
         self.frames_sent = 0
         self.probe = None  # probe(1) while a read part is built (the bench's heap peak)
 
@@ -211,7 +210,7 @@ class Meter:
         st = self.store
         st.mount()
         cfg = st.get_config(_K_CONFIG)
-        self.first_boot = cfg is None
+        first_boot = cfg is None
         if cfg is not None:
             iv, off_min, mask, mult, reg, pend = struct.unpack(_CONFIG_FMT, cfg)
             self.interval_s = tu.check_interval(iv)
@@ -241,7 +240,7 @@ class Meter:
             self.interval_s, len(self.ident.channels), off, list(st.registers())
         )
         last = st.last_interval()
-        if self.first_boot:
+        if first_boot:
             self._put_config()
             self._put_schedules()
             self._store_closed(self.rec.start(now), now)
@@ -323,8 +322,8 @@ class Meter:
         out.append(raw)
         return seq
 
-    def _nack(self, out, mtype_code, seq, reason, now):
-        body = {"nacked_type": mtype_code, "nacked_seq": seq, "reason": reason}
+    def _nack(self, out, code, seq, reason, now):
+        body = {"nacked_type": code, "nacked_seq": seq, "reason": reason}
         self._frame(out, "nack", body, now)
 
     # -- tick ------------------------------------------------------------------

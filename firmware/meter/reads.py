@@ -55,9 +55,6 @@ _SEC_MIDNIGHT = const(3)
 _SEC_INTERVALS = const(4)
 _SEC_EVENTS = const(5)
 
-KIND_SCHEDULED = const(0)
-KIND_ON_DEMAND = const(1)
-KIND_PERIOD = const(2)
 
 _IV = const(0)  # part tuple (_IV, span_start, span_end, midnight_until)
 _EV = const(1)  # part tuple (_EV, first_seq, last_seq)

@@ -59,46 +59,47 @@ class Closed:
     """Records closed by one call: an optional head record, then a run.
 
     Iterating yields (start, interval_s, flags, values) in start order; len()
-    gives how many remain. `new_interval` is the interval length that took
-    effect during this call (0 if none): the app logs event 15 for it.
+    gives how many remain. The run covers the starts in [start, end): length
+    interval_s before `switch`, new_interval from it on, each with `flags` and
+    `values`. `new_interval` is the interval length that took effect during
+    this call (0 if none): the app logs event 15 for it.
     """
 
-    def __init__(self, head=None, frm=0, to=0, flags=0, old=0, switch=0, new=0, zeros=()):
-        self._head = head
-        self._next = frm
-        self._to = to
-        self._flags = flags
-        self._old = old
-        self._switch = switch  # first start using length `new`
-        self._new = new
-        self._zeros = zeros
+    def __init__(self, head=None, start=0, end=0, flags=0, interval_s=0, switch=0, values=()):
+        self.head = head
+        self.start = start  # start of the next run record
+        self.end = end
+        self.flags = flags
+        self.interval_s = interval_s
+        self.switch = switch
+        self.values = values
         self.new_interval = 0
 
     def __iter__(self):
         return self
 
     def __next__(self):
-        h = self._head
+        h = self.head
         if h is not None:
-            self._head = None
+            self.head = None
             return h
-        s = self._next
-        if s >= self._to:
+        s = self.start
+        if s >= self.end:
             raise StopIteration
-        n = self._old if s < self._switch else self._new
-        self._next = s + n
-        return (s, n, self._flags, self._zeros)
+        n = self.interval_s if s < self.switch else self.new_interval
+        self.start = s + n
+        return (s, n, self.flags, self.values)
 
     def __len__(self):
-        n = 0 if self._head is None else 1
-        s, to = self._next, self._to
+        n = 0 if self.head is None else 1
+        s, to = self.start, self.end
         if s < to:
-            mid = self._switch if self._switch < to else to
+            mid = self.switch if self.switch < to else to
             if s < mid:
-                n += (mid - s) // self._old
+                n += (mid - s) // self.interval_s
                 s = mid
             if s < to:
-                n += (to - s) // self._new
+                n += (to - s) // self.new_interval
         return n
 
 
@@ -122,16 +123,14 @@ class Recorder:
             self.registers = [0] * channels
         else:
             self.registers = self._checked(registers, "registers", True)
-        self._acc = [0] * channels
-        self._zeros = tuple(self._acc)
+        self.acc = [0] * channels  # energy of the interval in progress
         self.start_s = None  # start of the interval in progress (None: not started)
         self.flags = 0  # flags of the interval in progress
-        self._seen = 0  # latest `now` handed in
-        self._pending = 0  # interval length waiting to take effect
-        self._switch_at = 0  # instant it takes effect (a common boundary)
-        self._mid_done = None  # last local midnight whose register was returned
-        self._mid_to = None  # latest local midnight crossed, awaiting midnight_due()
-        self._mid_regs = None  # registers when _mid_to was crossed
+        self.now = 0  # latest `now` handed in
+        # (new interval_s, UTC instant it takes effect: a common boundary) or None
+        self.pending_interval = None
+        self.last_midnight = None  # last local midnight whose register was returned
+        self._midnight = None  # (latest local midnight crossed, registers then), not returned
 
     # -- inputs --------------------------------------------------------------
 
@@ -153,7 +152,7 @@ class Recorder:
             c = counts[i]
             if not isinstance(c, int) or c < 0:
                 raise RecorderError("counts must be ints >= 0, got %r" % (c,))
-        acc = self._acc
+        acc = self.acc
         regs = self.registers
         for i in range(n):
             acc[i] += counts[i]
@@ -164,8 +163,8 @@ class Recorder:
         s = tu.floor_to(now, self.interval_s, self.utc_offset_s)
         self.start_s = s
         self.flags = flags | (PARTIAL if now != s else 0)
-        self._seen = now
-        self._mid_done = tu.day_start(s, self.utc_offset_s)
+        self.now = now
+        self.last_midnight = tu.day_start(s, self.utc_offset_s)
         return Closed()
 
     # -- time passing --------------------------------------------------------
@@ -180,26 +179,28 @@ class Recorder:
         """
         if self.start_s is None:
             return self.start(now)
-        if now < self._seen:
+        if now < self.now:
             self.flags |= CLOCK_ADJUSTED
         if now < self.start_s + self.interval_s:
-            self._seen = now
+            self.now = now
             return Closed()
-        return self._close(now, 0, 0, 0, True)
+        return self._close(now, 0, 0, True)
 
-    def _close(self, now, head_extra, run_flags, new_flags, late):
+    def _close(self, now, run_flags, new_flags, late):
         # Close the interval in progress at its end, emit the intervals wholly
-        # between its end and the interval holding `now`, open that interval.
+        # between its end and the interval holding `now` (run_flags), open that
+        # interval (new_flags). late: a tick, where the late-tick rule applies.
         off = self.utc_offset_s
         s = self.start_s
         old = self.interval_s
         end = s + old  # the switch is never inside the interval in progress
         new = old
-        if self._pending and now >= self._switch_at:
-            new = self._pending
+        pend = self.pending_interval
+        if pend and now >= pend[1]:
+            new = pend[0]
         new_start = tu.floor_to(now, new, off)
-        head_flags = self.flags | head_extra
-        acc = self._acc
+        head_flags = self.flags
+        acc = self.acc
         if late and new_start > end:
             for v in acc:
                 if v:
@@ -212,21 +213,20 @@ class Recorder:
         frm = end
         if new_start - frm > _MAX_GAP_S:
             frm = new_start - _MAX_GAP_S
-            if self._pending and frm < self._switch_at:
+            if pend and frm < pend[1]:
                 frm = tu.floor_to(frm, old, off)
-        switch = self._switch_at if self._pending else new_start
-        out = Closed(head, frm, new_start, run_flags, old, switch, new, self._zeros)
+        switch = pend[1] if pend else new_start
+        out = Closed(head, frm, new_start, run_flags, old, switch, (0,) * len(acc))
         if new != old:
             self.interval_s = new
-            self._pending = 0
+            self.pending_interval = None
             out.new_interval = new
         self.start_s = new_start
         self.flags = new_flags
-        self._seen = now
+        self.now = now
         mid = tu.day_start(new_start, off)
-        if self._mid_done is None or mid > self._mid_done:
-            self._mid_to = mid
-            self._mid_regs = tuple(self.registers)
+        if self.last_midnight is None or mid > self.last_midnight:
+            self._midnight = (mid, tuple(self.registers))
         return out
 
     def clock_step(self, old_now, new_now):
@@ -244,19 +244,15 @@ class Recorder:
         if new_now < end:
             if new_now != old_now:
                 self.flags |= CLOCK_ADJUSTED
-            self._seen = new_now
+            self.now = new_now
             return Closed()
         new_len = self.interval_s
-        if self._pending and new_now >= self._switch_at:
-            new_len = self._pending
+        pend = self.pending_interval
+        if pend and new_now >= pend[1]:
+            new_len = pend[0]
         entered = PARTIAL if not tu.is_boundary(new_now, new_len, self.utc_offset_s) else 0
-        return self._close(
-            new_now,
-            CLOCK_ADJUSTED | PARTIAL,
-            CLOCK_ADJUSTED | INVALID,
-            CLOCK_ADJUSTED | entered,
-            False,
-        )
+        self.flags |= CLOCK_ADJUSTED | PARTIAL  # the interval in progress, closed as the head
+        return self._close(new_now, CLOCK_ADJUSTED | INVALID, CLOCK_ADJUSTED | entered, False)
 
     def power_fail(self, now):
         """Power is failing at `now`: close what is due, flag the interval.
@@ -267,40 +263,38 @@ class Recorder:
         self.flags |= POWER_FAILED
         return out
 
-    def power_up(
-        self, now, last_closed_start, acc=None, flags=0, last_midnight=None, last_len=None
-    ):
+    def power_up(self, now, start, acc=None, flags=0, last_midnight=None, interval_s=None):
         """Resume after a reboot (call on a Recorder built with persisted registers).
 
-        last_closed_start: start of the newest stored record (None: no record
-        ever, then recording starts at `now` flagged POWER_FAILED). acc/flags:
-        the in-progress accumulators and flags persisted at power-down, if any.
-        last_midnight: newest stored midnight register day (default: every
-        midnight up to the end of the newest record counts as stored).
-        last_len: that record's interval_s, if an interval change took effect
-        at its end (default: the current interval_s).
+        start, interval_s: the newest stored record's start (None: no record
+        ever, then recording starts at `now` flagged POWER_FAILED) and length
+        (default: the current interval_s; it differs if an interval change took
+        effect at its end). acc/flags: the in-progress accumulators and flags
+        persisted at power-down, if any. last_midnight: newest stored midnight
+        register day (default: every midnight up to the end of the newest
+        record counts as stored).
         """
-        if last_closed_start is None:
+        if start is None:
             return self.start(now, POWER_FAILED)
         off = self.utc_offset_s
-        d = last_closed_start + (last_len or self.interval_s)  # in progress at power-down
+        d = start + (interval_s or self.interval_s)  # in progress at power-down
         if not tu.is_boundary(d, self.interval_s, off):
-            raise RecorderError("record %r..%r does not end on a boundary" % (last_closed_start, d))
+            raise RecorderError("record %r..%r does not end on a boundary" % (start, d))
         self.start_s = d
         self.flags = flags | POWER_FAILED | PARTIAL
         if acc is not None:
             for i, v in enumerate(self._checked(acc, "acc", False)):
-                self._acc[i] = v
-        self._mid_done = tu.day_start(d, off) if last_midnight is None else last_midnight
-        self._seen = now
+                self.acc[i] = v
+        self.last_midnight = tu.day_start(d, off) if last_midnight is None else last_midnight
+        self.now = now
         if now < d + self.interval_s:
             if now < d:  # clock behind the newest record: hold (never doubled)
                 self.flags |= CLOCK_ADJUSTED
             return Closed()
         up = 0 if tu.is_boundary(now, self.interval_s, off) else POWER_FAILED | PARTIAL
-        return self._close(now, 0, POWER_FAILED | INVALID, up, False)
+        return self._close(now, POWER_FAILED | INVALID, up, False)
 
-    def set_interval(self, new_s, now):
+    def set_interval(self, interval_s, now):
         """Program a new interval length (M01). Returns the UTC instant it takes effect.
 
         It takes effect at the first boundary of the current length that is
@@ -309,12 +303,12 @@ class Recorder:
         changes nothing (a pending change is then cancelled). The Closed batch
         in which it takes effect carries new_interval.
         """
-        tu.check_interval(new_s)
+        tu.check_interval(interval_s)
         if self.start_s is None:
-            self.interval_s = new_s
+            self.interval_s = interval_s
             return None
-        if new_s == self.interval_s:
-            self._pending = 0
+        if interval_s == self.interval_s:
+            self.pending_interval = None
             return None
         off = self.utc_offset_s
         old = self.interval_s
@@ -322,10 +316,9 @@ class Recorder:
         nb = tu.next_boundary(now, old, off)
         if nb > at:
             at = nb
-        common = tu.lcm(old, new_s)
+        common = tu.lcm(old, interval_s)
         at = tu.floor_to(at - 1, common, off) + common
-        self._pending = new_s
-        self._switch_at = at
+        self.pending_interval = (interval_s, at)
         return at
 
     # -- outputs -------------------------------------------------------------
@@ -339,33 +332,24 @@ class Recorder:
         inside a gap share the value: nothing was measured in between). At
         most 45 days of backlog are returned.
         """
-        to = self._mid_to
-        if to is None:
+        if self._midnight is None:
             return None
-        done = self._mid_done
+        to, regs = self._midnight
+        done = self.last_midnight
         nxt = to if done is None else done + _DAY
         if to - nxt > _MAX_GAP_S:
             nxt = to - _MAX_GAP_S
-        self._mid_done = nxt
-        regs = self._mid_regs
+        self.last_midnight = nxt
         if nxt >= to:
-            self._mid_to = None
-            self._mid_regs = None
+            self._midnight = None
         return (nxt, regs)
 
     def in_progress(self):
         """(start, interval_s, flags, values) of the interval in progress, or None."""
         if self.start_s is None:
             return None
-        return (self.start_s, self.interval_s, self.flags, tuple(self._acc))
+        return (self.start_s, self.interval_s, self.flags, tuple(self.acc))
 
     def totals(self):
         """Current registers as a tuple."""
         return tuple(self.registers)
-
-    @property
-    def pending_interval(self):
-        """(new_interval_s, effective_at) of a change not yet in effect, or None."""
-        if not self._pending:
-            return None
-        return (self._pending, self._switch_at)

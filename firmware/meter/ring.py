@@ -31,13 +31,21 @@ except ImportError:
 try:
     from binascii import crc32
 except ImportError:  # pragma: no cover - ports without binascii.crc32
-    crc32 = None
+
+    def crc32(data, crc=0):
+        crc ^= 0xFFFFFFFF
+        for b in data:
+            crc ^= b
+            for _ in range(8):
+                crc = (crc >> 1) ^ (0xEDB88320 & -(crc & 1))
+        return crc ^ 0xFFFFFFFF
+
 
 SLOT = const(16)
 HDR_SLOTS = const(3)
 _HDR_BYTES = const(48)
 _PAYLOAD_BYTES = const(36)
-MAX_RECORD = const(256)
+_MAX_RECORD = const(256)
 _MAGIC = const(0x4D41)  # bytes "AM": neither byte is 0x00 nor 0xFF
 _VERSION = const(1)
 NSLOT = (1, 2, 4, 16)  # slots per size class (2 low bits of a record's first byte)
@@ -50,36 +58,23 @@ _FF = const(b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff")
 _ZERO2 = const(b"\x00\x00")
 
 
-def _crc32_soft(data, crc=0):
-    crc ^= 0xFFFFFFFF
-    for b in data:
-        crc ^= b
-        for _ in range(8):
-            crc = (crc >> 1) ^ (0xEDB88320 & -(crc & 1))
-    return crc ^ 0xFFFFFFFF
-
-
-if crc32 is None:  # pragma: no cover
-    crc32 = _crc32_soft
-
-
-def check16(mv):
+def check16(data):
     """Check value of a record body: low 16 bits of CRC-32, never 0xFFFF."""
-    c = crc32(mv) & 0xFFFF
+    c = crc32(data) & 0xFFFF
     return 0xFFFE if c == 0xFFFF else c
 
 
-def check32(mv):
-    c = crc32(mv) & 0xFFFFFFFF
+def check32(data):
+    c = crc32(data) & 0xFFFFFFFF
     return 0xFFFFFFFE if c == 0xFFFFFFFF else c
 
 
-def size_class(nbytes):
-    """Smallest size class holding nbytes (record bytes including the check)."""
+def size_class(n):
+    """Smallest size class holding n bytes (record bytes including the check)."""
     for c in range(4):
-        if NSLOT[c] * SLOT >= nbytes:
+        if NSLOT[c] * SLOT >= n:
             return c
-    raise ValueError("record of %d bytes exceeds %d" % (nbytes, MAX_RECORD))
+    raise ValueError("record of %d bytes exceeds %d" % (n, _MAX_RECORD))
 
 
 class StoreError(ValueError):
@@ -109,29 +104,25 @@ class Ring:
         self.first = first
         self.count = count
         self.tag = tag
-        self.spb = bs // SLOT  # slots per block
-        self.usable = self.spb - HDR_SLOTS  # record slots per block
+        self.spb = bs // SLOT  # slots per block (the first HDR_SLOTS hold the header)
         self.order = []  # blocks in use (relative index), oldest first
         self.head = -1  # head block (relative), -1 = ring empty
-        self.head_seq = 0
-        self.wpos = 0  # next free slot in the head block
-        self.hdr = bytearray(_HDR_BYTES)
+        self.seq = 0  # sequence number of the head block
+        self.pos = 0  # next free slot in the head block
         # record being built by the owner (owners may share one: no nesting)
-        self.buf = buf if buf is not None else bytearray(MAX_RECORD)
+        self.buf = buf if buf is not None else bytearray(_MAX_RECORD)
         self.payload = None
         self.opened = None
 
     # --- headers --------------------------------------------------------------------
-    def read_header(self, blk, hdr=None):
-        """Sequence number of block `blk` if its header is valid, else -1.
-        The payload is left in hdr[8:44] (default: self.hdr)."""
-        if hdr is None:
-            hdr = self.hdr
-        self.bdev.readblocks(self.first + blk, hdr, 0)
-        magic, tag, ver, seq = struct.unpack_from("<HBBI", hdr, 0)
+    def read_header(self, block, buf):
+        """Sequence number of block `block` if its header is valid, else -1.
+        The header is left in buf[:48], its payload in buf[8:44]."""
+        self.bdev.readblocks(self.first + block, memoryview(buf)[:_HDR_BYTES], 0)
+        magic, tag, ver, seq = struct.unpack_from("<HBBI", buf, 0)
         if magic != _MAGIC or tag != self.tag or ver != _VERSION:
             return -1
-        if struct.unpack_from("<I", hdr, 44)[0] != check32(memoryview(hdr)[:44]):
+        if struct.unpack_from("<I", buf, 44)[0] != check32(memoryview(buf)[:44]):
             return -1
         return seq
 
@@ -139,21 +130,21 @@ class Ring:
         """Find the blocks in use and the head. Reads one header per block."""
         found = []
         for b in range(self.count):
-            seq = self.read_header(b)
+            seq = self.read_header(b, self.buf)  # no record is being built yet
             if seq >= 0:
                 found.append((seq, b))
         found.sort()
         self.order = [b for _, b in found]
         if found:
-            self.head_seq, self.head = found[-1]
+            self.seq, self.head = found[-1]
             end = [HDR_SLOTS]
             for _ in self.records(self.head, end):
                 pass
-            self.wpos = end[0]
+            self.pos = end[0]
         else:
             self.head = -1
-            self.head_seq = 0
-            self.wpos = 0
+            self.seq = 0
+            self.pos = 0
 
     def next_victim(self):
         """The block the next _open() will take: the first free block after the
@@ -172,10 +163,10 @@ class Ring:
             self.order.remove(v)
             bdev.writeblocks(self.first + v, _ZERO2, 0)  # invalidate before erasing
         bdev.ioctl(_IOCTL_ERASE, self.first + v)
-        hdr = self.hdr
-        seq = self.head_seq + 1
+        hdr = bytearray(_HDR_BYTES)  # not self.buf: it may hold a pending record
         for i in range(_HDR_BYTES):
             hdr[i] = 0xFF
+        seq = self.seq + 1
         struct.pack_into("<HBBI", hdr, 0, _MAGIC, self.tag, _VERSION, seq)
         mv = memoryview(hdr)
         if self.payload is not None:
@@ -184,61 +175,57 @@ class Ring:
         bdev.writeblocks(self.first + v, hdr, 0)
         self.order.append(v)
         self.head = v
-        self.head_seq = seq
-        self.wpos = HDR_SLOTS
+        self.seq = seq
+        self.pos = HDR_SLOTS
         if self.opened is not None:
             self.opened()
 
-    def room(self):
-        """Free record slots left in the head block (0 if the ring is empty)."""
-        return self.spb - self.wpos if self.head >= 0 else 0
-
     # --- records --------------------------------------------------------------------
-    def append(self, kind, nbytes, buf=None):
-        """Commit a record of kind `kind` whose body is buf[1:nbytes] (default
+    def append(self, kind, n, buf=None):
+        """Commit a record of kind `kind` whose body is buf[1:n] (default
         self.buf); fills byte 0, padding and check, writes it in one program
         operation. Returns (block, slot)."""
         if buf is None:
             buf = self.buf
-        c = size_class(nbytes + 2)
-        n = NSLOT[c]
-        if self.head < 0 or self.wpos + n > self.spb:
+        c = size_class(n + 2)
+        slots = NSLOT[c]
+        if self.head < 0 or self.pos + slots > self.spb:
             self._open()
-            if self.wpos + n > self.spb:
-                raise StoreError("no room for a %d-slot record after opening a block" % n)
-        end = n * SLOT
+            if self.pos + slots > self.spb:
+                raise StoreError("no room for a %d-slot record after opening a block" % slots)
+        end = slots * SLOT
         buf[0] = (kind << 2) | c
-        for i in range(nbytes, end - 2):
+        for i in range(n, end - 2):
             buf[i] = 0xFF
         mv = memoryview(buf)
         struct.pack_into("<H", buf, end - 2, check16(mv[: end - 2]))
-        slot = self.wpos
+        slot = self.pos
         self.bdev.writeblocks(self.first + self.head, mv[:end], slot * SLOT)
-        self.wpos = slot + n
+        self.pos = slot + slots
         return self.head, slot
 
-    def read(self, blk, slot, buf):
-        """Read the record at (blk, slot) into buf; returns its length or 0 if
+    def read(self, block, slot, buf):
+        """Read the record at (block, slot) into buf; returns its length or 0 if
         it is not a valid record."""
         mv = memoryview(buf)
-        self.bdev.readblocks(self.first + blk, mv[:SLOT], slot * SLOT)
+        self.bdev.readblocks(self.first + block, mv[:SLOT], slot * SLOT)
         if buf[0] == 0xFF:
             return 0
         n = NSLOT[buf[0] & 3] * SLOT
         if slot * SLOT + n > self.spb * SLOT:
             return 0
         if n > SLOT:
-            self.bdev.readblocks(self.first + blk, mv[SLOT:n], slot * SLOT + SLOT)
+            self.bdev.readblocks(self.first + block, mv[SLOT:n], slot * SLOT + SLOT)
         if struct.unpack_from("<H", buf, n - 2)[0] != check16(mv[: n - 2]):
             return 0
         return n
 
-    def records(self, blk, end=None):
+    def records(self, block, end=None):
         """Yield (slot, kind, record memoryview) for each valid record of block
-        `blk` in write order. The memoryview is only valid until the next
+        `block` in write order. The memoryview is only valid until the next
         step. If `end` (a 1-item list) is given, end[0] is set to the slot after
         the last non-empty item: where the next record may be written."""
-        win = bytearray(MAX_RECORD)
+        win = bytearray(_MAX_RECORD)
         mv = memoryview(win)
         spb = self.spb
         dev = self.bdev
@@ -250,7 +237,7 @@ class Ring:
             if pos < ws or pos >= ws + wn:
                 ws = pos
                 wn = min(16, spb - pos)
-                dev.readblocks(self.first + blk, mv[: wn * SLOT], pos * SLOT)
+                dev.readblocks(self.first + block, mv[: wn * SLOT], pos * SLOT)
             off = (pos - ws) * SLOT
             b0 = win[off]
             if b0 == 0xFF and win[off : off + SLOT] == _FF:  # bytearray == bytes: all ports
@@ -263,7 +250,7 @@ class Ring:
             if pos + n > ws + wn:
                 ws = pos
                 wn = min(16, spb - pos)
-                dev.readblocks(self.first + blk, mv[: wn * SLOT], pos * SLOT)
+                dev.readblocks(self.first + block, mv[: wn * SLOT], pos * SLOT)
                 off = 0
             L = n * SLOT
             rec = mv[off : off + L]

@@ -29,22 +29,18 @@ import struct
 from meter import timeutil as tu
 
 NSLOTS = const(4)
-WHAT_INTERVALS = const(1)
-WHAT_REGISTERS = const(2)
-WHAT_MIDNIGHT = const(4)
-WHAT_EVENTS = const(8)
-WHAT_ALL = const(15)
-SET = const(0)
-CANCEL = const(1)
+WHAT_ALL = const(15)  # every `what` bit: intervals 1, registers 2, midnight 4, events 8
+_SET = const(0)  # Slot actions on the wire
+_CANCEL = const(1)
 DEFAULT_READ_OFFSET_S = const(3600)  # 01:00 local standard time
-MAX_PERIOD_S = const(2678400)  # 31 days
+_MAX_PERIOD_S = const(2678400)  # 31 days
 _MAX_SPAN_S = const(3888000)  # a read never covers more than 45 days (what is held)
 _DAY = const(86400)
 _U32 = const(0xFFFFFFFF)
 
 # Read request modes (SPEC read_request.mode).
-MODE_PERIOD = const(0)
-MODE_SINCE_ACK = const(1)
+_MODE_PERIOD = const(0)
+_MODE_SINCE_ACK = const(1)
 MODE_ON_DEMAND = const(2)
 
 _MAGIC = const(b"S\x01")
@@ -52,15 +48,12 @@ _REC = const(
     ">BIIIIBIIIIB"
 )  # present, start, end, period, offset, what, next, sent, acked, first, failed
 _REC_LEN = const(35)
-BLOB_LEN = const(142)
+_BLOB_LEN = const(142)
 
 
 class ScheduleError(ValueError):
-    """A schedule or read request is invalid (nack bad_parameter)."""
-
-
-class PeriodTooShort(ScheduleError):
-    """period_s is shorter than the recording interval (H07)."""
+    """A schedule or read request is invalid (nack bad_parameter), e.g. a
+    period shorter than the recording interval (H07)."""
 
 
 class NotHeld(ScheduleError):
@@ -78,40 +71,26 @@ class Slot:
         self.offset_s = offset_s
         self.what = what
 
-    def as_tuple(self):
-        """(slot, action, start, end, period_s, offset_s, what) as on the wire."""
-        return (self.index, SET, self.start, self.end, self.period_s, self.offset_s, self.what)
-
-    def __eq__(self, other):
-        return isinstance(other, Slot) and self.as_tuple() == other.as_tuple()
-
-
-def default_slot(read_offset_s=DEFAULT_READ_OFFSET_S, what=WHAT_ALL):
-    return Slot(0, 0, 0, _DAY, read_offset_s, what)
-
-
-def _u32(name, v):
-    if not isinstance(v, int) or not 0 <= v <= _U32:
-        raise ScheduleError("%s must be a u32, got %r" % (name, v))
-
 
 def validate(slot, interval_s):
-    """Raise ScheduleError (PeriodTooShort) unless `slot` is valid for interval_s."""
+    """Raise ScheduleError unless `slot` is valid for interval_s."""
     if not isinstance(slot, Slot):
         raise ScheduleError("not a Slot: %r" % (slot,))
     if not isinstance(slot.index, int) or not 0 <= slot.index < NSLOTS:
         raise ScheduleError("slot index must be 0..3, got %r" % (slot.index,))
     for name in ("start", "end", "period_s", "offset_s"):
-        _u32(name, getattr(slot, name))
+        v = getattr(slot, name)
+        if not isinstance(v, int) or not 0 <= v <= _U32:
+            raise ScheduleError("%s must be a u32, got %r" % (name, v))
     if not isinstance(slot.what, int) or not 1 <= slot.what <= WHAT_ALL:
         raise ScheduleError("what must be 1..15, got %r" % (slot.what,))
     if slot.index == 0:
         if slot.period_s != _DAY or slot.end != 0:
             raise ScheduleError("slot 0 is daily and ongoing: period_s=86400, end=0")
     elif slot.period_s < interval_s:
-        raise PeriodTooShort("period_s %d < interval %d" % (slot.period_s, interval_s))
-    elif slot.period_s > MAX_PERIOD_S:
-        raise ScheduleError("period_s %d > %d" % (slot.period_s, MAX_PERIOD_S))
+        raise ScheduleError("period_s %d < interval %d" % (slot.period_s, interval_s))
+    elif slot.period_s > _MAX_PERIOD_S:
+        raise ScheduleError("period_s %d > %d" % (slot.period_s, _MAX_PERIOD_S))
     if slot.offset_s >= slot.period_s:
         raise ScheduleError("offset_s %d must be < period_s %d" % (slot.offset_s, slot.period_s))
     if slot.end and slot.end <= slot.start:
@@ -119,9 +98,9 @@ def validate(slot, interval_s):
     return slot
 
 
-def next_due(slot, after_s, utc_offset_s):
-    """First occurrence of `slot` strictly after after_s, or None (ended)."""
-    t = after_s + 1
+def next_due(slot, after, utc_offset_s):
+    """First occurrence of `slot` strictly after `after`, or None (ended)."""
+    t = after + 1
     if t < slot.start:
         t = slot.start
     r = (t + utc_offset_s - slot.offset_s) % slot.period_s
@@ -137,17 +116,17 @@ def request_period(mode, start, end, now, interval_s, utc_offset_s, held_from, a
 
     Bounds are interval boundaries; end never passes the last complete
     interval. held_from: start of the oldest interval held. acked_upto: end
-    of the newest acknowledged read (MODE_SINCE_ACK). MODE_ON_DEMAND with
+    of the newest acknowledged read (mode since_ack). MODE_ON_DEMAND with
     start == 0 answers the complete intervals since local midnight.
     """
     last = tu.floor_to(now, interval_s, utc_offset_s)
     if mode == MODE_ON_DEMAND and start == 0:
         start, end = tu.day_start(now, utc_offset_s), last
-    elif mode == MODE_SINCE_ACK:
+    elif mode == _MODE_SINCE_ACK:
         if not acked_upto:
             raise NotHeld("nothing acknowledged yet")
         start, end = acked_upto, last
-    elif mode == MODE_PERIOD or mode == MODE_ON_DEMAND:
+    elif mode == _MODE_PERIOD or mode == MODE_ON_DEMAND:
         if end <= start:
             raise ScheduleError("empty period %r..%r" % (start, end))
         start = tu.floor_to(start, interval_s, utc_offset_s)
@@ -180,11 +159,7 @@ class Schedules:
         self.acked_end = [0] * NSLOTS  # end of the last acknowledged read
         self.first = [0] * NSLOTS  # start of the first read (nothing acked yet)
         self.failed = [0] * NSLOTS  # a send failed since the last full ack
-        self.slots[0] = validate(default_slot(read_offset_s), interval_s)
-
-    def _reset(self, i):
-        self.next_at[i] = self.sent_end[i] = self.acked_end[i] = self.first[i] = 0
-        self.failed[i] = 0
+        self.slots[0] = validate(Slot(0, 0, 0, _DAY, read_offset_s), interval_s)
 
     def set(self, slot, now):
         """Set or update a slot (M11, M19). Returns its next occurrence (or None).
@@ -195,7 +170,7 @@ class Schedules:
         validate(slot, self.interval_s)
         i = slot.index
         if i != 0:
-            self._reset(i)
+            self.cancel(i, now)  # start afresh
         self.slots[i] = slot
         nxt = next_due(slot, now, self.utc_offset_s)
         self.next_at[i] = nxt or 0
@@ -206,15 +181,16 @@ class Schedules:
         if not isinstance(index, int) or not 1 <= index < NSLOTS:
             raise ScheduleError("only slots 1..3 can be cancelled, got %r" % (index,))
         self.slots[index] = None
-        self._reset(index)
+        self.next_at[index] = self.sent_end[index] = self.acked_end[index] = 0
+        self.first[index] = self.failed[index] = 0
 
     def apply(self, fields, now):
         """Apply one wire Slot dict {slot, action, start, end, period_s, offset_s, what}."""
-        action = fields.get("action", SET)
-        if action == CANCEL:
+        action = fields.get("action", _SET)
+        if action == _CANCEL:
             self.cancel(fields.get("slot"), now)
             return None
-        if action != SET:
+        if action != _SET:
             raise ScheduleError("action must be 0 (set) or 1 (cancel), got %r" % (action,))
         slot = Slot(
             fields.get("slot"),
@@ -226,10 +202,6 @@ class Schedules:
         )
         return self.set(slot, now)
 
-    def wire_slots(self):
-        """The slots held, as wire tuples (schedules section)."""
-        return [s.as_tuple() for s in self.slots if s is not None]
-
     def conflicts(self, interval_s):
         """Indices of slots that a change to interval_s would make invalid."""
         out = []
@@ -239,11 +211,11 @@ class Schedules:
         return out
 
     def set_interval(self, interval_s):
-        """Adopt a new interval length. Raises PeriodTooShort if a slot conflicts."""
+        """Adopt a new interval length. Raises ScheduleError if a slot conflicts."""
         tu.check_interval(interval_s)
         bad = self.conflicts(interval_s)
         if bad:
-            raise PeriodTooShort("slots %r have periods shorter than %d" % (bad, interval_s))
+            raise ScheduleError("slots %r have periods shorter than %d" % (bad, interval_s))
         self.interval_s = interval_s
 
     # -- reading -------------------------------------------------------------
@@ -321,8 +293,8 @@ class Schedules:
     # -- persistence ---------------------------------------------------------
 
     def to_bytes(self):
-        """Compact blob (BLOB_LEN bytes) of slots and bookkeeping, for the store."""
-        buf = bytearray(BLOB_LEN)
+        """Compact blob (142 bytes) of slots and bookkeeping, for the store."""
+        buf = bytearray(_BLOB_LEN)
         buf[0:2] = _MAGIC
         for i in range(NSLOTS):
             s = self.slots[i]
@@ -346,25 +318,25 @@ class Schedules:
             )
         return bytes(buf)
 
-    @classmethod
-    def from_bytes(cls, blob, interval_s, utc_offset_s=0):
+    @staticmethod
+    def from_bytes(blob, interval_s, utc_offset_s=0):
         """Rebuild from to_bytes(). Raises ScheduleError on a bad blob or slot."""
-        if len(blob) != BLOB_LEN or bytes(blob[0:2]) != _MAGIC:
+        if len(blob) != _BLOB_LEN or bytes(blob[0:2]) != _MAGIC:
             raise ScheduleError("bad schedules blob (%d bytes)" % len(blob))
-        self = cls(interval_s, utc_offset_s)
+        sch = Schedules(interval_s, utc_offset_s)
         for i in range(NSLOTS):
             r = struct.unpack_from(_REC, blob, 2 + i * _REC_LEN)
             if not r[0]:
                 if i == 0:
                     raise ScheduleError("schedules blob without slot 0")
-                self.slots[i] = None
+                sch.slots[i] = None
                 continue
             if r[0] != 1 or r[10] > 1:
                 raise ScheduleError("bad schedules blob record %d" % i)
-            self.slots[i] = validate(Slot(i, r[1], r[2], r[3], r[4], r[5]), interval_s)
-            self.next_at[i] = r[6]
-            self.sent_end[i] = r[7]
-            self.acked_end[i] = r[8]
-            self.first[i] = r[9]
-            self.failed[i] = r[10]
-        return self
+            sch.slots[i] = validate(Slot(i, r[1], r[2], r[3], r[4], r[5]), interval_s)
+            sch.next_at[i] = r[6]
+            sch.sent_end[i] = r[7]
+            sch.acked_end[i] = r[8]
+            sch.first[i] = r[9]
+            sch.failed[i] = r[10]
+        return sch

@@ -2,10 +2,10 @@
 # on any block device (esp32.Partition on the board, hal.norflash on the host).
 #
 #   s = Store(bdev).mount()
-#   s.append_interval(start_s, interval_s, flags, (wh_imp, wh_exp, varh_imp, varh_exp))
-#   for start_s, interval_s, flags, values in s.intervals(since_s, until_s): ...
+#   s.append_interval(start, interval_s, flags, (wh_imp, wh_exp, varh_imp, varh_exp))
+#   for start, interval_s, flags, values in s.intervals(start, end): ...
 #   s.registers()            cumulative registers, rebuilt at mount
-#   seq = s.append_event(code, time_s, data); s.events(since_seq)
+#   seq = s.append_event(code, time, data); s.events(since_seq)
 #   s.put_config(key, bytes); s.get_config(key)
 #
 # All values are integers (energy in the channel's unit, time in UTC seconds):
@@ -14,7 +14,7 @@
 import struct
 
 from meter.config_log import ConfigLog
-from meter.ring import HDR_SLOTS, MAX_RECORD, SLOT, Ring, StoreError
+from meter.ring import HDR_SLOTS, SLOT, Ring, StoreError
 
 try:
     from micropython import const
@@ -24,7 +24,7 @@ except ImportError:
         return x
 
 
-CHANNELS = const(4)
+_CHANNELS = const(4)
 _INTERVALS_45D_5MIN = const(12960)  # 45 days x 288
 _REGISTER_READS_45D = const(45)  # one midnight register read per day, 2 slots each
 _HEADROOM_SLOTS = const(256)  # torn slots after cuts, partial/wide records
@@ -33,12 +33,12 @@ _TAG_EVENTS = const(2)
 _TAG_CONFIG = const(3)
 _KIND_INTERVAL = const(0)  # 1 slot: nominal length, flags < 32, values < 65536
 _KIND_INTERVAL_WIDE = const(1)  # 2 slots: any length/flags, values < 2**32
-_KIND_REG_SET = const(2)  # 2 slots: registers set to absolute values
+_KIND_REG_SET = const(2)  # 2 slots: registers set to absolute values (no longer written)
 _KIND_REG_READ = const(3)  # 2 slots: a register read (midnight, M03)
 _KIND_EVENT = const(0)
-NOMINAL = (300, 600, 900, 1800, 3600)  # interval lengths of the compact record
+_NOMINAL = const((300, 600, 900, 1800, 3600))  # interval lengths of the compact record
 _REG_MOD = const(1 << 48)  # registers roll over at 2**48
-_U32 = 0xFFFFFFFF
+_U32 = const(0xFFFFFFFF)
 _MAX_EVENT_DATA = const(242)
 # flag bits (the recorder decides what it sets; the store only keeps 8 bits)
 _FLAG_POWER_FAIL = const(1)
@@ -54,14 +54,14 @@ def _int(x, lo, hi, what):
     return x
 
 
-def layout(block_size=4096, min_intervals=_INTERVALS_45D_5MIN):
+def layout(block_size=4096):
     """Blocks per ring for a block size: (interval, event, config).
 
     The interval ring keeps (blocks - 1) full blocks at all times (one block may
-    be being reused), which must hold min_intervals compact records + 45 register
-    reads + _HEADROOM_SLOTS (torn slots after cuts, partial/wide records)."""
+    be being reused), which must hold 45 days of 5-minute compact records + 45
+    register reads + _HEADROOM_SLOTS (torn slots after cuts, partial/wide records)."""
     usable = block_size // SLOT - HDR_SLOTS
-    need = min_intervals + 2 * _REGISTER_READS_45D + _HEADROOM_SLOTS
+    need = _INTERVALS_45D_5MIN + 2 * _REGISTER_READS_45D + _HEADROOM_SLOTS
     ib = (need + usable - 1) // usable + 1
     eb = max(3, (6 * 4096) // block_size)
     cb = max(3, (4 * 4096) // block_size)
@@ -77,32 +77,28 @@ class Store:
         ib = interval_blocks or ib
         eb = event_blocks or eb
         cb = config_blocks or cb
-        self.block_size = bs
         self.first = first
         self.blocks = (ib, eb, cb)
-        self.bdev = bdev
         # one record buffer for the three rings: a record is built and appended
         # before the next one starts (the config copy uses its own)
-        buf = bytearray(MAX_RECORD)
-        self._iv = Ring(bdev, first, ib, _TAG_INTERVALS, buf)
-        self._ev = Ring(bdev, first + ib, eb, _TAG_EVENTS, buf)
-        self._cf = ConfigLog(bdev, first + ib + eb, cb, _TAG_CONFIG, buf)
-        self._iv.payload = self._iv_payload
-        self._ev.payload = self._ev_payload
-        self._regs = [0] * CHANNELS
+        self._iv = Ring(bdev, first, ib, _TAG_INTERVALS)
+        self._ev = Ring(bdev, first + ib, eb, _TAG_EVENTS, self._iv.buf)
+        self._cf = ConfigLog(bdev, first + ib + eb, cb, _TAG_CONFIG, self._iv.buf)
+        # block header payloads, what mount() resumes from: highest interval
+        # start and registers; the next event sequence number
+        self._iv.payload = lambda buf: struct.pack_into("<I4Q", buf, 0, self._hw, *self._regs)
+        self._ev.payload = lambda buf: struct.pack_into("<I", buf, 0, self._next_seq)
+        self._regs = [0] * _CHANNELS
         self._hw = 0  # highest interval start seen (running max)
         self._last = None
         self._next_seq = 1
         self._mounted = False
 
     # --- capacity -------------------------------------------------------------------
-    def total_blocks(self):
-        return self.blocks[0] + self.blocks[1] + self.blocks[2]
-
     def capacity(self):
         """Guaranteed retention in slots: (interval slots, event slots, config slots).
         A compact interval uses 1 slot, a wide one or a register read 2."""
-        u = self._iv.usable
+        u = self._iv.spb - HDR_SLOTS
         ib, eb, cb = self.blocks
         return (ib - 1) * u, (eb - 1) * u, self._cf.limit
 
@@ -113,12 +109,12 @@ class Store:
         all config blocks): bounded time, O(blocks) memory."""
         iv = self._iv
         iv.mount()
-        self._regs = [0] * CHANNELS
+        self._regs = [0] * _CHANNELS
         self._hw = 0
         self._last = None
         if iv.head >= 0:
-            iv.read_header(iv.head)
-            vals = struct.unpack_from("<I4Q", iv.hdr, 8)
+            iv.read_header(iv.head, iv.buf)
+            vals = struct.unpack_from("<I4Q", iv.buf, 8)
             self._hw = vals[0]
             self._regs = list(vals[1:])
             for _, kind, rec in iv.records(iv.head):
@@ -134,8 +130,8 @@ class Store:
         ev.mount()
         self._next_seq = 1
         if ev.head >= 0:
-            ev.read_header(ev.head)
-            self._next_seq = struct.unpack_from("<I", ev.hdr, 8)[0]
+            ev.read_header(ev.head, ev.buf)
+            self._next_seq = struct.unpack_from("<I", ev.buf, 8)[0]
             for _, kind, rec in ev.records(ev.head):
                 if kind == _KIND_EVENT:
                     seq = struct.unpack_from("<I", rec, 1)[0]
@@ -154,33 +150,26 @@ class Store:
         if kind <= _KIND_INTERVAL_WIDE:
             t = _decode(kind, rec)
             v = t[3]
-            for i in range(CHANNELS):
+            for i in range(_CHANNELS):
                 regs[i] = (regs[i] + v[i]) % _REG_MOD
             if t[0] > self._hw:
                 self._hw = t[0]
             self._last = t
         elif kind == _KIND_REG_SET:
             r = _decode_regs(rec)
-            for i in range(CHANNELS):
+            for i in range(_CHANNELS):
                 regs[i] = r[1][i]
 
-    def _iv_payload(self, mv):
-        r = self._regs
-        struct.pack_into("<I4Q", mv, 0, self._hw, r[0], r[1], r[2], r[3])
-
-    def _ev_payload(self, mv):
-        struct.pack_into("<I", mv, 0, self._next_seq)
-
     # --- intervals ------------------------------------------------------------------
-    def append_interval(self, start_s, interval_s, flags, values):
+    def append_interval(self, start, interval_s, flags, values):
         """Commit one closed interval. Returns when it is on flash."""
         self._need_mount()
-        _int(start_s, 0, _U32, "start_s")
+        _int(start, 0, _U32, "start")
         _int(interval_s, 1, 0xFFFF, "interval_s")
         _int(flags, 0, 255, "flags")
-        if len(values) != CHANNELS:
-            raise StoreError("need %d channel values, got %d" % (CHANNELS, len(values)))
-        small = interval_s in NOMINAL and flags < 32
+        if len(values) != _CHANNELS:
+            raise StoreError("need %d channel values, got %d" % (_CHANNELS, len(values)))
+        small = interval_s in _NOMINAL and flags < 32
         for v in values:
             _int(v, 0, _U32, "channel value")
             if v > 0xFFFF:
@@ -188,108 +177,96 @@ class Store:
         buf = self._iv.buf
         v0, v1, v2, v3 = values
         if small:
-            code = (flags << 3) | NOMINAL.index(interval_s)
-            struct.pack_into("<IB4H", buf, 1, start_s, code, v0, v1, v2, v3)
+            code = (flags << 3) | _NOMINAL.index(interval_s)
+            struct.pack_into("<IB4H", buf, 1, start, code, v0, v1, v2, v3)
             self._iv.append(_KIND_INTERVAL, 14)
         else:
-            struct.pack_into("<IHB4I", buf, 1, start_s, interval_s, flags, v0, v1, v2, v3)
+            struct.pack_into("<IHB4I", buf, 1, start, interval_s, flags, v0, v1, v2, v3)
             self._iv.append(_KIND_INTERVAL_WIDE, 24)
         regs = self._regs
-        for i in range(CHANNELS):
+        for i in range(_CHANNELS):
             regs[i] = (regs[i] + values[i]) % _REG_MOD
-        if start_s > self._hw:
-            self._hw = start_s
-        self._last = (start_s, interval_s, flags, tuple(values))
+        if start > self._hw:
+            self._hw = start
+        self._last = (start, interval_s, flags, tuple(values))
 
-    def _append_regs(self, kind, time_s, values):
+    def append_register_read(self, time, values):
+        """Store a register read (e.g. the midnight read of M03)."""
         self._need_mount()
-        _int(time_s, 0, _U32, "time_s")
-        if len(values) != CHANNELS:
-            raise StoreError("need %d register values" % CHANNELS)
+        _int(time, 0, _U32, "time")
+        if len(values) != _CHANNELS:
+            raise StoreError("need %d register values" % _CHANNELS)
         for v in values:
-            _int(v, 0, _REG_MOD - 1, "register")
+            _int(v, 0, _REG_MOD - 1, "registers")
         buf = self._iv.buf
-        struct.pack_into("<I", buf, 1, time_s)
-        for i in range(CHANNELS):
+        struct.pack_into("<I", buf, 1, time)
+        for i in range(_CHANNELS):
             v = values[i]
             struct.pack_into("<IH", buf, 5 + 6 * i, v & _U32, v >> 32)
-        self._iv.append(kind, 29)
-
-    def set_registers(self, time_s, values):
-        """Set the cumulative registers (installation, meter exchange)."""
-        self._append_regs(_KIND_REG_SET, time_s, values)
-        for i in range(CHANNELS):
-            self._regs[i] = values[i]
-
-    def append_register_read(self, time_s, values):
-        """Store a register read (e.g. the midnight read of M03)."""
-        self._append_regs(_KIND_REG_READ, time_s, values)
+        self._iv.append(_KIND_REG_READ, 29)
 
     def registers(self):
-        """Cumulative registers: all committed intervals since the last set."""
+        """Cumulative registers: the sum of every committed interval."""
         return tuple(self._regs)
 
     def last_interval(self):
         return self._last
 
-    def _blocks_from(self, ring, skip):
-        """Blocks of `ring` oldest first, starting at the first block whose
-        successor's header does not allow skip(payload) to skip it."""
+    def _blocks_from(self, ring, since):
+        """Blocks of `ring` oldest first, from the first one that may hold an
+        entry >= `since`: a block is skipped while the first payload word of its
+        successor's header (written when that one was opened) is < `since`."""
         order = list(ring.order)
         hdr = bytearray(48)
         start = 0
         for i in range(len(order) - 1):
-            if ring.read_header(order[i + 1], hdr) < 0 or not skip(hdr):
+            if (
+                ring.read_header(order[i + 1], hdr) < 0
+                or struct.unpack_from("<I", hdr, 8)[0] >= since
+            ):
                 break
             start = i + 1
         return order[start:]
 
-    def intervals(self, since_s=0, until_s=_U32 + 1):
-        """Yield (start_s, interval_s, flags, values) with since_s <= start_s < until_s,
-        oldest first (in the order they were appended)."""
+    def intervals(self, start=0, end=_U32 + 1):
+        """Yield (start, interval_s, flags, values) of the intervals starting in
+        [start, end), oldest first (in the order they were appended)."""
         self._need_mount()
         iv = self._iv
-
-        def skip(hdr):
-            return struct.unpack_from("<I", hdr, 8)[0] < since_s
-
-        for blk in self._blocks_from(iv, skip):
+        # a block's intervals all start at or before the highest start its
+        # successor's header holds
+        for blk in self._blocks_from(iv, start):
             for _, kind, rec in iv.records(blk):
                 if kind <= _KIND_INTERVAL_WIDE:
                     t = struct.unpack_from("<I", rec, 1)[0]
-                    if since_s <= t < until_s:
+                    if start <= t < end:
                         yield _decode(kind, rec)
 
-    def register_reads(self, since_s=0, until_s=_U32 + 1):
-        """Yield (time_s, registers) of register reads with since_s <= time_s < until_s."""
+    def register_reads(self, start=0, end=_U32 + 1):
+        """Yield (time, registers) of the register reads with start <= time < end."""
         self._need_mount()
         iv = self._iv
         # a register read follows the interval ending on its time: skip only
-        # blocks whose intervals all start more than a day before since_s
-        lim = since_s - 86400
-
-        def skip(hdr):
-            return struct.unpack_from("<I", hdr, 8)[0] < lim
-
-        for blk in self._blocks_from(iv, skip):
+        # blocks whose intervals all start more than a day before `start`
+        for blk in self._blocks_from(iv, start - 86400):
             for _, kind, rec in iv.records(blk):
                 if kind == _KIND_REG_READ:
                     r = _decode_regs(rec)
-                    if since_s <= r[0] < until_s:
+                    if start <= r[0] < end:
                         yield r
 
     # --- events ---------------------------------------------------------------------
-    def append_event(self, code, time_s, data=b""):
+    def append_event(self, code, time, data=b""):
         """Log an event; returns its sequence number (1, 2, ...)."""
         self._need_mount()
-        _int(code, 0, 0xFFFF, "event code")
-        _int(time_s, 0, _U32, "time_s")
+        _int(code, 0, 0xFFFF, "code")
+        _int(time, 0, _U32, "time")
         n = len(data)
         if n > _MAX_EVENT_DATA:
             raise StoreError("event data of %d bytes exceeds %d" % (n, _MAX_EVENT_DATA))
         seq = self._next_seq
         buf = self._ev.buf
-        struct.pack_into("<IIHB", buf, 1, seq, time_s, code, n)
+        struct.pack_into("<IIHB", buf, 1, seq, time, code, n)
         buf[12 : 12 + n] = data
         self._ev.append(_KIND_EVENT, 12 + n)
         self._next_seq = seq + 1
@@ -299,14 +276,11 @@ class Store:
         return self._next_seq
 
     def events(self, since_seq=0):
-        """Yield (seq, time_s, code, data) for the retained events with seq >= since_seq."""
+        """Yield (seq, time, code, data) for the retained events with seq >= since_seq."""
         self._need_mount()
         ev = self._ev
-
-        def skip(hdr):
-            return struct.unpack_from("<I", hdr, 8)[0] <= since_seq
-
-        for blk in self._blocks_from(ev, skip):
+        # a block's events all come before the next seq its successor's header holds
+        for blk in self._blocks_from(ev, since_seq + 1):
             for _, kind, rec in ev.records(blk):
                 if kind == _KIND_EVENT:
                     seq, t, code, n = struct.unpack_from("<IIHB", rec, 1)
@@ -323,18 +297,11 @@ class Store:
         self._need_mount()
         return self._cf.get(key, default)
 
-    def delete_config(self, key):
-        self._need_mount()
-        self._cf.delete(key)
-
-    def config_keys(self):
-        return self._cf.keys()
-
 
 def _decode(kind, rec):
     if kind == _KIND_INTERVAL:
         t, code, v0, v1, v2, v3 = struct.unpack_from("<IB4H", rec, 1)
-        return t, NOMINAL[code & 7], code >> 3, (v0, v1, v2, v3)
+        return t, _NOMINAL[code & 7], code >> 3, (v0, v1, v2, v3)
     t, ilen, flags, v0, v1, v2, v3 = struct.unpack_from("<IHB4I", rec, 1)
     return t, ilen, flags, (v0, v1, v2, v3)
 
@@ -342,7 +309,7 @@ def _decode(kind, rec):
 def _decode_regs(rec):
     t = struct.unpack_from("<I", rec, 1)[0]
     out = []
-    for i in range(CHANNELS):
+    for i in range(_CHANNELS):
         lo, hi = struct.unpack_from("<IH", rec, 5 + 6 * i)
         out.append(lo | (hi << 32))
     return t, tuple(out)

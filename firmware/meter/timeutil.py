@@ -1,10 +1,11 @@
 # Time arithmetic for the meter: the one module that knows about epochs.
 #
 # Everything else in firmware/meter/ works in UTC seconds since 1970, as ints.
-# The ESP32 RTC counts from 2000; utc_from_2000() is the only conversion.
+# The ESP32 RTC counts from 2000; epoch_shift() is the only conversion.
 # "Local" always means local STANDARD time of a fixed UTC offset: no DST (M04).
 # Interval boundaries are aligned to local standard midnight, so every local
 # day holds exactly 86400 // interval_s intervals, whatever the offset.
+# Bad arguments raise a plain ValueError: no caller tells time errors apart.
 
 try:
     from micropython import const
@@ -15,53 +16,39 @@ except ImportError:
 
 
 _EPOCH_2000 = const(946684800)  # 2000-01-01T00:00:00Z in seconds since 1970
-DAY = const(86400)
+_DAY = const(86400)
 _MAX_UTC_OFFSET_S = const(50400)  # 14 h, the widest offset in use
 INTERVALS = (300, 600, 900, 1800, 3600)
 
 
-class TimeError(ValueError):
-    """A time argument is out of its allowed range."""
-
-
-def utc_from_2000(t2000):
-    """Seconds since 2000 (ESP32 RTC) -> UTC seconds since 1970."""
-    return t2000 + _EPOCH_2000
-
-
-def utc_to_2000(t):
-    """UTC seconds since 1970 -> seconds since 2000 (ESP32 RTC)."""
-    return t - _EPOCH_2000
-
-
-def epoch_shift(gmtime0_year):
+def epoch_shift(y):
     """Seconds to add to the port's time() to get 1970 seconds.
 
-    Pass the year of the running port's epoch (its gmtime of 0): 2000 on
-    the ESP32, 1970 on the unix port.
+    y: the year of the running port's epoch (its gmtime of 0): 2000 on the
+    ESP32, 1970 on the unix port.
     """
-    if gmtime0_year == 2000:
+    if y == 2000:
         return _EPOCH_2000
-    if gmtime0_year == 1970:
+    if y == 1970:
         return 0
-    raise TimeError("unknown epoch year %r" % (gmtime0_year,))
+    raise ValueError("unknown epoch year %r" % (y,))
 
 
 def check_interval(interval_s):
-    """Raise TimeError unless interval_s is a supported interval length (M01)."""
+    """Raise ValueError unless interval_s is a supported interval length (M01)."""
     if not isinstance(interval_s, int) or interval_s not in INTERVALS:
-        raise TimeError("interval_s must be one of %r, got %r" % (INTERVALS, interval_s))
+        raise ValueError("interval_s must be one of %r, got %r" % (INTERVALS, interval_s))
     return interval_s
 
 
 def check_utc_offset(utc_offset_s):
-    """Raise TimeError unless the offset is whole minutes within +-14 h."""
+    """Raise ValueError unless the offset is whole minutes within +-14 h."""
     if (
         not isinstance(utc_offset_s, int)
         or utc_offset_s % 60
         or not -_MAX_UTC_OFFSET_S <= utc_offset_s <= _MAX_UTC_OFFSET_S
     ):
-        raise TimeError(
+        raise ValueError(
             "utc_offset_s must be whole minutes within +-14 h, got %r" % (utc_offset_s,)
         )
     return utc_offset_s
@@ -83,26 +70,19 @@ def is_boundary(t, step, utc_offset_s=0):
 
 def day_start(t, utc_offset_s):
     """UTC instant of the local standard midnight starting the day holding t."""
-    return t - (t + utc_offset_s) % DAY
-
-
-def next_day_start(t, utc_offset_s):
-    """UTC instant of the first local standard midnight after t."""
-    return t - (t + utc_offset_s) % DAY + DAY
-
-
-def gcd(a, b):
-    while b:
-        a, b = b, a % b
-    return a
+    return t - (t + utc_offset_s) % _DAY
 
 
 def lcm(a, b):
-    return a // gcd(a, b) * b
+    g, r = a, b  # Euclid: g ends as gcd(a, b)
+    while r:
+        g, r = r, g % r
+    return a // g * b
 
 
-def days_from_civil(y, m, d):
-    """Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant)."""
+def utc(y, m, d, hh=0, mi=0, ss=0):
+    """UTC seconds since 1970 of a UTC calendar time (no time zone involved)."""
+    # days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant)
     if m <= 2:
         y -= 1
     era = y // 400
@@ -110,17 +90,13 @@ def days_from_civil(y, m, d):
     mp = m - 3 if m > 2 else m + 9
     doy = (153 * mp + 2) // 5 + d - 1
     doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
-    return era * 146097 + doe - 719468
-
-
-def utc(y, m, d, hh=0, mi=0, ss=0):
-    """UTC seconds since 1970 of a UTC calendar time (no time zone involved)."""
-    return days_from_civil(y, m, d) * DAY + hh * 3600 + mi * 60 + ss
+    days = era * 146097 + doe - 719468
+    return days * _DAY + hh * 3600 + mi * 60 + ss
 
 
 def civil(t):
     """(year, month, day, hour, minute, second) of UTC seconds t."""
-    z, s = divmod(t, DAY)
+    z, s = divmod(t, _DAY)
     z += 719468
     era = z // 146097
     doe = z - era * 146097

@@ -3,11 +3,10 @@
 from meter import store
 from meter.ring import HDR_SLOTS, NSLOT, SLOT, StoreError
 
-INTERVALS_45D_5MIN = 12960  # 45 days x 288
 
-
-def footprint(block_size=4096, min_intervals=INTERVALS_45D_5MIN):
-    ib, eb, cb = store.layout(block_size, min_intervals)
+def footprint(block_size=4096):
+    """Flash bytes of the store's three rings (store.layout: 45 days at 5 minutes)."""
+    ib, eb, cb = store.layout(block_size)
     return (ib + eb + cb) * block_size
 
 

@@ -152,6 +152,14 @@ def _struct(entry):
     return parts[0], (_STRUCT, fields)
 
 
+def _ivblock():
+    # whole interval blocks: only host-side frames carry them through here (the
+    # meter writes its own in reads.py), so the meter never loads the module
+    from meter import ivblock
+
+    return ivblock
+
+
 def type_code(name):
     """The type byte of a message name, or None."""
     return _find(_MSGS, name) or None if type(name) is str else None
@@ -252,7 +260,7 @@ class _Reader:
                 return str(bytes(raw), "utf-8")
             if t == _SECTIONS:
                 return [self.section() for _ in range(self.buf[self.take(1, what)])]
-            v = blocks.decode_block(self.buf[self.pos : self.end])  # _BLOCK fills its section
+            v = _ivblock().decode_block(self.buf[self.pos : self.end])  # _BLOCK fills its section
             self.pos = self.end
             return v
         k = t[0]
@@ -407,7 +415,7 @@ def _write(out, t, v, what):
             for s in v:
                 _section(out, s)
         else:  # _BLOCK
-            blocks.encode_block(v, out)
+            _ivblock().encode_block(v, out)
         return
     k = t[0]
     if k == _STRUCT:

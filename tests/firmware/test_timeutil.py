@@ -36,11 +36,9 @@ def test_m04_civil_and_utc_round_trip():
 def test_m04_epoch_2000_is_the_only_conversion():
     # (seconds since 2000 as the ESP32 RTC counts, UTC seconds since 1970)
     for t2000, t1970 in ((0, 946684800), (1, 946684801), (825638400, 1772323200)):
-        assert tu.utc_from_2000(t2000) == t1970
-        assert tu.utc_to_2000(t1970) == t2000
-    assert tu.epoch_shift(2000) == 946684800
+        assert t2000 + tu.epoch_shift(2000) == t1970
     assert tu.epoch_shift(1970) == 0
-    _raises(tu.TimeError, tu.epoch_shift, 1980)
+    _raises(ValueError, tu.epoch_shift, 1980)
 
 
 D = 1772323200  # 2026-03-01T00:00:00Z
@@ -61,7 +59,7 @@ DAY_STARTS = (
 def test_m03_day_start_is_local_standard_midnight():
     for t, off, want in DAY_STARTS:
         assert tu.day_start(t, off) == want, (t, off)
-        assert tu.next_day_start(t, off) == want + 86400
+        assert tu.day_start(t + 86400, off) == want + 86400
         assert tu.is_boundary(want, 86400, off)
 
 
@@ -102,17 +100,16 @@ def test_m01_every_interval_length_divides_the_day():
         assert tu.check_interval(s) == s
         assert 86400 % s == 0 and 3600 % s == 0
     for bad in (0, 60, 299, 301, 1200, 7200, -900, 900.0, "900", None):
-        _raises(tu.TimeError, tu.check_interval, bad)
-    assert issubclass(tu.TimeError, ValueError)
+        _raises(ValueError, tu.check_interval, bad)
 
 
 def test_m03_utc_offset_validation():
     for ok in (0, EST, IST, 14 * H, -12 * H, 5 * H + 2700):
         assert tu.check_utc_offset(ok) == ok
     for bad in (30, 14 * H + 60, -14 * H - 60, 3600.0, None):
-        _raises(tu.TimeError, tu.check_utc_offset, bad)
+        _raises(ValueError, tu.check_utc_offset, bad)
 
 
-def test_m01_lcm_gcd():
+def test_m01_lcm():
     for a, b, want in ((900, 3600, 3600), (600, 900, 1800), (300, 300, 300), (1800, 600, 1800)):
         assert tu.lcm(a, b) == want

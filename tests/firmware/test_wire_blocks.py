@@ -1,6 +1,6 @@
 # Interval-block pieces of the firmware codec: varint, zigzag, flag runs and
 # the FOR/DELTA channel bit streams (canonical choice, non-canonical decode).
-from meter import blocks
+from meter import blocks, ivblock
 from meter.errors import MalformedPayload, ProtocolError
 
 
@@ -37,7 +37,7 @@ def test_bitlen_matches_definition():
 def test_zigzag_maps_and_inverts():
     assert [blocks.zigzag(d) for d in (0, -1, 1, -2, 2)] == [0, 1, 2, 3, 4]
     for d in (0, 1, -1, 1000, -1000, (1 << 31) - 1, -((1 << 31) - 1)):
-        assert blocks.unzigzag(blocks.zigzag(d)) == d
+        assert ivblock.unzigzag(blocks.zigzag(d)) == d
     assert blocks.zigzag(-((1 << 31) - 1)) == (1 << 32) - 3
 
 
@@ -86,51 +86,51 @@ def test_varint_encode_rejects_out_of_range():
 
 
 def test_runs_encode_maximal():
-    assert blocks.encode_runs([0, 0, 0]) == [(3, 0)]
-    assert blocks.encode_runs([0, 1, 1, 0, 0x10]) == [(1, 0), (2, 1), (1, 0), (1, 0x10)]
-    assert blocks.encode_runs([]) == []
+    assert ivblock.encode_runs([0, 0, 0]) == [(3, 0)]
+    assert ivblock.encode_runs([0, 1, 1, 0, 0x10]) == [(1, 0), (2, 1), (1, 0), (1, 0x10)]
+    assert ivblock.encode_runs([]) == []
 
 
 def test_runs_decode_round_trip():
     flags = [0, 0, 1, 1, 1, 0x1F, 0, 0, 0, 2]
-    assert blocks.decode_runs(blocks.encode_runs(flags), len(flags)) == flags
+    assert ivblock.decode_runs(ivblock.encode_runs(flags), len(flags)) == flags
 
 
 def test_runs_reject_reserved_bits():
     for f in (0x20, 0x40, 0x80, 0xFF, -1, 256):
-        _raises(MalformedPayload, blocks.encode_runs, [0, f])
-    _raises(MalformedPayload, blocks.decode_runs, [(1, 0x20)], 1)
+        _raises(MalformedPayload, ivblock.encode_runs, [0, f])
+    _raises(MalformedPayload, ivblock.decode_runs, [(1, 0x20)], 1)
 
 
 def test_runs_reject_not_summing_to_count():
-    _raises(MalformedPayload, blocks.decode_runs, [(2, 0), (1, 1)], 4)
-    _raises(MalformedPayload, blocks.decode_runs, [(2, 0), (3, 1)], 4)
-    _raises(MalformedPayload, blocks.decode_runs, [], 1)
+    _raises(MalformedPayload, ivblock.decode_runs, [(2, 0), (1, 1)], 4)
+    _raises(MalformedPayload, ivblock.decode_runs, [(2, 0), (3, 1)], 4)
+    _raises(MalformedPayload, ivblock.decode_runs, [], 1)
 
 
 def test_runs_reject_zero_run_and_equal_neighbours():
-    _raises(MalformedPayload, blocks.decode_runs, [(0, 0), (2, 1)], 2)
-    _raises(MalformedPayload, blocks.decode_runs, [(1, 1), (1, 1)], 2)
+    _raises(MalformedPayload, ivblock.decode_runs, [(0, 0), (2, 1)], 2)
+    _raises(MalformedPayload, ivblock.decode_runs, [(1, 1), (1, 1)], 2)
 
 
 def test_channel_constant_group_is_for_with_zero_width():
     # FOR: header 00 (width 0), base varint 05, no value bytes; DELTA would
     # need width 4 for zigzag(5) = 10: 16 bytes
-    assert bytes(blocks.encode_channel([5] * 32)).hex() == "0005"
+    assert bytes(ivblock.encode_channel([5] * 32)).hex() == "0005"
     # the 33rd value is its own group: DELTA width 0 (0 bytes) beats FOR (1)
-    assert bytes(blocks.encode_channel([5] * 33)).hex() == "000580"
+    assert bytes(ivblock.encode_channel([5] * 33)).hex() == "000580"
 
 
 def test_channel_ramp_is_delta():
     # zigzag deltas 0, 2, 2, ... at width 2: 8 bytes beat 1 + 32 for FOR width 8
-    assert bytes(blocks.encode_channel(list(range(32)))).hex() == "822a" + "aa" * 7
+    assert bytes(ivblock.encode_channel(list(range(32)))).hex() == "822a" + "aa" * 7
 
 
 def test_channel_tie_goes_to_for():
     # n=5, base 0: FOR 1 + ceil(5*1/8) = 2 bytes, DELTA ceil(5*2/8) = 2 -> FOR
-    assert bytes(blocks.encode_channel([0, 1, 0, 1, 0])).hex() == "010050"
+    assert bytes(ivblock.encode_channel([0, 1, 0, 1, 0])).hex() == "010050"
     # n=4: DELTA 1 byte beats FOR 1 + 1
-    assert bytes(blocks.encode_channel([0, 1, 2, 3])).hex() == "822a"
+    assert bytes(ivblock.encode_channel([0, 1, 2, 3])).hex() == "822a"
 
 
 def test_channel_widths_round_up_to_powers_of_two():
@@ -149,83 +149,83 @@ def test_channel_widths_round_up_to_powers_of_two():
         ([5] * 32 + [5, 4, 4, 3], "00058150"),
     )
     for vals, h in cases:
-        assert bytes(blocks.encode_channel(vals)).hex() == h, vals
-        assert blocks.decode_channel(bytes.fromhex(h), len(vals)) == vals
+        assert bytes(ivblock.encode_channel(vals)).hex() == h, vals
+        assert ivblock.decode_channel(bytes.fromhex(h), len(vals)) == vals
 
 
 def test_channel_prev_carries_across_groups():
     vals = [1000] * 32 + [1001] * 32
     # FOR base 1000 (e807) width 0, then FOR base 1001: 2 bytes beat DELTA's 8
-    assert bytes(blocks.encode_channel(vals)).hex() == "00e80700e907"
-    assert blocks.decode_channel(bytes.fromhex("00e80700e907"), 64) == vals
+    assert bytes(ivblock.encode_channel(vals)).hex() == "00e80700e907"
+    assert ivblock.decode_channel(bytes.fromhex("00e80700e907"), 64) == vals
     # one value after the group: DELTA from prev=1000, zigzag(1) = 2 at width 2
     vals = [1000] * 32 + [1001]
-    assert bytes(blocks.encode_channel(vals)).hex() == "00e8078280"
-    assert blocks.decode_channel(bytes.fromhex("00e8078280"), 33) == vals
+    assert bytes(ivblock.encode_channel(vals)).hex() == "00e8078280"
+    assert ivblock.decode_channel(bytes.fromhex("00e8078280"), 33) == vals
 
 
 def test_channel_empty():
-    assert bytes(blocks.encode_channel([])) == b""
-    assert blocks.decode_channel(b"", 0) == []
+    assert bytes(ivblock.encode_channel([])) == b""
+    assert ivblock.decode_channel(b"", 0) == []
 
 
 def test_channel_decoder_accepts_non_canonical():
     # [5]*4 as DELTA width 4: zigzag(5)=10 then 0s
-    assert blocks.decode_channel(bytes.fromhex("83a000"), 4) == [5] * 4
+    assert ivblock.decode_channel(bytes.fromhex("83a000"), 4) == [5] * 4
     # FOR at width 8 with a base below the minimum
-    assert blocks.decode_channel(bytes.fromhex("040302020202"), 4) == [5] * 4
+    assert ivblock.decode_channel(bytes.fromhex("040302020202"), 4) == [5] * 4
     # width 32 for a zero
-    assert blocks.decode_channel(bytes.fromhex("8600000000"), 1) == [0]
+    assert ivblock.decode_channel(bytes.fromhex("8600000000"), 1) == [0]
 
 
 def test_channel_rejects_bad_width_code():
     for h in ("87", "07", "7f", "ff", "0700"):
-        _raises(MalformedPayload, blocks.decode_channel, bytes.fromhex(h + "00000000"), 1)
+        _raises(MalformedPayload, ivblock.decode_channel, bytes.fromhex(h + "00000000"), 1)
 
 
 def test_channel_rejects_bad_base_varint():
-    _raises(MalformedPayload, blocks.decode_channel, bytes.fromhex("008000"), 1)  # non-minimal
-    _raises(MalformedPayload, blocks.decode_channel, bytes.fromhex("00808080808001"), 1)  # > 5
-    _raises(MalformedPayload, blocks.decode_channel, bytes.fromhex("0080"), 1)  # truncated
+    _raises(MalformedPayload, ivblock.decode_channel, bytes.fromhex("008000"), 1)  # non-minimal
+    _raises(MalformedPayload, ivblock.decode_channel, bytes.fromhex("00808080808001"), 1)  # > 5
+    _raises(MalformedPayload, ivblock.decode_channel, bytes.fromhex("0080"), 1)  # truncated
 
 
 def test_channel_rejects_truncated_and_too_long():
-    enc = bytes(blocks.encode_channel(list(range(40))))
-    _raises(MalformedPayload, blocks.decode_channel, enc[:-1], 40)
-    _raises(MalformedPayload, blocks.decode_channel, enc + b"\x00", 40)
-    _raises(MalformedPayload, blocks.decode_channel, enc, 45)
-    _raises(MalformedPayload, blocks.decode_channel, enc, 39)
-    _raises(MalformedPayload, blocks.decode_channel, b"", 1)
+    enc = bytes(ivblock.encode_channel(list(range(40))))
+    _raises(MalformedPayload, ivblock.decode_channel, enc[:-1], 40)
+    _raises(MalformedPayload, ivblock.decode_channel, enc + b"\x00", 40)
+    _raises(MalformedPayload, ivblock.decode_channel, enc, 45)
+    _raises(MalformedPayload, ivblock.decode_channel, enc, 39)
+    _raises(MalformedPayload, ivblock.decode_channel, b"", 1)
 
 
 def test_channel_short_stream_fails_before_allocating():
     # 65535 values need at least 2048 group headers: fail without a 65535 list
-    _raises(MalformedPayload, blocks.decode_channel, b"\x80", 65535)
-    out = blocks.decode_channel(b"\x80" * 2048, 65535)
+    _raises(MalformedPayload, ivblock.decode_channel, b"\x80", 65535)
+    out = ivblock.decode_channel(b"\x80" * 2048, 65535)
     assert len(out) == 65535 and not any(out)  # (no second 0.5 MB list to compare)
 
 
 def test_channel_rejects_nonzero_padding():
-    assert blocks.decode_channel(bytes.fromhex("010050"), 5) == [0, 1, 0, 1, 0]
-    _raises(MalformedPayload, blocks.decode_channel, bytes.fromhex("010051"), 5)
-    assert blocks.decode_channel(bytes.fromhex("8228"), 3) == [0, 1, 2]
-    _raises(MalformedPayload, blocks.decode_channel, bytes.fromhex("822b"), 3)
+    assert ivblock.decode_channel(bytes.fromhex("010050"), 5) == [0, 1, 0, 1, 0]
+    _raises(MalformedPayload, ivblock.decode_channel, bytes.fromhex("010051"), 5)
+    assert ivblock.decode_channel(bytes.fromhex("8228"), 3) == [0, 1, 2]
+    _raises(MalformedPayload, ivblock.decode_channel, bytes.fromhex("822b"), 3)
 
 
 def test_channel_rejects_values_out_of_range():
     # DELTA below zero: zigzag 1 = -1 from prev 0
-    _raises(MalformedPayload, blocks.decode_channel, bytes.fromhex("8180"), 1)
+    _raises(MalformedPayload, ivblock.decode_channel, bytes.fromhex("8180"), 1)
     # FOR base 2^31-1 plus 1
-    _raises(MalformedPayload, blocks.decode_channel, bytes.fromhex("01ffffffff0780"), 1)
-    assert blocks.decode_channel(bytes.fromhex("01ffffffff0700"), 1) == [blocks.MAX_VALUE]
+    _raises(MalformedPayload, ivblock.decode_channel, bytes.fromhex("01ffffffff0780"), 1)
+    assert ivblock.decode_channel(bytes.fromhex("01ffffffff0700"), 1) == [blocks.MAX_VALUE]
     # a base of 2^31 alone is out of range too
-    _raises(MalformedPayload, blocks.decode_channel, bytes.fromhex("008080808008"), 1)
+    _raises(MalformedPayload, ivblock.decode_channel, bytes.fromhex("008080808008"), 1)
     # DELTA up to 2^31 - 1 (zigzag 2^32 - 2) and then one more
-    _raises(MalformedPayload, blocks.decode_channel, bytes.fromhex("86fffffffe00000002"), 2)
+    _raises(MalformedPayload, ivblock.decode_channel, bytes.fromhex("86fffffffe00000002"), 2)
     s = bytes.fromhex("86fffffffe00000000")
-    assert blocks.decode_channel(s, 2) == [blocks.MAX_VALUE] * 2
+    assert ivblock.decode_channel(s, 2) == [blocks.MAX_VALUE] * 2
     for bad in (-1, blocks.MAX_VALUE + 1, 1.0, None, True):
-        _raises(MalformedPayload, blocks.encode_channel, [0, bad])
+        _raises(MalformedPayload, ivblock.encode_channel, [0, bad])
 
 
 def test_channel_round_trips():
@@ -243,34 +243,34 @@ def test_channel_round_trips():
         _rand_values(4, 2880, 7),
     ]
     for vals in cases:
-        enc = blocks.encode_channel(vals)
-        assert blocks.decode_channel(enc, len(vals)) == vals
-        assert blocks.decode_channel(memoryview(b"x" + enc)[1:], len(vals)) == vals
+        enc = ivblock.encode_channel(vals)
+        assert ivblock.decode_channel(enc, len(vals)) == vals
+        assert ivblock.decode_channel(memoryview(b"x" + enc)[1:], len(vals)) == vals
 
 
 def test_block_round_trip():
     block = {
         "start": 1700000000,
         "interval_s": 900,
-        "flags": [0] * 10 + [blocks.POWER_FAILED] * 2 + [0] * 84,
+        "flags": [0] * 10 + [1] * 2 + [0] * 84,  # 1: power_failed (SPEC flag bit 0)
         "channels": [_rand_values(9, 96, 40), list(range(96)), [0] * 96],
     }
-    enc = blocks.encode_block(block)
-    assert blocks.decode_block(enc) == block
-    assert blocks.decode_block(memoryview(bytes(enc))) == block
+    enc = ivblock.encode_block(block)
+    assert ivblock.decode_block(enc) == block
+    assert ivblock.decode_block(memoryview(bytes(enc))) == block
 
 
 def test_block_layout():
     block = {"start": 1, "interval_s": 900, "flags": [0, 0, 8], "channels": [[5, 5, 5]]}
-    enc = bytes(blocks.encode_block(block))
-    ch = bytes(blocks.encode_channel([5, 5, 5]))
+    enc = bytes(ivblock.encode_block(block))
+    ch = bytes(ivblock.encode_channel([5, 5, 5]))
     want = bytes.fromhex("0000000103840003010202000108") + bytes([len(ch)]) + ch
     assert enc == want
 
 
 def test_block_no_channels():
     block = {"start": 0, "interval_s": 60, "flags": [1], "channels": []}
-    assert blocks.decode_block(blocks.encode_block(block)) == block
+    assert ivblock.decode_block(ivblock.encode_block(block)) == block
 
 
 def test_block_encode_validates():
@@ -287,7 +287,7 @@ def test_block_encode_validates():
         {"start": 1, "interval_s": 900, "flags": [0]},
     ]
     for b in bads:
-        _raises(ProtocolError, blocks.encode_block, b)
+        _raises(ProtocolError, ivblock.encode_block, b)
 
 
 def _block_bytes(count, nch, runs, chans):
@@ -302,9 +302,9 @@ def _block_bytes(count, nch, runs, chans):
 
 
 def test_block_decode_rejects():
-    ch2 = bytes(blocks.encode_channel([1, 2]))
+    ch2 = bytes(ivblock.encode_channel([1, 2]))
     ok = _block_bytes(2, 1, b"\x01\x02\x00", [ch2])
-    assert blocks.decode_block(ok)["channels"] == [[1, 2]]
+    assert ivblock.decode_block(ok)["channels"] == [[1, 2]]
     bads = [
         ok[:8],  # header truncated
         _block_bytes(0, 0, b"\x00", []),  # count 0
@@ -318,4 +318,4 @@ def test_block_decode_rejects():
         ok[:-1],  # channel truncated
     ]
     for b in bads:
-        _raises(MalformedPayload, blocks.decode_block, b)
+        _raises(MalformedPayload, ivblock.decode_block, b)
