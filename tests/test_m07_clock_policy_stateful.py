@@ -41,6 +41,14 @@ def _exchange(t1_ms, true_offset_ms, d1, proc, d2, drift_ppm=0):
     return t1_ms, t2, t3, t4
 
 
+def _verdict(t1_ms, t2, t3, t4):
+    """(decision, offset ms, delay ms) of SyncState.response to one reply."""
+    sync = clock.SyncState(900, 0)
+    now = t1_ms // 1000
+    sync.sent(now, t1_ms)
+    return sync.response(t1_ms, t2, t3, t4, now, 0)
+
+
 @pytest.mark.req("M07")
 @given(
     t1=st.integers(10**12, 4 * 10**12),
@@ -50,7 +58,7 @@ def _exchange(t1_ms, true_offset_ms, d1, proc, d2, drift_ppm=0):
     d2=st.integers(0, 5000),
 )
 def test_m07_offset_error_is_at_most_half_the_round_trip(t1, off, d1, proc, d2):
-    est, delay = clock.offset_and_delay(*_exchange(t1, off, d1, proc, d2))
+    _d, est, delay = _verdict(*_exchange(t1, off, d1, proc, d2))
     assert delay == d1 + d2
     assert 2 * abs(est - off) <= delay + 1  # +1: integer halving
 
@@ -65,7 +73,7 @@ def test_m07_offset_error_is_at_most_half_the_round_trip(t1, off, d1, proc, d2):
     ppm=st.integers(-200, 200),
 )
 def test_m07_offset_error_with_drift_during_the_exchange(t1, off, d1, proc, d2, ppm):
-    est, delay = clock.offset_and_delay(*_exchange(t1, off, d1, proc, d2, ppm))
+    _d, est, delay = _verdict(*_exchange(t1, off, d1, proc, d2, ppm))
     elapsed = d1 + proc + d2
     slack = abs(ppm) * elapsed // 1_000_000 + 2
     assert 2 * abs(est - off) <= delay + 2 * slack
@@ -81,8 +89,7 @@ def test_m07_offset_error_with_drift_during_the_exchange(t1, off, d1, proc, d2, 
     d2=st.integers(0, 2000),
 )
 def test_m07_m08_decisions_respect_thresholds_up_to_the_measurement_error(off, d1, d2):
-    est, delay = clock.offset_and_delay(*_exchange(2 * 10**12, off, d1, 3, d2))
-    d = clock.decide(est)
+    d, est, delay = _verdict(*_exchange(2 * 10**12, off, d1, 3, d2))
     half = delay // 2 + 1  # what the estimate can be off by
     a = abs(off)
     if a >= 120_000 + half:
@@ -180,8 +187,12 @@ class SyncModel(RuleBasedStateMachine):
         self._to_next_attempt()
         self._advance_ms(TIMEOUT_S * 1000)
         assert self.sync.timed_out(self.now)
-        nxt = self.sync.failed(self.now, r)
-        assert nxt >= self.now + RETRY_GAP_S - 1
+        nxt = self.sync.failed(self.now, r, clock.FAIL_TIMEOUT)
+        day = timeutil.day_start(self.now, self.utc_off)
+        if self.attempts[day] <= RETRIES:
+            assert nxt >= self.now + RETRY_GAP_S - 1  # a retry keeps its gap, even past midnight
+        else:
+            assert nxt >= day + DAY  # given up for today: tomorrow's instant, no gap owed
         self.events.append(clock.event_for(clock.FAILED, 0, 0, self.sync.last_reason))
 
     @rule(hours=st.integers(1, 30))

@@ -7,8 +7,10 @@
 # <flash_dir>/rtc.json and it keeps counting from real time while "off".
 # Integers only: times are int ms, energy int Wh with the remainder carried.
 # Lean on purpose (it is measured with the firmware, `bench firmware-heap`):
-# board.json is read once into attributes, the flash is a small file-backed
-# NOR device (hal/norflash.py, with power-cut injection, stays host-side).
+# board.json is read into attributes (and once more for ident() at boot), the
+# flash is a small file-backed NOR device that keeps neither an image nor its
+# erase counters in RAM (hal/norflash.py, with power-cut injection, stays
+# host-side).
 import asyncio
 import json
 import os
@@ -26,8 +28,7 @@ from meter import timeutil as tu
 
 _PROFILE_STEP = const(900)  # the CSV's interval
 _PPM = const(1000000)
-_CHUNK = const(256)  # flash scratch: programs are records (<= 256 B), erases go in chunks
-NAME = "unix"
+_CHUNK = const(256)  # erases write 0xFF in chunks
 DEFAULT_DIR = "var/board"
 _IDENT = const(("interval_s", "utc_offset_min", "push_mask", "meter_multiplier", "read_offset_s"))
 
@@ -48,22 +49,16 @@ def real_ms():
 class Flash:
     """The board's NOR flash in a file: programming only clears bits (a 0 -> 1
     bit is a firmware bug: ValueError), ioctl(6) erases to 0xFF and counts it
-    in `<path>.erase`. Written through on every operation (a kill -9 is a cut)."""
+    in `<path>.erase`. Written through on every operation (a kill -9 is a cut).
+    The block-device protocol with offsets, as the store uses it."""
 
-    def __init__(self, path, block_size=4096, blocks=64):
+    def __init__(self, path, block_size, blocks):
         self.path = path
         self.block_size = block_size
         self.n = blocks
-        self.erase_counts = [0] * blocks
-        self._tmp = bytearray(_CHUNK)
         if _exists(path):
             if os.stat(path)[6] != block_size * blocks:
                 raise ValueError("flash image %s: wrong size" % path)
-            if _exists(path + ".erase"):
-                with open(path + ".erase") as f:
-                    c = [int(x) for x in f.read().split()]
-                if len(c) == blocks:
-                    self.erase_counts = c
             self.f = open(path, "r+b")
         else:
             self.f = open(path, "w+b")
@@ -71,29 +66,23 @@ class Flash:
                 self._fill(b)
 
     def _fill(self, block):
-        t = self._tmp
-        for i in range(_CHUNK):
-            t[i] = 0xFF
+        ff = b"\xff" * _CHUNK
         self.f.seek(block * self.block_size)
         for _ in range(self.block_size // _CHUNK):
-            self.f.write(t)
+            self.f.write(ff)
         self.f.flush()
 
-    def readblocks(self, block, buf, offset=0):
+    def readblocks(self, block, buf, offset):
         self.f.seek(block * self.block_size + offset)
         self.f.readinto(buf)
 
-    def writeblocks(self, block, buf, offset=None):
-        if offset is None:  # the simple interface: erase whole blocks first
-            for i in range(len(buf) // self.block_size):
-                self.ioctl(6, block + i)
-            offset = 0
+    def writeblocks(self, block, buf, offset):
         n = len(buf)
-        old = self._tmp if n <= _CHUNK else bytearray(n)
+        old = bytearray(n)
         addr = block * self.block_size + offset
         f = self.f
         f.seek(addr)
-        f.readinto(memoryview(old)[:n])
+        f.readinto(old)
         for i in range(n):
             if buf[i] & ~old[i] & 0xFF:
                 raise ValueError("program 0->1 at %d" % (addr + i))
@@ -108,16 +97,23 @@ class Flash:
             return self.block_size
         if op == 6:
             self._fill(arg)
-            self.erase_counts[arg] += 1
-            with open(self.path + ".erase", "w") as f:
-                f.write(" ".join([str(c) for c in self.erase_counts]))
+            p = self.path + ".erase"  # the counters: read, count, written back
+            c = []
+            if _exists(p):
+                with open(p) as f:
+                    c = list(map(int, f.read().split()))
+            if len(c) != self.n:
+                c = [0] * self.n
+            c[arg] += 1
+            with open(p, "w") as f:
+                f.write(" ".join(map(str, c)))
         return 0
 
 
 class Board:
     """The virtual board: config, RTC, energy source, flash, ports."""
 
-    NAME = NAME
+    NAME = "unix"
 
     def __init__(self, path):
         self.dir = path
@@ -134,7 +130,6 @@ class Board:
         self.tick_ms = cfg.get("tick_ms", 100)
         self.heap_probe = cfg.get("heap_probe", False)
         self.link_forced_down = False
-        self._ident = {k: cfg[k] for k in _IDENT if k in cfg}
         fl = cfg.get("flash", {})
         self.flash = Flash(
             path + "/" + fl.get("file", "flash.bin"),
@@ -160,26 +155,65 @@ class Board:
                 self.rtc.update(json.load(f))
         else:
             self._rtc_save()
-        # energy: a flat load, or the load profile (CSV) repeating
+        # energy: a flat load (Wh per 15 minutes per channel), or the load
+        # profile (CSV) repeating
         en = cfg.get("energy", {})
-        n = self.channels = en.get("channels", 4)
+        n = en.get("channels", 4)
         self.scale_pct = en.get("scale_pct", 100)
-        self._prof = None
-        self._rows = 0
-        self._t0 = 0
         self._frac = [0] * n  # remainder in Wh x 900 x 100
         self._last = None
-        self.buf = bytearray(2 * n)  # one profile row
-        self.flat_wh = en.get("flat_wh")  # Wh per 15 minutes per channel
+        self._prof = en.get("flat_wh")  # a flat row, or (profile.bin, t0, rows)
         # by default ../shared/data/household_45d_15min.csv of the repo (firmware/..)
         here = __file__[: __file__.rfind("/") + 1]
         csv = en.get("csv") or here + "../../../shared/data/household_45d_15min.csv"
-        if self.flat_wh is None and _exists(csv):
-            self._load_profile(csv)
+        if self._prof is None and _exists(csv):
+            # the CSV (45 days x 96 rows) is too big for the heap as ints: convert
+            # it once to 2-byte rows in the flash directory, read one row at a time
+            binp = path + "/profile.bin"
+            if not _exists(binp):
+                out = bytearray(2 * n)
+                with open(csv) as f, open(binp + ".tmp", "wb") as b:
+                    f.readline()
+                    first = True
+                    for line in f:
+                        parts = line.strip().split(",")
+                        if len(parts) < 1 + n:
+                            continue
+                        if first:
+                            s = parts[0]  # "2024-04-01T00:00:00Z"
+                            t0 = tu.utc(
+                                int(s[0:4]),
+                                int(s[5:7]),
+                                int(s[8:10]),
+                                int(s[11:13]),
+                                int(s[14:16]),
+                                int(s[17:19]),
+                            )
+                            b.write(t0.to_bytes(4, "big"))
+                            first = False
+                        for i in range(n):
+                            v = int(parts[1 + i])
+                            out[2 * i] = (v >> 8) & 0xFF
+                            out[2 * i + 1] = v & 0xFF
+                        b.write(out)
+                os.rename(binp + ".tmp", binp)
+            rows = (os.stat(binp)[6] - 4) // (2 * n)
+            if rows:
+                f = open(binp, "rb")
+                self._prof = (f, int.from_bytes(f.read(4), "big"), rows)
+        if self._prof is None:  # a meter that counts nothing must say so
+            print("no energy source: set energy.flat_wh or energy.csv (%s missing)" % csv)
 
     def ident(self):
-        """Keyword arguments for meter.Ident (defaults of a fresh install)."""
-        return self._ident
+        """Keyword arguments for meter.Ident (defaults of a fresh install), from
+        board.json again: asked once, at boot, so not kept."""
+        with open(self.dir + "/board.json") as f:
+            cfg = json.load(f)
+        d = {}
+        for k in _IDENT:
+            if k in cfg:
+                d[k] = cfg[k]
+        return d
 
     # -- RTC: {sim_ms, real_ms, speed, drift_ppm, true_sim_ms, true_real_ms} ----------
 
@@ -221,68 +255,33 @@ class Board:
         r["real_ms"] = real_ms()
         self._rtc_save()
 
-    # -- energy: the load profile, integer Wh in proportion to elapsed time -------
-
-    def _load_profile(self, csv):
-        # the CSV (45 days x 96 rows) is too big for the heap as ints: convert it
-        # once to 2-byte rows in the flash directory and read one row at a time
-        binp = self.dir + "/profile.bin"
-        n = self.channels
-        if not _exists(binp):
-            out = bytearray(2 * n)
-            with open(csv) as f, open(binp + ".tmp", "wb") as b:
-                f.readline()
-                first = True
-                for line in f:
-                    parts = line.strip().split(",")
-                    if len(parts) < 1 + n:
-                        continue
-                    if first:
-                        s = parts[0]  # "2024-04-01T00:00:00Z"
-                        t0 = tu.utc(
-                            int(s[0:4]),
-                            int(s[5:7]),
-                            int(s[8:10]),
-                            int(s[11:13]),
-                            int(s[14:16]),
-                            int(s[17:19]),
-                        )
-                        b.write(t0.to_bytes(4, "big"))
-                        first = False
-                    for i in range(n):
-                        v = int(parts[1 + i])
-                        out[2 * i] = (v >> 8) & 0xFF
-                        out[2 * i + 1] = v & 0xFF
-                    b.write(out)
-            os.rename(binp + ".tmp", binp)
-        self._prof = open(binp, "rb")
-        self._t0 = int.from_bytes(self._prof.read(4), "big")
-        self._rows = (os.stat(binp)[6] - 4) // (2 * n)
+    # -- energy: integer Wh in proportion to elapsed time ------------------------------
 
     def drain(self):
         """Energy since the last drain, ints per channel (pulse-counter semantics)."""
         now = self.true_ms() // 1000
         last = self._last
         self._last = now
-        if last is None or now <= last or (self.flat_wh is None and not self._rows):
+        p = self._prof
+        if last is None or now <= last or p is None:
             return None
-        n = self.channels
-        out = [0] * n
-        b = self.buf
         frac = self._frac
+        n = len(frac)
+        out = [0] * n
+        prof = type(p) is tuple  # else a flat row
+        t0 = p[1] if prof else 0
         t = last
         while t < now:  # walk profile rows: energy in proportion to time in each
-            end = t - (t - self._t0) % _PROFILE_STEP + _PROFILE_STEP
+            end = t - (t - t0) % _PROFILE_STEP + _PROFILE_STEP
             if end > now:
                 end = now
-            row = self.flat_wh
-            if row is None:  # the profile repeats
-                k = ((t - self._t0) // _PROFILE_STEP) % self._rows
-                self._prof.seek(4 + k * 2 * n)
-                self._prof.readinto(b)
+            row = p
+            if prof:  # the profile repeats: its row k, 2 bytes a channel
+                p[0].seek(4 + ((t - t0) // _PROFILE_STEP) % p[2] * 2 * n)
+                row = p[0].read(2 * n)
             dt = end - t
             for i in range(n):
-                wh = row[i] if row is not None else (b[2 * i] << 8) | b[2 * i + 1]
+                wh = (row[2 * i] << 8) | row[2 * i + 1] if prof else row[i]
                 frac[i] += wh * self.scale_pct * dt
                 whole = frac[i] // (_PROFILE_STEP * 100)
                 frac[i] -= whole * _PROFILE_STEP * 100

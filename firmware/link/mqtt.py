@@ -4,12 +4,17 @@
 # off, so the broker keeps our subscription and queued downlinks while we are
 # away), reconnect with exponential backoff and jitter. Packet building and
 # parsing are pure functions; `Client` is the small asyncio shell around them.
-# Delivery: an outgoing QoS 1 message stays in `inflight` until its _PUBACK and
+# Delivery: an outgoing QoS 1 message stays in `inflight` until its PUBACK and
 # is re-sent with DUP after every reconnect; an incoming QoS 1 message is
 # PUBACKed only after the handler returned, so a crash in between makes the
 # broker send it again (at least once; the protocol's seq makes it idempotent).
+# Lean on purpose (it is measured with the firmware, `bench firmware-heap`):
+# one coroutine per connection reads every packet (a frame per nested
+# coroutine costs heap), no asyncio.Event. A refusing broker or a malformed
+# packet is a ValueError naming the packet and the value; the session ends as
+# on a link failure.
 import asyncio
-import struct
+from collections import OrderedDict  # a plain dict keeps no order on MicroPython
 
 try:
     from micropython import const
@@ -34,10 +39,6 @@ _BACKOFF_MS = const(500)  # the first reconnect delay, doubling per attempt
 _BACKOFF_CAP_MS = const(60000)
 
 
-class MQTTError(Exception):
-    """A broker refused us, sent a malformed packet, or the link failed."""
-
-
 # ---- packets (pure) ----
 
 
@@ -56,7 +57,7 @@ def remaining_length(n):
 def _str(s):
     if isinstance(s, str):
         s = s.encode()
-    return struct.pack(">H", len(s)) + s
+    return len(s).to_bytes(2, "big") + s
 
 
 def _packet(flags, body):
@@ -66,112 +67,57 @@ def _packet(flags, body):
 def connect_packet(client_id, keepalive_s):
     # protocol level 4 (3.1.1), connect flags 0: clean session off (the broker
     # keeps our subscription and queue), no will, no user name or password
-    var = _str("MQTT") + bytes([4, 0]) + struct.pack(">H", keepalive_s)
+    var = _str("MQTT") + bytes([4, 0]) + keepalive_s.to_bytes(2, "big")
     return _packet(_CONNECT << 4, var + _str(client_id))
 
 
-def publish_packet(topic, payload, pid, dup=False):
+def publish_packet(topic, payload, pid, dup):
     """A QoS 1 PUBLISH (the only QoS the meter sends)."""
     flags = (_PUBLISH << 4) | 0x02 | (0x08 if dup else 0)
-    return _packet(flags, _str(topic) + struct.pack(">H", pid) + payload)
+    return _packet(flags, _str(topic) + pid.to_bytes(2, "big") + payload)
 
 
 def puback_packet(pid):
-    return _packet(_PUBACK << 4, struct.pack(">H", pid))
+    return _packet(_PUBACK << 4, pid.to_bytes(2, "big"))
 
 
 def subscribe_packet(pid, subscriptions):
     """SUBSCRIBE to each topic in `subscriptions` with QoS 1."""
-    body = struct.pack(">H", pid)
+    body = pid.to_bytes(2, "big")
     for t in subscriptions:
         body += _str(t) + bytes([1])
     return _packet((_SUBSCRIBE << 4) | 0x02, body)
 
 
 def parse_publish(flags, body):
-    """(topic, payload, qos, pid, dup) of a _PUBLISH body."""
-    if len(body) < 2:
-        raise MQTTError("PUBLISH too short")
-    tlen = struct.unpack_from(">H", body, 0)[0]
+    """(topic, payload, qos, pid, dup) of a PUBLISH body."""
+    t = 2 + int.from_bytes(body[:2], "big")  # the topic's end
     qos = (flags >> 1) & 3
-    pos = 2 + tlen
-    pid = 0
-    if qos:
-        if len(body) < pos + 2:
-            raise MQTTError("PUBLISH without packet id")
-        pid = struct.unpack_from(">H", body, pos)[0]
-        pos += 2
-    if pos > len(body) or qos == 3:
-        raise MQTTError("PUBLISH malformed")
-    return bytes(body[2 : 2 + tlen]).decode(), bytes(body[pos:]), qos, pid, bool(flags & 0x08)
-
-
-async def read_packet(reader):
-    """(type, flags, body) of the next packet; MQTTError on a closed or bad stream."""
-    head = await reader.readexactly(1)
-    n = 0
-    shift = 0
-    for _ in range(4):
-        b = (await reader.readexactly(1))[0]
-        n |= (b & 0x7F) << shift
-        shift += 7
-        if not b & 0x80:
-            break
-    else:
-        raise MQTTError("bad remaining length")
-    if n > _MAX_PACKET:
-        raise MQTTError("packet too large: %d" % n)
-    body = await reader.readexactly(n) if n else b""
-    return head[0] >> 4, head[0] & 0x0F, body
+    pos = t + 2 if qos else t  # the payload's start, after the packet id
+    if len(body) < 2 or pos > len(body) or qos == 3:
+        raise ValueError("PUBLISH", body)
+    pid = int.from_bytes(body[t:pos], "big")  # 0 at QoS 0 (no packet id)
+    return bytes(body[2:t]).decode(), bytes(body[pos:]), qos, pid, bool(flags & 0x08)
 
 
 def backoff_ms(attempt, rand):
-    """Delay before reconnect attempt `attempt` (0-based), `rand` 0..65535:
-    exponential, capped, with full jitter in its upper half so a fleet does not
-    reconnect in step."""
+    """Delay before reconnect attempt `attempt` (0-based), `rand`'s low 16 bits
+    the jitter: exponential, capped, with full jitter in its upper half so a
+    fleet does not reconnect in step."""
     d = _BACKOFF_MS << attempt if attempt < 16 else _BACKOFF_CAP_MS
     if d > _BACKOFF_CAP_MS:
         d = _BACKOFF_CAP_MS
-    return d // 2 + (d // 2) * rand // 65536
+    return d // 2 + (d // 2) * (rand & 0xFFFF) // 65536
 
 
 # ---- client (asyncio shell) ----
 
 
-async def _sleep_ms(t):
-    if hasattr(asyncio, "sleep_ms"):  # MicroPython: no float needed
-        await asyncio.sleep_ms(t)
-    else:
-        await asyncio.sleep(t / 1000)
-
-
-class _Flag:
-    """asyncio.Event's is_set/set/clear/wait (wait polls every 20 ms): only
-    tests wait on it, and asyncio.Event would load asyncio.event (~1 KB heap)."""
-
-    def __init__(self):
-        self.on = False
-
-    def is_set(self):
-        return self.on
-
-    def set(self):
-        self.on = True
-
-    def clear(self):
-        self.on = False
-
-    async def wait(self):
-        while not self.on:
-            await _sleep_ms(20)
-        return True
-
-
 class Client:
     """Args: client_id, host, port, subscriptions (topics, QoS 1), handler
     (async callable (topic, payload) for incoming messages), keepalive_s, rand
-    (callable -> int 0..65535 for jitter), connect (async (host, port) ->
-    (reader, writer); default asyncio.open_connection, a seam for tests)."""
+    (callable -> int, its low 16 bits jitter the reconnect delay; default: no
+    jitter). `connected.is_set()` while a session is up, as on an asyncio.Event."""
 
     def __init__(
         self,
@@ -182,7 +128,6 @@ class Client:
         handler=None,
         keepalive_s=60,
         rand=None,
-        connect=None,
     ):
         self.client_id = client_id
         self.host = host
@@ -190,15 +135,18 @@ class Client:
         self.subscriptions = tuple(subscriptions)
         self.handler = handler
         self.keepalive_s = keepalive_s
-        self._rand = rand or (lambda: 32768)
-        self._open = connect or asyncio.open_connection
-        self.inflight = {}  # pid -> (topic, payload): sent, not yet PUBACKed
-        self._order = []  # pids in send order, for in-order resend
+        self._rand = rand
+        self.inflight = OrderedDict()  # pid -> (topic, payload), in send order: not yet PUBACKed
         self.pid = 0  # the last packet id handed out
         self.writer = None  # the session's stream while connected
-        self.connected = _Flag()
+        # the client answers `connected.is_set()` itself (an asyncio.Event would
+        # load asyncio.event, ~1 KB heap)
+        self.connected = self
         self._stop = False
-        self.failures = 0
+
+    def is_set(self):
+        """A session is up (CONNACK received): `connected.is_set()`."""
+        return self.writer is not None
 
     def _next_pid(self):
         while True:
@@ -211,69 +159,93 @@ class Client:
         reconnect. Returns its packet id (gone from `inflight` once PUBACKed)."""
         pid = self._next_pid()
         self.inflight[pid] = (topic, payload)
-        self._order.append(pid)
         w = self.writer
         if w is not None:
             try:
-                w.write(publish_packet(topic, payload, pid))
+                w.write(publish_packet(topic, payload, pid, False))
                 await w.drain()
             except OSError:
-                pass  # the reader task notices and reconnects; inflight keeps it
+                pass  # the session notices and reconnects; inflight keeps it
         return pid
 
-    async def _session(self):
-        reader, writer = await self._open(self.host, self.port)
-        try:
-            writer.write(connect_packet(self.client_id, self.keepalive_s))
-            await writer.drain()
-            ptype, _f, body = await read_packet(reader)
-            if ptype != _CONNACK or len(body) != 2 or body[1] != 0:
-                raise MQTTError("CONNACK refused: %r" % (body,))
-            session_present = body[0] & 1
-            if self.subscriptions and not session_present:
-                writer.write(subscribe_packet(self._next_pid(), self.subscriptions))
-            for pid in self._order:  # resend in order what the broker never acked
-                topic, payload = self.inflight[pid]
-                writer.write(publish_packet(topic, payload, pid, dup=True))
-            await writer.drain()
-            self.writer = writer
-            self.connected.set()
-            self.idle = 0  # keepalive periods since the last packet (_pinger)
-            pinger = asyncio.create_task(self._pinger(writer, asyncio.current_task()))
+    async def run(self):
+        """Connect, serve, and reconnect with backoff until `stop()`."""
+        attempt = 0
+        while not self._stop:
+            writer = pinger = None  # pinger: the session's, once CONNACKed
             try:
+                reader, writer = await asyncio.open_connection(self.host, self.port)
+                writer.write(connect_packet(self.client_id, self.keepalive_s))
+                await writer.drain()
+                self.idle = 0  # keepalive periods since the last packet (_pinger)
                 while True:
-                    ptype, flags, body = await read_packet(reader)
+                    # a packet: type and flags, remaining length (7 bits a byte,
+                    # at most 4 bytes), body
+                    head = (await reader.readexactly(1))[0]
+                    n = shift = 0
+                    while True:
+                        b = (await reader.readexactly(1))[0]
+                        n |= (b & 0x7F) << shift
+                        shift += 7
+                        if not b & 0x80:
+                            break
+                        if shift == 28:
+                            raise ValueError("length")
+                    if n > _MAX_PACKET:
+                        raise ValueError("length", n)
+                    body = await reader.readexactly(n) if n else b""
                     self.idle = 0
-                    if ptype == _PUBLISH:
-                        topic, payload, qos, pid, _dup = parse_publish(flags, body)
+                    ptype = head >> 4
+                    if pinger is None:  # the session's first packet
+                        if ptype != _CONNACK or len(body) != 2 or body[1] != 0:
+                            raise ValueError("CONNACK", body)
+                        if self.subscriptions and not body[0] & 1:  # no session present
+                            writer.write(subscribe_packet(self._next_pid(), self.subscriptions))
+                        for pid in self.inflight:  # resend in order what the broker never acked
+                            topic, payload = self.inflight[pid]
+                            writer.write(publish_packet(topic, payload, pid, True))
+                        await writer.drain()
+                        self.writer = writer
+                        attempt = 0
+                        pinger = asyncio.create_task(self._pinger(writer, asyncio.current_task()))
+                    elif ptype == _PUBLISH:
+                        topic, payload, qos, pid, _dup = parse_publish(head & 0x0F, body)
                         if self.handler is not None:
                             await self.handler(topic, payload)
                         if qos == 1:
                             writer.write(puback_packet(pid))
                             await writer.drain()
                     elif ptype == _PUBACK and len(body) == 2:
-                        pid = struct.unpack(">H", body)[0]
-                        if self.inflight.pop(pid, None) is not None:
-                            self._order.remove(pid)
-                    elif ptype not in (_SUBACK, _PINGRESP):
-                        raise MQTTError("unexpected packet type %d" % ptype)
+                        self.inflight.pop(int.from_bytes(body, "big"), None)
+                    elif ptype != _SUBACK and ptype != _PINGRESP:
+                        raise ValueError("type", ptype)
             except asyncio.CancelledError:
-                if self.idle <= 2:
+                if pinger is None or self.idle <= 2:
                     raise  # stop() or the app: not a link failure
-                t = asyncio.current_task()
-                if hasattr(t, "uncancel"):  # CPython >= 3.11 counts cancellations
-                    t.uncancel()
-                raise MQTTError("broker silent for over 1.5 keepalive periods")
+                # the pinger's: the broker was silent for over 1.5 keepalive periods
+                task = asyncio.current_task()
+                if hasattr(task, "uncancel"):  # CPython >= 3.11 counts cancellations
+                    task.uncancel()
+            except (OSError, ValueError, EOFError, asyncio.TimeoutError):
+                pass  # the link failed: reconnect
             finally:
-                pinger.cancel()
-        finally:
-            self.writer = None
-            self.connected.clear()
-            try:
-                writer.close()
-                await writer.wait_closed()
-            except Exception:  # the socket may already be gone; nothing to save
-                pass
+                if pinger is not None:
+                    pinger.cancel()
+                self.writer = None
+                if writer is not None:
+                    try:
+                        writer.close()
+                        await writer.wait_closed()
+                    except Exception:  # the socket may already be gone; nothing to save
+                        pass
+            if self._stop:
+                break
+            ms = backoff_ms(attempt, self._rand() if self._rand else 32768)
+            if hasattr(asyncio, "sleep_ms"):  # MicroPython: no float needed
+                await asyncio.sleep_ms(ms)
+            else:
+                await asyncio.sleep(ms / 1000)
+            attempt += 1
 
     async def _pinger(self, writer, task):
         # PINGREQ every 3/4 keepalive; the broker answers every one, so two
@@ -288,20 +260,6 @@ class Client:
                 return
             writer.write(bytes([_PINGREQ << 4, 0]))
             await writer.drain()
-
-    async def run(self):
-        """Connect, serve, and reconnect with backoff until `stop()`."""
-        attempt = 0
-        while not self._stop:
-            try:
-                await self._session()
-                attempt = 0
-            except (OSError, MQTTError, EOFError, asyncio.TimeoutError):
-                self.failures += 1
-            if self._stop:
-                break
-            await _sleep_ms(backoff_ms(attempt, self._rand()))
-            attempt += 1
 
     async def stop(self):
         self._stop = True

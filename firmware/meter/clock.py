@@ -2,8 +2,8 @@
 #
 # Once a day, at a random instant inside an interval and never within 60 s of
 # an interval boundary (M06), the meter sends time_sync_request(t1) and gets
-# (t1, t2, t3); t4 is its clock on receipt (all UTC ms). offset_and_delay()
-# compensates the round trip; decide() maps the offset to an action:
+# (t1, t2, t3); t4 is its clock on receipt (all UTC ms). SyncState.response()
+# compensates the round trip (NTP on-wire) and maps the offset to an action:
 #   |offset| <= 20 s        NONE         nothing to do
 #   20 s < |offset| < 120 s STEP         step the clock, log old/new (M07, M09)
 #   |offset| >= 120 s       OUT_OF_SYNC  push an event, do NOT step (M08);
@@ -11,7 +11,8 @@
 # A lost reply, a reply after the timeout or a round trip over 4 s is
 # a failed attempt: logged (M09) and retried at a new random instant later the
 # same day, up to 3 times; then the next day's instant.
-# Bad arguments raise a plain ValueError. `rand` is always a random u32.
+# Bad arguments raise a plain ValueError(name, value). `rand` is always a
+# random u32.
 
 try:
     from micropython import const
@@ -44,63 +45,25 @@ _FAIL_DELAY = const(2)
 _FAIL_BAD_REPLY = const(3)
 
 
-def _allowed_before(x, day_start, interval_s):
-    # Allowed instants t in [day_start, x): (t - day_start) % interval_s in
-    # [MARGIN, interval_s - MARGIN].
-    per = interval_s - 2 * _MARGIN_S + 1
-    q, r = divmod(x - day_start, interval_s)
-    r -= _MARGIN_S
-    if r < 0:
-        r = 0
-    elif r > per:
-        r = per
-    return q * per + r
-
-
-def next_sync_instant(day_start, interval_s, rand, after=None):
+def next_sync_instant(day_start, interval_s, rand, after):
     """A random instant of the day starting at day_start, >= 60 s from any boundary.
 
-    day_start: UTC instant of local midnight (a boundary). after: if given,
+    day_start: UTC instant of local midnight (a boundary). after: None, or
     the instant is > after. Returns None if no allowed instant is left that day.
     """
     tu.check_interval(interval_s)
-    lo = day_start
-    if after is not None and after + 1 > lo:
-        lo = after + 1
-    hi = day_start + _DAY
-    if lo >= hi:
-        return None
-    a = _allowed_before(lo, day_start, interval_s)
-    n = _allowed_before(hi, day_start, interval_s) - a
+    # Allowed: (t - day_start) % interval_s in [MARGIN, interval_s - MARGIN],
+    # `per` instants in each interval; number them through the day.
+    per = interval_s - 2 * _MARGIN_S + 1
+    a = 0  # allowed instants in [day_start, after]
+    if after is not None and after >= day_start:
+        q, r = divmod(after + 1 - day_start, interval_s)
+        a = q * per + min(max(r - _MARGIN_S, 0), per)
+    n = _DAY // interval_s * per - a  # allowed instants left that day
     if n <= 0:
         return None
-    k = a + rand % n
-    per = interval_s - 2 * _MARGIN_S + 1
-    q, r = divmod(k, per)
+    q, r = divmod(a + rand % n, per)
     return day_start + q * interval_s + _MARGIN_S + r
-
-
-def offset_and_delay(t1_ms, t2_ms, t3_ms, t4_ms):
-    """NTP on-wire calculation, integer ms: (offset, delay).
-
-    offset = ((t2 - t1) + (t3 - t4)) // 2 is what to add to the meter clock;
-    its error is at most delay / 2 (+1 ms rounding). delay = (t4 - t1) - (t3 - t2).
-    """
-    if t4_ms < t1_ms or t3_ms < t2_ms:
-        raise ValueError(
-            "timestamps out of order: t1=%r t2=%r t3=%r t4=%r" % (t1_ms, t2_ms, t3_ms, t4_ms)
-        )
-    return ((t2_ms - t1_ms) + (t3_ms - t4_ms)) // 2, (t4_ms - t1_ms) - (t3_ms - t2_ms)
-
-
-def decide(offset_ms):
-    """_NONE (0: nothing to do), STEP or OUT_OF_SYNC for an estimated offset (M07, M08)."""
-    a = -offset_ms if offset_ms < 0 else offset_ms
-    if a <= _STEP_ABOVE_MS:
-        return _NONE
-    if a < _OUT_OF_SYNC_MS:
-        return STEP
-    return OUT_OF_SYNC
 
 
 def event_for(decision, offset_ms, now, reason=0):
@@ -111,8 +74,7 @@ def event_for(decision, offset_ms, now, reason=0):
     if decision == STEP:
         return (events.CLOCK_ADJUSTED, now)
     if decision == OUT_OF_SYNC:
-        a = -offset_ms if offset_ms < 0 else offset_ms
-        return (events.CLOCK_OUT_OF_SYNC, (a + 500) // 1000)
+        return (events.CLOCK_OUT_OF_SYNC, (abs(offset_ms) + 500) // 1000)
     if decision == FAILED:
         return (events.SYNC_FAILED, reason)
     return None
@@ -125,7 +87,7 @@ class SyncState:
     on a reply: response(...); if timed_out(now): failed(now, r, FAIL_TIMEOUT).
     """
 
-    def __init__(self, interval_s, utc_offset_s=0):
+    def __init__(self, interval_s, utc_offset_s):
         tu.check_interval(interval_s)
         tu.check_utc_offset(utc_offset_s)
         self.interval_s = interval_s
@@ -138,22 +100,20 @@ class SyncState:
         self.out_of_sync = False  # set by OUT_OF_SYNC, cleared by time_set()
         self.last_reason = 0  # reason of the last failed attempt (sync_failed data)
 
-    def _plan_day(self, day, rand, after):
-        t = next_sync_instant(day, self.interval_s, rand, after)
+    def plan(self, now, rand):
+        """Plan the validation after `now`: today's, or tomorrow's if none is left today."""
+        day = tu.day_start(now, self.utc_offset_s)
+        t = next_sync_instant(day, self.interval_s, rand, now)
         if t is None:
-            # nothing left today: tomorrow, still honouring `after` (a retry's
-            # gap spans midnight when the failure came just before it)
+            # nothing left today: tomorrow, still after `now` (a retry's gap
+            # spans midnight when the failure came just before it)
             day += _DAY
-            t = next_sync_instant(day, self.interval_s, rand, after)
+            t = next_sync_instant(day, self.interval_s, rand, now)
         if day != self.day:
             self.failures = 0
         self.day = day
         self.next_at = t
         return t
-
-    def plan(self, now, rand):
-        """Plan today's validation (or tomorrow's if none is left today)."""
-        return self._plan_day(tu.day_start(now, self.utc_offset_s), rand, now)
 
     def set_interval(self, interval_s, now, rand):
         """The interval length changed: re-plan so the instant avoids the new boundaries."""
@@ -174,7 +134,7 @@ class SyncState:
     def timed_out(self, now):
         return self.t1_ms is not None and now - self.sent_at >= _TIMEOUT_S
 
-    def failed(self, now, rand, reason=FAIL_TIMEOUT):
+    def failed(self, now, rand, reason):
         """A failed attempt (the app logs sync_failed, M09). Returns the next attempt instant.
 
         Retries at a random allowed instant >= 120 s later the same day, at
@@ -188,34 +148,39 @@ class SyncState:
             self.day = day
             self.failures = 1
         if self.failures <= _RETRIES:
-            return self._plan_day(day, rand, now + _RETRY_GAP_S - 1)
-        return self._plan_day(day + _DAY, rand, None)
+            return self.plan(now + _RETRY_GAP_S - 1, rand)
+        return self.plan(day + _DAY, rand)  # tomorrow's
 
     def response(self, t1_ms, t2_ms, t3_ms, t4_ms, now, rand):
         """A time_sync_response arrived; t4_ms = meter clock on receipt.
 
         Returns (decision, offset_ms, delay_ms), or None for a reply that does
-        not match the request in flight (ignored). A too-long round trip or an
-        impossible reply is FAILED (re-planned as by failed(); the reason is
-        in last_reason).
+        not match the request in flight (ignored). offset_ms is what to add to
+        the meter clock, wrong by at most delay_ms / 2 (+1 ms rounding). A
+        too-long round trip or an impossible reply is FAILED (re-planned as by
+        failed(); the reason is in last_reason).
         On _NONE (0), STEP or OUT_OF_SYNC the next attempt is tomorrow's. The app
         steps the clock by offset_ms on STEP, then calls the recorder's clock_step.
         """
         if self.t1_ms is None or t1_ms != self.t1_ms:
             return None
-        try:
-            offset, delay = offset_and_delay(t1_ms, t2_ms, t3_ms, t4_ms)
-        except ValueError:
+        if t4_ms < t1_ms or t3_ms < t2_ms:  # timestamps out of order
             self.failed(now, rand, _FAIL_BAD_REPLY)
             return (FAILED, 0, 0)
+        # NTP on-wire calculation, integer ms
+        offset = ((t2_ms - t1_ms) + (t3_ms - t4_ms)) // 2
+        delay = (t4_ms - t1_ms) - (t3_ms - t2_ms)
         if delay > _MAX_DELAY_MS or now - self.sent_at >= _TIMEOUT_S:
             self.failed(now, rand, _FAIL_DELAY if delay > _MAX_DELAY_MS else FAIL_TIMEOUT)
             return (FAILED, offset, delay)
         self.t1_ms = None
-        d = decide(offset)
+        d = _NONE
+        if abs(offset) >= _OUT_OF_SYNC_MS:
+            d = OUT_OF_SYNC
+        elif abs(offset) > _STEP_ABOVE_MS:
+            d = STEP
         self.out_of_sync = d == OUT_OF_SYNC
-        day = tu.day_start(now, self.utc_offset_s)
-        self._plan_day(day + _DAY, rand, None)
+        self.plan(tu.day_start(now, self.utc_offset_s) + _DAY, rand)  # tomorrow's
         return (d, offset, delay)
 
     def time_set(self, now):

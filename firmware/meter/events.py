@@ -9,7 +9,7 @@
 # also go to a bounded RAM queue and are pushed until an event_ack names a
 # frame seq that carried them. If the RAM queue is full, later events are
 # re-read from the sink once it drains: nothing is forgotten.
-# Bad codes, data or masks raise a plain ValueError.
+# Bad codes, data or masks raise a plain ValueError(name, value).
 
 try:
     from micropython import const
@@ -48,7 +48,8 @@ _NEVER_PUSH = const(0x10000)  # 1 << MESSAGE_SENT
 DEFAULT_PUSH_MASK = const(0x2836)  # power_down/up, out_of_sync, sync_failed, tamper, auth_failed
 
 # Message types whose body is usage data: not logged as message_sent.
-_USAGE_TYPES = const((0x08, 0x12))  # read_response, download_data
+_READ_RESPONSE = const(0x08)
+_DOWNLOAD_DATA = const(0x12)
 
 _RETRY_BASE_S = const(30)
 _RETRY_CAP_S = const(3600)
@@ -60,7 +61,7 @@ _U32 = const(0xFFFFFFFF)
 
 def check_push_mask(push_mask):
     if not isinstance(push_mask, int) or push_mask & ~MASK_ALL:
-        raise ValueError("push mask: only bits 1..16 may be set, got %r" % (push_mask,))
+        raise ValueError("push_mask", push_mask)
     return push_mask
 
 
@@ -103,33 +104,30 @@ class StoreSink:
 class EventLog:
     """Event logging and pushing over a persistence sink."""
 
-    def __init__(self, sink, push_mask=DEFAULT_PUSH_MASK):
+    def __init__(self, sink, push_mask):
         self.sink = sink
-        self.push_mask = check_push_mask(push_mask)
+        self.set_push_mask(push_mask)
         self._queue = []  # (seq, code, time, data) waiting for an ack, oldest first
         self._reload_from = 0  # > 0: events from this seq on overflowed the queue
         self.inflight = 0  # number of queued events in the batch in flight
-        self.sent = []  # seqs of the frames that carried the batch in flight
+        self.sent = None  # seqs of the frames that carried the batch in flight (a list)
         self.attempt = 0  # transmissions of the batch in flight
         self.next_try = 0  # earliest re-push instant
         self.acked_upto = 0  # seq of the newest event removed by an ack (persist it)
 
-    def pushes(self, code):
-        m = (self.push_mask | _ALWAYS_PUSH) & ~_NEVER_PUSH
-        return bool(m & (1 << code))
-
     def set_push_mask(self, push_mask):
         """Set which codes are pushed at once (config key 3). Logged by the app."""
-        self.push_mask = check_push_mask(push_mask)
+        # the codes actually pushed: out-of-sync always, message_sent never
+        self.push_mask = (check_push_mask(push_mask) | _ALWAYS_PUSH) & ~_NEVER_PUSH
 
-    def log(self, code, now, data=0):
+    def log(self, code, now, data):
         """Log an event at meter time `now`. Returns its seq."""
         if not isinstance(code, int) or not 1 <= code <= _MAX_CODE:
-            raise ValueError("event code must be 1..%d, got %r" % (_MAX_CODE, code))
+            raise ValueError("code", code)
         if not isinstance(data, int) or not 0 <= data <= _U32:
-            raise ValueError("event data must be a u32, got %r" % (data,))
+            raise ValueError("data", data)
         seq = self.sink.append_event(code, now, data)
-        if self.pushes(code):
+        if self.push_mask >> code & 1:
             if self._reload_from or len(self._queue) >= _QUEUE_CAP:
                 if not self._reload_from:
                     self._reload_from = seq
@@ -142,7 +140,7 @@ class EventLog:
 
         Returns its seq, or None for usage data.
         """
-        if mtype in _USAGE_TYPES:
+        if mtype == _READ_RESPONSE or mtype == _DOWNLOAD_DATA:
             return None
         return self.log(_MESSAGE_SENT, now, mtype)
 
@@ -182,7 +180,7 @@ class EventLog:
     def pushed(self, seq, now, rand):
         """The batch went out in the frame numbered seq at `now`. Returns the re-push instant."""
         if not self.inflight:
-            raise ValueError("pushed() without a batch()")
+            raise ValueError("inflight", 0)  # pushed() without a batch()
         self.attempt += 1
         self.sent.append(seq)
         if len(self.sent) > _SEQS_KEPT:
@@ -198,7 +196,7 @@ class EventLog:
         self.acked_upto = self._queue[n - 1][0]
         del self._queue[:n]
         self.inflight = 0
-        self.sent = []
+        self.sent = None
         self.attempt = 0
         self.next_try = 0
         self._reload()
@@ -222,7 +220,7 @@ class EventLog:
             return
         self._reload_from = 0
         for row in self.sink.events(start - 1):
-            if row[0] < start or not self.pushes(row[1]):
+            if row[0] < start or not self.push_mask >> row[1] & 1:
                 continue
             if len(self._queue) >= _QUEUE_CAP:
                 self._reload_from = row[0]

@@ -7,7 +7,8 @@
 #   frames = m.receive(raw, now)     # one downlink frame -> replies
 #
 # Owns the Recorder, Store, Schedules, EventLog and SyncState and speaks the
-# SPEC conversations with wire.encode/decode. It never reads a clock: the app
+# SPEC conversations with wire.encode/decode: the uplinks here, what each
+# downlink does in downlink.py. It never reads a clock: the app
 # hands `now` (int UTC s; `now_ms` optional for time sync) and steps the RTC
 # through the set_clock(utc_s) callback. Everything that must survive a power
 # cut is on flash before the call that changed it returns; nothing is written
@@ -29,15 +30,13 @@ from meter import timeutil as tu
 
 _FW_VERSION = const("ami-fw 0.3.0")
 
-# Cold modules: the wire codec, its errors, authentication and read building work only
-# while a frame goes in or out, a few times a day. They run from flash; their
-# function objects take heap only while in use: cold() imports one, the app
-# calls drop_cold() when the meter is idle (firmware README, "Heap").
-_COLD = const(("reads", "wire", "auth", "blocks", "ivblock", "crc", "hdlc", "errors"))
-_KIND_SCHEDULED = const(0)  # read_response kinds (SPEC)
-_KIND_ON_DEMAND = const(1)
-_KIND_PERIOD = const(2)
-_HEADER_LEN = const(15)  # wire.HEADER_LEN
+# Cold modules: the downlink conversations, the wire codec and its errors,
+# authentication and read building work only while a frame goes in or out,
+# a few times a day. They run from flash; their function objects take heap
+# only while in use: cold() imports one, the app calls drop_cold() when the
+# meter is idle (firmware README, "Heap").
+_COLD = const(("downlink", "reads", "wire", "auth", "blocks", "ivblock", "crc", "hdlc", "errors"))
+_KIND_SCHEDULED = const(0)  # read_response kind (SPEC)
 
 
 def cold(name):
@@ -64,28 +63,8 @@ _K_COUNTER = const(3)  # last accepted auth counter
 _K_EVENT_ACK = const(4)  # seq of the newest acknowledged pushed event
 _CONFIG_FMT = const(">HhIHBH")
 
-# config_set keys (SPEC)
-_CFG_INTERVAL = const(1)
-_CFG_UTC_OFFSET = const(2)
-_CFG_PUSH_MASK = const(3)
-_CFG_MULTIPLIER = const(4)
-_CFG_RESET_REGISTRATION = const(5)
-
-# nack reasons (SPEC)
-_NACK_BAD_CRC = const(1)
-_NACK_UNKNOWN_TYPE = const(2)
-_NACK_AUTH_FAILED = const(3)
-_NACK_REPLAY = const(4)
-_NACK_NOT_HELD = const(5)
-_NACK_BUSY = const(6)
-_NACK_BAD_PARAMETER = const(7)
-_NACK_UNSUPPORTED_VERSION = const(8)
-_NACK_MALFORMED = const(9)
-_NACK_NOT_REGISTERED = const(10)
-
 _WINDOW = const(2)  # read parts in flight, unacknowledged, per read
 _READ_ATTEMPTS = const(4)  # sends of a part before the read counts as failed (M15)
-_MAX_READS = const(6)  # reads in progress at once (4 slots + on-demand)
 _ON_DEMAND_SLOT = const(255)  # read_failed data for a read that is not a slot's
 _REGISTER_CAP_S = const(3600)
 _DAY = const(86400)
@@ -157,7 +136,7 @@ class Meter:
         self.ident = ident
         self.meter_id = ident.meter_id
         self.key = ident.key
-        self._rand = rand or (lambda: 0x9E3779B9)
+        self.rand = rand or (lambda: 0x9E3779B9)
         self._set_clock = set_clock
         self.interval_s = ident.interval_s
         self.utc_offset_s = ident.utc_offset_min * 60
@@ -173,15 +152,15 @@ class Meter:
         self.reads = []
         self._seq = 0
         self._sched_next = None  # next_at list as last persisted
-        self._reg_attempt = 0
-        self._reg_next = 0
+        self.reg_attempt = 0
+        self.reg_next = 0
         self.booted = False
         self.frames_sent = 0
         self.probe = None  # probe(1) while a read part is built (the bench's heap peak)
 
     # -- persistence -----------------------------------------------------------
 
-    def _put_config(self):
+    def save_config(self):
         blob = struct.pack(
             _CONFIG_FMT,
             self.interval_s,
@@ -193,7 +172,7 @@ class Meter:
         )
         self.store.put_config(_K_CONFIG, blob)
 
-    def _put_schedules(self):
+    def save_schedules(self):
         self.store.put_config(_K_SCHEDULES, self.sched.to_bytes())
         self._sched_next = list(self.sched.next_at)
 
@@ -241,8 +220,8 @@ class Meter:
         )
         last = st.last_interval()
         if first_boot:
-            self._put_config()
-            self._put_schedules()
+            self.save_config()
+            self.save_schedules()
             self._store_closed(self.rec.start(now), now)
             self.ev.log(events.SELF_TEST, now, 0)
         else:
@@ -259,15 +238,15 @@ class Meter:
             self.ev.log(events.POWER_UP, now, 0)
             if self.pending_interval:
                 self.rec.set_interval(self.pending_interval, now)
-        self.sync.plan(now, self._rand())
-        self._seq = self._rand() & 0xFFFF
+        self.sync.plan(now, self.rand())
+        self._seq = self.rand() & 0xFFFF
         # unacknowledged scheduled reads: send them again at once (M15)
         sch = self.sched
         for i in range(schedules.NSLOTS):
             if sch.slots[i] is not None and sch.sent_end[i] > sch.acked_end[i]:
                 start = sch.acked_end[i] or sch.first[i]
                 if start < sch.sent_end[i]:
-                    self._start_read(i, start, sch.sent_end[i], sch.slots[i].what, now)
+                    self.start_read(i, start, sch.sent_end[i], sch.slots[i].what, now)
         self.booted = True
 
     # -- recording -------------------------------------------------------------
@@ -283,13 +262,13 @@ class Meter:
             # the recorder switched at a boundary: persist first (boot reads it)
             self.interval_s = new
             self.pending_interval = 0
-            self._put_config()
+            self.save_config()
             for i in self.sched.conflicts(new):  # set meanwhile with a shorter period
                 self.sched.cancel(i, now)
                 self.ev.log(events.SCHEDULE_CHANGED, now, i)
             self.sched.set_interval(new)
-            self._put_schedules()
-            self.sync.set_interval(new, now, self._rand())
+            self.save_schedules()
+            self.sync.set_interval(new, now, self.rand())
             self.ev.log(events.INTERVAL_CHANGED, now, new)
         for r in closed:
             st.append_interval(r[0], r[1], r[2], r[3])
@@ -301,7 +280,7 @@ class Meter:
 
     # -- frames ----------------------------------------------------------------
 
-    def _frame(self, out, mtype, body, now, seq=None):
+    def frame(self, out, mtype, body, now, seq=None):
         """Encode one uplink into out (a list); returns its seq: the next one,
         or `seq` for a repeat (the head-end treats a repeat as idempotent)."""
         if seq is None:
@@ -322,9 +301,9 @@ class Meter:
         out.append(raw)
         return seq
 
-    def _nack(self, out, code, seq, reason, now):
+    def nack(self, out, code, seq, reason, now):
         body = {"nacked_type": code, "nacked_seq": seq, "reason": reason}
-        self._frame(out, "nack", body, now)
+        self.frame(out, "nack", body, now)
 
     # -- tick ------------------------------------------------------------------
 
@@ -337,7 +316,7 @@ class Meter:
         self._store_closed(self.rec.tick(now), now)
         out = []
         ev = self.ev
-        if not self.registered and online and now >= self._reg_next:
+        if not self.registered and online and now >= self.reg_next:
             chans = []
             for kind, unit, mult, scaler in self.ident.channels:
                 chans.append({"kind": kind, "unit": unit, "multiplier": mult, "scaler": scaler})
@@ -350,10 +329,10 @@ class Meter:
                 "meter_multiplier": self.multiplier,
                 "channels": chans,
             }
-            self._frame(out, "register", body, now)
-            self._reg_attempt += 1
-            d = events.retry_delay(self._reg_attempt, self._rand())
-            self._reg_next = now + (d if d < _REGISTER_CAP_S else _REGISTER_CAP_S)
+            self.frame(out, "register", body, now)
+            self.reg_attempt += 1
+            d = events.retry_delay(self.reg_attempt, self.rand())
+            self.reg_next = now + (d if d < _REGISTER_CAP_S else _REGISTER_CAP_S)
         # reads: an occurrence due while the previous read of its slot is
         # unacknowledged: that read failed (M15); the new one covers everything
         # since the last ack
@@ -362,37 +341,37 @@ class Meter:
             i = rd.slot
             if not rd.dead and i < schedules.NSLOTS and sch.next_at[i] and now >= sch.next_at[i]:
                 self._read_failed(rd, now)
-        self._reap_reads()
+        self.reap_reads()
         due = sch.due(now)
         for i, start, end in due:
             slot = sch.slots[i]
-            self._start_read(i, start, end, slot.what if slot else schedules.WHAT_ALL, now)
+            self.start_read(i, start, end, slot.what if slot else schedules.WHAT_ALL, now)
         if due or sch.next_at != self._sched_next:
-            self._put_schedules()
+            self.save_schedules()
         # time sync
         sy = self.sync
         if sy.timed_out(now):
-            sy.failed(now, self._rand(), clock.FAIL_TIMEOUT)
+            sy.failed(now, self.rand(), clock.FAIL_TIMEOUT)
             ev.log(events.SYNC_FAILED, now, clock.FAIL_TIMEOUT)
         if sy.due(now):
             if not online:
-                sy.failed(now, self._rand(), clock.FAIL_TIMEOUT)
+                sy.failed(now, self.rand(), clock.FAIL_TIMEOUT)
                 ev.log(events.SYNC_FAILED, now, clock.FAIL_TIMEOUT)
             else:
                 t1 = now_ms if now_ms is not None else now * 1000
-                self._frame(out, "time_sync_request", {"t1_ms": t1}, now)
+                self.frame(out, "time_sync_request", {"t1_ms": t1}, now)
                 sy.sent(now, t1)
         if online:
             if ev.push_due(now):
                 # (code, time, data) tuples: the wire codec's compact struct form
                 batch = {"events": ev.batch()}
-                ev.pushed(self._frame(out, "event", batch, now), now, self._rand())
+                ev.pushed(self.frame(out, "event", batch, now), now, self.rand())
             for rd in self.reads:
-                self._send_read(rd, now, out)
-            self._reap_reads()
+                self.send_read(rd, now, out)
+            self.reap_reads()
         return out
 
-    def _start_read(self, slot, start, end, what, now, kind=_KIND_SCHEDULED, req=0):
+    def start_read(self, slot, start, end, what, now, kind=_KIND_SCHEDULED, req=0):
         ev_to = end if kind == _KIND_SCHEDULED else now + 1
         parts = cold("reads").plan(
             start,
@@ -409,7 +388,7 @@ class Meter:
         self.reads.append(rd)
         return rd
 
-    def _send_read(self, rd, now, out):
+    def send_read(self, rd, now, out):
         """Re-send the parts in flight when their retry is due, or send new ones
         while fewer than _WINDOW are in flight."""
         again = rd.out and now >= rd.next_try
@@ -451,222 +430,23 @@ class Meter:
             self.frames_sent += 1  # usage data: no message_sent event
             rd.out[x] = p
         rd.attempt = rd.attempt + 1 if again else 1
-        rd.next_try = now + events.retry_delay(rd.attempt, self._rand())
+        rd.next_try = now + events.retry_delay(rd.attempt, self.rand())
 
     def _read_failed(self, rd, now):
         if rd.slot < schedules.NSLOTS:
             self.sched.send_failed(rd.slot)
-            self._put_schedules()
+            self.save_schedules()
         self.ev.log(events.READ_FAILED, now, rd.slot)
         rd.dead = True
 
-    def _reap_reads(self):
+    def reap_reads(self):
         self.reads = [rd for rd in self.reads if not rd.dead and rd.acked < len(rd.parts)]
 
     # -- receive ---------------------------------------------------------------
 
     def receive(self, raw, now, now_ms=None):
         """Handle one downlink frame; return the reply frames (maybe none)."""
-        out = []
-        wire = cold("wire")
-        E = cold("errors")  # the classes wire raises: loaded with it
-        try:
-            f = wire.decode(raw)
-        except E.ProtocolError as e:
-            # answer only a frame whose header names this meter
-            if len(raw) >= _HEADER_LEN and struct.unpack_from(">I", raw, 5)[0] == self.meter_id:
-                if isinstance(e, E.BadCrc):
-                    reason = _NACK_BAD_CRC
-                elif isinstance(e, E.UnknownMessageType):
-                    reason = _NACK_UNKNOWN_TYPE
-                elif isinstance(e, E.UnsupportedVersion):
-                    reason = _NACK_UNSUPPORTED_VERSION
-                else:
-                    reason = _NACK_MALFORMED
-                self._nack(out, raw[1], struct.unpack_from(">H", raw, 3)[0], reason, now)
-            return out
-        if f["meter_id"] != self.meter_id:
-            return out  # another meter's frame (a shared serial line)
-        mtype = f["type"]
-        seq = f["seq"]
-        body = f["body"]
-        code = wire.type_code(mtype)
-        if mtype in wire.AUTH_REQUIRED:
-            try:
-                counter = cold("auth").verify_frame(raw, self.key, self.last_counter)
-            except (E.BadMac, E.Replay) as e:
-                reason = _NACK_REPLAY if isinstance(e, E.Replay) else _NACK_AUTH_FAILED
-                self.ev.log(events.AUTH_FAILED, now, code)
-                self._nack(out, code, seq, reason, now)
-                return out
-            # persist before applying: a cut after it can never let a replay in
-            self.last_counter = counter
-            self.store.put_config(_K_COUNTER, struct.pack(">I", counter))
-        ev = self.ev
-        if mtype == "register_ack":
-            if body["status"] == 0 and not self.registered:
-                self.registered = True
-                self._reg_attempt = 0
-                self._put_config()
-        elif mtype == "config_set":
-            status = 0
-            for it in body["items"]:
-                if not self._config(it["key"], it["value"], now, False):
-                    status = _NACK_BAD_PARAMETER
-            if status == 0:
-                for it in body["items"]:
-                    self._config(it["key"], it["value"], now, True)
-                self._put_config()
-            self._frame(out, "config_ack", {"acked_seq": seq, "status": status}, now)
-        elif mtype == "schedule_set":
-            sch = self.sched
-            saved = sch.to_bytes()
-            status = 0
-            try:
-                for s in body["slots"]:
-                    sch.apply(s, now)
-            except schedules.ScheduleError:
-                status = _NACK_BAD_PARAMETER
-                self.sched = schedules.Schedules.from_bytes(
-                    saved, self.interval_s, self.utc_offset_s
-                )
-            if status == 0:
-                self._put_schedules()
-                for s in body["slots"]:
-                    ev.log(events.SCHEDULE_CHANGED, now, s["slot"])
-            self._frame(out, "schedule_ack", {"acked_seq": seq, "status": status}, now)
-        elif mtype == "read_request":
-            self._read_request(seq, body, now, out)
-        elif mtype == "read_ack":
-            acked = body["acked_seq"]
-            for rd in self.reads:
-                p = rd.out.pop(acked, None)
-                if p is None:
-                    continue
-                rd.acked += 1
-                rd.attempt = 1  # progress: the retry clock starts again
-                rd.next_try = now + events.retry_delay(1, self._rand())
-                if rd.dead or rd.acked >= len(rd.parts):
-                    if rd.slot < schedules.NSLOTS:
-                        self.sched.acknowledged(rd.slot, rd.end, rd.start)
-                        self._put_schedules()
-                    self._reap_reads()
-                else:
-                    self._send_read(rd, now, out)  # the window moves on
-                break
-        elif mtype == "event_ack":
-            if ev.acked(body["acked_seq"]):
-                self.store.put_config(_K_EVENT_ACK, struct.pack(">I", ev.acked_upto))
-        elif mtype == "time_sync_response":
-            t4 = now_ms if now_ms is not None else now * 1000
-            r = self.sync.response(
-                body["t1_ms"], body["t2_ms"], body["t3_ms"], t4, now, self._rand()
-            )
-            if r is None:
-                return out  # not the request in flight
-            decision, offset_ms, _delay = r
-            if decision == clock.FAILED:
-                ev.log(events.SYNC_FAILED, now, self.sync.last_reason)
-            elif decision == clock.STEP:
-                self.step_clock(now, now + (offset_ms + 500) // 1000)
-            elif decision == clock.OUT_OF_SYNC:
-                c, data = clock.event_for(decision, offset_ms, now)
-                ev.log(c, now, data)
-        elif mtype == "time_set":
-            new = body["utc_ms"] // 1000
-            self.step_clock(now, new)
-            self.sync.time_set(new)
-        elif mtype == "nack":
-            if body["reason"] == _NACK_NOT_REGISTERED and self.registered:
-                self.registered = False
-                self._reg_next = 0
-                self._put_config()
-        elif mtype == "download_open" or mtype == "download_auth":
-            # M18 (optical download) is not part of this firmware yet
-            self._nack(out, 0x0F, seq, _NACK_UNKNOWN_TYPE, now)
-        else:
-            self._nack(out, code, seq, _NACK_UNKNOWN_TYPE, now)
-        return out
-
-    def _config(self, key, v, now, apply):
-        """Check one config_set item (apply False: True if valid) or apply it."""
-        if key == _CFG_INTERVAL:
-            if not apply:
-                return v in tu.INTERVALS and not self.sched.conflicts(v)
-            at = self.rec.set_interval(v, now)
-            self.pending_interval = v if at is not None else 0
-        elif key == _CFG_UTC_OFFSET:
-            if not apply:
-                # whole hours of change keep every interval grid (and record) aligned
-                return -840 <= v <= 840 and (v * 60 - self.utc_offset_s) % 3600 == 0
-            off = v * 60
-            self.utc_offset_s = off
-            self.rec.utc_offset_s = off
-            self.sched.utc_offset_s = off
-            self.sync.utc_offset_s = off
-            self.sync.plan(now, self._rand())
-        elif key == _CFG_PUSH_MASK:
-            if not apply:
-                return 0 <= v and not v & ~events.MASK_ALL
-            self.push_mask = v
-            self.ev.set_push_mask(v)
-        elif key == _CFG_MULTIPLIER:
-            if not apply:
-                return 1 <= v <= 0xFFFF
-            self.multiplier = v
-        elif key == _CFG_RESET_REGISTRATION:
-            if not apply:
-                return True
-            self.registered = False
-            self._reg_attempt = 0
-            self._reg_next = 0
-        else:
-            return False
-        self.ev.log(events.CONFIG_CHANGED, now, key)
-        return True
-
-    def _read_request(self, seq, body, now, out):
-        mode = body["mode"]
-        what = body["what"] & schedules.WHAT_ALL or schedules.WHAT_ALL
-        held = None  # start of the oldest interval held
-        for r in self.store.intervals():
-            held = r[0]
-            break
-        acked = 0
-        for a in self.sched.acked_end:
-            if a > acked:
-                acked = a
-        reason = 0
-        try:
-            if held is None:
-                raise schedules.NotHeld("no interval held yet")
-            start, end = schedules.request_period(
-                mode,
-                body["start"],
-                body["end"],
-                now,
-                self.interval_s,
-                self.utc_offset_s,
-                held,
-                acked,
-            )
-        except schedules.NotHeld:
-            reason = _NACK_NOT_HELD
-        except schedules.ScheduleError:
-            reason = _NACK_BAD_PARAMETER
-        if not reason and len(self.reads) >= _MAX_READS:
-            reason = _NACK_BUSY
-        if not reason:
-            kind = _KIND_ON_DEMAND if mode == schedules.MODE_ON_DEMAND else _KIND_PERIOD
-            try:
-                rd = self._start_read(_ON_DEMAND_SLOT, start, end, what, now, kind, seq)
-            except cold("reads").ReadError:
-                reason = _NACK_BAD_PARAMETER
-        if reason:
-            self.ev.log(events.READ_UNANSWERABLE, now, reason)
-            self._nack(out, 0x07, seq, reason, now)
-            return
-        self._send_read(rd, now, out)  # answer at once (H05: within seconds)
+        return cold("downlink").receive(self, raw, now, now_ms)
 
     # -- clock -----------------------------------------------------------------
 

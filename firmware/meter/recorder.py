@@ -9,7 +9,8 @@
 #
 # App loop contract, each pass: rec.add(drained_counts); for r in rec.tick(now):
 # store r; then drain rec.midnight_due(). Before stepping the clock call
-# rec.tick(old) and then rec.clock_step(old, new).
+# rec.tick(old) and then rec.clock_step(old, new). A bad argument or a call out
+# of order raises a plain ValueError naming the argument and its value.
 #
 # Flag rules (values of a flagged INVALID record are placeholders, never a
 # measurement: the head-end reads them as missing, not as zero):
@@ -41,7 +42,7 @@ from meter import timeutil as tu
 POWER_FAILED = const(0x01)
 CLOCK_ADJUSTED = const(0x02)
 PARTIAL = const(0x04)
-RECOVERED = const(0x08)
+# 0x08 RECOVERED (SPEC): never set by the recorder
 INVALID = const(0x10)
 
 # Gap records older than this before the new interval are not emitted (the
@@ -49,10 +50,6 @@ INVALID = const(0x10)
 _MAX_GAP_S = const(3888000)  # 45 days
 _MAX_CHANNELS = const(8)
 _DAY = const(86400)
-
-
-class RecorderError(ValueError):
-    """Bad argument to the recorder, or a call out of order."""
 
 
 class Closed:
@@ -115,15 +112,14 @@ class Recorder:
         tu.check_interval(interval_s)
         tu.check_utc_offset(utc_offset_s)
         if not isinstance(channels, int) or not 1 <= channels <= _MAX_CHANNELS:
-            raise RecorderError("channels must be 1..%d, got %r" % (_MAX_CHANNELS, channels))
+            raise ValueError("channels", channels)
         self.interval_s = interval_s
-        self.channels = channels
         self.utc_offset_s = utc_offset_s
+        self.acc = [0] * channels  # energy of the interval in progress, one per channel
         if registers is None:
             self.registers = [0] * channels
         else:
-            self.registers = self._checked(registers, "registers", True)
-        self.acc = [0] * channels  # energy of the interval in progress
+            self.registers = list(self._checked(registers, "registers", True))
         self.start_s = None  # start of the interval in progress (None: not started)
         self.flags = 0  # flags of the interval in progress
         self.now = 0  # latest `now` handed in
@@ -135,23 +131,20 @@ class Recorder:
     # -- inputs --------------------------------------------------------------
 
     def _checked(self, values, what, exact):
+        # ints >= 0, at most one per channel (exact: one per channel)
         n = len(values)
-        if n > self.channels or (exact and n != self.channels):
-            raise RecorderError("%s: %d values for %d channels" % (what, n, self.channels))
+        ch = len(self.acc)
+        bad = n > ch or (exact and n != ch)
         for v in values:
             if not isinstance(v, int) or v < 0:
-                raise RecorderError("%s: values must be ints >= 0, got %r" % (what, v))
-        return list(values)
+                bad = True
+        if bad:
+            raise ValueError(what, values)
+        return values
 
     def add(self, counts):
         """Add energy counted since the last call (ints >= 0, one per channel)."""
-        n = len(counts)
-        if n > self.channels:
-            raise RecorderError("counts: %d values for %d channels" % (n, self.channels))
-        for i in range(n):
-            c = counts[i]
-            if not isinstance(c, int) or c < 0:
-                raise RecorderError("counts must be ints >= 0, got %r" % (c,))
+        n = len(self._checked(counts, "counts", False))
         acc = self.acc
         regs = self.registers
         for i in range(n):
@@ -232,7 +225,7 @@ class Recorder:
     def clock_step(self, old_now, new_now):
         """The clock was stepped from old_now to new_now. Returns Closed records.
 
-        Call tick(old_now) first (RecorderError otherwise). Forward across
+        Call tick(old_now) first (ValueError otherwise). Forward across
         boundaries closes them (see module header); backward never emits or
         re-opens a record: the interval in progress is held open and flagged.
         """
@@ -240,7 +233,7 @@ class Recorder:
             return Closed()
         end = self.start_s + self.interval_s
         if old_now >= end:
-            raise RecorderError("clock_step: tick(old_now) first")
+            raise ValueError("tick first", old_now)
         if new_now < end:
             if new_now != old_now:
                 self.flags |= CLOCK_ADJUSTED
@@ -279,7 +272,7 @@ class Recorder:
         off = self.utc_offset_s
         d = start + (interval_s or self.interval_s)  # in progress at power-down
         if not tu.is_boundary(d, self.interval_s, off):
-            raise RecorderError("record %r..%r does not end on a boundary" % (start, d))
+            raise ValueError("start", start)  # its interval ends off a boundary
         self.start_s = d
         self.flags = flags | POWER_FAILED | PARTIAL
         if acc is not None:

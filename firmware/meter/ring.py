@@ -74,45 +74,32 @@ def size_class(n):
     for c in range(4):
         if NSLOT[c] * SLOT >= n:
             return c
-    raise ValueError("record of %d bytes exceeds %d" % (n, _MAX_RECORD))
-
-
-class StoreError(ValueError):
-    """The store cannot do what was asked (bad argument, full, bad geometry)."""
+    raise ValueError("record", n)  # over _MAX_RECORD bytes
 
 
 class Ring:
     """Records appended to `count` blocks starting at `first`; oldest block reused.
 
-    Owner hooks (optional attributes):
-      payload(buf)  fill the 36-byte header payload of a block being opened
-      opened()      called after a new head block got its header
-    """
+    payload(ring, buf): optional owner hook, fills the 36-byte header payload of
+    a block being opened."""
 
     def __init__(self, bdev, first, count, tag, buf=None):
         bs = bdev.ioctl(_IOCTL_SIZE, 0)
         if bs % 256 or bs < 1024:
-            raise StoreError("block size %d: need a multiple of 256, >= 1024" % bs)
-        if count < 2:
-            raise StoreError("a ring needs at least 2 blocks")
-        total = bdev.ioctl(_IOCTL_COUNT, 0)
-        if first < 0 or first + count > total:
-            raise StoreError(
-                "ring blocks %d..%d outside device (%d)" % (first, first + count, total)
-            )
+            raise ValueError("block size", bs)  # a multiple of 256, >= 1024
+        if count < 2 or first < 0 or first + count > bdev.ioctl(_IOCTL_COUNT, 0):
+            raise ValueError("blocks", first, count)  # at least 2, inside the device
         self.bdev = bdev
         self.first = first
         self.count = count
         self.tag = tag
         self.spb = bs // SLOT  # slots per block (the first HDR_SLOTS hold the header)
-        self.order = []  # blocks in use (relative index), oldest first
-        self.head = -1  # head block (relative), -1 = ring empty
+        self.order = []  # blocks in use (relative index), oldest first: the last is the head
         self.seq = 0  # sequence number of the head block
         self.pos = 0  # next free slot in the head block
         # record being built by the owner (owners may share one: no nesting)
         self.buf = buf if buf is not None else bytearray(_MAX_RECORD)
         self.payload = None
-        self.opened = None
 
     # --- headers --------------------------------------------------------------------
     def read_header(self, block, buf):
@@ -135,50 +122,25 @@ class Ring:
                 found.append((seq, b))
         found.sort()
         self.order = [b for _, b in found]
+        self.seq = 0
+        self.pos = 0
         if found:
-            self.seq, self.head = found[-1]
+            self.seq, head = found[-1]
             end = [HDR_SLOTS]
-            for _ in self.records(self.head, end):
+            for _ in self.records(head, end):
                 pass
             self.pos = end[0]
-        else:
-            self.head = -1
-            self.seq = 0
-            self.pos = 0
 
     def next_victim(self):
-        """The block the next _open() will take: the first free block after the
+        """The block the next new head will take: the first free block after the
         head, else the oldest block."""
-        h = self.head
+        order = self.order
+        h = order[-1] if order else -1
         for i in range(1, self.count + 1):
             b = (h + i) % self.count
-            if b not in self.order:
+            if b not in order:
                 return b
-        return self.order[0]
-
-    def _open(self):
-        v = self.next_victim()
-        bdev = self.bdev
-        if v in self.order:
-            self.order.remove(v)
-            bdev.writeblocks(self.first + v, _ZERO2, 0)  # invalidate before erasing
-        bdev.ioctl(_IOCTL_ERASE, self.first + v)
-        hdr = bytearray(_HDR_BYTES)  # not self.buf: it may hold a pending record
-        for i in range(_HDR_BYTES):
-            hdr[i] = 0xFF
-        seq = self.seq + 1
-        struct.pack_into("<HBBI", hdr, 0, _MAGIC, self.tag, _VERSION, seq)
-        mv = memoryview(hdr)
-        if self.payload is not None:
-            self.payload(mv[8:44])
-        struct.pack_into("<I", hdr, 44, check32(mv[:44]))
-        bdev.writeblocks(self.first + v, hdr, 0)
-        self.order.append(v)
-        self.head = v
-        self.seq = seq
-        self.pos = HDR_SLOTS
-        if self.opened is not None:
-            self.opened()
+        return order[0]
 
     # --- records --------------------------------------------------------------------
     def append(self, kind, n, buf=None):
@@ -189,10 +151,29 @@ class Ring:
             buf = self.buf
         c = size_class(n + 2)
         slots = NSLOT[c]
-        if self.head < 0 or self.pos + slots > self.spb:
-            self._open()
-            if self.pos + slots > self.spb:
-                raise StoreError("no room for a %d-slot record after opening a block" % slots)
+        bdev = self.bdev
+        order = self.order
+        if not order or self.pos + slots > self.spb:
+            # open a new head block (>= 61 free slots: any record fits): a block
+            # in use is invalidated before it is erased, the header comes last
+            v = self.next_victim()
+            if v in order:
+                order.remove(v)
+                bdev.writeblocks(self.first + v, _ZERO2, 0)
+            bdev.ioctl(_IOCTL_ERASE, self.first + v)
+            hdr = bytearray(_HDR_BYTES)  # not self.buf: it may hold the pending record
+            for i in range(_HDR_BYTES):
+                hdr[i] = 0xFF
+            seq = self.seq + 1
+            struct.pack_into("<HBBI", hdr, 0, _MAGIC, self.tag, _VERSION, seq)
+            mv = memoryview(hdr)
+            if self.payload is not None:
+                self.payload(self, mv[8:44])
+            struct.pack_into("<I", hdr, 44, check32(mv[:44]))
+            bdev.writeblocks(self.first + v, hdr, 0)
+            order.append(v)
+            self.seq = seq
+            self.pos = HDR_SLOTS
         end = slots * SLOT
         buf[0] = (kind << 2) | c
         for i in range(n, end - 2):
@@ -200,9 +181,10 @@ class Ring:
         mv = memoryview(buf)
         struct.pack_into("<H", buf, end - 2, check16(mv[: end - 2]))
         slot = self.pos
-        self.bdev.writeblocks(self.first + self.head, mv[:end], slot * SLOT)
+        head = order[-1]
+        bdev.writeblocks(self.first + head, mv[:end], slot * SLOT)
         self.pos = slot + slots
-        return self.head, slot
+        return head, slot
 
     def read(self, block, slot, buf):
         """Read the record at (block, slot) into buf; returns its length or 0 if

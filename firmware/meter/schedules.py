@@ -15,6 +15,8 @@
 #     the first read's start if nothing was ever acknowledged (M15)
 # An occurrence missed while the meter was off fires once, late, at the next
 # due() call (covering everything since the previous read).
+# Bad slots or requests raise ScheduleError(field, value), a ValueError; a
+# period the meter does not hold raises NotHeld, a ScheduleError.
 
 try:
     from micropython import const
@@ -25,6 +27,7 @@ except ImportError:
 
 
 import struct
+from collections import namedtuple
 
 from meter import timeutil as tu
 
@@ -44,9 +47,8 @@ _MODE_SINCE_ACK = const(1)
 MODE_ON_DEMAND = const(2)
 
 _MAGIC = const(b"S\x01")
-_REC = const(
-    ">BIIIIBIIIIB"
-)  # present, start, end, period, offset, what, next, sent, acked, first, failed
+# present, start, end, period, offset, what, next, sent, acked, first, failed
+_REC = const(">B4IB4IB")
 _REC_LEN = const(35)
 _BLOB_LEN = const(142)
 
@@ -60,41 +62,33 @@ class NotHeld(ScheduleError):
     """A requested period is not held by the meter (nack not_held, M16)."""
 
 
-class Slot:
-    """One read schedule. Times are UTC s; offset_s is within the period."""
+# One read schedule (a tuple: no instance dict). Times are UTC s; offset_s is
+# within the period.
+Slot = namedtuple("Slot", ("index", "start", "end", "period_s", "offset_s", "what"))
 
-    def __init__(self, index, start, end, period_s, offset_s, what=WHAT_ALL):
-        self.index = index
-        self.start = start
-        self.end = end
-        self.period_s = period_s
-        self.offset_s = offset_s
-        self.what = what
+
+def _check(name, v, lo, hi):
+    """Raise ScheduleError(name, v) unless v is an int in [lo, hi]."""
+    if not isinstance(v, int) or not lo <= v <= hi:
+        raise ScheduleError(name, v)
 
 
 def validate(slot, interval_s):
     """Raise ScheduleError unless `slot` is valid for interval_s."""
     if not isinstance(slot, Slot):
-        raise ScheduleError("not a Slot: %r" % (slot,))
-    if not isinstance(slot.index, int) or not 0 <= slot.index < NSLOTS:
-        raise ScheduleError("slot index must be 0..3, got %r" % (slot.index,))
-    for name in ("start", "end", "period_s", "offset_s"):
-        v = getattr(slot, name)
-        if not isinstance(v, int) or not 0 <= v <= _U32:
-            raise ScheduleError("%s must be a u32, got %r" % (name, v))
-    if not isinstance(slot.what, int) or not 1 <= slot.what <= WHAT_ALL:
-        raise ScheduleError("what must be 1..15, got %r" % (slot.what,))
-    if slot.index == 0:
-        if slot.period_s != _DAY or slot.end != 0:
-            raise ScheduleError("slot 0 is daily and ongoing: period_s=86400, end=0")
-    elif slot.period_s < interval_s:
-        raise ScheduleError("period_s %d < interval %d" % (slot.period_s, interval_s))
-    elif slot.period_s > _MAX_PERIOD_S:
-        raise ScheduleError("period_s %d > %d" % (slot.period_s, _MAX_PERIOD_S))
-    if slot.offset_s >= slot.period_s:
-        raise ScheduleError("offset_s %d must be < period_s %d" % (slot.offset_s, slot.period_s))
+        raise ScheduleError("slot", slot)
+    _check("index", slot.index, 0, NSLOTS - 1)
+    _check("start", slot.start, 0, _U32)
+    _check("end", slot.end, 0, _U32)
+    _check("what", slot.what, 1, WHAT_ALL)
+    if slot.index == 0:  # daily and ongoing
+        _check("period_s", slot.period_s, _DAY, _DAY)
+        _check("end", slot.end, 0, 0)
+    else:  # from the interval length (H07) to 31 days
+        _check("period_s", slot.period_s, interval_s, _MAX_PERIOD_S)
+    _check("offset_s", slot.offset_s, 0, slot.period_s - 1)
     if slot.end and slot.end <= slot.start:
-        raise ScheduleError("end %d must be 0 or after start %d" % (slot.end, slot.start))
+        raise ScheduleError("end", slot.end)
     return slot
 
 
@@ -111,7 +105,7 @@ def next_due(slot, after, utc_offset_s):
     return t
 
 
-def request_period(mode, start, end, now, interval_s, utc_offset_s, held_from, acked_upto=0):
+def request_period(mode, start, end, now, interval_s, utc_offset_s, held_from, acked_upto):
     """(start, end) of intervals to answer a read_request with, or raise (M13, M16).
 
     Bounds are interval boundaries; end never passes the last complete
@@ -124,21 +118,21 @@ def request_period(mode, start, end, now, interval_s, utc_offset_s, held_from, a
         start, end = tu.day_start(now, utc_offset_s), last
     elif mode == _MODE_SINCE_ACK:
         if not acked_upto:
-            raise NotHeld("nothing acknowledged yet")
+            raise NotHeld("acked_upto", acked_upto)
         start, end = acked_upto, last
     elif mode == _MODE_PERIOD or mode == MODE_ON_DEMAND:
         if end <= start:
-            raise ScheduleError("empty period %r..%r" % (start, end))
+            raise ScheduleError("end", end)
         start = tu.floor_to(start, interval_s, utc_offset_s)
         end = tu.floor_to(end - 1, interval_s, utc_offset_s) + interval_s
         if end > last:
             end = last
     else:
-        raise ScheduleError("unknown read mode %r" % (mode,))
+        raise ScheduleError("mode", mode)
     if start < held_from:
         start = held_from
     if start > end or (start == end and mode != MODE_ON_DEMAND):
-        raise NotHeld("period %r..%r not held (held from %r to %r)" % (start, end, held_from, last))
+        raise NotHeld("period", start, end)
     return (start, end)
 
 
@@ -148,7 +142,7 @@ class Schedules:
     A fresh instance plans slot 0 at its first due() call, from that instant on.
     """
 
-    def __init__(self, interval_s, utc_offset_s=0, read_offset_s=DEFAULT_READ_OFFSET_S):
+    def __init__(self, interval_s, utc_offset_s, read_offset_s):
         tu.check_interval(interval_s)
         tu.check_utc_offset(utc_offset_s)
         self.interval_s = interval_s
@@ -158,49 +152,47 @@ class Schedules:
         self.sent_end = [0] * NSLOTS  # end of the previous read issued
         self.acked_end = [0] * NSLOTS  # end of the last acknowledged read
         self.first = [0] * NSLOTS  # start of the first read (nothing acked yet)
-        self.failed = [0] * NSLOTS  # a send failed since the last full ack
-        self.slots[0] = validate(Slot(0, 0, 0, _DAY, read_offset_s), interval_s)
-
-    def set(self, slot, now):
-        """Set or update a slot (M11, M19). Returns its next occurrence (or None).
-
-        Updating a non-default slot starts it afresh (its first occurrence
-        reads from midnight, M14); slot 0 keeps its read bookkeeping.
-        """
-        validate(slot, self.interval_s)
-        i = slot.index
-        if i != 0:
-            self.cancel(i, now)  # start afresh
-        self.slots[i] = slot
-        nxt = next_due(slot, now, self.utc_offset_s)
-        self.next_at[i] = nxt or 0
-        return nxt
+        self.failed = 0  # bit 1 << i: a send of slot i failed since its last full ack
+        self.slots[0] = validate(Slot(0, 0, 0, _DAY, read_offset_s, WHAT_ALL), interval_s)
 
     def cancel(self, index, now):
         """Cancel a non-default slot. Slot 0 cannot be cancelled (N07)."""
-        if not isinstance(index, int) or not 1 <= index < NSLOTS:
-            raise ScheduleError("only slots 1..3 can be cancelled, got %r" % (index,))
+        _check("slot", index, 1, NSLOTS - 1)
         self.slots[index] = None
         self.next_at[index] = self.sent_end[index] = self.acked_end[index] = 0
-        self.first[index] = self.failed[index] = 0
+        self.first[index] = 0
+        self.failed &= ~(1 << index)
 
     def apply(self, fields, now):
-        """Apply one wire Slot dict {slot, action, start, end, period_s, offset_s, what}."""
+        """Apply one wire Slot dict {slot, action, start, end, period_s, offset_s, what}:
+        set, update or cancel a slot (M11, M19). Returns its next occurrence
+        (None: cancelled or ended).
+
+        Setting a non-default slot starts it afresh (its first occurrence
+        reads from midnight, M14); slot 0 keeps its read bookkeeping.
+        """
+        i = fields.get("slot")
         action = fields.get("action", _SET)
         if action == _CANCEL:
-            self.cancel(fields.get("slot"), now)
+            self.cancel(i, now)
             return None
         if action != _SET:
-            raise ScheduleError("action must be 0 (set) or 1 (cancel), got %r" % (action,))
+            raise ScheduleError("action", action)
         slot = Slot(
-            fields.get("slot"),
+            i,
             fields.get("start", 0),
             fields.get("end", 0),
             fields.get("period_s", 0),
             fields.get("offset_s", 0),
             fields.get("what", WHAT_ALL),
         )
-        return self.set(slot, now)
+        validate(slot, self.interval_s)
+        if i != 0:
+            self.cancel(i, now)  # start afresh
+        self.slots[i] = slot
+        nxt = next_due(slot, now, self.utc_offset_s)
+        self.next_at[i] = nxt or 0
+        return nxt
 
     def conflicts(self, interval_s):
         """Indices of slots that a change to interval_s would make invalid."""
@@ -215,7 +207,7 @@ class Schedules:
         tu.check_interval(interval_s)
         bad = self.conflicts(interval_s)
         if bad:
-            raise ScheduleError("slots %r have periods shorter than %d" % (bad, interval_s))
+            raise ScheduleError("interval_s", interval_s)
         self.interval_s = interval_s
 
     # -- reading -------------------------------------------------------------
@@ -244,7 +236,7 @@ class Schedules:
             if not self.sent_end[i]:
                 start = first
                 self.first[i] = first
-            elif self.failed[i]:
+            elif self.failed >> i & 1:
                 start = self.acked_end[i] or self.first[i]
             else:
                 start = self.sent_end[i]
@@ -254,7 +246,7 @@ class Schedules:
                 if i:
                     continue  # nothing new (clock stepped back): skip
                 start = first  # default read: resend the previous day
-            self.failed[i] = 0
+            self.failed &= ~(1 << i)
             if end > self.sent_end[i]:
                 self.sent_end[i] = end
             out.append((i, start, end))
@@ -263,9 +255,9 @@ class Schedules:
     def send_failed(self, index):
         """A scheduled read could not be sent (the app logs read_failed, M15)."""
         if self.sent_end[index]:
-            self.failed[index] = 1
+            self.failed |= 1 << index
 
-    def acknowledged(self, index, upto, start=None):
+    def acknowledged(self, index, upto, start):
         """read_ack for a read of `index` covering [start, upto). Returns True if taken.
 
         An ack for a read that starts after the last acknowledged end (a
@@ -273,12 +265,12 @@ class Schedules:
         re-sends from the last acknowledged end.
         """
         base = self.acked_end[index] or self.first[index]
-        if start is not None and base and start > base:
+        if base and start > base:
             return False
         if upto > self.acked_end[index]:
             self.acked_end[index] = upto
         if self.acked_end[index] >= self.sent_end[index]:
-            self.failed[index] = 0
+            self.failed &= ~(1 << index)
         return True
 
     def clock_step(self, old_now, new_now):
@@ -314,29 +306,29 @@ class Schedules:
                 self.sent_end[i],
                 self.acked_end[i],
                 self.first[i],
-                self.failed[i],
+                self.failed >> i & 1,
             )
         return bytes(buf)
 
     @staticmethod
-    def from_bytes(blob, interval_s, utc_offset_s=0):
+    def from_bytes(blob, interval_s, utc_offset_s):
         """Rebuild from to_bytes(). Raises ScheduleError on a bad blob or slot."""
         if len(blob) != _BLOB_LEN or bytes(blob[0:2]) != _MAGIC:
-            raise ScheduleError("bad schedules blob (%d bytes)" % len(blob))
-        sch = Schedules(interval_s, utc_offset_s)
+            raise ScheduleError("blob", len(blob))
+        sch = Schedules(interval_s, utc_offset_s, DEFAULT_READ_OFFSET_S)  # slot 0 read below
         for i in range(NSLOTS):
             r = struct.unpack_from(_REC, blob, 2 + i * _REC_LEN)
             if not r[0]:
                 if i == 0:
-                    raise ScheduleError("schedules blob without slot 0")
+                    raise ScheduleError("slot", 0)  # the default read is always set
                 sch.slots[i] = None
                 continue
             if r[0] != 1 or r[10] > 1:
-                raise ScheduleError("bad schedules blob record %d" % i)
+                raise ScheduleError("slot", i)
             sch.slots[i] = validate(Slot(i, r[1], r[2], r[3], r[4], r[5]), interval_s)
             sch.next_at[i] = r[6]
             sch.sent_end[i] = r[7]
             sch.acked_end[i] = r[8]
             sch.first[i] = r[9]
-            sch.failed[i] = r[10]
+            sch.failed |= r[10] << i
         return sch

@@ -9,12 +9,14 @@
 #   s.put_config(key, bytes); s.get_config(key)
 #
 # All values are integers (energy in the channel's unit, time in UTC seconds):
-# floats are refused, as ESP32 floats are single precision. Logic only: no clock.
+# floats are refused (TypeError), as ESP32 floats are single precision; anything
+# else the store cannot do raises a plain ValueError naming the argument and its
+# value (no caller tells store errors apart). Logic only: no clock.
 # Format, limits and timing: STORE.md next to this file.
 import struct
 
 from meter.config_log import ConfigLog
-from meter.ring import HDR_SLOTS, SLOT, Ring, StoreError
+from meter.ring import HDR_SLOTS, SLOT, Ring
 
 try:
     from micropython import const
@@ -48,9 +50,9 @@ _FLAG_PARTIAL = const(4)
 
 def _int(x, lo, hi, what):
     if not isinstance(x, int) or isinstance(x, bool):
-        raise TypeError("%s must be an int, got %r" % (what, x))
+        raise TypeError(what, x)
     if x < lo or x > hi:
-        raise StoreError("%s %d out of range %d..%d" % (what, x, lo, hi))
+        raise ValueError(what, x)
     return x
 
 
@@ -77,22 +79,25 @@ class Store:
         ib = interval_blocks or ib
         eb = event_blocks or eb
         cb = config_blocks or cb
-        self.first = first
         self.blocks = (ib, eb, cb)
         # one record buffer for the three rings: a record is built and appended
         # before the next one starts (the config copy uses its own)
         self._iv = Ring(bdev, first, ib, _TAG_INTERVALS)
         self._ev = Ring(bdev, first + ib, eb, _TAG_EVENTS, self._iv.buf)
         self._cf = ConfigLog(bdev, first + ib + eb, cb, _TAG_CONFIG, self._iv.buf)
-        # block header payloads, what mount() resumes from: highest interval
-        # start and registers; the next event sequence number
-        self._iv.payload = lambda buf: struct.pack_into("<I4Q", buf, 0, self._hw, *self._regs)
-        self._ev.payload = lambda buf: struct.pack_into("<I", buf, 0, self._next_seq)
+        self._iv.payload = self._ev.payload = self._payload
         self._regs = [0] * _CHANNELS
         self._hw = 0  # highest interval start seen (running max)
         self._last = None
-        self._next_seq = 1
-        self._mounted = False
+        self._next_seq = 0  # 0: not mounted yet
+
+    def _payload(self, ring, buf):
+        # a new block's header payload, what mount() resumes from: the highest
+        # interval start and the registers; the next event sequence number
+        if ring is self._ev:
+            struct.pack_into("<I", buf, 0, self._next_seq)
+        else:
+            struct.pack_into("<I4Q", buf, 0, self._hw, *self._regs)
 
     # --- capacity -------------------------------------------------------------------
     def capacity(self):
@@ -100,7 +105,7 @@ class Store:
         A compact interval uses 1 slot, a wide one or a register read 2."""
         u = self._iv.spb - HDR_SLOTS
         ib, eb, cb = self.blocks
-        return (ib - 1) * u, (eb - 1) * u, self._cf.limit
+        return (ib - 1) * u, (eb - 1) * u, u // 2  # config: ConfigLog keeps half a block live
 
     # --- mount ----------------------------------------------------------------------
     def mount(self):
@@ -112,12 +117,13 @@ class Store:
         self._regs = [0] * _CHANNELS
         self._hw = 0
         self._last = None
-        if iv.head >= 0:
-            iv.read_header(iv.head, iv.buf)
+        if iv.order:
+            head = iv.order[-1]
+            iv.read_header(head, iv.buf)
             vals = struct.unpack_from("<I4Q", iv.buf, 8)
             self._hw = vals[0]
             self._regs = list(vals[1:])
-            for _, kind, rec in iv.records(iv.head):
+            for _, kind, rec in iv.records(head):
                 self._apply(kind, rec)
             if self._last is None:
                 for i in range(len(iv.order) - 2, -1, -1):
@@ -129,21 +135,21 @@ class Store:
         ev = self._ev
         ev.mount()
         self._next_seq = 1
-        if ev.head >= 0:
-            ev.read_header(ev.head, ev.buf)
+        if ev.order:
+            head = ev.order[-1]
+            ev.read_header(head, ev.buf)
             self._next_seq = struct.unpack_from("<I", ev.buf, 8)[0]
-            for _, kind, rec in ev.records(ev.head):
+            for _, kind, rec in ev.records(head):
                 if kind == _KIND_EVENT:
                     seq = struct.unpack_from("<I", rec, 1)[0]
                     if seq >= self._next_seq:
                         self._next_seq = seq + 1
         self._cf.mount()
-        self._mounted = True
         return self
 
     def _need_mount(self):
-        if not self._mounted:
-            raise StoreError("store not mounted: call mount() first")
+        if not self._next_seq:
+            raise ValueError("unmounted")
 
     def _apply(self, kind, rec):
         regs = self._regs
@@ -168,10 +174,10 @@ class Store:
         _int(interval_s, 1, 0xFFFF, "interval_s")
         _int(flags, 0, 255, "flags")
         if len(values) != _CHANNELS:
-            raise StoreError("need %d channel values, got %d" % (_CHANNELS, len(values)))
+            raise ValueError("values", values)
         small = interval_s in _NOMINAL and flags < 32
         for v in values:
-            _int(v, 0, _U32, "channel value")
+            _int(v, 0, _U32, "values")
             if v > 0xFFFF:
                 small = False
         buf = self._iv.buf
@@ -195,7 +201,7 @@ class Store:
         self._need_mount()
         _int(time, 0, _U32, "time")
         if len(values) != _CHANNELS:
-            raise StoreError("need %d register values" % _CHANNELS)
+            raise ValueError("values", values)
         for v in values:
             _int(v, 0, _REG_MOD - 1, "registers")
         buf = self._iv.buf
@@ -261,9 +267,7 @@ class Store:
         self._need_mount()
         _int(code, 0, 0xFFFF, "code")
         _int(time, 0, _U32, "time")
-        n = len(data)
-        if n > _MAX_EVENT_DATA:
-            raise StoreError("event data of %d bytes exceeds %d" % (n, _MAX_EVENT_DATA))
+        n = _int(len(data), 0, _MAX_EVENT_DATA, "data")
         seq = self._next_seq
         buf = self._ev.buf
         struct.pack_into("<IIHB", buf, 1, seq, time, code, n)

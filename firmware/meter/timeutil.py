@@ -5,7 +5,8 @@
 # "Local" always means local STANDARD time of a fixed UTC offset: no DST (M04).
 # Interval boundaries are aligned to local standard midnight, so every local
 # day holds exactly 86400 // interval_s intervals, whatever the offset.
-# Bad arguments raise a plain ValueError: no caller tells time errors apart.
+# Bad arguments raise a plain ValueError(name, value): no caller tells time
+# errors apart.
 
 try:
     from micropython import const
@@ -31,13 +32,13 @@ def epoch_shift(y):
         return _EPOCH_2000
     if y == 1970:
         return 0
-    raise ValueError("unknown epoch year %r" % (y,))
+    raise ValueError("epoch year", y)
 
 
 def check_interval(interval_s):
     """Raise ValueError unless interval_s is a supported interval length (M01)."""
     if not isinstance(interval_s, int) or interval_s not in INTERVALS:
-        raise ValueError("interval_s must be one of %r, got %r" % (INTERVALS, interval_s))
+        raise ValueError("interval_s", interval_s)
     return interval_s
 
 
@@ -48,9 +49,7 @@ def check_utc_offset(utc_offset_s):
         or utc_offset_s % 60
         or not -_MAX_UTC_OFFSET_S <= utc_offset_s <= _MAX_UTC_OFFSET_S
     ):
-        raise ValueError(
-            "utc_offset_s must be whole minutes within +-14 h, got %r" % (utc_offset_s,)
-        )
+        raise ValueError("utc_offset_s", utc_offset_s)
     return utc_offset_s
 
 
@@ -59,12 +58,12 @@ def floor_to(t, step, utc_offset_s=0):
     return t - (t + utc_offset_s) % step
 
 
-def next_boundary(t, step, utc_offset_s=0):
+def next_boundary(t, step, utc_offset_s):
     """Earliest boundary > t of a grid of `step` s aligned to local midnight."""
     return t - (t + utc_offset_s) % step + step
 
 
-def is_boundary(t, step, utc_offset_s=0):
+def is_boundary(t, step, utc_offset_s):
     return (t + utc_offset_s) % step == 0
 
 

@@ -1,7 +1,7 @@
 # Flash wear and footprint of the store's format (bench/flash_wear.py, tests).
 # Host-side arithmetic over store.layout: the meter never imports it.
 from meter import store
-from meter.ring import HDR_SLOTS, NSLOT, SLOT, StoreError
+from meter.ring import HDR_SLOTS, NSLOT, SLOT, size_class
 
 
 def footprint(block_size=4096):
@@ -35,9 +35,9 @@ def wear_estimate(
     ib, eb, cb = store.layout(block_size)
     usable = block_size // SLOT - HDR_SLOTS
     iv_slots = 86400 // interval_s + 2  # intervals + one register read
-    n_ev = NSLOT[_cls(12 + event_data + 2)]
+    n_ev = NSLOT[size_class(12 + event_data + 2)]
     ev_slots = events_per_day * n_ev
-    n_cf = NSLOT[_cls(3 + config_value + 2)]
+    n_cf = NSLOT[size_class(3 + config_value + 2)]
     cf_slots = config_puts_per_day * n_cf
     # config: each new block also receives copies of the victim's live records,
     # at most half a block: the worst case wears as if a block fills twice as fast
@@ -59,10 +59,3 @@ def wear_estimate(
         years = limit * worst_den // (worst_num * 365)
     out["years_to_limit"] = years
     return out
-
-
-def _cls(nbytes):
-    for c in range(4):
-        if NSLOT[c] * SLOT >= nbytes:
-            return c
-    raise StoreError("record too large")

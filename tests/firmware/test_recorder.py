@@ -169,20 +169,19 @@ def test_m01_interval_change_same_length_cancels_and_bad_length_raises():
     assert rec.pending_interval is None
     _raises(ValueError, rec.set_interval, 1200, D + 7)
     _raises(ValueError, rc.Recorder, 1000)
-    _raises(rc.RecorderError, rc.Recorder, 900, 0)
-    _raises(rc.RecorderError, rc.Recorder, 900, 9)
-    _raises(rc.RecorderError, rc.Recorder, 900, 2, 0, (1,))
+    _raises(ValueError, rc.Recorder, 900, 0)
+    _raises(ValueError, rc.Recorder, 900, 9)
+    _raises(ValueError, rc.Recorder, 900, 2, 0, (1,))
 
 
 def test_m01_add_takes_non_negative_integers_only():
     rec = rc.Recorder(900, channels=2)
     rec.start(D)
     for bad in ((-1, 0), (1.5, 0), (1, 2, 3), ("1",)):
-        _raises(rc.RecorderError, rec.add, bad)
+        _raises(ValueError, rec.add, bad)
     assert rec.totals() == (0, 0)  # a rejected add changes nothing
     rec.add((3,))
     assert rec.totals() == (3, 0)
-    assert issubclass(rc.RecorderError, ValueError)
 
 
 def test_m05_registers_are_exact_integers_beyond_float_precision():
@@ -267,7 +266,7 @@ def test_m04_clock_step_none_lost_none_doubled():
 def test_m04_clock_step_requires_a_tick_first():
     rec = rc.Recorder(900)
     rec.start(D)
-    _raises(rc.RecorderError, rec.clock_step, D + 1000, D + 1100)
+    _raises(ValueError, rec.clock_step, D + 1000, D + 1100)
 
 
 def test_m04_unannounced_backward_time_is_flagged():
@@ -339,7 +338,7 @@ def test_m05_power_up_first_boot_and_bad_record():
     rec = rc.Recorder(900)
     assert list(rec.power_up(D + 100, None)) == []
     assert rec.in_progress()[:3] == (D, 900, PF | P)
-    _raises(rc.RecorderError, rc.Recorder(900).power_up, D + 5000, D + 10)
+    _raises(ValueError, rc.Recorder(900).power_up, D + 5000, D + 10)
 
 
 def _drain(rec):
@@ -413,7 +412,7 @@ def test_m05_power_up_after_an_interval_change():
     rec.power_fail(D + H + 100)
     snap = rec.in_progress()
     new = rc.Recorder(3600, registers=rec.totals())
-    _raises(rc.RecorderError, new.power_up, D + 3 * H, stored[-1][0])  # 2700 + 3600: no boundary
+    _raises(ValueError, new.power_up, D + 3 * H, stored[-1][0])  # 2700 + 3600: no boundary
     out = list(new.power_up(D + 3 * H + 7, stored[-1][0], snap[3], snap[2], None, 900))
     assert _short(out) == [(D + H, PF | P, 5), (D + 2 * H, PF | INV, 0)]
     assert all(r[1] == 3600 for r in out)

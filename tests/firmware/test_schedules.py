@@ -7,12 +7,29 @@ DAY = 86400
 D = 1772323200  # 2026-03-01T00:00:00Z
 EST = -5 * H
 M = D + 5 * H  # local standard midnight (EST) starting 2026-03-01
-S = sc.Slot
 # SPEC values the module keeps private (no global on the meter):
 MODE_PERIOD = 0  # read_request.mode
 MODE_SINCE_ACK = 1
 SET = 0  # Slot.action
 CANCEL = 1
+
+
+def S(index, start, end, period_s, offset_s, what=sc.WHAT_ALL):
+    return sc.Slot(index, start, end, period_s, offset_s, what)
+
+
+def _set(s, slot, now):
+    # Set a slot as a schedule_set carries it: a wire Slot dict.
+    f = {
+        "slot": slot.index,
+        "action": SET,
+        "start": slot.start,
+        "end": slot.end,
+        "period_s": slot.period_s,
+        "offset_s": slot.offset_s,
+        "what": slot.what,
+    }
+    return s.apply(f, now)
 
 
 def _raises(exc, fn, *args):
@@ -106,16 +123,16 @@ def test_m12_default_read_sends_the_previous_local_day():
 
 def test_m19_default_read_time_is_programmable():
     s = _sch()
-    assert s.set(S(0, 0, 0, DAY, 3 * H + 1200), M + 200) == M + 3 * H + 1200
+    assert _set(s, S(0, 0, 0, DAY, 3 * H + 1200), M + 200) == M + 3 * H + 1200
     assert s.due(M + 7200) == []
     assert s.due(M + 3 * H + 1200) == [(0, M - DAY, M)]
     assert _wire(s) == [(0, 0, 0, 0, DAY, 3 * H + 1200, 15)]
-    _raises(sc.ScheduleError, s.set, S(0, 0, 0, 3600, 0), M)
+    _raises(sc.ScheduleError, _set, s, S(0, 0, 0, 3600, 0), M)
 
 
 def test_m14_first_read_from_midnight_then_from_the_previous_read():
     s = _sch(read_offset_s=1800)
-    s.set(S(1, 0, 0, 4 * H, 1800, 1), M + 5 * H)  # what: intervals  # 00:30, 04:30, ... local
+    _set(s, S(1, 0, 0, 4 * H, 1800, 1), M + 5 * H)  # what: intervals  # 00:30, 04:30, ... local
     for now, want in (
         (M + 8 * H + 1799, []),
         (M + 8 * H + 1800, [(1, M, M + 8 * H + 1800)]),
@@ -127,13 +144,13 @@ def test_m14_first_read_from_midnight_then_from_the_previous_read():
 
 def test_m14_first_read_at_midnight_covers_the_previous_day():
     s = _sch(read_offset_s=1800)
-    s.set(S(2, 0, 0, 6 * H, 0), M - 100)
+    _set(s, S(2, 0, 0, 6 * H, 0), M - 100)
     assert _reads(s, M, 2) == [(2, M - DAY, M)]
 
 
 def test_m15_after_a_failed_send_the_next_read_covers_since_the_last_ack():
     s = _sch(read_offset_s=1800)
-    s.set(S(1, 0, 0, 4 * H, 1800), M + 5 * H)
+    _set(s, S(1, 0, 0, 4 * H, 1800), M + 5 * H)
     a = _reads(s, M + 8 * H + 1800, 1)[0]
     assert s.acknowledged(1, a[2], a[1])
     b = _reads(s, M + 12 * H + 1800, 1)[0]
@@ -146,7 +163,7 @@ def test_m15_after_a_failed_send_the_next_read_covers_since_the_last_ack():
 
 def test_m15_failure_before_any_ack_resends_from_the_first_read():
     s = _sch(read_offset_s=1800)
-    s.set(S(1, 0, 0, 4 * H, 1800), M + 5 * H)
+    _set(s, S(1, 0, 0, 4 * H, 1800), M + 5 * H)
     _reads(s, M + 8 * H + 1800, 1)
     s.send_failed(1)
     _reads(s, M + 12 * H + 1800, 1)
@@ -156,7 +173,7 @@ def test_m15_failure_before_any_ack_resends_from_the_first_read():
 
 def test_m15_an_ack_after_a_hole_is_not_taken():
     s = _sch(read_offset_s=1800)
-    s.set(S(1, 0, 0, 4 * H, 1800), M + 5 * H)
+    _set(s, S(1, 0, 0, 4 * H, 1800), M + 5 * H)
     a = _reads(s, M + 8 * H + 1800, 1)[0]  # never arrives
     b = _reads(s, M + 12 * H + 1800, 1)[0]
     s.send_failed(1)  # a's ack timed out
@@ -175,7 +192,7 @@ def test_m15_default_read_failure_covers_several_days():
 
 def test_m11_missed_occurrences_fire_once_late():
     s = _sch()
-    s.set(S(1, 0, 0, H, 0), M + 100)
+    _set(s, S(1, 0, 0, H, 0), M + 100)
     assert _reads(s, M + H, 1) == [(1, M, M + H)]
     assert _reads(s, M + 6 * H + 500, 1) == [(1, M + H, M + 6 * H)]  # meter was off 5 h
     assert _reads(s, M + 6 * H + 600, 1) == []
@@ -184,7 +201,7 @@ def test_m11_missed_occurrences_fire_once_late():
 
 def test_m11_schedule_with_an_end_stops():
     s = _sch()
-    s.set(S(1, M + H, M + 3 * H, H, 0), M + 100)
+    _set(s, S(1, M + H, M + 3 * H, H, 0), M + 100)
     assert _reads(s, M + H, 1) == [(1, M, M + H)]
     assert _reads(s, M + 2 * H, 1) == [(1, M + H, M + 2 * H)]
     assert _reads(s, M + 3 * H, 1) == [] and s.next_at[1] == 0
@@ -206,7 +223,7 @@ def test_m11_set_update_cancel_via_wire_fields():
 
 def test_m11_interval_change_checks_slot_periods():
     s = _sch()
-    s.set(S(3, 0, 0, 900, 0), M)
+    _set(s, S(3, 0, 0, 900, 0), M)
     assert s.conflicts(1800) == [3] and s.conflicts(600) == []
     _raises(sc.ScheduleError, s.set_interval, 1800)
     s.set_interval(600)
@@ -215,7 +232,7 @@ def test_m11_interval_change_checks_slot_periods():
 
 def test_m11_backward_clock_step_never_repeats_a_period():
     s = _sch()
-    s.set(S(1, 0, 0, H, 0), M + 10)
+    _set(s, S(1, 0, 0, H, 0), M + 10)
     assert _reads(s, M + H, 1) == [(1, M, M + H)]
     s.clock_step(M + H + 5, M + 1000)
     assert s.next_at[1] == M + H
@@ -226,8 +243,8 @@ def test_m11_backward_clock_step_never_repeats_a_period():
 
 
 def _busy(s):
-    s.set(S(1, 0, 0, 4 * H, 1800, 3), M + 5 * H)
-    s.set(S(3, M, M + 9 * DAY, 2 * H, 0, 8), M + 5 * H)
+    _set(s, S(1, 0, 0, 4 * H, 1800, 3), M + 5 * H)
+    _set(s, S(3, M, M + 9 * DAY, 2 * H, 0, 8), M + 5 * H)
     r = _reads(s, M + 8 * H + 1800, 1)
     s.acknowledged(1, r[0][2], r[0][1])
     _reads(s, M + 12 * H + 1800, 1)
@@ -246,7 +263,7 @@ def test_m11_state_blob_round_trip():
         assert getattr(t, name) == getattr(s, name), name
     for now in range(M + 12 * H, M + 3 * DAY, 900):
         assert t.due(now) == s.due(now), now
-    fresh = sc.Schedules(900, EST)
+    fresh = sc.Schedules(900, EST, 3600)
     assert _wire(sc.Schedules.from_bytes(fresh.to_bytes(), 900, EST)) == _wire(fresh)
 
 
@@ -260,7 +277,7 @@ def test_m11_state_blob_rejects_damage():
     _raises(sc.ScheduleError, sc.Schedules.from_bytes, bad_failed, 900, EST)
     assert sc.Schedules.from_bytes(blob, 3600, EST).interval_s == 3600  # 2 h, 4 h periods fit
     s = _sch()
-    s.set(S(2, 0, 0, 1800, 0), M)
+    _set(s, S(2, 0, 0, 1800, 0), M)
     _raises(sc.ScheduleError, sc.Schedules.from_bytes, s.to_bytes(), 3600, EST)
 
 
