@@ -94,6 +94,8 @@ class Board:
         self.flash = found[0]
         # pulse inputs: machine.Counter (PCNT units) if the firmware has it, else pin IRQs
         self.pulse_pins = pins.get("pulses", [25, 26, 27, 14])
+        if len(self.pulse_pins) > _MAX_CH:  # the ISRs count into _MAX_CH slots
+            raise ValueError("pins.pulses", self.pulse_pins)
         self._counters = []
         self._last = [0] * len(self.pulse_pins)
         _flag = asyncio.ThreadSafeFlag()
@@ -126,7 +128,7 @@ class Board:
 
     def now(self):
         """UTC s since 1970, an int (time.time() is an int on this port)."""
-        return time.time() + _EPOCH
+        return int(time.time()) + _EPOCH  # an int on the ESP32; a float on some ports
 
     def now_ms(self):
         # whole seconds from the RTC; the sub-second part from ticks is not
