@@ -163,6 +163,16 @@ def _isr(gpio):
 # GPIOs that exist on the ESP32 (no 20, 24, 28-31); 34-39 are input only
 _NO_GPIO = (20, 24, 28, 29, 30, 31)
 
+
+def _one_per_id(cls, registry, key):
+    # the port keeps one object per GPIO / PCNT unit: (object, created now)
+    o = registry.get(key)
+    if o is not None:
+        return o, False
+    o = registry[key] = object.__new__(cls)
+    return o, True
+
+
 _pins = {}  # gpio -> Pin (one object per GPIO, as the port's pin table)
 sim_pins = {}  # gpio -> (mode, pull) as last configured
 sim_irqs = {}  # gpio -> (handler, trigger)
@@ -181,11 +191,9 @@ class Pin:
     def __new__(cls, id, *args, **kwargs):
         if not isinstance(id, int) or not 0 <= id <= 39 or id in _NO_GPIO:
             raise ValueError("invalid pin", id)
-        o = _pins.get(id)
-        if o is None:
-            o = object.__new__(cls)
+        o, new = _one_per_id(cls, _pins, id)
+        if new:
             o.id = id
-            _pins[id] = o
             _level[id] = 1
         return o
 
@@ -261,11 +269,9 @@ class Counter:
     def __new__(cls, unit_id, *args, **kwargs):
         if not isinstance(unit_id, int) or not 0 <= unit_id < _PCNT_UNITS:
             raise ValueError("invalid PCNT unit", unit_id)
-        o = _units.get(unit_id)
-        if o is None:
-            o = object.__new__(cls)
+        o, new = _one_per_id(cls, _units, unit_id)
+        if new:
             o._src = None
-            _units[unit_id] = o
         return o
 
     def __init__(self, unit_id, *args, filter_ns=0, **kwargs):
