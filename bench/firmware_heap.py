@@ -258,6 +258,7 @@ async def _run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         if proc.poll() is None:
             try:
                 final = json.loads(await _control(ctl, "heap"))
+                await _control(ctl, "qstrs")  # the pools, once, to the console
                 status = json.loads(await _control(ctl, "status"))
             except (TimeoutError, OSError, ValueError):
                 pass  # the firmware died (MemoryError): reported below

@@ -206,11 +206,9 @@ class App:
                     st["mqtt"] = self.online(True)
                     st["errors"] = self.errors
                     reply = json.dumps(st)
+                elif cmd == "qstrs":  # the interned-name pools, to the console
+                    __import__("micropython").qstr_info()
                 elif cmd == "heap":
-                    if hasattr(gc, "threshold"):  # MicroPython: the qstr pools to the console
-                        import micropython
-
-                        micropython.qstr_info()
                     a = self.sample()
                     f = gc.mem_free()
                     reply = json.dumps(

@@ -38,6 +38,7 @@ from headend.config import DEV_MASTER_KEY
 from headend.keys import meter_key
 from hil.broker import free_port
 from hil.console import Console
+from hil.fleet_time import parse_utc
 
 ROOT = Path(__file__).resolve().parents[1]
 FIRMWARE = ROOT / "firmware"
@@ -69,16 +70,6 @@ def micropython_binary() -> str:
 def auto_tick_ms(speed: int) -> int:
     """Real ms between firmware ticks: at most 30 simulated seconds a tick, 10-100 ms."""
     return max(10, min(100, 30_000 // max(1, speed)))
-
-
-def parse_utc(text: str) -> int:
-    """UTC seconds from an int or an ISO date/time ("2026-03-01", "2026-03-01T22:00:00Z")."""
-    if text.lstrip("-").isdigit():
-        return int(text)
-    dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return int(dt.timestamp())
 
 
 @dataclass

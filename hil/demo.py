@@ -18,13 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
-from bench.profile import DEFAULT_CSV
 from hil.broker import find_mosquitto
-from hil.fleet import DEFAULT_SPEED, DEFAULT_START
+from hil.fleet import add_run_options
 from hil.fleet_headend import FleetRun, RunOptions
-from hil.fleet_profile import DEFAULT_MIX, ProfileError, parse_mix
+from hil.fleet_profile import ProfileError, parse_mix
 from hil.fleet_time import parse_utc
 
 
@@ -36,16 +34,8 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--boards", type=int, default=5, help="virtual boards (MicroPython)")
     p.add_argument("--meters", type=int, default=500, help="fleet meters (CPython)")
-    p.add_argument("--days", type=int, default=3, help="full simulated days to collect")
-    p.add_argument(
-        "--speed", type=int, default=DEFAULT_SPEED, help="simulated s per real s (FLEET.md)"
-    )
+    add_run_options(p, progress_s=10.0)
     p.add_argument("--ondemand", type=int, default=100, help="on-demand reads to make")
-    p.add_argument("--start", default=DEFAULT_START, help="simulated start, UTC")
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--profile-mix", default=DEFAULT_MIX, help=f"default {DEFAULT_MIX}")
-    p.add_argument("--csv", type=Path, default=DEFAULT_CSV, help="load profile CSV")
-    p.add_argument("--progress-s", type=float, default=10.0, help="real s between progress")
     p.add_argument("--keep", action="store_true", help="keep the database, logs and flash dirs")
     return p
 

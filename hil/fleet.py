@@ -382,6 +382,19 @@ def _stdin_closed(hold: asyncio.Event) -> None:
         asyncio.get_running_loop().remove_reader(sys.stdin.fileno())
 
 
+def add_run_options(p: argparse.ArgumentParser, progress_s: float) -> None:
+    """The options of a fleet run that `python -m hil demo` shares."""
+    p.add_argument("--days", type=int, default=3, help="full simulated days to collect")
+    p.add_argument(
+        "--speed", type=int, default=DEFAULT_SPEED, help="simulated s per real s (FLEET.md)"
+    )
+    p.add_argument("--start", default=DEFAULT_START, help="simulated start, UTC")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--profile-mix", default=DEFAULT_MIX, help=f"default {DEFAULT_MIX}")
+    p.add_argument("--csv", type=Path, default=DEFAULT_CSV, help="load profile CSV")
+    p.add_argument("--progress-s", type=float, default=progress_s, help="real s between progress")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m hil fleet",
@@ -389,10 +402,8 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--meters", type=int, default=100, help="fleet size (default 100)")
-    p.add_argument("--days", type=int, default=3, help="full simulated days to collect")
-    p.add_argument("--speed", type=int, default=DEFAULT_SPEED, help="simulated s per real s")
+    add_run_options(p, progress_s=5.0)
     p.add_argument("--broker", help="host:port of a running broker + head-end (else: own rig)")
-    p.add_argument("--start", default=DEFAULT_START, help="simulated start, UTC")
     p.add_argument(
         "--real-start",
         type=float,
@@ -401,8 +412,6 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--end", help="end of the run, UTC (default: after the last window)")
     p.add_argument("--window-end", default="08:00", help="the head-end's window_end")
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--profile-mix", default=DEFAULT_MIX, help=f"default {DEFAULT_MIX}")
     p.add_argument(
         "--outage",
         action="append",
@@ -410,7 +419,6 @@ def parser() -> argparse.ArgumentParser:
         help="take meter ID offline over [FROM, TO) (UTC); repeatable",
     )
     p.add_argument("--first-id", type=int, default=FIRST_ID)
-    p.add_argument("--csv", type=Path, default=DEFAULT_CSV, help="load profile CSV")
     p.add_argument("--master-key", default=DEV_MASTER_KEY, help="the head-end's master key")
     p.add_argument(
         "--push-mask",
@@ -427,7 +435,6 @@ def parser() -> argparse.ArgumentParser:
         "or from when the fleet starts, whichever is later",
     )
     p.add_argument("--tick-s", type=float, default=30.0, help="simulated s between steps")
-    p.add_argument("--progress-s", type=float, default=5.0, help="real s between progress")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument(
         "--hold",
