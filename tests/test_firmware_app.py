@@ -149,8 +149,11 @@ class HeadEnd:
 
 
 def intervals(frames: list[dict[str, Any]]) -> list[tuple[int, int]]:
+    # a part re-sent before its ack came back keeps its seq (SPEC: a repeat is
+    # idempotent); at 1200x the retry is 12-25 real ms away, so a loaded
+    # machine sees repeats: count each frame once, as the head-end does
     out = []
-    for f in frames:
+    for f in {f["seq"]: f for f in frames}.values():
         for s in f["body"]["sections"]:
             if s["tag"] == "intervals":
                 b = s["body"]
