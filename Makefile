@@ -10,8 +10,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.stamp
-SHARED ?= ../shared
-BENCH_CSV ?= $(SHARED)/data/household_45d_15min.csv
+BENCH_CSV ?= data/household_45d_15min.csv
 # The unix port's own default path (.frozen holds asyncio etc.) must stay on MICROPYPATH.
 MICROPYPATH_TEST := $(CURDIR)/firmware:$(CURDIR)/tests/firmware:.frozen:~/.micropython/lib
 MPY_TEST := MICROPYPATH='$(MICROPYPATH_TEST)' $(BIN)/micropython -X heapsize=2M \

@@ -40,13 +40,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hil.loadprofile import DEFAULT_CSV
+
 ROOT = Path(__file__).resolve().parents[1]
 FIRMWARE = ROOT / "firmware"
 KEY = bytes(range(32))
 MID = 4711
 T0 = 1772323200  # 2026-03-01T00:00:00Z
 TARGET = 48 * 1024
-CSV = ROOT.parent / "shared" / "data" / "household_45d_15min.csv"
+CSV = DEFAULT_CSV
 
 
 def _bin(name: str) -> str:
@@ -321,7 +323,7 @@ def main(argv: list[str]) -> int:
     )
     args = parser.parse_args(argv)
     if not CSV.exists():
-        parser.error(f"the reference load profile {CSV} is missing (../shared/data)")
+        parser.error(f"the reference load profile {CSV} is missing (data/ of the repository)")
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     with tempfile.TemporaryDirectory(prefix="ami-heap-") as tmp:

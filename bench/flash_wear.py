@@ -43,7 +43,7 @@ T0 = 1_704_067_200  # 2024-01-01T00:00:00Z
 def _profile() -> list[list[tuple[int, int, int, int]]]:
     """Interval values per day from the reference CSV, or a flat synthetic day."""
     try:
-        from bench.profile import DEFAULT_CSV, load_days
+        from hil.loadprofile import DEFAULT_CSV, load_days
 
         days = load_days(DEFAULT_CSV)
         return [list(zip(*values, strict=True)) for _, values in days]

@@ -38,9 +38,8 @@ from headend.store import (
     Unit,
 )
 from headend.store.base import DAY_S
+from hil.loadprofile import DEFAULT_CSV
 
-_ROOT = Path(__file__).resolve().parents[1]
-_DEFAULT_CSV = "../shared/data/household_45d_15min.csv"
 _DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 _CHANNELS = (
     Channel(ChannelKind.ACTIVE_IMPORT, Unit.WH),
@@ -140,7 +139,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--backend", choices=("sqlite", "postgres"), default="sqlite")
     ap.add_argument("--meters", type=int, default=0, help="default: meter-days / 20")
     ap.add_argument("--batch", type=int, default=500, help="blocks per ingest call")
-    ap.add_argument("--csv", default=None, help=f"profile CSV (default {_DEFAULT_CSV})")
+    ap.add_argument("--csv", default=None, help=f"profile CSV (default {DEFAULT_CSV})")
     ap.add_argument("--db", default=None, help="SQLite file (default: a temporary one)")
     ap.add_argument("--synchronous", default="FULL", help="SQLite synchronous (FULL, NORMAL)")
     ap.add_argument("--dsn", default=os.environ.get("AMI_TEST_PG_DSN", _DEFAULT_DSN))
@@ -151,7 +150,7 @@ def main(argv: list[str]) -> int:
     if args.meter_days < 1 or args.batch < 1:
         ap.error("--meter-days and --batch must be >= 1")
 
-    csv_path = Path(args.csv) if args.csv else (_ROOT / _DEFAULT_CSV).resolve()
+    csv_path = Path(args.csv) if args.csv else DEFAULT_CSV
     first, step, profile = load_profile(csv_path)
     meters = args.meters or max(1, args.meter_days // 20)
     ndays = -(-args.meter_days // meters)

@@ -39,10 +39,10 @@ from headend.keys import meter_key
 from hil.broker import free_port
 from hil.console import Console
 from hil.fleet_time import parse_utc
+from hil.loadprofile import DEFAULT_CSV
 
 ROOT = Path(__file__).resolve().parents[1]
 FIRMWARE = ROOT / "firmware"
-DEFAULT_CSV = ROOT.parent / "shared" / "data" / "household_45d_15min.csv"
 SIM_START = 1772323200  # 2026-03-01T00:00:00Z, hal/unix's default
 READY_TIMEOUT_S = 20.0
 CONTROL_TIMEOUT_S = 10.0

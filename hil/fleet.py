@@ -30,7 +30,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.profile import DEFAULT_CSV
 from headend.config import DEV_MASTER_KEY, parse_hhmm
 from hil.fleet_meter import DEFAULT_PUSH_MASK, NO_SYNC_FAILED_PUSH, FleetMeter, Stats, key_for
 from hil.fleet_profile import (
@@ -45,6 +44,7 @@ from hil.fleet_profile import (
     plan_fleet,
 )
 from hil.fleet_time import TimeBase, iso, parse_utc
+from hil.loadprofile import DEFAULT_CSV
 
 DEFAULT_START = "2024-04-01T14:00:00Z"  # a Monday afternoon; the CSV starts that day
 FIRST_ID = 100_001

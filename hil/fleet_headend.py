@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.profile import DEFAULT_CSV
 from headend.adcs import ondemand
 from headend.config import parse_hhmm
 from headend.errors import StoreError
@@ -46,6 +45,7 @@ from hil.fleet import DEFAULT_SPEED, DEFAULT_START, FIRST_ID, INSTALL_S, timelin
 from hil.fleet_meter import NO_SYNC_FAILED_PUSH
 from hil.fleet_profile import DAY, DEFAULT_MIX, ProfileError
 from hil.fleet_time import TimeBase, iso, parse_utc
+from hil.loadprofile import DEFAULT_CSV
 from hil.rig import Rig
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from bench.profile import DEFAULT_CSV
+from hil.loadprofile import DEFAULT_CSV
 
 DAY = 86_400
 PROFILE_STEP = 900  # the CSV's interval

@@ -163,9 +163,9 @@ class Board:
         self._frac = [0] * n  # remainder in Wh x 900 x 100
         self._last = None
         self._prof = en.get("flat_wh")  # a flat row, or (profile.bin, t0, rows)
-        # by default ../shared/data/household_45d_15min.csv of the repo (firmware/..)
+        # by default data/household_45d_15min.csv of the repo (firmware/..)
         here = __file__[: __file__.rfind("/") + 1]
-        csv = en.get("csv") or here + "../../../shared/data/household_45d_15min.csv"
+        csv = en.get("csv") or here + "../../data/household_45d_15min.csv"
         if self._prof is None and _exists(csv):
             # the CSV (45 days x 96 rows) is too big for the heap as ints: convert
             # it once to 2-byte rows in the flash directory, read one row at a time

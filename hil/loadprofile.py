@@ -1,14 +1,17 @@
-"""The reference load profile: read the CSV into whole meter-days of integers."""
+"""The reference load profile that ships with the project (data/), and its reader.
+
+`DEFAULT_CSV` is the one default every part uses: the virtual board, the
+fleet, the demo, the scenarios, the benchmarks and the tests.
+"""
 
 from __future__ import annotations
 
 import csv
-import random
 from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CSV = ROOT.parent / "shared" / "data" / "household_45d_15min.csv"
+DEFAULT_CSV = ROOT / "data" / "household_45d_15min.csv"
 CHANNELS = ("import_wh", "export_wh", "import_varh", "export_varh")
 
 
@@ -39,19 +42,3 @@ def load_days(path: Path) -> list[tuple[int, list[list[int]]]]:
         values = [[int(r[c]) for r in chunk] for c in CHANNELS]
         days.append((starts[d * per_day], values))
     return days
-
-
-def noisy(values: list[list[int]], rng: random.Random) -> list[list[int]]:
-    """A single real meter is spikier than the averaged H0 curve: ±30 % white
-    noise on every interval plus appliance bursts (kettle, oven, washing
-    machine: +50…500 Wh) in about 8 % of import intervals."""
-    out = []
-    for ch, series in enumerate(values):
-        new = []
-        for v in series:
-            x = int(v * rng.uniform(0.7, 1.3))
-            if ch == 0 and rng.random() < 0.08:
-                x += rng.randint(50, 500)
-            new.append(max(0, x))
-        out.append(new)
-    return out
