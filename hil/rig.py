@@ -45,6 +45,7 @@ from headend.service import Service
 from headend.store.records import Job, JobState, ReadSpec
 from hil.board import SIM_START, BoardSpec, VirtualBoard
 from hil.broker import Broker, BrokerError, find_mosquitto, free_port
+from hil.wait import WaitTimeout, wait_until
 from protocol.errors import ProtocolError
 from protocol.frame import decode
 
@@ -468,21 +469,17 @@ class Rig:
 
     async def eventually(
         self,
-        probe: Callable[[], Awaitable[T | None | bool]],
+        probe: Callable[[], Awaitable[T | None]],
         timeout: float,
         what: str,
         every: float = 0.05,
     ) -> T:
         """Poll ``probe`` until it returns something truthy (real-time ``timeout``)."""
-        end = time.monotonic() + timeout
-        last: Any = None
-        while time.monotonic() < end:
-            last = await probe()
-            if last:
-                result: T = last
-                return result
-            await asyncio.sleep(every)
-        raise RigError(f"{what}: not reached in {timeout:.0f} s (last: {last!r})")
+        try:
+            result: T = await wait_until(probe, timeout, what, every)
+        except WaitTimeout as e:
+            raise RigError(str(e)) from e
+        return result
 
     # -- the head-end ---------------------------------------------------------------------------
 
