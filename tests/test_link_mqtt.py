@@ -6,27 +6,39 @@ import asyncio
 import sys
 from pathlib import Path
 
+from hil.wait import wait_until
 from tests.support.broker import Broker
 from tests.support.mpy import run_mpy
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "firmware"))
 from link.mqtt import Client  # noqa: E402
 
+PROBE = b"probe"
 
-async def _until(cond, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    for _ in range(int(timeout / 0.05)):
-        if cond():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not met in time")
+
+async def _subscribed(sender: Client, topic: str, got: list[bytes]) -> None:
+    """Until the broker routes ``topic`` to its subscriber: ``sender`` publishes
+    probes there until one arrives in ``got`` (a SUBACK is not visible outside)."""
+
+    async def probe_arrived() -> bool:
+        if PROBE in got:
+            return True
+        await sender.publish(topic, PROBE)
+        return False
+
+    await wait_until(probe_arrived, 10, f"the subscription to {topic} live", every=0.1)
 
 
 def test_qos1_both_ways_and_persistent_session(mqtt_broker: Broker) -> None:
     async def main() -> None:
-        got: list[tuple[str, bytes]] = []
+        got: list[tuple[str, bytes]] = []  # what the meter received, probes aside
+        probes: list[bytes] = []
 
         async def handler(topic: str, payload: bytes) -> None:
-            got.append((topic, payload))
+            if payload == PROBE:
+                probes.append(payload)
+            else:
+                got.append((topic, payload))
 
         meter = Client(
             "meter-t1",
@@ -38,17 +50,18 @@ def test_qos1_both_ways_and_persistent_session(mqtt_broker: Broker) -> None:
         )
         head = Client("head-t1", mqtt_broker.host, mqtt_broker.port, keepalive_s=5)
         tasks = [asyncio.create_task(meter.run()), asyncio.create_task(head.run())]
-        await _until(meter.connected.is_set, 5)
-        await _until(head.connected.is_set, 5)
-        await asyncio.sleep(0.2)  # SUBACK
+        await wait_until(meter.connected.is_set, 5, "meter connected")
+        await wait_until(head.connected.is_set, 5, "head connected")
+        await _subscribed(head, "ami/v1/1/down", probes)
         pid = await head.publish("ami/v1/1/down", b"first")
-        await _until(lambda: pid not in head.inflight, 5)  # PUBACKed
-        await _until(lambda: got == [("ami/v1/1/down", b"first")])
+        await wait_until(lambda: pid not in head.inflight, 5, "first PUBACKed")
+        await wait_until(lambda: got == [("ami/v1/1/down", b"first")], 10, "first received")
         # meter offline: the broker queues QoS 1 downlinks for its persistent session
+        # (sent after the meter's DISCONNECT: queued, or in flight on a dead socket and
+        # re-sent on reconnect; either way the session keeps it)
         await meter.stop()
-        await asyncio.sleep(0.2)
         pid = await head.publish("ami/v1/1/down", b"while-away")
-        await _until(lambda: pid not in head.inflight, 5)
+        await wait_until(lambda: pid not in head.inflight, 5, "while-away PUBACKed")
         meter2 = Client(
             "meter-t1",
             mqtt_broker.host,
@@ -58,7 +71,7 @@ def test_qos1_both_ways_and_persistent_session(mqtt_broker: Broker) -> None:
             keepalive_s=5,
         )
         tasks.append(asyncio.create_task(meter2.run()))
-        await _until(lambda: ("ami/v1/1/down", b"while-away") in got)
+        await wait_until(lambda: ("ami/v1/1/down", b"while-away") in got, 10, "while-away received")
         await meter2.stop()
         await head.stop()
         for t in tasks:
@@ -86,16 +99,16 @@ def test_unacked_publish_survives_broker_restart(mqtt_broker_private: Broker) ->
         )
         meter = Client("meter-t2", b.host, b.port, keepalive_s=2)
         tasks = [asyncio.create_task(sink.run()), asyncio.create_task(meter.run())]
-        await _until(meter.connected.is_set, 5)
-        await _until(sink.connected.is_set, 5)
-        await asyncio.sleep(0.2)
+        await wait_until(meter.connected.is_set, 5, "meter connected")
+        await wait_until(sink.connected.is_set, 5, "sink connected")
+        await _subscribed(meter, "ami/v1/2/up", got)  # before the broker saves its sessions
         b.stop()
-        await _until(lambda: not meter.connected.is_set())
+        await wait_until(lambda: not meter.connected.is_set(), 10, "meter saw the broker go")
         pid = await meter.publish("ami/v1/2/up", b"during-outage")
         assert pid in meter.inflight  # not forgotten while unacknowledged
         b.start()
-        await _until(lambda: pid not in meter.inflight, 20)  # re-sent and PUBACKed
-        await _until(lambda: b"during-outage" in got, 20)
+        await wait_until(lambda: pid not in meter.inflight, 20, "re-sent and PUBACKed")
+        await wait_until(lambda: b"during-outage" in got, 20, "during-outage received")
         assert meter.connected.is_set()  # reconnected
         await meter.stop()
         await sink.stop()

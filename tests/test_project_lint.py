@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 import shutil
 import socket
@@ -228,3 +229,98 @@ def test_pg_schema_is_private_and_dropped(pg_dsn: str) -> None:
 def test_pg_schema_fixture_unpacks(pg_schema: PgSchema) -> None:
     dsn, schema = pg_schema
     assert dsn and schema.startswith("t_")
+
+
+# --- no sleeping instead of waiting, in tests (issue 10) ---------------------------------
+
+_SLEEP_MODULES = {"time", "asyncio", "utime", "uasyncio"}
+_SLEEPS = {"sleep", "sleep_ms", "sleep_us"}
+# (file, enclosing function): why its sleep is not a wait for something. Keep it short.
+SLEEP_ALLOWED = {
+    ("tests/support/fakemeter.py", "MqttLink.run"): "paces reconnects while the broker is away",
+}
+
+
+class _SleepFinder(ast.NodeVisitor):
+    """Every use of a sleep of time/asyncio (calls, references, any import alias) in a module;
+    comments and strings are not code, so they never count."""
+
+    def __init__(self) -> None:
+        self.modules: set[str] = set()  # local names of the sleeping modules
+        self.funcs: set[str] = set()  # local names of their sleep functions
+        self.scope: list[str] = []
+        self.found: list[tuple[int, str]] = []  # (line, enclosing qualname)
+
+    def visit_Import(self, node: ast.Import) -> None:
+        for a in node.names:
+            if a.name in _SLEEP_MODULES:
+                self.modules.add(a.asname or a.name)
+
+    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+        if node.module in _SLEEP_MODULES:
+            for a in node.names:
+                if a.name in _SLEEPS:
+                    self.funcs.add(a.asname or a.name)
+
+    def _scoped(self, node: ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) -> None:
+        self.scope.append(node.name)
+        self.generic_visit(node)
+        self.scope.pop()
+
+    visit_ClassDef = visit_FunctionDef = visit_AsyncFunctionDef = _scoped
+
+    def visit_Attribute(self, node: ast.Attribute) -> None:
+        v = node.value
+        if node.attr in _SLEEPS and isinstance(v, ast.Name) and v.id in self.modules:
+            self.found.append((node.lineno, ".".join(self.scope)))
+        self.generic_visit(node)
+
+    def visit_Name(self, node: ast.Name) -> None:
+        if node.id in self.funcs and isinstance(node.ctx, ast.Load):
+            self.found.append((node.lineno, ".".join(self.scope)))
+
+
+def _sleeps(path: Path) -> list[tuple[int, str]]:
+    finder = _SleepFinder()
+    finder.visit(ast.parse(path.read_text(encoding="utf-8"), str(path)))
+    return finder.found
+
+
+def test_sleep_finder_sees_code_not_comments_or_strings(tmp_path: Path) -> None:
+    src = write(
+        tmp_path,
+        "t.py",
+        "import asyncio, time as t\n"
+        "from asyncio import sleep as nap\n"
+        "# time.sleep(1) in a comment\n"
+        "CODE = 'time.sleep(1)'\n"
+        "class A:\n"
+        "    async def f(self):\n"
+        "        await asyncio.sleep(0.1)\n"
+        "        await nap(1)\n"
+        "def g(loop):\n"
+        "    t.sleep(1)\n"
+        "    loop.run_in_executor(None, t.sleep, 1)\n"
+        "    other.sleep(1)\n",
+    )
+    assert _sleeps(src) == [(7, "A.f"), (8, "A.f"), (10, "g"), (11, "g")]
+
+
+def test_tests_wait_on_conditions_not_sleeps() -> None:
+    found = [
+        (str(p.relative_to(ROOT)), line, where)
+        for p in sorted((ROOT / "tests").rglob("*.py"))
+        for line, where in _sleeps(p)
+    ]
+    unexplained = [
+        f"{path}:{line} in {where or 'the module'}"
+        for path, line, where in found
+        if (path, where) not in SLEEP_ALLOWED
+    ]
+    assert unexplained == [], (
+        "a sleep in a test waits for something: use hil.wait.wait_until(condition, timeout, "
+        "what) on that condition; if the sleep IS what is tested (pacing a sender, letting "
+        "simulated time pass), wait on what it is for, or add it to SLEEP_ALLOWED with why"
+    )
+    stale = set(SLEEP_ALLOWED) - {(path, where) for path, _, where in found}
+    assert not stale, f"SLEEP_ALLOWED names sleeps that are gone: {sorted(stale)}"

@@ -19,6 +19,7 @@ from hil.realboard import (
     reset_board,
     self_check,
 )
+from hil.wait import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -52,8 +53,13 @@ def test_h05_h08_real_board_path_reads_a_board_over_a_socket_serial_url(tmp_path
 
     async def main() -> None:
         async with VirtualBoard(spec) as board:
-            while board.true_now() < time.time() - 1:
-                await asyncio.sleep(0.01)
+            # polled often: at 600x, 10 ms late puts the board 6 s ahead of real time
+            await wait_until(
+                lambda: board.true_now() >= time.time() - 1,
+                20,
+                "the board's clock at real time",
+                every=0.01,
+            )
             await board.set_speed(1)
             rc, out, err = await _hil_run(
                 "selfcheck", "--port", board.uart_url, "--meter-id", "5001"

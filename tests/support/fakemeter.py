@@ -177,6 +177,7 @@ class FakeMeter:
     acks: dict[int, dict[str, Any]] = field(default_factory=dict)  # our seq -> the ack
     last_counter: int = 0
     clock_offset_ms: int | None = None
+    tries: int = 0  # frames sent until acknowledged, repeats included
     _seq: int = 0
     _register_seq: int = -1
     _task: asyncio.Task[None] | None = None
@@ -235,6 +236,7 @@ class FakeMeter:
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout
         while loop.time() < end:
+            self.tries += 1
             # a send into a dying connection may hang until the client's own timeout
             with contextlib.suppress(ConnectionError, TimeoutError, aiomqtt.MqttError):
                 await asyncio.wait_for(self.link.send(raw), every)

@@ -2,7 +2,7 @@
 
 `running_service` starts `headend.service.Service` as a task on the test's
 event loop against a real broker and a real store (SQLite file or a
-PostgreSQL schema), and stops it cleanly. `eventually` polls a condition
+PostgreSQL schema), and stops it cleanly. `eventually` is `hil.wait.wait_until`
 (a test states *what* must become true, never how fast).
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from headend.clock import Clock
 from headend.config import Config
@@ -20,8 +20,8 @@ from headend.service import Service
 from headend.store import SqlStore, open_store
 from headend.store.postgres import PostgresStore
 from hil.rig import cancel_hard
+from hil.wait import wait_until
 
-T = TypeVar("T")
 T0 = 1_711_929_600  # 2024-04-01T00:00:00Z, a Monday
 
 
@@ -56,7 +56,7 @@ async def running_service(
     svc = Service(config, clock=clock, opener=opener)
     task = asyncio.create_task(svc.run())
     try:
-        await asyncio.wait_for(_ready(svc, task), 15)
+        await _ready(svc, task)
         yield svc
         assert svc.errors == 0, "the service caught unexpected exceptions (see the log)"
     finally:
@@ -66,29 +66,16 @@ async def running_service(
 
 
 async def _ready(svc: Service, task: asyncio.Task[None]) -> None:
-    while not (svc.ready.is_set() and svc.mqtt.connected.is_set()):
+    def up() -> bool:
         if task.done():
             task.result()  # raises what stopped it
-        await asyncio.sleep(0.02)
+        return svc.ready.is_set() and svc.mqtt.connected.is_set()
+
+    await wait_until(up, 15, "the head-end service connected to the broker", every=0.02)
 
 
-async def eventually(
-    probe: Callable[[], T] | Callable[[], Awaitable[T]],
-    timeout: float = 20.0,
-    what: str = "condition",
-) -> T:
-    """Poll ``probe`` until it returns something truthy; that value is returned."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    last: Any = None
-    while loop.time() < end:
-        last = probe()
-        if asyncio.iscoroutine(last):
-            last = await last
-        if last:
-            return last  # type: ignore[no-any-return]
-        await asyncio.sleep(0.03)
-    raise AssertionError(f"{what} not reached in {timeout} s (last: {last!r})")
+# The name the head-end tests use; the polling and its error are hil.wait's.
+eventually = wait_until
 
 
 class Subscriber:
