@@ -1,107 +1,75 @@
 """firmware/main.py with hal/unix on the real MicroPython binary, against a private
-mosquitto; the test plays the head-end with protocol.frame over aiomqtt."""
+mosquitto; the test plays the head-end with protocol.frame over aiomqtt.
+
+The board is `hil.board.VirtualBoard` (the harness the rig, fleet and demo use):
+a power cut is a kill -9 of the MicroPython process, a power-up starts it again.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import signal
-import socket
-import subprocess
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
 import pytest
 
+from hil.board import BoardSpec, VirtualBoard
 from hil.rig import cancel_hard
+from hil.wait import WaitTimeout, wait_until
 from protocol.frame import decode, encode
-from tests.support.broker import Broker, free_port
-from tests.support.mpy import FIRMWARE, micropython_binary
+from tests.support.broker import Broker
 
 MID = 4711
-KEY = bytes(range(32))
 DAY = 86400
 T0 = 1772323200  # 2026-03-01T00:00:00Z
 
 pytestmark = pytest.mark.mpy
 
 
-class VirtualBoard:
-    """One virtual meter process (power cut = kill -9, power-up = start again)."""
+def _spec(tmp: Path, broker: Broker, sim_start: int) -> BoardSpec:
+    """One meter at 1200x: 15 simulated minutes are 0.75 s; the day's read at 00:30."""
+    return BoardSpec(
+        MID,
+        tmp / "flash",
+        speed=1200,
+        sim_start=sim_start,
+        broker=(broker.host, broker.port),
+        keepalive_s=10,
+        flat_wh=(100, 0, 30, 0),
+        tick_ms=20,
+        read_offset_s=1800,
+    )
 
-    def __init__(self, tmp: Path, broker: Broker, sim_start: int, speed: int = 1200) -> None:
-        self.dir = tmp
-        self.control_port = free_port()
-        self.uart_port = free_port()
-        cfg = {
-            "meter_id": MID,
-            "key": KEY.hex(),
-            "broker": {"host": broker.host, "port": broker.port, "keepalive_s": 10},
-            "clock": {"sim_start": sim_start, "speed": speed},
-            "energy": {"flat_wh": [100, 0, 30, 0]},
-            "uart_port": self.uart_port,
-            "control_port": self.control_port,
-            "tick_ms": 20,
-            "read_offset_s": 1800,
-        }
-        (tmp / "board.json").write_text(json.dumps(cfg))
-        self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
-        if self.proc is not None and self.proc.stdout is not None:
-            self.proc.stdout.close()
-        env = dict(os.environ, MICROPYPATH=f"{FIRMWARE}:.frozen")
-        self.proc = subprocess.Popen(
-            [micropython_binary(), "-X", "heapsize=1M", str(FIRMWARE / "main.py"), str(self.dir)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-        assert self.proc.stdout is not None
-        for _ in range(50):
-            line = self.proc.stdout.readline().decode()
-            if line.strip() == "ready" or not line:
-                break
-        assert line.strip() == "ready", f"firmware did not start: {line!r}"
+async def _until_status(
+    board: VirtualBoard, what: str, ok: Callable[[dict[str, Any]], bool]
+) -> dict[str, Any]:
+    """The board's status, once ``ok(status)``."""
 
-    def control(self, cmd: str) -> str:
-        with socket.create_connection(("127.0.0.1", self.control_port), timeout=5) as s:
-            s.sendall(cmd.encode() + b"\n")
-            return s.makefile().readline().strip()
+    async def probe() -> dict[str, Any] | None:
+        st = await board.status()
+        return st if ok(st) else None
 
-    def status(self) -> dict[str, Any]:
-        return dict(json.loads(self.control("status")))
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
-
-    def stop(self) -> bytes:
-        self.kill()
-        out = b""
-        p = self.proc
-        if p is not None and p.stdout is not None and not p.stdout.closed:
-            out = p.stdout.read()
-            p.stdout.close()
-        return out
+    return await wait_until(probe, 30, what)
 
 
 class HeadEnd:
     """A minimal head-end: acks register/reads/events, answers time sync, signs requests."""
 
-    def __init__(self, broker: Broker, ack_reads: bool = True) -> None:
+    def __init__(self, broker: Broker, key: bytes, ack_reads: bool = True) -> None:
         self.broker = broker
+        self.key = key
         self.ack_reads = ack_reads
         self.got: list[dict[str, Any]] = []
         self.seq = 0
         self.counter = 0
         self.client: aiomqtt.Client | None = None
+        self.subscribed = asyncio.Event()
 
     def frame(
-        self, mtype: str, body: dict[str, Any], auth: bool = False, key: bytes = KEY
+        self, mtype: str, body: dict[str, Any], auth: bool = False, key: bytes | None = None
     ) -> bytes:
         self.seq += 1
         a = None
@@ -109,7 +77,7 @@ class HeadEnd:
             self.counter += 1
             a = {"counter": self.counter, "mac": b""}
         f = {"type": mtype, "seq": self.seq, "meter_id": MID, "timestamp": T0, "auth": a}
-        return encode(dict(f, body=body), key=key)
+        return encode(dict(f, body=body), key=self.key if key is None else key)
 
     async def send(self, raw: bytes) -> None:
         assert self.client is not None
@@ -121,6 +89,7 @@ class HeadEnd:
         ) as client:
             self.client = client
             await client.subscribe(f"ami/v1/{MID}/up", qos=1)
+            self.subscribed.set()
             async for msg in client.messages:
                 f = decode(bytes(msg.payload))  # type: ignore[arg-type]
                 self.got.append(f)
@@ -139,13 +108,11 @@ class HeadEnd:
     def of(self, mtype: str) -> list[dict[str, Any]]:
         return [f for f in self.got if f["type"] == mtype]
 
-    async def wait(self, pred: Any, timeout: float = 30.0) -> Any:
-        for _ in range(int(timeout / 0.05)):
-            r = pred()
-            if r:
-                return r
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"head-end: condition not met; got {[f['type'] for f in self.got]}")
+    async def wait(self, pred: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
+        try:
+            return await wait_until(pred, timeout, what)
+        except WaitTimeout as e:
+            raise AssertionError(f"{e}; the head-end got {[f['type'] for f in self.got]}") from e
 
 
 def intervals(frames: list[dict[str, Any]]) -> list[tuple[int, int]]:
@@ -162,12 +129,25 @@ def intervals(frames: list[dict[str, Any]]) -> list[tuple[int, int]]:
     return out
 
 
-def _run(coro_fn: Any, board: VirtualBoard, head: HeadEnd) -> None:
+Scenario = Callable[[VirtualBoard, HeadEnd], Awaitable[None]]
+
+
+def _run(scenario: Scenario, spec: BoardSpec, broker: Broker) -> None:
+    """The head-end subscribed first, then the board powered up, then ``scenario``."""
+
     async def main() -> None:
+        head = HeadEnd(broker, spec.key)
         task = asyncio.create_task(head.run())
-        await asyncio.sleep(0.3)  # subscribed before the meter speaks
+
+        def subscribed() -> bool:
+            if task.done():
+                task.result()  # raises what stopped it
+            return head.subscribed.is_set()
+
         try:
-            await coro_fn()
+            await wait_until(subscribed, 10, "the test head-end subscribed")
+            async with VirtualBoard(spec) as board:
+                await scenario(board, head)
         finally:
             # Python 3.11's wait_for inside aiomqtt can swallow one cancellation
             await cancel_hard(task, "the test head-end")
@@ -175,51 +155,50 @@ def _run(coro_fn: Any, board: VirtualBoard, head: HeadEnd) -> None:
     try:
         asyncio.run(main())
     except BaseException:
-        print(board.stop().decode(errors="replace"))
+        log = spec.flash_dir / "console.log"
+        if log.exists():
+            print(log.read_text(errors="replace")[-6000:])  # what the firmware said
         raise
-    board.stop()
 
 
 def test_m17_m12_registration_and_scheduled_read_over_mqtt(
     tmp_path: Path, mqtt_broker_private: Broker
 ) -> None:
-    board = VirtualBoard(tmp_path, mqtt_broker_private, T0 - 2 * 3600)  # 22:00
-    head = HeadEnd(mqtt_broker_private)
+    spec = _spec(tmp_path, mqtt_broker_private, T0 - 2 * 3600)  # 22:00
 
-    async def scenario() -> None:
-        board.start()
-        regs = await head.wait(lambda: head.of("register"))
+    async def scenario(board: VirtualBoard, head: HeadEnd) -> None:
+        regs = await head.wait(lambda: head.of("register"), "a register frame")
         assert regs[0]["body"]["interval_s"] == 900 and regs[0]["meter_id"] == MID
         assert [c["kind"] for c in regs[0]["body"]["channels"]] == [1, 2, 3, 4]
         # 00:30 the next day: the default read of the previous day (22:00-24:00 recorded)
         reads = await head.wait(
-            lambda: [f for f in head.of("read_response") if f["timestamp"] >= T0 + 1800]
+            lambda: [f for f in head.of("read_response") if f["timestamp"] >= T0 + 1800],
+            "the 00:30 default read",
         )
-        await head.wait(lambda: board.status()["reads"] == 0)  # every part acked
+        await _until_status(board, "every read part acked", lambda st: st["reads"] == 0)
         iv = intervals(reads)
         assert [t for t, _ in iv] == [T0 - 7200 + 900 * i for i in range(8)]
         assert all(fl & ~0x04 == 0 for _, fl in iv)  # (partial only if booted mid-interval)
-        assert board.status()["registered"] is True
+        assert (await board.status())["registered"] is True
 
-    _run(scenario, board, head)
+    _run(scenario, spec, mqtt_broker_private)
 
 
 def test_m13_m20_on_demand_read_authenticated_forged_nacked(
     tmp_path: Path, mqtt_broker_private: Broker
 ) -> None:
-    board = VirtualBoard(tmp_path, mqtt_broker_private, T0 + 3600)
-    head = HeadEnd(mqtt_broker_private)
+    spec = _spec(tmp_path, mqtt_broker_private, T0 + 3600)
 
-    async def scenario() -> None:
-        board.start()
-        await head.wait(lambda: head.of("register"))
-        await head.wait(lambda: board.status()["now"] >= T0 + 3 * 3600)
+    async def scenario(board: VirtualBoard, head: HeadEnd) -> None:
+        await head.wait(lambda: head.of("register"), "a register frame")
+        await _until_status(board, "03:00 on the meter", lambda st: st["now"] >= T0 + 3 * 3600)
         req = {"mode": 2, "start": 0, "end": 0, "what": 15}
         good = head.frame("read_request", req, auth=True)
         good_seq = head.seq  # (acks the head-end sends move head.seq on)
         await head.send(good)
         resp = await head.wait(
-            lambda: [f for f in head.of("read_response") if f["body"]["request_seq"] == good_seq]
+            lambda: [f for f in head.of("read_response") if f["body"]["request_seq"] == good_seq],
+            "the answer to the signed read_request",
         )
         assert resp[0]["body"]["kind"] == 1
         assert intervals(resp)[0][0] == T0 + 3600  # since midnight (recording began at 01:00)
@@ -227,35 +206,41 @@ def test_m13_m20_on_demand_read_authenticated_forged_nacked(
         forged_seq = head.seq
         await head.send(forged)
         nack = await head.wait(
-            lambda: [f for f in head.of("nack") if f["body"]["nacked_seq"] == forged_seq]
+            lambda: [f for f in head.of("nack") if f["body"]["nacked_seq"] == forged_seq],
+            "the nack of the forged read_request",
         )
         assert nack[0]["body"]["reason"] == 3
         await head.send(good)  # a replay of the good one
         nack = await head.wait(
-            lambda: [f for f in head.of("nack") if f["body"]["nacked_seq"] == good_seq]
+            lambda: [f for f in head.of("nack") if f["body"]["nacked_seq"] == good_seq],
+            "the nack of the replayed read_request",
         )
         assert nack[0]["body"]["reason"] == 4
 
-    _run(scenario, board, head)
+    _run(scenario, spec, mqtt_broker_private)
 
 
 def test_m05_power_cut_kill_9_and_restart_lose_no_closed_interval(
     tmp_path: Path, mqtt_broker_private: Broker
 ) -> None:
-    board = VirtualBoard(tmp_path, mqtt_broker_private, T0 + 3600)
-    head = HeadEnd(mqtt_broker_private)
+    spec = _spec(tmp_path, mqtt_broker_private, T0 + 3600)
 
-    async def scenario() -> None:
-        board.start()
-        await head.wait(lambda: board.status()["now"] >= T0 + 3 * 3600)
-        before = board.status()
-        board.kill()  # power cut
-        await asyncio.sleep(1.0)  # off for ~20 simulated minutes
-        board.start()  # power-up: recover from flash alone
-        after = board.status()
+    async def scenario(board: VirtualBoard, head: HeadEnd) -> None:
+        before = await _until_status(
+            board, "03:00 on the meter", lambda st: st["now"] >= T0 + 3 * 3600
+        )
+        await board.power_cut()  # kill -9
+        assert not board.powered
+        await wait_until(
+            lambda: board.true_now() >= before["now"] + 1200,
+            10,
+            "20 simulated minutes with the power off",
+        )
+        await board.power_up()  # recover from flash alone
+        after = await board.status()
         assert after["now"] > before["now"]
         assert after["last"][0] >= before["last"][0]
-        await head.wait(lambda: board.status()["now"] >= T0 + 5 * 3600)
+        await _until_status(board, "05:00 on the meter", lambda st: st["now"] >= T0 + 5 * 3600)
         req = {"mode": 0, "start": T0 + 3600, "end": T0 + 5 * 3600, "what": 1}
         raw = head.frame("read_request", req, auth=True)
         req_seq = head.seq
@@ -269,7 +254,7 @@ def test_m05_power_cut_kill_9_and_restart_lose_no_closed_interval(
                 else None
             )
 
-        resp = await head.wait(complete)
+        resp = await head.wait(complete, "every part of the 01:00-05:00 read")
         resp = list({f["body"]["part"]: f for f in resp}.values())  # a repeat is idempotent
         starts = [t for t, _ in intervals(resp)]
         assert starts == [T0 + 3600 + 900 * i for i in range(16)]  # none lost, none doubled
@@ -279,7 +264,7 @@ def test_m05_power_cut_kill_9_and_restart_lose_no_closed_interval(
         pushed = [e["code"] for f in head.of("event") for e in f["body"]["events"]]
         assert 1 in pushed and 2 in pushed  # power down / up pushed
 
-    _run(scenario, board, head)
+    _run(scenario, spec, mqtt_broker_private)
 
 
 def test_m10_tamper_from_control_port_is_pushed_and_uart_link_answers(
@@ -287,18 +272,17 @@ def test_m10_tamper_from_control_port_is_pushed_and_uart_link_answers(
 ) -> None:
     from protocol.hdlc import Deframer, stuff
 
-    board = VirtualBoard(tmp_path, mqtt_broker_private, T0 + 3600)
-    head = HeadEnd(mqtt_broker_private)
+    spec = _spec(tmp_path, mqtt_broker_private, T0 + 3600)
 
-    async def scenario() -> None:
-        board.start()
-        assert board.control("tamper") == "ok"
+    async def scenario(board: VirtualBoard, head: HeadEnd) -> None:
+        await board.tamper()
         await head.wait(
-            lambda: any(e["code"] == 11 for f in head.of("event") for e in f["body"]["events"])
+            lambda: any(e["code"] == 11 for f in head.of("event") for e in f["body"]["events"]),
+            "the tamper event (11) pushed",
         )
         # the optical/serial port: the same frames, HDLC-framed
-        await head.wait(lambda: board.status()["now"] >= T0 + 2 * 3600)
-        r, w = await asyncio.open_connection("127.0.0.1", board.uart_port)
+        await _until_status(board, "02:00 on the meter", lambda st: st["now"] >= T0 + 2 * 3600)
+        r, w = await asyncio.open_connection("127.0.0.1", spec.uart_port)
         req = head.frame("read_request", {"mode": 2, "start": 0, "end": 0, "what": 3}, True)
         req_seq = head.seq
         w.write(b"\x00noise" + stuff(req))
@@ -306,9 +290,11 @@ def test_m10_tamper_from_control_port_is_pushed_and_uart_link_answers(
         de = Deframer()
         frames: list[bytes] = []
         while not frames:
-            frames += de.feed(await asyncio.wait_for(r.read(4096), 10))
+            chunk = await asyncio.wait_for(r.read(4096), 10)
+            assert chunk, "the optical port closed without an answer"
+            frames += de.feed(chunk)
         f = decode(frames[0])
         assert f["type"] == "read_response" and f["body"]["request_seq"] == req_seq
         w.close()
 
-    _run(scenario, board, head)
+    _run(scenario, spec, mqtt_broker_private)
