@@ -3,6 +3,7 @@
 from hal import norflash
 from meter import events, recorder, wire
 from meter_kit import DAY, T0, Board, Head, events_of, intervals_of
+from scratch import Scratch
 
 
 def _contiguous(recs):
@@ -239,31 +240,21 @@ def test_m05_reboot_mid_read_resends_since_last_ack():
 
 def test_m05_file_backed_flash_without_ram_image_recovers_the_same():
     # the virtual board's flash (norflash ram=False): every operation goes to the file
-    import os
-
-    tag = int.from_bytes(os.urandom(4), "big")  # (no os.getpid on MicroPython)
-    path = "/tmp/ami-test-nor-%08x.bin" % tag
-    for p in (path, path + ".erase"):
-        try:
-            os.remove(p)
-        except OSError:
-            pass
-    b = Board()
-    b.flash = norflash.NORFlash(4096, 64, path=path, ram=False)
-    b.boot()
-    b.run(6 * 3600, step=300, head=Head())
-    want = list(b.reboot_store().intervals())
-    b.flash.close()
-    b.flash = norflash.NORFlash(4096, 64, path=path, ram=False)  # power-up
-    assert list(b.reboot_store().intervals()) == want and len(want) == 24
-    ram = norflash.NORFlash(4096, 64, path=path)  # the same image, loaded into RAM
-    buf = bytearray(64)
-    buf2 = bytearray(64)
-    for blk in range(64):
-        ram.readblocks(blk, buf, 0)
-        b.flash.readblocks(blk, buf2, 0)
-        assert buf == buf2
-    b.flash.close()
-    ram.close()
-    for p in (path, path + ".erase"):
-        os.remove(p)
+    with Scratch("nor") as path:
+        b = Board()
+        b.flash = norflash.NORFlash(4096, 64, path=path, ram=False)
+        b.boot()
+        b.run(6 * 3600, step=300, head=Head())
+        want = list(b.reboot_store().intervals())
+        b.flash.close()
+        b.flash = norflash.NORFlash(4096, 64, path=path, ram=False)  # power-up
+        assert list(b.reboot_store().intervals()) == want and len(want) == 24
+        ram = norflash.NORFlash(4096, 64, path=path)  # the same image, loaded into RAM
+        buf = bytearray(64)
+        buf2 = bytearray(64)
+        for blk in range(64):
+            ram.readblocks(blk, buf, 0)
+            b.flash.readblocks(blk, buf2, 0)
+            assert buf == buf2
+        b.flash.close()
+        ram.close()

@@ -2,6 +2,7 @@
 # (tests/firmware/mpy_runner.py). Plain functions, plain asserts, no pytest import.
 from hal import norflash
 from meter import store, wear
+from scratch import Scratch
 
 T0 = 1767225600  # 2026-01-01T00:00:00Z
 DAY = 86400
@@ -58,7 +59,7 @@ def test_m02_norflash_program_only_clears_bits():
     f.writeblocks(0, b"\xf0", 0)
     f.writeblocks(0, b"\x30", 0)  # clears more bits: fine
     e = _raises(norflash.NotErased, f.writeblocks, 0, b"\x0f", 0)
-    assert isinstance(e, ValueError)
+    assert "block 0 offset 0: old 0x30 new 0x0f" in str(e)  # says where and which bits
     buf = bytearray(1)
     f.readblocks(0, buf, 0)
     assert buf[0] == 0x30  # the refused write changed nothing
@@ -96,24 +97,17 @@ def test_m02_norflash_partial_byte_only_clears_some_bits():
 
 
 def test_m02_norflash_file_backing_persists_image_and_erase_counts():
-    path = "/tmp/ami_test_store_flash.bin"
-    for p in (path, path + ".erase"):
-        try:
-            import os
-
-            os.remove(p)
-        except OSError:
-            pass
-    f = norflash.NORFlash(1024, 4, path=path)
-    f.ioctl(6, 1)
-    f.writeblocks(1, b"\xab\xcd", 5)
-    f.close()
-    g = norflash.NORFlash(1024, 4, path=path)
-    buf = bytearray(2)
-    g.readblocks(1, buf, 5)
-    assert buf == bytearray(b"\xab\xcd")
-    assert g.erase_counts == [0, 1, 0, 0]
-    g.close()
+    with Scratch("store") as path:
+        f = norflash.NORFlash(1024, 4, path=path)
+        f.ioctl(6, 1)
+        f.writeblocks(1, b"\xab\xcd", 5)
+        f.close()
+        g = norflash.NORFlash(1024, 4, path=path)
+        buf = bytearray(2)
+        g.readblocks(1, buf, 5)
+        assert buf == bytearray(b"\xab\xcd")
+        assert g.erase_counts == [0, 1, 0, 0]
+        g.close()
 
 
 # --- intervals -------------------------------------------------------------------
