@@ -46,7 +46,9 @@ def test_h05_read_returns_data_to_requester_stores_it_and_records_the_ack(
             job = ops.job(job_id)
             assert job.state is JobState.DONE and job.attempts == 1
             assert job.parts == 3 and job.parts_seen == (1, 2, 3)  # a multi-part answer
-            assert job.latency_ms is not None and job.latency_ms >= 0  # N02: measured per read
+            # N02: measured per read, from the send (created_ms is set then) to the last part
+            assert job.created_ms > 0 and job.latency_ms == (job.done_ms or 0) - job.created_ms
+            assert 0 < job.latency_ms < cfg.ondemand_timeout_s * 1000  # one attempt
             result = json.loads(job.result or "")
             midnight = int(clock.now()) // 86400 * 86400
             n = (int(clock.now()) - midnight) // 900
