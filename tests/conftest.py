@@ -1,16 +1,28 @@
-"""Project-wide fixtures: hypothesis profiles, a private MQTT broker, PostgreSQL.
+"""Project-wide fixtures: hypothesis profiles, a private MQTT broker, PostgreSQL;
+the per-test timeout's backstop.
 
 Under CI=true a missing broker or database is a failure, never a skip: CI has
 both, so a skip there would hide a broken setup.
+
+Every test has a timeout (pytest-timeout, pyproject: 120 s unless the test is
+marked `@pytest.mark.timeout(S)`). Its "signal" method fails the test where it
+hangs and lets its fixtures and context managers clean up (brokers, boards,
+temp dirs), and the run goes on. A test still running `BACKSTOP_S` after that
+(a cleanup stuck too: e.g. a task that swallows its cancellation while
+asyncio.run shuts down) is ended by pytest-timeout's "thread" method: every
+stack dumped, then the run exits 1.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+import threading
 from collections.abc import Iterator
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import pytest
+import pytest_timeout
 from hypothesis import settings
 
 from tests.support.broker import Broker, BrokerError, find_mosquitto, running_broker
@@ -79,3 +91,32 @@ def pg_schema(pg_dsn: str) -> Iterator[PgSchema]:
     """A fresh schema, dropped after the test; unpacks as (dsn, schema_name)."""
     with throwaway_schema(pg_dsn) as schema:
         yield schema
+
+
+BACKSTOP_S = 30
+_backstop = pytest.StashKey[threading.Timer]()
+
+
+@pytest.hookimpl
+def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> None:
+    """Arm the backstop; returns None, so pytest-timeout arms its own timer as well."""
+
+    def stuck() -> None:
+        print(
+            f"\n{item.nodeid}: still running {BACKSTOP_S} s after its {settings.timeout} s "
+            "timeout (its cleanup hangs too): stacks follow, then the run stops",
+            file=sys.stderr,
+        )
+        pytest_timeout.timeout_timer(item, settings)
+
+    timer = threading.Timer(settings.timeout + BACKSTOP_S, stuck)
+    timer.daemon = True
+    timer.start()
+    item.stash[_backstop] = timer
+
+
+@pytest.hookimpl
+def pytest_timeout_cancel_timer(item: pytest.Item) -> None:
+    timer = item.stash.get(_backstop, None)
+    if timer is not None:
+        timer.cancel()

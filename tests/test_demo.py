@@ -28,6 +28,7 @@ KEYS = (
 )
 
 
+@pytest.mark.timeout(180)  # ~60 s on a loaded 2-core machine
 def test_n07_demo_accounts_for_every_meter_day(capsys: pytest.CaptureFixture[str]) -> None:
     if find_mosquitto() is None:
         missing("mosquitto not installed: run `make setup` (or apt-get install mosquitto)")

@@ -190,6 +190,7 @@ def _run_cut(steps, k, at):
 
 
 @pytest.mark.parametrize("where", ["middle", "random"])
+@pytest.mark.timeout(30)  # ~4 s each on a loaded 2-core machine
 def test_m02_cut_at_every_write_of_a_3_day_run(where):
     steps = _script()
     op_start, kept, total = _reference(steps)

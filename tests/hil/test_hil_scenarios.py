@@ -27,6 +27,7 @@ def _run(name: str, **kw: Any) -> dict[str, Any]:
 
 
 @pytest.mark.req("M02", "M05")
+@pytest.mark.timeout(150)  # timeouts: ~3x the run on a loaded 2-core machine
 def test_m02_m05_powercut_3_days_20_cuts_lose_and_corrupt_nothing() -> None:
     out = _run("powercut", days=3, cuts=20, speed=6000)
     assert out["cuts"] == 20 and out["closed_before_cut_checked"] >= 15
@@ -38,6 +39,7 @@ def test_m02_m05_powercut_3_days_20_cuts_lose_and_corrupt_nothing() -> None:
 
 
 @pytest.mark.req("M06", "M07", "M08", "M09", "H10")
+@pytest.mark.timeout(30)
 def test_m06_m07_m08_m09_h10_drift_60_s_stepped_300_s_out_of_sync_then_time_set() -> None:
     out = _run("drift", days=0)
     assert out["validations"] >= 3 and out["validations_near_boundary"] == 0  # M06
@@ -52,6 +54,7 @@ def test_m06_m07_m08_m09_h10_drift_60_s_stepped_300_s_out_of_sync_then_time_set(
 
 
 @pytest.mark.req("M15", "D01")
+@pytest.mark.timeout(100)
 def test_m15_d01_outage_1_day_backfilled_when_the_link_returns() -> None:
     out = _run("outage", outage_days=1, speed=6000)
     assert out["days_complete"] == out["days_expected"] == 2
@@ -62,6 +65,7 @@ def test_m15_d01_outage_1_day_backfilled_when_the_link_returns() -> None:
 
 
 @pytest.mark.req("M11", "M14", "M15", "H07")
+@pytest.mark.timeout(60)
 def test_m11_m14_m15_h07_hourly_schedule_for_a_day_next_to_the_default_read() -> None:
     out = _run("schedules", speed=6000)
     assert out["first_read_from_midnight"] and out["catch_up_after_failure"]  # M14, M15
@@ -72,6 +76,7 @@ def test_m11_m14_m15_h07_hourly_schedule_for_a_day_next_to_the_default_read() ->
 
 
 @pytest.mark.req("H05", "N02")
+@pytest.mark.timeout(30)
 def test_h05_n02_ten_on_demand_reads_over_a_slow_link_report_p80_p99() -> None:
     out = _run("ondemand", reads=10, boards=2, latency_s=0.1)
     assert out["reads"] == out["done"] == 10 and out["failed"] == 0
