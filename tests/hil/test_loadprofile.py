@@ -8,6 +8,7 @@ import pytest
 
 from hil.fleet_profile import LoadProfile
 from hil.loadprofile import DEFAULT_CSV, ProfileError, load_days, read
+from tests.support.cli import refused, run_module
 
 HEADER = "utc_start,import_wh,export_wh,import_varh,export_varh\n"
 
@@ -63,3 +64,12 @@ def test_a_bad_csv_is_one_line_profile_error_for_every_reader(tmp_path: Path, ca
             reader(path)
         assert expected in str(e.value) and "\n" not in str(e.value), (reader, e.value)
         assert str(path) in str(e.value)
+
+
+@pytest.mark.parametrize("command", ["fleet", "demo"])
+def test_fleet_and_demo_refuse_a_bad_csv_before_anything_starts(
+    tmp_path: Path, command: str
+) -> None:
+    gone = tmp_path / "gone.csv"
+    line = refused(run_module("hil", command, "--csv", str(gone), timeout=60))
+    assert line == f"error: load profile CSV not found: {gone}"
