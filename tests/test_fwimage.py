@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.cli import refused, run_module
+from tests.support.cli import refused, run_module, unwritable_dir
 from tools.fwimage import FIRMWARE, build_image, compile_tree
 
 
@@ -24,18 +24,22 @@ def test_m05_image_is_romfs_and_refuses_an_unknown_board() -> None:
         build_image("stm32")
 
 
-@pytest.mark.parametrize("where", ["missing-dir", "under-a-file", "a-directory"])
+@pytest.mark.parametrize("where", ["missing-dir", "under-a-file", "a-directory", "not-writable"])
 def test_an_image_it_cannot_write_is_refused_in_one_line(tmp_path: Path, where: str) -> None:
     afile = tmp_path / "afile"
     afile.write_text("x")
+    locked = unwritable_dir(tmp_path) if where == "not-writable" else tmp_path
+    before = sorted(locked.iterdir())
     out = {
         "missing-dir": tmp_path / "not" / "writable" / "x.romfs",
         "under-a-file": afile / "x.romfs",
         "a-directory": tmp_path,
+        "not-writable": locked / "x.romfs",
     }[where]
     line = refused(run_module("tools.fwimage", "--board", "unix", "-o", str(out)))
     assert line.startswith(f"error: cannot write {out}: ")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]  # no image, no temp file
+    assert sorted(locked.iterdir()) == before  # no image, no temp file
+    assert afile.read_text() == "x"
 
 
 def test_the_image_is_written_whole(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from hil.board import FIRMWARE, BoardError, BoardSpec, VirtualBoard, micropython_binary, read_flash
-from tests.support.cli import refused, run_module
+from tests.support.cli import refused, run_module, unwritable_dir
 
 pytestmark = [pytest.mark.mpy, pytest.mark.usefixtures("mpy_present")]
 MPREMOTE = str(Path(sys.executable).parent / "mpremote")
@@ -184,14 +184,18 @@ def test_hil_board_refuses_a_missing_csv_in_one_line(tmp_path: Path) -> None:
     assert not flash.exists()
 
 
-@pytest.mark.parametrize("where", ["file", "under-a-file"])
+@pytest.mark.parametrize("where", ["file", "under-a-file", "not-writable"])
 def test_hil_board_refuses_a_flash_dir_it_cannot_use(tmp_path: Path, where: str) -> None:
     afile = tmp_path / "afile"
     afile.write_text("not a directory\n")
-    flash = afile if where == "file" else afile / "dir"
+    locked = unwritable_dir(tmp_path) if where == "not-writable" else tmp_path
+    before = sorted(locked.iterdir())
+    flash = {"file": afile, "under-a-file": afile / "dir", "not-writable": locked / "ami-x" / "dir"}
     line = refused(
-        run_module("hil", "board", "--id", "7", "--flash", str(flash), "--flat-wh", "1,0,0,0")
+        run_module(
+            "hil", "board", "--id", "7", "--flash", str(flash[where]), "--flat-wh", "1,0,0,0"
+        )
     )
-    assert line.startswith(f"error: flash directory {flash}: ")
+    assert line.startswith(f"error: flash directory {flash[where]}: ")
     assert afile.read_text() == "not a directory\n"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]  # nothing half-written
+    assert sorted(locked.iterdir()) == before  # nothing half-written

@@ -41,3 +41,17 @@ def refused(proc: subprocess.CompletedProcess[str]) -> str:
     assert "Traceback" not in proc.stderr + proc.stdout, detail
     assert len(lines) == 1, detail
     return lines[0]
+
+
+def unwritable_dir(tmp_path: Path) -> Path:
+    """A directory this process cannot create anything in: a read-only folder
+    under tmp_path (pytest's cleanup copes with its mode); as root, whom mode
+    bits do not stop, the sysfs root, where Linux refuses even root."""
+    if os.geteuid() == 0:
+        sysfs = Path("/sys")
+        assert (sysfs / "kernel").is_dir(), "root without sysfs: no unwritable directory"
+        return sysfs
+    ro = tmp_path / "read-only"
+    ro.mkdir()
+    ro.chmod(0o555)
+    return ro
