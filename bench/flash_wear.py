@@ -32,23 +32,21 @@ FIRMWARE = Path(__file__).resolve().parents[1] / "firmware"
 if str(FIRMWARE) not in sys.path:
     sys.path.insert(0, str(FIRMWARE))
 
+from hal.hostkit import Board, Head  # noqa: E402  (the core on a NOR model + a head-end)
 from hal.norflash import NORFlash  # noqa: E402
 from meter import store, timeutil, wear  # noqa: E402
+
+from bench.cli import refuse  # noqa: E402
+from hil.loadprofile import DEFAULT_CSV, ProfileError, load_days  # noqa: E402
 
 LIMIT = 100_000
 TARGET_YEARS = 20
 T0 = 1_704_067_200  # 2024-01-01T00:00:00Z
 
 
-def _profile() -> list[list[tuple[int, int, int, int]]]:
-    """Interval values per day from the reference CSV, or a flat synthetic day."""
-    try:
-        from hil.loadprofile import DEFAULT_CSV, load_days
-
-        days = load_days(DEFAULT_CSV)
-        return [list(zip(*values, strict=True)) for _, values in days]
-    except Exception:  # noqa: BLE001 - the CSV is optional for this bench
-        return [[(100 + i % 40, i % 7, 30 + i % 9, 0) for i in range(96)]]
+def _profile(path: Path = DEFAULT_CSV) -> list[list[tuple[int, ...]]]:
+    """Interval values per day from the profile CSV (ProfileError if it cannot be read)."""
+    return [list(zip(*values, strict=True)) for _, values in load_days(path)]
 
 
 def simulate_app(
@@ -58,11 +56,6 @@ def simulate_app(
     events_per_day: int = 4,
 ) -> dict[str, Any]:
     """Run the meter core (the app's write pattern) on the NOR model; wear figures."""
-    tests_fw = Path(__file__).resolve().parents[1] / "tests" / "firmware"
-    if str(tests_fw) not in sys.path:
-        sys.path.insert(0, str(tests_fw))
-    from meter_kit import Board, Head  # the core on a NOR model + a head-end
-
     b = Board(now=T0, interval_s=interval_s)
     b.boot()
     head = Head(keep=False)
@@ -193,18 +186,24 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--config-puts-per-day", type=int, default=4, help="--model store only")
     parser.add_argument("--model", choices=("app", "store"), default="app")
     args = parser.parse_args(argv)
+    ticks = 86400 // (300 if args.model == "app" else args.interval)  # at most one each
     if args.days <= 0 or args.warmup_days < 0:
         parser.error("--days must be > 0 and --warmup-days >= 0")
-    if args.model == "app":
-        out = simulate_app(args.days, args.warmup_days, args.interval, args.events_per_day)
-    else:
-        out = simulate(
-            args.days,
-            args.warmup_days,
-            args.interval,
-            args.events_per_day,
-            args.config_puts_per_day,
-        )
+    if not (0 <= args.events_per_day <= ticks and 0 <= args.config_puts_per_day <= ticks):
+        parser.error(f"--events-per-day and --config-puts-per-day must be 0..{ticks}")
+    try:
+        if args.model == "app":
+            out = simulate_app(args.days, args.warmup_days, args.interval, args.events_per_day)
+        else:
+            out = simulate(
+                args.days,
+                args.warmup_days,
+                args.interval,
+                args.events_per_day,
+                args.config_puts_per_day,
+            )
+    except ProfileError as e:
+        return refuse(e)
     print(json.dumps(out))
     return 0
 

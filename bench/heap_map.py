@@ -17,7 +17,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench.cli import refuse
+from bench.firmware_heap import CSV, build
+from hil.loadprofile import ProfileError
+from hil.loadprofile import read as read_profile
+from tools.fwimage import ImageError, tool_path
 
 MODULES = (
     "asyncio link.mqtt meter.errors meter.crc meter.auth meter.blocks meter.wire "
@@ -68,39 +72,51 @@ print('cold re-import us median', ts[10], 'max', ts[-1])
 """
 
 
+def _probe(tmp: Path, mpy: str, heap_kb: int) -> subprocess.CompletedProcess[str]:
+    """Build the image, boot a board from it under `_PROBE`; the finished process."""
+    img, n = build(tmp, "romfs")
+    board = tmp / "board"
+    board.mkdir()
+    cfg = {
+        "meter_id": 4711,
+        "key": bytes(range(32)).hex(),
+        "broker": None,
+        "tick_ms": 50,
+        "energy": {"csv": str(CSV)},  # as firmware-heap's board
+    }
+    (board / "board.json").write_text(json.dumps(cfg))
+    code = (
+        _PROBE.replace("@IMG@", repr(str(img)))
+        .replace("@BOARD@", repr(str(board)))
+        .replace("@MODS@", repr(MODULES))
+        .replace("@N@", str(n))
+    )
+    env = dict(os.environ, MICROPYPATH=".frozen")
+    return subprocess.run(
+        [mpy, "-X", f"heapsize={heap_kb * 1024}", "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench heap-map", description=__doc__)
     parser.add_argument("--heap-kb", type=int, default=400)
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(ROOT))
-    from bench.firmware_heap import _bin, build
-
-    with tempfile.TemporaryDirectory(prefix="ami-heapmap-") as t:
-        tmp = Path(t)
-        img, n = build(tmp, "romfs")
-        board = tmp / "board"
-        board.mkdir()
-        cfg = {"meter_id": 4711, "key": bytes(range(32)).hex(), "broker": None, "tick_ms": 50}
-        (board / "board.json").write_text(json.dumps(cfg))
-        code = (
-            _PROBE.replace("@IMG@", repr(str(img)))
-            .replace("@BOARD@", repr(str(board)))
-            .replace("@MODS@", repr(MODULES))
-            .replace("@N@", str(n))
-        )
-        env = dict(os.environ, MICROPYPATH=".frozen")
-        out = subprocess.run(
-            [_bin("micropython"), "-X", f"heapsize={args.heap_kb * 1024}", "-c", code],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-    rows: dict[str, int] = {}
+    if args.heap_kb < 1:
+        parser.error("--heap-kb must be >= 1")
+    try:
+        read_profile(CSV)  # the board refuses a CSV it cannot use: say so here, in one line
+        mpy = tool_path("micropython")
+        with tempfile.TemporaryDirectory(prefix="ami-heapmap-") as t:
+            out = _probe(Path(t), mpy, args.heap_kb)
+    except (ProfileError, ImageError) as e:
+        return refuse(e)
     for line in out.stdout.splitlines():
         if line.startswith("@ "):
             parts = line.split()
-            rows[" ".join(parts[1:-2])] = int(parts[-1])
             print(f"{' '.join(parts[1:-2]):<24} {int(parts[-1]):>7}  (total {int(parts[-2])})")
         elif line.startswith(("qstr pool", "cold re-import")):
             print(line)

@@ -15,17 +15,17 @@ Progress goes to stderr. Figures only: nothing here asserts a time.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from bench.cli import refuse
+from headend.errors import HeadendError
 from headend.store import (
     BlockIngest,
     Channel,
@@ -38,7 +38,7 @@ from headend.store import (
     Unit,
 )
 from headend.store.base import DAY_S
-from hil.loadprofile import DEFAULT_CSV
+from hil.loadprofile import DEFAULT_CSV, ProfileError, load_days
 
 _DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 _CHANNELS = (
@@ -50,21 +50,9 @@ _CHANNELS = (
 
 
 def load_profile(path: Path) -> tuple[int, int, list[list[list[int]]]]:
-    """(first interval start, interval_s, days[day][channel][slot]) from the reference CSV."""
-    with path.open(newline="") as f:
-        rows = list(csv.reader(f))
-    header, body = rows[0], rows[1:]
-    if len(header) != 5:
-        raise SystemExit(f"{path}: expected 5 columns, got {header}")
-    times = [int(datetime.fromisoformat(r[0].replace("Z", "+00:00")).timestamp()) for r in body]
-    step = times[1] - times[0]
-    per_day = DAY_S // step
-    ndays = len(body) // per_day
-    days = [
-        [[int(r[c + 1]) for r in body[d * per_day : (d + 1) * per_day]] for c in range(4)]
-        for d in range(ndays)
-    ]
-    return times[0], step, days
+    """(first interval start, interval_s, days[day][channel][slot]) of a profile CSV."""
+    days = load_days(path)  # ProfileError: missing or malformed
+    return days[0][0], DAY_S // len(days[0][1][0]), [values for _, values in days]
 
 
 Raw = tuple[int, dict[str, Any], int, tuple[int, ...], int]
@@ -147,21 +135,30 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--no-midnights", action="store_true", help="ingest interval blocks only")
     ap.add_argument("--keep", action="store_true", help="keep the PostgreSQL bench schema")
     args = ap.parse_args(argv)
-    if args.meter_days < 1 or args.batch < 1:
-        ap.error("--meter-days and --batch must be >= 1")
+    if args.meter_days < 1 or args.batch < 1 or args.meters < 0:
+        ap.error("--meter-days and --batch must be >= 1, --meters >= 0")
+    try:
+        return _run(args)
+    except (ProfileError, HeadendError) as e:  # a bad CSV, a store that will not open
+        return refuse(e)
 
+
+def _run(args: argparse.Namespace) -> int:
     csv_path = Path(args.csv) if args.csv else DEFAULT_CSV
     first, step, profile = load_profile(csv_path)
     meters = args.meters or max(1, args.meter_days // 20)
     ndays = -(-args.meter_days // meters)
 
+    # validated before the store opens: a bad option leaves no database behind
+    fleet = [
+        Meter(m, "bench-1", step, args.utc_offset_min, 1, _CHANNELS, first)
+        for m in range(1, meters + 1)
+    ]
     with tempfile.TemporaryDirectory(prefix="ami-bench-") as tmp:
         store, schema = _open(args, tmp)
         try:
-            for m in range(1, meters + 1):
-                store.register_meter(
-                    Meter(m, "bench-1", step, args.utc_offset_min, 1, _CHANNELS, first)
-                )
+            for meter in fleet:
+                store.register_meter(meter)
             lat_ms: list[float] = []
             busy = 0.0
             done = 0

@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hil.loadprofile import DEFAULT_CSV, load_days
+from bench.cli import refuse
+from hil.loadprofile import DEFAULT_CSV, ProfileError, load_days
 from protocol.frame import decode, encode
 from protocol.hdlc import stuff
 
@@ -134,7 +135,13 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--repeat", type=int, default=20, help="timing repetitions per meter-day")
     args = parser.parse_args(argv)
-    print(json.dumps(run(args.csv, args.repeat)))
+    if args.repeat < 1:
+        parser.error("--repeat must be >= 1")
+    try:
+        out = run(args.csv, args.repeat)
+    except ProfileError as e:
+        return refuse(e)
+    print(json.dumps(out))
     return 0
 
 

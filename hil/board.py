@@ -1,6 +1,7 @@
 """One virtual board: the real firmware on the MicroPython binary, supervised.
 
-`python -m hil board --id 1001 --flash DIR [--speed S] [--start UTC] [--broker host:port] ...`
+`python -m hil board --id 1001 --flash DIR [--speed S] [--start UTC] [--broker host:port]
+[--energy-csv FILE | --flat-wh IMP,EXP,RIMP,REXP] ...`
 
 The supervisor writes ``DIR/board.json`` (firmware/hal/UNIX.md), runs
 ``firmware/main.py`` with ``hal/unix`` on the venv's ``micropython`` through
@@ -39,7 +40,8 @@ from headend.keys import meter_key
 from hil.broker import free_port
 from hil.console import Console
 from hil.fleet_time import parse_utc
-from hil.loadprofile import DEFAULT_CSV
+from hil.loadprofile import DEFAULT_CSV, ProfileError
+from hil.loadprofile import read as read_profile
 
 ROOT = Path(__file__).resolve().parents[1]
 FIRMWARE = ROOT / "firmware"
@@ -48,6 +50,10 @@ READY_TIMEOUT_S = 20.0
 CONTROL_TIMEOUT_S = 10.0
 NOMINAL = (300, 600, 900, 1800, 3600)
 _READY = re.compile(rb"(?:^|\n)ready\r?\n")
+_BOOT_ERROR = re.compile(rb"(?:^|\n)error: ([^\r\n]*)\r?\n")  # hal/unix refuses to start
+ENERGY_OPTIONS = "--energy-csv FILE or --flat-wh IMP,EXP,RIMP,REXP"
+PROFILE_STEP = 900  # hal/unix reads the CSV as 15-minute rows
+PROFILE_MAX = 0xFFFF  # ... of 2 bytes a value (profile.bin)
 
 
 class BoardError(RuntimeError):
@@ -78,7 +84,9 @@ class BoardSpec:
 
     Ports left at 0 are picked free when the board starts. ``real_start_ms`` 0
     means "when the board is first started"; the rig sets it so every board
-    and the head-end share one simulated clock.
+    and the head-end share one simulated clock. Energy: ``flat_wh`` (Wh per
+    15 minutes per channel) if set, else the load profile ``csv``; a board
+    with neither (or a CSV that cannot be read) does not start.
     """
 
     meter_id: int
@@ -114,6 +122,28 @@ class BoardSpec:
         if self.uplink not in (None, "mqtt", "uart", "both"):
             raise ValueError(f"uplink: expected mqtt, uart or both, got {self.uplink!r}")
         self.flash_dir = Path(self.flash_dir)
+
+    def check_energy(self) -> None:
+        """BoardError (one line) unless the board has an energy source it can use:
+        a board counting nothing would pass for a meter that reads zero."""
+        flat = self.flat_wh
+        if flat is not None:
+            if len(flat) != 4 or any(not isinstance(v, int) or v < 0 for v in flat):
+                raise BoardError(
+                    f"flat_wh: expected 4 whole Wh >= 0 (IMP,EXP,RIMP,REXP), got {flat!r}"
+                )
+            return
+        if self.csv is None:
+            raise BoardError(f"no energy source: give {ENERGY_OPTIONS}")
+        try:
+            prof = read_profile(self.csv)
+        except ProfileError as e:
+            raise BoardError(f"no energy source: {e}; give {ENERGY_OPTIONS}") from None
+        if prof.step != PROFILE_STEP or max(map(max, prof.rows)) > PROFILE_MAX:
+            raise BoardError(
+                f"no energy source: {self.csv}: the board needs rows {PROFILE_STEP} s apart "
+                f"with values <= {PROFILE_MAX}; give {ENERGY_OPTIONS}"
+            )
 
     @property
     def key(self) -> bytes:
@@ -272,6 +302,18 @@ def read_flash(flash_dir: Path) -> FlashImage:
 # -- the supervisor ------------------------------------------------------------------------------
 
 
+def _write_atomic(path: Path, text: str) -> None:
+    """Write through a temp file and rename: never a half-written file (BoardError)."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise BoardError(f"{path}: {e.strerror or e}") from None
+
+
 class VirtualBoard:
     """One virtual board (async API). `start()` once, then power_cut()/power_up() at will.
 
@@ -288,6 +330,7 @@ class VirtualBoard:
         self._boot_out = bytearray()
         self._line = bytearray()
         self._ready = asyncio.Event()
+        self._boot_error: str | None = None  # the firmware's `error:` line before "ready"
         self.cuts = 0
         self.boots = 0
 
@@ -321,9 +364,18 @@ class VirtualBoard:
     # -- life cycle -------------------------------------------------------------------------
 
     def write_config(self) -> dict[str, Any]:
-        """Pick free ports, fix the clock's real start, write board.json."""
+        """Pick free ports, fix the clock's real start, write board.json.
+
+        A flash directory that cannot be made or written is a BoardError (one
+        line); a file half-written is removed.
+        """
         s = self.spec
-        self.dir.mkdir(parents=True, exist_ok=True)
+        if self.dir.exists() and not self.dir.is_dir():
+            raise BoardError(f"flash directory {self.dir}: a file, not a directory")
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise BoardError(f"flash directory {self.dir}: {e.strerror or e}") from None
         if not s.uart_port:
             s.uart_port = free_port()
         if not s.control_port:
@@ -331,9 +383,7 @@ class VirtualBoard:
         if not s.real_start_ms:
             s.real_start_ms = time.time_ns() // 1_000_000
         cfg = s.board_json()
-        tmp = self.dir / "board.json.tmp"
-        tmp.write_text(json.dumps(cfg, indent=1))
-        os.replace(tmp, self.dir / "board.json")
+        _write_atomic(self.dir / "board.json", json.dumps(cfg, indent=1))
         rtc = self.dir / "rtc.json"
         if s.rtc_offset_s and not rtc.exists():
             # the anchor hal/unix keeps (UNIX.md): the RTC off reality, the energy on it
@@ -345,13 +395,19 @@ class VirtualBoard:
                 "true_sim_ms": s.sim_start * 1000,
                 "true_real_ms": s.real_start_ms,
             }
-            rtc.write_text(json.dumps(anchor))
+            _write_atomic(rtc, json.dumps(anchor))
         return cfg
 
     async def start(self) -> None:
-        """Write board.json, serve the console and power the board up (waits for "ready")."""
+        """Write board.json, serve the console and power the board up (waits for "ready").
+
+        BoardError (one line) if the spec has no usable energy source
+        (`BoardSpec.check_energy`), the flash directory cannot be written, or the
+        firmware refuses to start (its `error:` line) or does not say "ready".
+        """
         if self.console is not None:
             raise BoardError("board already started")
+        self.spec.check_energy()
         self.write_config()
         mpy = micropython_binary()
         env = dict(os.environ, MICROPYPATH=f"{FIRMWARE}:.frozen")
@@ -369,8 +425,13 @@ class VirtualBoard:
 
     def _on_output(self, data: bytes) -> None:
         self._boot_out += data
-        if _READY.search(self._boot_out):
-            self._ready.set()
+        if not self._ready.is_set():
+            err = _BOOT_ERROR.search(self._boot_out)
+            if err is not None:
+                self._boot_error = err.group(1).decode(errors="replace")
+                self._ready.set()
+            elif _READY.search(self._boot_out):
+                self._ready.set()
         if len(self._boot_out) > 65536:
             del self._boot_out[:-4096]
         if self.echo is not None:
@@ -389,6 +450,7 @@ class VirtualBoard:
             return
         self._boot_out.clear()
         self._ready.clear()
+        self._boot_error = None
         c.power_up()
         self.boots += 1
         try:
@@ -399,6 +461,9 @@ class VirtualBoard:
                 f"meter {self.meter_id} did not print 'ready' within {timeout} s; "
                 f"console says:\n{tail}"
             ) from None
+        if self._boot_error is not None:
+            c.power_cut()  # it sits in the REPL (-i); a reboot would refuse again
+            raise BoardError(f"meter {self.meter_id}: {self._boot_error}")
 
     async def power_cut(self) -> None:
         """Kill the board without warning (kill -9): RAM is lost, flash and RTC stay."""
@@ -506,6 +571,14 @@ def _host_port(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _flat_wh(text: str) -> tuple[int, int, int, int]:
+    parts = text.split(",")
+    if len(parts) != 4 or not all(p.strip().isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"expected 4 whole numbers >= 0 like 100,0,30,0: {text!r}")
+    a, b, c, d = (int(p) for p in parts)
+    return a, b, c, d
+
+
 def _args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m hil board", description=__doc__.split("\n\n")[0])
     p.add_argument("--id", type=int, required=True, help="meter id (u32)")
@@ -515,7 +588,20 @@ def _args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--drift-ppm", type=int, default=0, help="RTC drift (ppm)")
     p.add_argument("--broker", type=_host_port, default=None, help="MQTT broker host:port")
     p.add_argument("--uplink", choices=("mqtt", "uart", "both"), default=None)
-    p.add_argument("--csv", type=Path, default=DEFAULT_CSV, help="load-profile CSV")
+    p.add_argument(
+        "--energy-csv",
+        type=Path,
+        default=DEFAULT_CSV,
+        metavar="FILE",
+        help="load profile: 15-minute rows, repeating (default: the reference in data/)",
+    )
+    p.add_argument(
+        "--flat-wh",
+        type=_flat_wh,
+        default=None,
+        metavar="IMP,EXP,RIMP,REXP",
+        help="a flat load instead of the CSV: Wh (varh) per 15 minutes per channel",
+    )
     p.add_argument("--scale-pct", type=int, default=100, help="this meter's scale of the profile")
     p.add_argument("--tick-ms", type=int, default=0, help="real ms per tick (0: from the speed)")
     p.add_argument("--interval", type=int, default=900, help="interval length of a fresh install")
@@ -532,17 +618,17 @@ def _when(t: int) -> str:
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-async def _serve(args: argparse.Namespace) -> None:
-    flash: Path = args.flash
-    spec = BoardSpec(
+def _spec(args: argparse.Namespace) -> BoardSpec:
+    return BoardSpec(
         meter_id=args.id,
-        flash_dir=flash,
+        flash_dir=args.flash,
         speed=args.speed,
         sim_start=args.start if args.start is not None else SIM_START,
         drift_ppm=args.drift_ppm,
         broker=args.broker,
         master_key=args.master_key,
-        csv=args.csv,
+        csv=args.energy_csv,
+        flat_wh=args.flat_wh,
         scale_pct=args.scale_pct,
         tick_ms=args.tick_ms,
         interval_s=args.interval,
@@ -551,6 +637,10 @@ async def _serve(args: argparse.Namespace) -> None:
         uart_port=args.uart_port,
         control_port=args.control_port,
     )
+
+
+async def _serve(spec: BoardSpec, args: argparse.Namespace) -> None:
+    flash = spec.flash_dir
     if (flash / "rtc.json").exists():
         print(f"{flash}/rtc.json exists: the RTC continues (delete it to restart the clock)")
     board = VirtualBoard(spec, echo=(lambda line: print(f"  | {line}")) if args.echo else None)
@@ -583,13 +673,19 @@ async def _serve(args: argparse.Namespace) -> None:
             )
     finally:
         await board.close()
-        print("board stopped (flash and RTC kept in the flash directory)")
+        if board.boots:
+            print("board stopped (flash and RTC kept in the flash directory)")
 
 
 def main(argv: list[str]) -> int:
     args = _args(argv)
     try:
-        asyncio.run(_serve(args))
+        spec = _spec(args)
+    except ValueError as e:  # BoardSpec's own checks (id, speed ...)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(_serve(spec, args))
     except BoardError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

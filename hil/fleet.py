@@ -454,6 +454,7 @@ def main(argv: list[str]) -> int:
         for text in args.outage or ():
             parse_outage(text)
         parse_hhmm("--window-end", args.window_end)
+        LoadProfile(args.csv)  # a bad CSV stops us before anything runs
     except (ProfileError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -43,7 +43,7 @@ from headend.store import Source, SqlStore, open_store
 from headend.store.records import MODE_PERIOD, JobState, ReadSpec
 from hil.fleet import DEFAULT_SPEED, DEFAULT_START, FIRST_ID, INSTALL_S, timeline
 from hil.fleet_meter import NO_SYNC_FAILED_PUSH
-from hil.fleet_profile import DAY, DEFAULT_MIX, ProfileError
+from hil.fleet_profile import DAY, DEFAULT_MIX, LoadProfile, ProfileError
 from hil.fleet_time import TimeBase, iso, parse_utc
 from hil.loadprofile import DEFAULT_CSV
 from hil.rig import Rig
@@ -164,6 +164,7 @@ class FleetRun:
     """Rig + fleet process + count; `run()` returns the result dict."""
 
     def __init__(self, opts: RunOptions) -> None:
+        LoadProfile(opts.csv)  # fleet and boards read it: a bad one stops us before anything runs
         self.o = opts
         self.fleet_ids = list(range(opts.first_id, opts.first_id + opts.meters))
         self.board_ids = list(range(opts.board_first_id, opts.board_first_id + opts.boards))

@@ -10,14 +10,14 @@ meter: energy is Wh with the remainder carried, times are UTC seconds.
 
 from __future__ import annotations
 
-import csv
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 
+from hil import loadprofile
 from hil.loadprofile import DEFAULT_CSV
+from hil.loadprofile import ProfileError as ProfileError  # one error: a bad CSV, mix or plan
 
 DAY = 86_400
 PROFILE_STEP = 900  # the CSV's interval
@@ -25,37 +25,16 @@ PROFILES = ("normal", "offline", "intermittent", "slow", "skew")
 DEFAULT_MIX = "normal=0.80,offline=0.04,intermittent=0.08,slow=0.05,skew=0.03"
 
 
-class ProfileError(ValueError):
-    """A bad --profile-mix, a bad CSV, or an impossible fleet plan."""
-
-
 class LoadProfile:
     """The reference CSV as integer rows; `energy(t0, t1, scale_pct, frac)` drains it."""
 
     def __init__(self, path: Path = DEFAULT_CSV) -> None:
-        if not path.exists():
-            raise ProfileError(f"load profile CSV not found: {path}")
-        rows: list[tuple[int, int, int, int]] = []
-        t0 = 0
-        with open(path, newline="", encoding="utf-8") as f:
-            for i, r in enumerate(csv.DictReader(f)):
-                if i == 0:
-                    t0 = int(
-                        datetime.fromisoformat(r["utc_start"].replace("Z", "+00:00")).timestamp()
-                    )
-                rows.append(
-                    (
-                        int(r["import_wh"]),
-                        int(r["export_wh"]),
-                        int(r["import_varh"]),
-                        int(r["export_varh"]),
-                    )
-                )
-        if not rows:
-            raise ProfileError(f"{path}: no rows")
-        self.path = path
-        self.t0 = t0
-        self.rows = rows
+        p = loadprofile.read(path)
+        if p.step != PROFILE_STEP:
+            raise ProfileError(f"{path}: rows {p.step} s apart; the fleet needs {PROFILE_STEP} s")
+        self.path = p.path
+        self.t0 = p.t0
+        self.rows = p.rows
 
     def row(self, t: int) -> tuple[int, int, int, int]:
         return self.rows[((t - self.t0) // PROFILE_STEP) % len(self.rows)]

@@ -111,6 +111,103 @@ def test_asserts_in_firmware_and_protocol_are_found(tmp_path: Path) -> None:
     assert hits(tmp_path, "no-assert") == [("firmware/meter/ring.py", 2), ("protocol/frame.py", 2)]
 
 
+# --- hil-layers, bench-layers --------------------------------------------------------
+
+
+def test_hil_importing_bench_or_tests_is_found(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "hil/rig.py",
+        "import bench.wire\n"
+        "from tests.support import broker\n"
+        "import importlib\n"
+        "m = importlib.import_module('tests.conftest')\n"
+        "from hil.broker import Broker\n"
+        "import headend\n",
+    )
+    assert hits(tmp_path, "hil-layers") == [("hil/rig.py", 1), ("hil/rig.py", 2), ("hil/rig.py", 4)]
+
+
+def test_bench_importing_tests_is_found_also_through_sys_path(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "bench/wear.py",
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from tests.support.broker import running_broker\n"
+        "sys.path.insert(0, str(Path(__file__).parents[1] / 'tests' / 'firmware'))\n"
+        "sys.path.insert(0, 'tests/firmware')\n"
+        "from hil.broker import Broker\n"
+        "import bench.cli, protocol.frame, headend\n",
+    )
+    assert hits(tmp_path, "bench-layers") == [
+        ("bench/wear.py", 3),
+        ("bench/wear.py", 4),
+        ("bench/wear.py", 5),
+    ]
+
+
+def test_layers_allow_what_the_design_allows(tmp_path: Path) -> None:
+    write(
+        tmp_path, "hil/a.py", "import protocol.frame\nfrom hil import board\ns = 'import tests'\n"
+    )
+    write(tmp_path, "bench/b.py", "import hil.loadprofile\nimport bench.cli\nimport testsuite\n")
+    write(tmp_path, "tools/c.py", "import tests.support\n")  # not a layer these rules guard
+    assert hits(tmp_path, "hil-layers") == [] and hits(tmp_path, "bench-layers") == []
+
+
+# --- dev-folder (text rule) ---------------------------------------------------------------
+
+DEV = lint.DEV_PATHS[0]  # never written out: a hook greps every tracked file for it
+
+
+def test_dev_folder_is_found_in_every_kind_of_file(tmp_path: Path) -> None:
+    for rel in (
+        "hil/x.py",
+        "tests/test_x.py",
+        "README.md",
+        "Makefile",
+        "pyproject.toml",
+        "tools/setup.sh",
+        ".ci/run",
+        "data/notes.txt",
+    ):
+        write(tmp_path, rel, f"first line\nsee {DEV}/DESIGN.md\n")
+    write(tmp_path, "docs/abs.md", f"x\ny\n{lint.DEV_PATHS[1]}/STYLE.md\n")
+    write(tmp_path, "docs/ok.md", "./shared, shared/ and ../share are other things\n")
+    write(tmp_path, ".venv/lib/site.py", f"{DEV}\n")  # not the project's
+    assert hits(tmp_path, "dev-folder") == sorted(
+        [
+            (".ci/run", 2),
+            ("Makefile", 2),
+            ("README.md", 2),
+            ("data/notes.txt", 2),
+            ("docs/abs.md", 3),
+            ("hil/x.py", 2),
+            ("pyproject.toml", 2),
+            ("tests/test_x.py", 2),
+            ("tools/setup.sh", 2),
+        ]
+    )
+
+
+def test_dev_folder_rule_reads_what_git_tracks(tmp_path: Path) -> None:
+    if shutil.which("git") is None:
+        missing("git not installed")
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    write(tmp_path, "docs/tracked.md", f"{DEV}\n")
+    write(tmp_path, "notes.txt", f"a\n{DEV}\n")
+    write(tmp_path, "untracked.md", f"{DEV}\n")  # not in the repository: not the rule's
+    subprocess.run(["git", "-C", str(tmp_path), "add", "docs", "notes.txt"], check=True)
+    assert hits(tmp_path, "dev-folder") == [("docs/tracked.md", 1), ("notes.txt", 2)]
+
+
+def test_the_banned_path_is_written_nowhere() -> None:
+    # the rule and its tests build it from parts, so the hook's grep finds nothing
+    for path in (ROOT / "tools" / "lint.py", Path(__file__)):
+        assert not [n for n in lint.DEV_PATHS if n in path.read_text()], path
+
+
 # --- driver --------------------------------------------------------------------------
 
 

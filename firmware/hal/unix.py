@@ -14,6 +14,7 @@
 import asyncio
 import json
 import os
+import sys
 import time
 
 try:
@@ -130,6 +131,64 @@ class Board:
         self.tick_ms = cfg.get("tick_ms", 100)
         self.heap_probe = cfg.get("heap_probe", False)
         self.link_forced_down = False
+        # energy: a flat load (Wh per 15 minutes per channel), or the load
+        # profile (CSV) repeating; one of them is required
+        en = cfg.get("energy", {})
+        n = en.get("channels", 4)
+        self.scale_pct = en.get("scale_pct", 100)
+        self._frac = [0] * n  # remainder in Wh x 900 x 100
+        self._last = None
+        self._prof = en.get("flat_wh")  # a flat row, or (profile.bin, t0, rows)
+        csv = en.get("csv")
+        if self._prof is None and csv and _exists(csv):
+            binp = path + "/profile.bin"
+            if not _exists(binp):
+                # the CSV (45 days x 96 rows) is too big for the heap as ints: convert
+                # it once to 2-byte rows in the flash directory, read one row at a time
+                out = bytearray(2 * n)
+                try:
+                    with open(csv) as f, open(binp + ".tmp", "wb") as b:
+                        f.readline()
+                        first = True
+                        for line in f:
+                            parts = line.strip().split(",")
+                            if len(parts) < 1 + n:
+                                continue
+                            if first:
+                                s = parts[0]  # "2024-04-01T00:00:00Z"
+                                t0 = tu.utc(
+                                    int(s[0:4]),
+                                    int(s[5:7]),
+                                    int(s[8:10]),
+                                    int(s[11:13]),
+                                    int(s[14:16]),
+                                    int(s[17:19]),
+                                )
+                                b.write(t0.to_bytes(4, "big"))
+                                first = False
+                            for i in range(n):
+                                v = int(parts[1 + i])
+                                out[2 * i] = (v >> 8) & 0xFF
+                                out[2 * i + 1] = v & 0xFF
+                            b.write(out)
+                    if first:
+                        raise ValueError  # no rows: nothing to keep
+                    os.rename(binp + ".tmp", binp)
+                except (OSError, ValueError, IndexError):  # a malformed row, or none
+                    if _exists(binp + ".tmp"):
+                        os.remove(binp + ".tmp")
+            rows = (os.stat(binp)[6] - 4) // (2 * n) if _exists(binp) else 0
+            if rows > 0:
+                f = open(binp, "rb")
+                self._prof = (f, int.from_bytes(f.read(4), "big"), rows)
+        if self._prof is None:  # a meter counting zeros would pass for a working one
+            print(
+                "error: no energy source: no energy.flat_wh and energy.csv %s is missing, "
+                "empty or malformed; start the board with hil board --energy-csv FILE or "
+                "--flat-wh IMP,EXP,RIMP,REXP" % csv,
+                file=sys.stderr,
+            )
+            raise SystemExit(2)  # before the flash and the RTC are touched
         fl = cfg.get("flash", {})
         self.flash = Flash(
             path + "/" + fl.get("file", "flash.bin"),
@@ -155,54 +214,6 @@ class Board:
                 self.rtc.update(json.load(f))
         else:
             self._rtc_save()
-        # energy: a flat load (Wh per 15 minutes per channel), or the load
-        # profile (CSV) repeating
-        en = cfg.get("energy", {})
-        n = en.get("channels", 4)
-        self.scale_pct = en.get("scale_pct", 100)
-        self._frac = [0] * n  # remainder in Wh x 900 x 100
-        self._last = None
-        self._prof = en.get("flat_wh")  # a flat row, or (profile.bin, t0, rows)
-        # by default data/household_45d_15min.csv of the repo (firmware/..)
-        here = __file__[: __file__.rfind("/") + 1]
-        csv = en.get("csv") or here + "../../data/household_45d_15min.csv"
-        if self._prof is None and _exists(csv):
-            # the CSV (45 days x 96 rows) is too big for the heap as ints: convert
-            # it once to 2-byte rows in the flash directory, read one row at a time
-            binp = path + "/profile.bin"
-            if not _exists(binp):
-                out = bytearray(2 * n)
-                with open(csv) as f, open(binp + ".tmp", "wb") as b:
-                    f.readline()
-                    first = True
-                    for line in f:
-                        parts = line.strip().split(",")
-                        if len(parts) < 1 + n:
-                            continue
-                        if first:
-                            s = parts[0]  # "2024-04-01T00:00:00Z"
-                            t0 = tu.utc(
-                                int(s[0:4]),
-                                int(s[5:7]),
-                                int(s[8:10]),
-                                int(s[11:13]),
-                                int(s[14:16]),
-                                int(s[17:19]),
-                            )
-                            b.write(t0.to_bytes(4, "big"))
-                            first = False
-                        for i in range(n):
-                            v = int(parts[1 + i])
-                            out[2 * i] = (v >> 8) & 0xFF
-                            out[2 * i + 1] = v & 0xFF
-                        b.write(out)
-                os.rename(binp + ".tmp", binp)
-            rows = (os.stat(binp)[6] - 4) // (2 * n)
-            if rows:
-                f = open(binp, "rb")
-                self._prof = (f, int.from_bytes(f.read(4), "big"), rows)
-        if self._prof is None:  # a meter that counts nothing must say so
-            print("no energy source: set energy.flat_wh or energy.csv (%s missing)" % csv)
 
     def ident(self):
         """Keyword arguments for meter.Ident (defaults of a fresh install), from

@@ -31,6 +31,7 @@ class Options:
     outage_days: float | None = None
     seed: int = 1
     keep: bool = False
+    board: dict[str, Any] = field(default_factory=dict)  # extra BoardSpec fields of every board
     say: Callable[[str], None] = field(default=lambda s: print(s, file=sys.stderr, flush=True))
 
     def pick(self, name: str, default: Any) -> Any:
@@ -81,7 +82,10 @@ async def compare(rig: Rig, board: VirtualBoard, since: int, until: int) -> dict
 
     Returns counts: on_flash, headend_missing (on flash, not held), value_mismatch
     (channel 0 differs), headend_extra (held, not on flash), doubled (a start twice
-    on flash), gaps (grid slots with no record on flash), corrupt_records.
+    on flash), gaps (grid slots with no record on flash), corrupt_records, and
+    the energy on flash: energy_wh (channel 0, Wh) and nonzero_intervals (any
+    channel > 0). A board that counts nothing matches the head-end perfectly:
+    `counted` tells it apart.
     """
     img = board.read_flash()
     flash = [iv for iv in img.intervals if since <= iv[0] < until]
@@ -99,4 +103,11 @@ async def compare(rig: Rig, board: VirtualBoard, since: int, until: int) -> dict
         "doubled": img.doubled(),
         "gaps": len(img.gaps(first, last)),
         "corrupt_records": img.corrupt_records,
+        "energy_wh": sum(iv[3][0] for iv in flash),
+        "nonzero_intervals": sum(1 for iv in flash if any(iv[3])),
     }
+
+
+def counted(cmp_: dict[str, int]) -> bool:
+    """The board recorded energy (a `compare` result): all-zero intervals prove nothing."""
+    return cmp_["nonzero_intervals"] > 0

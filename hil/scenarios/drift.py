@@ -14,7 +14,8 @@ instant of the day after boot, >= 60 s from an interval boundary):
 Then the boards run D more days (daily validations at random instants, as in
 the field; the drift accumulates). At the end the head-end reads everything
 since day 0 and the flash is compared with it: no interval lost (no hole on
-the grid, none missing at the head-end), none doubled.
+the grid, none missing at the head-end), none doubled, and every board
+counted energy (``boards_without_energy`` 0).
 
 The sniffer sees every time_sync_request/response: the reported
 ``offset_s`` is head-end time at receipt minus meter time at send (one-way
@@ -28,7 +29,7 @@ from typing import Any
 
 from headend.store import ops as oplog
 from hil.rig import Rig
-from hil.scenarios.common import DAY, T0, Options, Progress, collect, compare
+from hil.scenarios.common import DAY, T0, Options, Progress, collect, compare, counted
 
 PPM = 58  # 5 s/day
 JUMPS = (0, 60, 300)
@@ -43,7 +44,12 @@ async def run(opts: Options) -> dict[str, Any]:
     end = T0 + DAY + int(days * DAY) + 600
 
     def board(i: int) -> dict[str, Any]:
-        return {"drift_ppm": DRIFTS[i], "rtc_offset_s": JUMPS[i], "push_mask": 0x2836 | 0x08}
+        return {
+            **opts.board,
+            "drift_ppm": DRIFTS[i],
+            "rtc_offset_s": JUMPS[i],
+            "push_mask": 0x2836 | 0x08,
+        }
 
     async with Rig(
         boards=3, speed=speed, sim_start=start, board_options=board, keep=opts.keep, say=opts.say
@@ -96,9 +102,11 @@ async def run(opts: Options) -> dict[str, Any]:
         held4 = [
             e for e in await rig.call(lambda ctx: ctx.store.events(c, start, until)) if e.code == 4
         ]
-        lost = doubled = corrupt = 0
+        lost = doubled = corrupt = energy = silent = 0
         for m in rig.meter_ids:
             cmp_ = await compare(rig, rig.board(m), start, until)
+            energy += cmp_["energy_wh"]
+            silent += not counted(cmp_)
             lost += cmp_["gaps"] + cmp_["headend_missing"]
             doubled += cmp_["doubled"]
             corrupt += cmp_["corrupt_records"]
@@ -132,6 +140,8 @@ async def run(opts: Options) -> dict[str, Any]:
             "doubled_intervals": doubled,
             "corrupt_records": corrupt,
             "final_reads_ok": all(r["ok"] for r in reads),
+            "energy_wh": energy,
+            "boards_without_energy": silent,
         }
         out["ok"] = bool(
             out["validations"] >= 3
@@ -146,7 +156,7 @@ async def run(opts: Options) -> dict[str, Any]:
             and time_sets[c] >= 1
             and logged[c] >= 1
             and len(c3) == 1
-            and lost == doubled == corrupt == 0
+            and lost == doubled == corrupt == silent == 0
             and out["final_reads_ok"]
         )
         return out

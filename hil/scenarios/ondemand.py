@@ -39,6 +39,7 @@ async def run(opts: Options) -> dict[str, Any]:
         sim_start=T0 + 6 * 3600 - 20,
         latency_s=latency,
         jitter_s=latency / 2,
+        board_options=opts.board,
         keep=opts.keep,
         say=opts.say,
     ) as rig:

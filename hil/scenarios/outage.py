@@ -10,7 +10,8 @@ acknowledged one, and the pushed events follow.
 
 Checks: the head-end holds every interval on flash up to the last midnight
 before the link returned (``headend_missing`` 0, every day complete), the
-meter has nothing left to send (``pending_events`` 0, no read in progress).
+meter has nothing left to send (``pending_events`` 0, no read in progress),
+every board counted energy (``boards_without_energy`` 0).
 ``backfill_s`` is the real time from link-up until the head-end was complete.
 Defaults: outage 3 days, 3000x, 1 board.
 """
@@ -21,7 +22,7 @@ import time
 from typing import Any
 
 from hil.rig import Rig
-from hil.scenarios.common import DAY, T0, Options, Progress, compare
+from hil.scenarios.common import DAY, T0, Options, Progress, compare, counted
 
 
 async def run(opts: Options) -> dict[str, Any]:
@@ -32,7 +33,12 @@ async def run(opts: Options) -> dict[str, Any]:
     up_at = down_at + int(outage * DAY)
     complete_until = (up_at - 3 * 3600) // DAY * DAY  # the last midnight before the link returned
     async with Rig(
-        boards=nboards, speed=speed, sim_start=T0 - 7200, keep=opts.keep, say=opts.say
+        boards=nboards,
+        speed=speed,
+        sim_start=T0 - 7200,
+        board_options=opts.board,
+        keep=opts.keep,
+        say=opts.say,
     ) as rig:
         p = Progress(rig, opts.say)
         p(f"outage: link down day 1 03:00 for {outage:g} days, {speed}x")
@@ -68,7 +74,7 @@ async def run(opts: Options) -> dict[str, Any]:
         sts = {b.meter_id: await b.status() for b in rig.board_list}
         for b in rig.board_list:
             await b.power_cut()
-        missing = gaps = doubled = corrupt = 0
+        missing = gaps = doubled = corrupt = energy = silent = 0
         read_failed = 0
         days = 0
         for b in rig.board_list:
@@ -77,6 +83,8 @@ async def run(opts: Options) -> dict[str, Any]:
             gaps += cmp_["gaps"]
             doubled += cmp_["doubled"]
             corrupt += cmp_["corrupt_records"]
+            energy += cmp_["energy_wh"]
+            silent += not counted(cmp_)
             read_failed += len(b.read_flash().event_codes(7))
             cov = await rig.call(
                 lambda ctx, m=b.meter_id: ctx.store.coverage(m, T0, complete_until)
@@ -99,11 +107,13 @@ async def run(opts: Options) -> dict[str, Any]:
             "pending_events": sum(s["pending_events"] for s in sts.values()),
             "reads_in_progress": sum(s["reads"] for s in sts.values()),
             "backfill_s": round(backfill_s, 2),
+            "energy_wh": energy,
+            "boards_without_energy": silent,
         }
         out["ok"] = bool(
             done
             and out["days_complete"] == out["days_expected"]
-            and missing == gaps == doubled == corrupt == 0
+            and missing == gaps == doubled == corrupt == silent == 0
             and out["pending_events"] == 0
             and out["reads_in_progress"] == 0
             and out["intervals_held_at_link_up"] == out["intervals_held_at_link_down"]

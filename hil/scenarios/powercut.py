@@ -11,7 +11,9 @@ decoded with the firmware's own Store.
 Checks: every interval reported closed before a cut is on flash and the
 interval grid has no hole (``lost_closed_intervals`` 0), no record fails its
 check (``corrupt_records`` 0), no interval is doubled, and the head-end holds
-every interval on flash with the same value (``headend_missing`` 0).
+every interval on flash with the same value (``headend_missing`` 0), and
+every board counted energy (``boards_without_energy`` 0: all-zero intervals
+would match the head-end and prove nothing).
 Defaults: 45 days, 200 cuts, 5000x, 1 board.
 """
 
@@ -21,7 +23,7 @@ import random
 from typing import Any
 
 from hil.rig import Rig
-from hil.scenarios.common import DAY, T0, Options, Progress, collect, compare
+from hil.scenarios.common import DAY, T0, Options, Progress, collect, compare, counted
 
 SLOW = 20  # speed of the final collection (the meter re-sends parts after 15-30 simulated s)
 
@@ -44,6 +46,7 @@ async def run(opts: Options) -> dict[str, Any]:
         keep=opts.keep,
         say=opts.say,
         headend={"ondemand_timeout_s": 3600},
+        board_options=opts.board,
     ) as rig:
         p = Progress(rig, opts.say)
         p(f"powercut: {days:g} days, {cuts} cuts at random instants, {speed}x")
@@ -76,7 +79,7 @@ async def run(opts: Options) -> dict[str, Any]:
             "boards": nboards,
             "cuts": sum(b.cuts for b in rig.board_list) - nboards,
         }
-        lost = corrupt = missing = mismatch = doubled = on_flash = pf = 0
+        lost = corrupt = missing = mismatch = doubled = on_flash = pf = energy = silent = 0
         for board in rig.board_list:
             img = board.read_flash()
             starts = set(img.starts())
@@ -88,6 +91,8 @@ async def run(opts: Options) -> dict[str, Any]:
             mismatch += cmp_["value_mismatch"]
             doubled += cmp_["doubled"]
             on_flash += cmp_["on_flash"]
+            energy += cmp_["energy_wh"]
+            silent += not counted(cmp_)
             pf += sum(1 for iv in img.intervals if iv[2] & 1)
         out.update(
             {
@@ -100,11 +105,13 @@ async def run(opts: Options) -> dict[str, Any]:
                 "headend_missing": missing,
                 "value_mismatch": mismatch,
                 "final_read_ok": all(r["ok"] for r in reads),
+                "energy_wh": energy,
+                "boards_without_energy": silent,
             }
         )
         out["ok"] = (
             out["cuts"] >= cuts
-            and lost == corrupt == doubled == missing == mismatch == 0
+            and lost == corrupt == doubled == missing == mismatch == silent == 0
             and on_flash > 0
             and out["final_read_ok"]
         )

@@ -53,7 +53,12 @@ async def run(opts: Options) -> dict[str, Any]:
     nboards = int(opts.pick("boards", 1))
     day = T0 + DAY
     async with Rig(
-        boards=nboards, speed=speed, sim_start=T0 + 18 * H, keep=opts.keep, say=opts.say
+        boards=nboards,
+        speed=speed,
+        sim_start=T0 + 18 * H,
+        board_options=opts.board,
+        keep=opts.keep,
+        say=opts.say,
     ) as rig:
         p = Progress(rig, opts.say)
         await rig.wait_registered()

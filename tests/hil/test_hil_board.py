@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from hil.board import BoardError, BoardSpec, VirtualBoard, read_flash
+from hil.board import FIRMWARE, BoardError, BoardSpec, VirtualBoard, micropython_binary, read_flash
 from hil.wait import wait_until
+from tests.support.cli import refused, run_module, unwritable_dir
 
 pytestmark = [pytest.mark.mpy, pytest.mark.usefixtures("mpy_present")]
 MPREMOTE = str(Path(sys.executable).parent / "mpremote")
@@ -122,3 +126,90 @@ def test_read_flash_counts_a_corrupted_record(tmp_path: Path) -> None:
     (copy / "flash.bin").write_bytes(bytes(data))
     bad = read_flash(copy)
     assert bad.corrupt_records == 1 and len(bad.intervals) == len(img.intervals) - 1
+
+
+# --- no energy source, no board ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("energy", [{"csv": None}, {"csv": Path("missing.csv")}])
+def test_a_board_without_energy_refuses_to_start(tmp_path: Path, energy: dict[str, Any]) -> None:
+    spec = BoardSpec(4714, tmp_path / "flash", **energy)
+
+    async def main() -> None:
+        board = VirtualBoard(spec)
+        with pytest.raises(BoardError) as e:
+            await board.start()
+        await board.close()
+        assert "\n" not in str(e.value)
+        assert "--energy-csv FILE" in str(e.value) and "--flat-wh" in str(e.value)
+        assert board.boots == 0
+
+    asyncio.run(main())
+    assert not spec.flash_dir.exists()  # nothing written
+
+
+def test_the_firmware_refuses_a_board_json_without_energy(tmp_path: Path) -> None:
+    # the supervisor's check bypassed: hal/unix itself says why, in one line, before "ready"
+    spec = BoardSpec(4715, tmp_path / "flash", flat_wh=(1, 0, 0, 0), extra={"energy": {}})
+
+    async def main() -> None:
+        board = VirtualBoard(spec)
+        try:
+            with pytest.raises(BoardError, match="no energy source") as e:
+                await board.start()
+            assert not board.powered
+        finally:
+            await board.close()
+        text = str(e.value)
+        assert "\n" not in text and "--energy-csv FILE" in text and "--flat-wh" in text
+
+    asyncio.run(main())
+    assert not (spec.flash_dir / "flash.bin").exists()  # refused before the flash is touched
+
+
+def test_the_firmware_exits_non_zero_with_one_error_line(tmp_path: Path) -> None:
+    spec = BoardSpec(4716, tmp_path, csv=tmp_path / "gone.csv")
+    (tmp_path / "board.json").write_text(json.dumps(spec.board_json()))
+    env = dict(os.environ, MICROPYPATH=f"{FIRMWARE}:.frozen")
+    proc = subprocess.run(
+        [micropython_binary(), str(FIRMWARE / "main.py"), str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == 2 and "ready" not in proc.stdout, proc.stdout + proc.stderr
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("error: no energy source: no energy.flat_wh and energy.csv ")
+    assert "gone.csv is missing" in line and "--energy-csv FILE or --flat-wh" in line
+
+
+def test_hil_board_refuses_a_missing_csv_in_one_line(tmp_path: Path) -> None:
+    flash = tmp_path / "flash"
+    missing_csv = tmp_path / "nope.csv"
+    line = refused(
+        run_module(
+            "hil", "board", "--id", "7", "--flash", str(flash), "--energy-csv", str(missing_csv)
+        )
+    )
+    assert line.startswith("error: no energy source:") and str(missing_csv) in line
+    assert "--energy-csv FILE or --flat-wh" in line
+    assert not flash.exists()
+
+
+@pytest.mark.parametrize("where", ["file", "under-a-file", "not-writable"])
+def test_hil_board_refuses_a_flash_dir_it_cannot_use(tmp_path: Path, where: str) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("not a directory\n")
+    locked = unwritable_dir(tmp_path) if where == "not-writable" else tmp_path
+    before = sorted(locked.iterdir())
+    flash = {"file": afile, "under-a-file": afile / "dir", "not-writable": locked / "ami-x" / "dir"}
+    line = refused(
+        run_module(
+            "hil", "board", "--id", "7", "--flash", str(flash[where]), "--flat-wh", "1,0,0,0"
+        )
+    )
+    assert line.startswith(f"error: flash directory {flash[where]}: ")
+    assert afile.read_text() == "not a directory\n"
+    assert sorted(locked.iterdir()) == before  # nothing half-written

@@ -35,7 +35,19 @@ def test_m02_m05_powercut_3_days_20_cuts_lose_and_corrupt_nothing() -> None:
     assert out["doubled_intervals"] == 0
     assert out["headend_missing"] == 0 and out["value_mismatch"] == 0
     assert out["intervals_on_flash"] >= 3 * 96 - 1 and out["power_failed_intervals"] > 0
+    assert out["energy_wh"] > 0 and out["boards_without_energy"] == 0
     assert out["ok"]
+
+
+def test_powercut_fails_on_a_board_that_counts_nothing() -> None:
+    # flat_wh 0,0,0,0: flash and head-end agree on every (zero) interval, so
+    # only the energy check stands between this run and a pass
+    out = _run("powercut", days=0.25, cuts=2, speed=6000, board={"flat_wh": (0, 0, 0, 0)})
+    assert out["intervals_on_flash"] > 0 and out["final_read_ok"]
+    assert out["lost_closed_intervals"] == out["corrupt_records"] == 0
+    assert out["headend_missing"] == out["value_mismatch"] == 0
+    assert out["energy_wh"] == 0 and out["boards_without_energy"] == 1
+    assert out["ok"] is False
 
 
 @pytest.mark.req("M06", "M07", "M08", "M09", "H10")
