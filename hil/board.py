@@ -40,6 +40,7 @@ from hil.broker import free_port
 from hil.console import Console
 from hil.fleet_time import parse_utc
 from hil.loadprofile import DEFAULT_CSV
+from hil.supervise import ChildDied, Guard
 
 ROOT = Path(__file__).resolve().parents[1]
 FIRMWARE = ROOT / "firmware"
@@ -318,6 +319,16 @@ class VirtualBoard:
         c = self.console
         return c is not None and c.proc is not None and c.proc.poll() is None
 
+    @property
+    def name(self) -> str:
+        return f"board {self.meter_id} (MicroPython)"
+
+    def failure(self) -> str | None:
+        """None while it runs, is off on purpose or closed; else how it died (its
+        console's last lines). A `hil.supervise.Dependent`."""
+        c = self.console
+        return None if c is None else c.died
+
     # -- life cycle -------------------------------------------------------------------------
 
     def write_config(self) -> dict[str, Any]:
@@ -457,6 +468,11 @@ class VirtualBoard:
         """The firmware's status (UNIX.md): now, registered, registers, last, reads, ..."""
         return dict(json.loads(await self.control("status")))
 
+    async def last_closed(self) -> int | None:
+        """Start of the last interval the firmware closed (None: none yet)."""
+        last = (await self.status()).get("last")
+        return int(last[0]) if last else None
+
     async def heap(self) -> dict[str, Any]:
         return dict(json.loads(await self.control("heap")))
 
@@ -495,6 +511,11 @@ class VirtualBoard:
         """What the flash holds (the firmware's Store on a snapshot; read-only)."""
         return read_flash(self.dir)
 
+    async def flash_at_rest(self) -> FlashImage:
+        """Power off (a cut), then what the flash holds: a consistent snapshot."""
+        await self.power_cut()
+        return self.read_flash()
+
 
 # -- CLI ------------------------------------------------------------------------------------------
 
@@ -519,7 +540,11 @@ def _args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--scale-pct", type=int, default=100, help="this meter's scale of the profile")
     p.add_argument("--tick-ms", type=int, default=0, help="real ms per tick (0: from the speed)")
     p.add_argument("--interval", type=int, default=900, help="interval length of a fresh install")
-    p.add_argument("--master-key", default=DEV_MASTER_KEY, help="hex master key (dev default)")
+    key = p.add_mutually_exclusive_group()
+    key.add_argument("--master-key", default=DEV_MASTER_KEY, help="hex master key (dev default)")
+    key.add_argument(
+        "--master-key-file", type=Path, help="a file holding the site's hex master key"
+    )
     p.add_argument("--console-port", type=int, default=0, help="REPL TCP port (0: free)")
     p.add_argument("--uart-port", type=int, default=0, help="optical/serial TCP port (0: free)")
     p.add_argument("--control-port", type=int, default=0, help="control TCP port (0: free)")
@@ -559,38 +584,59 @@ async def _serve(args: argparse.Namespace) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await board.start()
-        print(f"meter {spec.meter_id} running (flash {flash.resolve()})")
-        print(f"  REPL     {board.repl_url}   (mpremote connect {board.repl_url} fs ls)")
-        print(f"  optical  {board.uart_url}   (HDLC frames, pyserial socket:// URL)")
-        print(f"  control  127.0.0.1:{spec.control_port}   (status, step, drift, link, tamper)")
-        print(f"  broker   {spec.broker or 'none'}; speed {spec.speed}x; Ctrl-C stops")
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), args.every)
-            if stop.is_set():
-                break
-            try:
-                st = await board.status()
-            except BoardError as e:
-                print(f"status: {e}")
-                continue
-            last = st.get("last")
-            print(
-                f"{_when(st['now'])}  registered {st['registered']}  online {st['online']}  "
-                f"last interval {_when(last[0]) if last else '-'}  reads {st['reads']}  "
-                f"events pending {st['pending_events']}  errors {st['errors']}"
-            )
+        async with Guard() as guard:
+            await board.start()
+            guard.add(board)
+            await _report(board, spec, flash, stop, args.every)
     finally:
         await board.close()
         print("board stopped (flash and RTC kept in the flash directory)")
 
 
+async def _report(
+    board: VirtualBoard, spec: BoardSpec, flash: Path, stop: asyncio.Event, every: float
+) -> None:
+    """Print the ports, then a status line every ``every`` s until ``stop``."""
+    print(f"meter {spec.meter_id} running (flash {flash.resolve()})")
+    print(f"  REPL     {board.repl_url}   (mpremote connect {board.repl_url} fs ls)")
+    print(f"  optical  {board.uart_url}   (HDLC frames, pyserial socket:// URL)")
+    print(f"  control  127.0.0.1:{spec.control_port}   (status, step, drift, link, tamper)")
+    print(f"  broker   {spec.broker or 'none'}; speed {spec.speed}x; Ctrl-C stops")
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every)
+        if stop.is_set():
+            break
+        try:
+            st = await board.status()
+        except BoardError as e:
+            print(f"status: {e}")
+            continue
+        last = st.get("last")
+        print(
+            f"{_when(st['now'])}  registered {st['registered']}  online {st['online']}  "
+            f"last interval {_when(last[0]) if last else '-'}  reads {st['reads']}  "
+            f"events pending {st['pending_events']}  errors {st['errors']}"
+        )
+
+
 def main(argv: list[str]) -> int:
     args = _args(argv)
+    if args.master_key_file is not None:
+        try:
+            args.master_key = args.master_key_file.read_text().strip()
+            if len(bytes.fromhex(args.master_key)) != 32:
+                raise ValueError
+        except (OSError, ValueError):
+            print(
+                f"error: --master-key-file {args.master_key_file}: expected a readable file "
+                "holding 64 hex digits",
+                file=sys.stderr,
+            )
+            return 2
     try:
         asyncio.run(_serve(args))
-    except BoardError as e:
+    except (BoardError, ChildDied) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0
