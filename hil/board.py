@@ -402,14 +402,18 @@ class VirtualBoard:
         self._ready.clear()
         c.power_up()
         self.boots += 1
-        try:
-            await asyncio.wait_for(self._ready.wait(), timeout)
-        except TimeoutError:
-            tail = bytes(self._boot_out[-2000:]).decode(errors="replace")
-            raise BoardError(
-                f"meter {self.meter_id} did not print 'ready' within {timeout} s; "
-                f"console says:\n{tail}"
-            ) from None
+        end = time.monotonic() + timeout
+        while not self._ready.is_set():
+            if c.died:
+                raise BoardError(f"meter {self.meter_id} died while booting: {c.died}")
+            if time.monotonic() > end:
+                tail = bytes(self._boot_out[-2000:]).decode(errors="replace")
+                raise BoardError(
+                    f"meter {self.meter_id} did not print 'ready' within {timeout} s; "
+                    f"console says:\n{tail}"
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ready.wait(), 0.05)
 
     async def power_cut(self) -> None:
         """Kill the board without warning (kill -9): RAM is lost, flash and RTC stay."""

@@ -114,12 +114,12 @@ def child_options() -> dict[str, Any]:
 
 
 def exit_text(rc: int | None) -> str:
-    """``exited with 3`` / ``killed by SIGKILL``."""
+    """``exited with 3`` / ``was killed by SIGKILL`` (a process's end, as a verb)."""
     if rc is None:
         return "is running"
     if rc < 0:
         with contextlib.suppress(ValueError):
-            return f"killed by {signal.Signals(-rc).name}"
+            return f"was killed by {signal.Signals(-rc).name}"
     return f"exited with {rc}"
 
 
