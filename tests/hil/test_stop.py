@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.hil.procs import HilRun
+from tests.hil.procs import HilRun, Proc
 
 pytestmark = [pytest.mark.mpy, pytest.mark.usefixtures("rig_parts")]
 
@@ -70,45 +71,40 @@ def test_a_signal_ends_every_child_and_the_temp_dir(
         run.kill_all()
 
 
-def test_the_demo_stops_at_once_when_the_fleet_process_dies(tmp_path: Path) -> None:
-    run = HilRun(tmp_path, *DEMO_ARGS)
+def _fleet(run: HilRun) -> Proc:
+    return next(p for p in run.look() if "hil fleet" in p.cmdline)
+
+
+def _mosquitto(run: HilRun) -> Proc:
+    return run.named("mosquitto")[0]
+
+
+def _board(run: HilRun) -> Proc:
+    return run.named("micropython")[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "victim", "says"),
+    [
+        (DEMO_ARGS, _fleet, ["the fleet process (python -m hil fleet) died", "SIGKILL"]),
+        # the broker's log's last lines come with it
+        (SCENARIO, _mosquitto, ["mosquitto died", "SIGKILL", "Opening ipv4 listen socket"]),
+        # a board not being cut on purpose; its console's last lines come with it
+        (SCENARIO, _board, ["board 1001 (MicroPython) died", "SIGKILL (not a power cut)", "ready"]),
+    ],
+    ids=["demo-fleet", "scenario-mosquitto", "scenario-board"],
+)
+def test_the_run_stops_at_once_when_a_child_dies(
+    tmp_path: Path, args: tuple[str, ...], victim: Callable[[HilRun], Proc], says: list[str]
+) -> None:
+    run = HilRun(tmp_path, *args)
     try:
-        _up(run, fleet=True)
-        fleet = next(p for p in run.look() if "hil fleet" in p.cmdline)
-        os.kill(fleet.pid, signal.SIGKILL)
+        _up(run, fleet=args[0] == "demo")
+        os.kill(victim(run).pid, signal.SIGKILL)
         rc, took = run.wait_exit()
-        assert rc == 1 and took < STOP_WITHIN_S
-        assert "the fleet process (python -m hil fleet) died" in run.output
-        assert "was killed by SIGKILL" in run.output
-        _ended_cleanly(run)
-    finally:
-        run.kill_all()
-
-
-def test_a_scenario_stops_at_once_when_mosquitto_dies(tmp_path: Path) -> None:
-    run = HilRun(tmp_path, *SCENARIO)
-    try:
-        _up(run)
-        os.kill(run.named("mosquitto")[0].pid, signal.SIGKILL)
-        rc, took = run.wait_exit()
-        assert rc == 1 and took < STOP_WITHIN_S
-        assert "mosquitto died" in run.output and "was killed by SIGKILL" in run.output
-        assert "Opening ipv4 listen socket" in run.output  # its log's last lines
-        _ended_cleanly(run)
-    finally:
-        run.kill_all()
-
-
-def test_a_scenario_stops_at_once_when_a_board_dies_without_a_power_cut(tmp_path: Path) -> None:
-    run = HilRun(tmp_path, *SCENARIO)
-    try:
-        _up(run)
-        os.kill(run.named("micropython")[0].pid, signal.SIGKILL)
-        rc, took = run.wait_exit()
-        assert rc == 1 and took < STOP_WITHIN_S
-        assert "board 1001 (MicroPython) died" in run.output
-        assert "was killed by SIGKILL (not a power cut)" in run.output
-        assert "ready" in run.output  # the board console's last lines
+        assert rc == 1 and took < STOP_WITHIN_S, run.output[-3000:]
+        for text in says:
+            assert text in run.output, run.output[-3000:]
         _ended_cleanly(run)
     finally:
         run.kill_all()
