@@ -605,7 +605,8 @@ async def _report(
     print(f"  REPL     {board.repl_url}   (mpremote connect {board.repl_url} fs ls)")
     print(f"  optical  {board.uart_url}   (HDLC frames, pyserial socket:// URL)")
     print(f"  control  127.0.0.1:{spec.control_port}   (status, step, drift, link, tamper)")
-    print(f"  broker   {spec.broker or 'none'}; speed {spec.speed}x; Ctrl-C stops")
+    broker = f"{spec.broker[0]}:{spec.broker[1]}" if spec.broker else "none"
+    print(f"  broker   {broker}; speed {spec.speed}x; Ctrl-C stops")
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), every)

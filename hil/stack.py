@@ -49,6 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FIRST_ID = 1001
 HEADEND_READY_S = 30.0
 WORKER = "stack-headend"
+INTERVAL_S = 900  # the boards' recording interval (a fresh install's default)
 
 
 class StackError(RuntimeError):
@@ -251,15 +252,25 @@ class Stack(Supervised):
         mid = self.boards[0].meter_id if self.boards else FIRST_ID
         out = [
             f"{he} meters list --config {cfg}",
-            f"{he} read {mid} --config {cfg}",
+            f"{he} read {mid} --config {cfg}   # {self._first_interval()}",
             f"{he} schedule set {mid} --slot 1 --every 1h --source operator --config {cfg}",
             f"{he} export {mid} --start {today} --end {tomorrow} --config {cfg}",
             f"{he} log --config {cfg}",
+            f"tail -f {shlex.quote(str(self.state / 'headend.log'))}   # the head-end's log",
         ]
         if self.boards:
             mp = _venv_bin("mpremote")
             out.append(f"{mp} connect {self.boards[0].repl_url} fs ls")
         return out
+
+    def _first_interval(self) -> str:
+        """When a read can answer: the meter nacks one until it holds an interval."""
+        assert self.clock is not None
+        c = self.clock
+        due = (c.now() // INTERVAL_S + 1) * INTERVAL_S
+        wait = c.real_at(due) - time.time()
+        at = iso(due)[11:19]
+        return f"a new meter answers once an interval has closed: next at {at}Z, in {wait:.0f} s"
 
     def banner(self) -> str:
         assert self.broker is not None and self.clock is not None

@@ -8,6 +8,7 @@ stopped by a signal and nothing it started is left.
 
 from __future__ import annotations
 
+import re
 import shlex
 import signal
 import stat
@@ -24,17 +25,17 @@ from tests.hil.procs import ROOT, HilRun
 pytestmark = [pytest.mark.mpy, pytest.mark.usefixtures("rig_parts")]
 
 
-def _printed(run: HilRun) -> dict[str, list[str]]:
-    """The commands the stack printed, by their first words (``meters list``, ``read``...)."""
+def _printed(run: HilRun) -> list[list[str]]:
+    """The commands the stack printed to try (argv, comments dropped)."""
     run.wait_for("the commands to try", lambda: "Ctrl-C stops everything" in run.output, 120)
-    out: dict[str, list[str]] = {}
-    for line in run.out_path.read_text().splitlines():
-        if line.startswith("  .venv/bin/"):
-            argv = shlex.split(line)
-            words = [w for w in argv[1:3] if not w.startswith("-")]
-            key = "mpremote" if argv[0].endswith("mpremote") else " ".join(words)
-            out[key] = argv
-    return out
+    lines = run.out_path.read_text().split("Try, from the repository root:")[1].splitlines()
+    return [shlex.split(ln, comments=True) for ln in lines if ln.startswith("  ")]
+
+
+def _find(cmds: list[list[str]], *words: str) -> list[str]:
+    """The one printed command that starts with ``words`` (after the program)."""
+    (hit,) = [c for c in cmds if c[1 : 1 + len(words)] == list(words)]
+    return hit
 
 
 def _sh(argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -42,12 +43,12 @@ def _sh(argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str
 
 
 def _until_ok(argv: list[str], want: str, timeout: float) -> str:
-    """Run ``argv`` until it exits 0 with ``want`` in its output; that output."""
+    """Run ``argv`` until it exits 0 with ``want`` (a regex) in its output; that output."""
     end = time.monotonic() + timeout
     last = None
     while time.monotonic() < end:
         last = _sh(argv)
-        if last.returncode == 0 and want in last.stdout:
+        if last.returncode == 0 and re.search(want, last.stdout):
             return last.stdout
         time.sleep(0.5)
     raise AssertionError(f"{argv}: no {want!r} in {timeout} s; last: {last}")
@@ -59,18 +60,20 @@ def test_stack_registers_boards_answers_the_printed_commands_and_stops_on_sigter
     run = HilRun(tmp_path, "stack", "--boards", "2", "--speed", "60")
     try:
         cmds = _printed(run)
-        assert set(cmds) >= {"meters list", "read 1001", "schedule set", "export 1001", "log"}
-        assert "mpremote" in cmds
-        listed = _until_ok(cmds["meters list"], "2 meter(s)", 60)
+        assert [c[0] for c in cmds] == [".venv/bin/headend"] * 5 + ["tail", ".venv/bin/mpremote"]
+        listed = _until_ok(_find(cmds, "meters", "list"), r"2 meter\(s\)", 60)
         assert "1001" in listed and "1002" in listed
         # a read answers once an interval has closed: within 15 simulated minutes (15 s)
-        read = _until_ok(cmds["read 1001"], "meter 1001  source", 90)
-        assert "active_import Wh" in read
-        for key in ("schedule set", "export 1001", "log", "mpremote"):
-            done = _sh(cmds[key])
-            assert done.returncode == 0, (key, done.stdout, done.stderr)
+        read = _until_ok(_find(cmds, "read", "1001"), r"\n[1-9][0-9]* interval\(s\)", 90)
+        assert "registers at" in read
+        for cmd in cmds:
+            if cmd[0] != "tail":  # (it follows the log until stopped)
+                done = _sh(cmd)
+                assert done.returncode == 0, (cmd, done.stdout, done.stderr)
+        (tail,) = [c for c in cmds if c[0] == "tail"]
+        assert "headend: serving: broker mqtt://127.0.0.1:" in Path(tail[-1]).read_text()
         # the head-end is its own process, on the boards' clock, with a random site key
-        config = Path(cmds["log"][-1])
+        config = Path(_find(cmds, "log")[-1])
         cfg = load(config)
         assert cfg.master_key != "00" * 32 and cfg.speed == 60 and cfg.clock_anchor > 0
         for secret in (config, config.parent / "master.key"):
@@ -91,8 +94,7 @@ def test_stack_dir_is_kept_on_ctrl_c_and_its_clock_speed_is_its_own(tmp_path: Pa
     state = tmp_path / "state"
     run = HilRun(tmp_path, "stack", "--boards", "1", "--dir", str(state))
     try:
-        cmds = _printed(run)
-        _until_ok(cmds["meters list"], "1 meter(s)", 60)
+        _until_ok(_find(_printed(run), "meters", "list"), r"1 meter\(s\)", 60)
         run.signal(signal.SIGINT)
         rc, _ = run.wait_exit()
         assert rc == 130 and "stack: stopped by SIGINT" in run.output
