@@ -39,7 +39,8 @@ from headend.config import DEV_MASTER_KEY
 from headend.keys import meter_key
 from headend.store.records import JobState
 from headend.transport.base import Uplink
-from hil.rig import Rig
+from hil.rig import Rig, RigError
+from hil.supervise import ChildDied, Stopped, run, stopped
 from protocol.errors import ProtocolError
 from protocol.frame import decode, encode
 from protocol.hdlc import Deframer, stuff
@@ -560,8 +561,10 @@ def main(argv: list[str]) -> int:
         if args.scenario == "selfcheck":
             result = {"scenario": "selfcheck", "ok": True, **check.as_dict()}
         else:
-            result = asyncio.run(_run_scenario(args.scenario, port, wiring, check, args))
-    except (WiringError, SelfCheckError) as e:
+            result = run(lambda: _run_scenario(args.scenario, port, wiring, check, args))
+    except Stopped as e:
+        return stopped(f"run {args.scenario}", e)
+    except (WiringError, SelfCheckError, RigError, ChildDied) as e:
         args.say(f"error: {e}")
         result = {"scenario": args.scenario, "ok": False, "error": str(e)}
     print(json.dumps(result), flush=True)
