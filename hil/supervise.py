@@ -1,14 +1,16 @@
 """Children and stops: every process a run starts ends with it, whatever ends the run.
 
-Three pieces, used by the rig, the demo, the fleet, the scenarios and the stack:
+The pieces, used by the rig, the demo, the fleet, the scenarios and the stack:
 
 * `child_options()`: how a child is started. Its own session (a Ctrl-C in the
   terminal reaches only us; we stop the children in order) and, on Linux,
   ``PR_SET_PDEATHSIG``: the kernel kills it if we die, even by kill -9.
+  `Child` is such a process with its last output lines kept.
 * `Guard`: an async context that watches the children a run depends on
   (anything with ``name`` and ``failure()``). When one dies unexpectedly it
   cancels the guarded task at once, and the context exits with `ChildDied`
   carrying the child's last words; the owners' cleanup runs on the way out.
+  `Supervised` is the base of an owner (`Rig`, `Stack`): start, guard, end.
 * `run()`: `asyncio.run` with SIGINT and SIGTERM turned into a cancellation
   of the main task (so every ``async with`` cleans up) and then `Stopped`;
   `stopped()` prints the one line and gives the exit status (128 + signal).
