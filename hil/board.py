@@ -343,7 +343,10 @@ class VirtualBoard:
             s.real_start_ms = time.time_ns() // 1_000_000
         cfg = s.board_json()
         tmp = self.dir / "board.json.tmp"
-        tmp.write_text(json.dumps(cfg, indent=1))
+        tmp.unlink(missing_ok=True)
+        # it holds the meter's key: owner-only, as the head-end's master key
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+            f.write(json.dumps(cfg, indent=1))
         os.replace(tmp, self.dir / "board.json")
         rtc = self.dir / "rtc.json"
         if s.rtc_offset_s and not rtc.exists():

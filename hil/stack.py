@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import secrets
@@ -69,10 +68,8 @@ class Options:
 def _write_private(path: Path, text: str) -> None:
     """Write ``text`` to a 0600 file (replaced atomically)."""
     tmp = path.with_name(path.name + ".tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
+    tmp.unlink(missing_ok=True)
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
         f.write(text)
     os.replace(tmp, path)
 
@@ -179,7 +176,9 @@ class Stack(Supervised):
         mosq = find_mosquitto()
         if mosq is None:
             raise StackError("mosquitto not found (make setup installs it)")
-        (self.state / "broker").mkdir(exist_ok=True)
+        # a fresh broker dir: its log must not say the head-end is there from a past run
+        shutil.rmtree(self.state / "broker", ignore_errors=True)
+        (self.state / "broker").mkdir()
         self.broker = Broker(mosq, self.state / "broker")
         try:
             self.broker.start()

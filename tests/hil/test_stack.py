@@ -90,20 +90,25 @@ def test_stack_registers_boards_answers_the_printed_commands_and_stops_on_sigter
         run.kill_all()
 
 
-def test_stack_dir_is_kept_on_ctrl_c_and_its_clock_speed_is_its_own(tmp_path: Path) -> None:
+def test_stack_dir_is_kept_on_ctrl_c_and_runs_again_at_its_own_speed(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    run = HilRun(tmp_path, "stack", "--boards", "1", "--dir", str(state))
-    try:
-        _until_ok(_find(_printed(run), "meters", "list"), r"1 meter\(s\)", 60)
-        run.signal(signal.SIGINT)
-        rc, _ = run.wait_exit()
-        assert rc == 130 and "stack: stopped by SIGINT" in run.output
-        assert not run.left_running(), run.left_running()
-        assert "Traceback" not in run.output
-    finally:
-        run.kill_all()
-    key = (state / "master.key").read_text()
-    assert (state / "headend.sqlite").exists() and (state / "board-1001" / "rtc.json").exists()
+    for k in (1, 2):  # the second run continues the first: same key, same meters
+        (tmp_path / str(k)).mkdir()
+        run = HilRun(tmp_path / str(k), "stack", "--boards", "1", "--dir", str(state))
+        try:
+            _until_ok(_find(_printed(run), "meters", "list"), r"1 meter\(s\)", 60)
+            if k == 1:
+                key = (state / "master.key").read_text()
+            run.signal(signal.SIGINT)
+            rc, _ = run.wait_exit()
+            assert rc == 130 and "stack: stopped by SIGINT" in run.output
+            assert not run.left_running(), run.left_running()
+            assert "Traceback" not in run.output
+        finally:
+            run.kill_all()
+        assert (state / "headend.sqlite").exists() and (state / "board-1001" / "rtc.json").exists()
+        assert stat.S_IMODE((state / "board-1001" / "board.json").stat().st_mode) == 0o600
+        assert (state / "master.key").read_text() == key
     # the boards' RTCs keep counting at the directory's speed: another one is refused
     again = _sh([sys.executable, "-m", "hil", "stack", "--dir", str(state), "--speed", "60"])
     assert again.returncode == 2 and "runs at 1x" in again.stderr, again.stderr
