@@ -18,7 +18,7 @@ MPY_TEST := MICROPYPATH='$(MICROPYPATH_TEST)' $(BIN)/micropython -X heapsize=2M 
 # Debian keeps mosquitto in /usr/sbin, which is not on a normal user's PATH.
 MOSQUITTO_PATHS ?= /usr/sbin/mosquitto /usr/local/sbin/mosquitto
 
-.PHONY: help setup check lint format typecheck mpy-cross test pytest test-mpy vectors demo \
+.PHONY: help setup check lint format typecheck mpy-cross test pytest test-mpy vectors demo run \
 	bench lock clean distclean
 
 help: ## list the targets
@@ -70,7 +70,7 @@ format: setup ## apply ruff's fixes and formatting
 	$(BIN)/ruff format .
 
 typecheck: setup ## mypy --strict (config in pyproject.toml) on the CPython code
-	$(BIN)/mypy protocol headend tools bench
+	$(BIN)/mypy protocol headend hil tools bench
 
 # Compile into a temp dir so no .mpy lands next to the sources.
 mpy-cross: setup ## compile every firmware file with mpy-cross (MicroPython syntax)
@@ -101,6 +101,10 @@ vectors: setup ## regenerate protocol/vectors/*.jsonl
 
 demo: setup ## the main job end to end on real parts (MicroPython, mosquitto, head-end, SQLite)
 	$(BIN)/python -m hil demo
+
+# Extra options: make run ARGS='--boards 5 --speed 60 --dir var/stack'
+run: setup ## broker + `headend serve` + 3 virtual boards, up until Ctrl-C; prints what to try
+	$(BIN)/python -m hil stack $(ARGS)
 
 bench: setup ## print the benchmark figures (wire, flash wear, ingest on SQLite)
 	$(BIN)/python -m bench wire --csv $(BENCH_CSV)

@@ -39,6 +39,7 @@ from headend.store import (
 )
 from headend.store.base import DAY_S
 from hil.loadprofile import DEFAULT_CSV, ProfileError, load_days
+from hil.stats import percentile
 
 _DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 _CHANNELS = (
@@ -99,13 +100,6 @@ def to_items(raw: list[Raw], midnights: bool) -> tuple[list[BlockIngest], list[M
         else []
     )
     return blocks, mids
-
-
-def _percentile(sorted_ms: list[float], p: float) -> float:
-    if not sorted_ms:
-        return 0.0
-    i = min(len(sorted_ms) - 1, max(0, round(p / 100 * len(sorted_ms) + 0.5) - 1))
-    return sorted_ms[i]
 
 
 def _open(args: argparse.Namespace, tmp: str) -> tuple[SqlStore, str | None]:
@@ -197,8 +191,8 @@ def _run(args: argparse.Namespace) -> int:
         "meter_days": done,
         "meter_days_per_s": round(done / busy, 1),
         "intervals_per_s": round(intervals * len(_CHANNELS) / busy, 1),
-        "p50_ms": round(_percentile(lat_ms, 50), 2),
-        "p99_ms": round(_percentile(lat_ms, 99), 2),
+        "p50_ms": round(percentile(lat_ms, 50) or 0.0, 2),
+        "p99_ms": round(percentile(lat_ms, 99) or 0.0, 2),
         "db_bytes_per_meter_day": round(size / done, 1),
         "batch": args.batch,
         "meters": meters,

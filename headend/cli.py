@@ -755,7 +755,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--worker", help="this worker's MQTT client id (unique per process)")
     p.add_argument("--speed", type=float, help="simulated-clock speed factor (1 = real time)")
     p.add_argument("--clock-start", type=int, metavar="UTC_S", help="simulated clock start (UTC s)")
-    p.set_defaults(func=cmd_serve, overrides_from=("serial", "worker", "speed", "clock_start"))
+    p.add_argument(
+        "--clock-anchor",
+        type=float,
+        metavar="EPOCH_S",
+        help="wall-clock instant at which the clock reads --clock-start (default: at start)",
+    )
+    p.set_defaults(
+        func=cmd_serve,
+        overrides_from=("serial", "worker", "speed", "clock_start", "clock_anchor"),
+    )
 
     p = add("db", "create or migrate the store's schema, or show its version")
     p.add_argument(

@@ -53,6 +53,9 @@ class Config:
             learned from the frames that arrive on a line.
         speed: simulated-clock speed factor (1 = real time); start instant
             ``clock_start`` (UTC s, 0 = now).
+        clock_anchor: the wall-clock instant (epoch s) at which the clock reads
+            ``clock_start`` (0 = when the service starts); boards and fleets
+            started with the same three numbers read the same simulated time.
         poll_s: real seconds between the service's periodic checks (timeouts,
             queued jobs, pending schedules, due deliveries, evening assignment).
         notify_topic: MQTT topic prefix of recipients: a recipient ``r`` gets
@@ -81,6 +84,7 @@ class Config:
     serial: tuple[dict[str, Any], ...] = field(default_factory=tuple)
     speed: float = 1.0
     clock_start: int = 0
+    clock_anchor: float = 0.0
     poll_s: float = 1.0
     notify_topic: str = "ami/v1/notify"
     notify_retry_s: int = 60
@@ -116,6 +120,8 @@ class Config:
                 raise ConfigError(f"{name}: expected > 0, got {getattr(self, name)}")
         if self.ondemand_retries < 0 or self.speed <= 0:
             raise ConfigError("ondemand_retries must be >= 0 and speed > 0")
+        if self.clock_anchor < 0:
+            raise ConfigError(f"clock_anchor: expected epoch s >= 0, got {self.clock_anchor}")
         if not self.notify_topic or "+" in self.notify_topic or "#" in self.notify_topic:
             raise ConfigError(f"notify_topic: expected a topic prefix, got {self.notify_topic!r}")
         for line in self.serial:

@@ -49,7 +49,7 @@ MAX_HELD_PUBLISHES = 10_000
 
 
 class Service:
-    """Args: config; clock (default: from config.speed / clock_start);
+    """Args: config; clock (default: from config.speed / clock_start / clock_anchor);
     opener: opens the store (tests pass one that picks a PostgreSQL schema)."""
 
     def __init__(
@@ -59,7 +59,7 @@ class Service:
         opener: Callable[[str], SqlStore] = open_store,
     ) -> None:
         self.config = config
-        self.clock = clock or Clock(config.speed, float(config.clock_start))
+        self.clock = clock or Clock(config.speed, float(config.clock_start), config.clock_anchor)
         self._opener = opener
         self._db_thread = ThreadPoolExecutor(1, thread_name_prefix="headend-db")
         self.core: Core | None = None

@@ -5,6 +5,7 @@ run        drive a real board on a serial port through a scenario
 scenario   run a scenario against broker + head-end + virtual boards
 fleet      many simulated meters in one process against the head-end
 demo       the main job end to end (what `make demo` runs)
+stack      broker + `headend serve` + virtual boards, up until Ctrl-C (`make run`)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ COMMANDS = {
     "scenario": "hil.scenario",
     "fleet": "hil.fleet",
     "demo": "hil.demo",
+    "stack": "hil.stack",
 }
 
 

@@ -42,6 +42,7 @@ from hil.console import Console
 from hil.fleet_time import parse_utc
 from hil.loadprofile import DEFAULT_CSV, ProfileError
 from hil.loadprofile import read as read_profile
+from hil.supervise import ChildDied, Guard
 
 ROOT = Path(__file__).resolve().parents[1]
 FIRMWARE = ROOT / "firmware"
@@ -306,7 +307,10 @@ def _write_atomic(path: Path, text: str) -> None:
     """Write through a temp file and rename: never a half-written file (BoardError)."""
     tmp = path.with_name(path.name + ".tmp")
     try:
-        tmp.write_text(text)
+        tmp.unlink(missing_ok=True)
+        # board.json holds the meter's key: owner-only, as the head-end's master key
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+            f.write(text)
         os.replace(tmp, path)
     except OSError as e:
         with contextlib.suppress(OSError):
@@ -360,6 +364,16 @@ class VirtualBoard:
     def powered(self) -> bool:
         c = self.console
         return c is not None and c.proc is not None and c.proc.poll() is None
+
+    @property
+    def name(self) -> str:
+        return f"board {self.meter_id} (MicroPython)"
+
+    def failure(self) -> str | None:
+        """None while it runs, is off on purpose or closed; else how it died (its
+        console's last lines). A `hil.supervise.Dependent`."""
+        c = self.console
+        return None if c is None else c.died
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -453,14 +467,18 @@ class VirtualBoard:
         self._boot_error = None
         c.power_up()
         self.boots += 1
-        try:
-            await asyncio.wait_for(self._ready.wait(), timeout)
-        except TimeoutError:
-            tail = bytes(self._boot_out[-2000:]).decode(errors="replace")
-            raise BoardError(
-                f"meter {self.meter_id} did not print 'ready' within {timeout} s; "
-                f"console says:\n{tail}"
-            ) from None
+        end = time.monotonic() + timeout
+        while not self._ready.is_set():
+            if c.died:
+                raise BoardError(f"meter {self.meter_id} died while booting: {c.died}")
+            if time.monotonic() > end:
+                tail = bytes(self._boot_out[-2000:]).decode(errors="replace")
+                raise BoardError(
+                    f"meter {self.meter_id} did not print 'ready' within {timeout} s; "
+                    f"console says:\n{tail}"
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ready.wait(), 0.05)
         if self._boot_error is not None:
             c.power_cut()  # it sits in the REPL (-i); a reboot would refuse again
             raise BoardError(f"meter {self.meter_id}: {self._boot_error}")
@@ -522,6 +540,11 @@ class VirtualBoard:
         """The firmware's status (UNIX.md): now, registered, registers, last, reads, ..."""
         return dict(json.loads(await self.control("status")))
 
+    async def last_closed(self) -> int | None:
+        """Start of the last interval the firmware closed (None: none yet)."""
+        last = (await self.status()).get("last")
+        return int(last[0]) if last else None
+
     async def heap(self) -> dict[str, Any]:
         return dict(json.loads(await self.control("heap")))
 
@@ -559,6 +582,11 @@ class VirtualBoard:
     def read_flash(self) -> FlashImage:
         """What the flash holds (the firmware's Store on a snapshot; read-only)."""
         return read_flash(self.dir)
+
+    async def flash_at_rest(self) -> FlashImage:
+        """Power off (a cut), then what the flash holds: a consistent snapshot."""
+        await self.power_cut()
+        return self.read_flash()
 
 
 # -- CLI ------------------------------------------------------------------------------------------
@@ -605,7 +633,11 @@ def _args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--scale-pct", type=int, default=100, help="this meter's scale of the profile")
     p.add_argument("--tick-ms", type=int, default=0, help="real ms per tick (0: from the speed)")
     p.add_argument("--interval", type=int, default=900, help="interval length of a fresh install")
-    p.add_argument("--master-key", default=DEV_MASTER_KEY, help="hex master key (dev default)")
+    key = p.add_mutually_exclusive_group()
+    key.add_argument("--master-key", default=DEV_MASTER_KEY, help="hex master key (dev default)")
+    key.add_argument(
+        "--master-key-file", type=Path, help="a file holding the site's hex master key"
+    )
     p.add_argument("--console-port", type=int, default=0, help="REPL TCP port (0: free)")
     p.add_argument("--uart-port", type=int, default=0, help="optical/serial TCP port (0: free)")
     p.add_argument("--control-port", type=int, default=0, help="control TCP port (0: free)")
@@ -649,36 +681,58 @@ async def _serve(spec: BoardSpec, args: argparse.Namespace) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await board.start()
-        print(f"meter {spec.meter_id} running (flash {flash.resolve()})")
-        print(f"  REPL     {board.repl_url}   (mpremote connect {board.repl_url} fs ls)")
-        print(f"  optical  {board.uart_url}   (HDLC frames, pyserial socket:// URL)")
-        print(f"  control  127.0.0.1:{spec.control_port}   (status, step, drift, link, tamper)")
-        print(f"  broker   {spec.broker or 'none'}; speed {spec.speed}x; Ctrl-C stops")
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), args.every)
-            if stop.is_set():
-                break
-            try:
-                st = await board.status()
-            except BoardError as e:
-                print(f"status: {e}")
-                continue
-            last = st.get("last")
-            print(
-                f"{_when(st['now'])}  registered {st['registered']}  online {st['online']}  "
-                f"last interval {_when(last[0]) if last else '-'}  reads {st['reads']}  "
-                f"events pending {st['pending_events']}  errors {st['errors']}"
-            )
+        async with Guard() as guard:
+            await board.start()
+            guard.add(board)
+            await _report(board, spec, flash, stop, args.every)
     finally:
         await board.close()
         if board.boots:
             print("board stopped (flash and RTC kept in the flash directory)")
 
 
+async def _report(
+    board: VirtualBoard, spec: BoardSpec, flash: Path, stop: asyncio.Event, every: float
+) -> None:
+    """Print the ports, then a status line every ``every`` s until ``stop``."""
+    print(f"meter {spec.meter_id} running (flash {flash.resolve()})")
+    print(f"  REPL     {board.repl_url}   (mpremote connect {board.repl_url} fs ls)")
+    print(f"  optical  {board.uart_url}   (HDLC frames, pyserial socket:// URL)")
+    print(f"  control  127.0.0.1:{spec.control_port}   (status, step, drift, link, tamper)")
+    broker = f"{spec.broker[0]}:{spec.broker[1]}" if spec.broker else "none"
+    print(f"  broker   {broker}; speed {spec.speed}x; Ctrl-C stops")
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every)
+        if stop.is_set():
+            break
+        try:
+            st = await board.status()
+        except BoardError as e:
+            print(f"status: {e}")
+            continue
+        last = st.get("last")
+        print(
+            f"{_when(st['now'])}  registered {st['registered']}  online {st['online']}  "
+            f"last interval {_when(last[0]) if last else '-'}  reads {st['reads']}  "
+            f"events pending {st['pending_events']}  errors {st['errors']}"
+        )
+
+
 def main(argv: list[str]) -> int:
     args = _args(argv)
+    if args.master_key_file is not None:
+        try:
+            args.master_key = args.master_key_file.read_text().strip()
+            if len(bytes.fromhex(args.master_key)) != 32:
+                raise ValueError
+        except (OSError, ValueError):
+            print(
+                f"error: --master-key-file {args.master_key_file}: expected a readable file "
+                "holding 64 hex digits",
+                file=sys.stderr,
+            )
+            return 2
     try:
         spec = _spec(args)
     except ValueError as e:  # BoardSpec's own checks (id, speed ...)
@@ -686,7 +740,7 @@ def main(argv: list[str]) -> int:
         return 2
     try:
         asyncio.run(_serve(spec, args))
-    except BoardError as e:
+    except (BoardError, ChildDied) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
+from hil.supervise import child_options, exit_text, tail
+
 # Debian installs mosquitto in /usr/sbin, which is not on a normal user's PATH.
 _SBIN_CANDIDATES = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 START_TIMEOUT_S = 10.0
@@ -57,7 +59,12 @@ def _accepts(host: str, port: int) -> bool:
 
 
 class Broker:
-    """One private mosquitto process; `restart()` keeps the port for outage tests."""
+    """One private mosquitto process; `restart()` keeps the port for outage tests.
+
+    A `hil.supervise.Dependent`: `failure()` says so if mosquitto died on its own.
+    """
+
+    name = "mosquitto"
 
     def __init__(self, binary: str, workdir: Path, host: str = "127.0.0.1") -> None:
         self.binary = binary
@@ -95,6 +102,13 @@ class Broker:
         )
         return conf
 
+    def failure(self) -> str | None:
+        """None while it runs or after `stop()`; else how it ended and its log."""
+        proc = self._proc
+        if proc is None or proc.poll() is None:
+            return None
+        return f"mosquitto on {self.url} {exit_text(proc.returncode)}; its log:{tail(self.log())}"
+
     def log(self) -> str:
         """Everything the broker wrote so far (for failure messages)."""
         parts = []
@@ -113,6 +127,7 @@ class Broker:
             stdin=subprocess.DEVNULL,
             stdout=self._out,
             stderr=subprocess.STDOUT,
+            **child_options(),
         )
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:

@@ -7,6 +7,10 @@ starts a fresh interpreter, says "soft reboot", and puts it back in the raw
 REPL, as mpremote expects. When the client leaves a bare REPL, the board is
 reset into its firmware again. Power is the supervisor's: `power_cut()` kills
 the process without warning; `power_up()` boots the firmware from flash.
+
+With nobody on the console, an interpreter that exits (killed, crashed) or a
+firmware that stops at the REPL (an uncaught exception) is a dead board:
+`died` says what happened and what it printed last; it stays off.
 """
 
 from __future__ import annotations
@@ -20,6 +24,10 @@ import subprocess
 import tty
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+from hil.supervise import child_options, exit_text, tail
+
+RECENT_BYTES = 4096  # what a dead board's message quotes from its console
 
 
 class Console:
@@ -55,6 +63,8 @@ class Console:
         self._powered = False
         self.boots = 0
         self.server: asyncio.Server | None = None
+        self.died: str | None = None
+        self._recent = bytearray()
 
     @property
     def port(self) -> int:
@@ -77,7 +87,7 @@ class Console:
             cwd=self.cwd,
             env=self.env,
             close_fds=True,
-            start_new_session=True,
+            **child_options(),
         )
         os.close(slave)
         self._fd = master
@@ -95,6 +105,7 @@ class Console:
         if self.proc is not None and self.proc.poll() is None:
             return
         self._close_pty()
+        self.died = None
         self._powered = True
         self._bare_running = False
         self.boots += 1
@@ -118,17 +129,21 @@ class Console:
             except OSError:
                 data = b""
         if data:
+            self._emit(data)
             if self._in_firmware and (b">>> " in data or b"raw REPL" in data):
                 self._in_firmware = False  # the firmware stopped; the REPL reads stdin now
-            self._emit(data)
+                if self._client is None and self._powered:
+                    self.died = "its firmware stopped at the REPL" + self._said()
             return
         # EOF: the interpreter exited
         self._close_pty()
-        if self.proc is not None:
-            self.proc.wait()
+        rc = self.proc.wait() if self.proc is not None else None
         if not self._powered:
             return
-        if self._raw and self._client is not None:
+        if self._client is None:
+            self._powered = False
+            self.died = f"its interpreter {exit_text(rc)} (not a power cut)" + self._said()
+        elif self._raw:
             # a soft reset from the raw REPL: a board reboots and stays in raw REPL
             self._emit(b"soft reboot\r\n")
             self._bare_running = True
@@ -136,9 +151,15 @@ class Console:
             if self._fd is not None:
                 os.write(self._fd, b"\r\x01")
         else:
-            self.power_up()  # the firmware stopped or crashed: the watchdog reboots
+            self.power_up()  # the client ended the REPL (Ctrl-D): a board reboots
+
+    def _said(self) -> str:
+        text = bytes(self._recent).decode(errors="replace")
+        return f"; its console's last lines:{tail(text)}"
 
     def _emit(self, data: bytes) -> None:
+        self._recent += data
+        del self._recent[:-RECENT_BYTES]
         if self.log is not None:
             with open(self.log, "ab") as f:
                 f.write(data)
@@ -172,8 +193,8 @@ class Console:
             self._client = None
             self._raw = False
             writer.close()
-            if self._bare_running and self._powered:
-                # leaving a bare REPL: reset the board into its firmware
+            if self._powered and (self._bare_running or not self._in_firmware):
+                # leaving the REPL: reset the board into its firmware
                 self.power_cut()
                 self.power_up()
 

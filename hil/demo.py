@@ -10,13 +10,14 @@ a read group in the evening, collects each night, answers on-demand reads
 queued through its job path (as `headend read` does), and after the last
 night the missing days are read again as recovery jobs. The demo prints
 progress, a human summary, and one JSON line (keys in hil/FLEET.md "Demo").
-Nothing keeps running; the temporary files go unless --keep.
+Nothing keeps running; the temporary files go unless --keep. A child that
+dies (mosquitto, a board, the fleet process) ends the demo at once with its
+last words (exit 1); Ctrl-C or SIGTERM end it cleanly (exit 130/143).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from hil.broker import find_mosquitto
@@ -69,7 +70,4 @@ def main(argv: list[str]) -> int:
     if find_mosquitto() is None:
         print("error: mosquitto not found (make setup installs it)", file=sys.stderr)
         return 1
-    result = run.run()
-    print(run.human(result))
-    print(json.dumps(result), flush=True)
-    return 0 if run.ok(result) else 1
+    return run.main("demo")

@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import resource
 import signal
 import sys
@@ -30,6 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from headend.clock import Clock
 from headend.config import DEV_MASTER_KEY, parse_hhmm
 from hil.fleet_meter import DEFAULT_PUSH_MASK, NO_SYNC_FAILED_PUSH, FleetMeter, Stats, key_for
 from hil.fleet_profile import (
@@ -43,8 +45,9 @@ from hil.fleet_profile import (
     parse_mix,
     plan_fleet,
 )
-from hil.fleet_time import TimeBase, iso, parse_utc
+from hil.fleet_time import iso, parse_utc
 from hil.loadprofile import DEFAULT_CSV
+from hil.stats import percentiles
 
 DEFAULT_START = "2024-04-01T14:00:00Z"  # a Monday afternoon; the CSV starts that day
 FIRST_ID = 100_001
@@ -88,7 +91,7 @@ class Fleet:
     def __init__(
         self,
         plans: Sequence[MeterPlan],
-        tb: TimeBase,
+        tb: Clock,
         broker: tuple[str, int],
         load: LoadProfile,
         master: bytes,
@@ -184,7 +187,7 @@ class Fleet:
         booted = sum(m.booted for m in self.meters)
         online = sum(m.online() for m in self.meters)
         reg = sum(m.core.registered for m in self.meters if m.booted)
-        p90 = _pcts([x * 1000 for x in s.ack_s[-2000:]]).get("p90")
+        p90 = percentiles([x * 1000 for x in s.ack_s[-2000:]]).get("p90")
         return (
             f"fleet: {iso(now)}  meters {booted}/{len(self.meters)} up {online} reg {reg}  "
             f"frames up {sum(s.up.values())} down {sum(s.down.values())}  "
@@ -213,8 +216,8 @@ class Fleet:
         return {
             "meters": len(plans),
             "days": days,
-            "speed": self.tb.speed,
-            "start": iso(self.tb.sim_start),
+            "speed": int(self.tb.speed),
+            "start": iso(self.tb.start),
             "first_day": iso(day1),
             "end": iso(end),
             "real_s": round(time.monotonic() - self.started, 1),
@@ -242,23 +245,11 @@ class Fleet:
             "acked_meter_days_meter_view": self.acked_days(day1, days),
             "predicted_missing_meter_days": predicted_missing(plans, day1, days, end),
             "frames_not_taken_by_link": s.dropped,
-            "ack_latency_real_ms": _pcts([x * 1000 for x in s.ack_s]),
+            "ack_latency_real_ms": percentiles([x * 1000 for x in s.ack_s]),
             "ack_latency_worst_hours": _worst_hours(s.ack_at, s.ack_s),
             "core_errors": s.errors,
             "slow_passes": self.slow_passes,
         }
-
-
-def _pcts(values: list[float]) -> dict[str, float]:
-    """p50/p90/p99/max of a list (empty: {})."""
-    if not values:
-        return {}
-    v = sorted(values)
-    pick = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
-    out = {k: round(v[min(len(v) - 1, int(q * len(v)))], 1) for k, q in pick.items()}
-    out["max"] = round(v[-1], 1)
-    out["n"] = len(v)
-    return out
 
 
 def _worst_hours(hours: list[int], lat: list[float], n: int = 6) -> dict[str, float]:
@@ -266,7 +257,7 @@ def _worst_hours(hours: list[int], lat: list[float], n: int = 6) -> dict[str, fl
     by: dict[int, list[float]] = {}
     for h, x in zip(hours, lat, strict=False):
         by.setdefault(h, []).append(x * 1000)
-    p90 = {h: _pcts(v)["p90"] for h, v in by.items()}
+    p90 = {h: percentiles(v)["p90"] for h, v in by.items()}
     worst = sorted(p90, key=lambda h: -p90[h])[:n]
     return {iso(h * 3600)[:13]: p90[h] for h in sorted(worst)}
 
@@ -327,7 +318,7 @@ async def run_fleet(args: argparse.Namespace) -> dict[str, Any]:
     """The fleet alone, against a broker and head-end already running."""
     host, _, port = args.broker.removeprefix("mqtt://").rpartition(":")
     start = parse_utc(args.start)
-    tb = TimeBase(start, args.real_start or time.time(), args.speed)
+    tb = Clock(float(args.speed), float(start), args.real_start or time.time())
     day1, end = timeline(start, args.days, args.window_end)
     if args.end:
         end = parse_utc(args.end)
@@ -354,7 +345,7 @@ async def run_fleet(args: argparse.Namespace) -> dict[str, Any]:
         loop.add_reader(sys.stdin.fileno(), lambda: _stdin_closed(hold))
     print(
         f"fleet: {len(plans)} meters {describe(plans)} from {iso(start)}, "
-        f"{args.days} day(s) from {iso(day1)} to {iso(end)} at x{tb.speed} "
+        f"{args.days} day(s) from {iso(day1)} to {iso(end)} at x{args.speed} "
         f"(~{(end - tb.now()) / tb.speed:.0f} s real), broker {host}:{port}",
         file=sys.stderr,
         flush=True,
@@ -377,7 +368,7 @@ async def run_fleet(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _stdin_closed(hold: asyncio.Event) -> None:
-    if not sys.stdin.buffer.read1(4096):  # EOF: the harness is done with us
+    if not os.read(sys.stdin.fileno(), 4096):  # EOF: the harness is done with us
         hold.set()
         asyncio.get_running_loop().remove_reader(sys.stdin.fileno())
 
@@ -459,7 +450,7 @@ def main(argv: list[str]) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.broker:
-        result = asyncio.run(run_fleet(args))
+        result = asyncio.run(run_fleet(args))  # it ends on SIGINT/SIGTERM with its summary
         print(json.dumps(result), flush=True)
         return 0 if result["core_errors"] == 0 else 1
     from hil.fleet_headend import FleetRun, RunOptions
@@ -487,7 +478,4 @@ def main(argv: list[str]) -> int:
     except ProfileError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    result = run.run()
-    print(run.human(result))
-    print(json.dumps(result), flush=True)
-    return 0 if run.ok(result) else 1
+    return run.main("fleet")

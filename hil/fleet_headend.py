@@ -37,16 +37,21 @@ from pathlib import Path
 from typing import Any
 
 from headend.adcs import ondemand
+from headend.clock import Clock
 from headend.config import parse_hhmm
+from headend.context import Ctx
 from headend.errors import StoreError
 from headend.store import Source, SqlStore, open_store
 from headend.store.records import MODE_PERIOD, JobState, ReadSpec
+from hil.board import BoardError
 from hil.fleet import DEFAULT_SPEED, DEFAULT_START, FIRST_ID, INSTALL_S, timeline
 from hil.fleet_meter import NO_SYNC_FAILED_PUSH
 from hil.fleet_profile import DAY, DEFAULT_MIX, LoadProfile, ProfileError
-from hil.fleet_time import TimeBase, iso, parse_utc
+from hil.fleet_time import iso, parse_utc
 from hil.loadprofile import DEFAULT_CSV
-from hil.rig import Rig
+from hil.rig import Rig, RigError, headend_timeouts
+from hil.stats import percentile
+from hil.supervise import Child, ChildDied, Stopped, run, stopped
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_START = parse_utc(DEFAULT_START)
@@ -56,8 +61,6 @@ GROUP_MINUTES = 20
 START_MARGIN_S = 2 * 3600  # simulated time the rig (boards) may take to start the fleet
 ON_TIME_MARGIN_S = 900  # a day counts as collected on schedule if complete 15 min after the window
 RECOVERY_WAIT_S = 30.0  # real seconds to wait for the recovery reads
-SCHEDULE_ACK_REAL_S = 10.0  # a schedule ack is awaited at least this long in real time
-ONDEMAND_REAL_S = 3.0  # an on-demand answer likewise
 
 
 @dataclass(frozen=True)
@@ -82,14 +85,6 @@ class RunOptions:
     install_s: int = INSTALL_S
     window_end: str = WINDOW_END
     push_mask: int = NO_SYNC_FAILED_PUSH
-
-
-def percentile(values: list[float], p: float) -> float | None:
-    """Nearest-rank percentile (None for no values)."""
-    if not values:
-        return None
-    v = sorted(values)
-    return v[max(0, math.ceil(p / 100 * len(v)) - 1)]
 
 
 class Snapshots:
@@ -196,13 +191,28 @@ class FleetRun:
         print(text, file=sys.stderr, flush=True)
 
     def run(self) -> dict[str, Any]:
+        """The whole run; SIGINT/SIGTERM stop it (`hil.supervise.Stopped`), a child
+        that dies stops it (`hil.supervise.ChildDied`); either way after cleaning up."""
         try:
-            return asyncio.run(self._main())
+            return run(self._main)
         finally:
             if self.o.keep:
                 self.say(f"run: kept {self.workdir}")
             else:
                 shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def main(self, what: str) -> int:
+        """Run; print the summary and the JSON line; the exit status (0: ok)."""
+        try:
+            result = self.run()
+        except (ChildDied, RigError, BoardError) as e:
+            print(f"{what}: error: {e}", file=sys.stderr)
+            return 1
+        except Stopped as e:
+            return stopped(what, e)
+        print(self.human(result))
+        print(json.dumps(result), flush=True)
+        return 0 if self.ok(result) else 1
 
     # -- the run -------------------------------------------------------------------------------
 
@@ -211,10 +221,7 @@ class FleetRun:
         speed = self.o.speed
         return {
             "poll_s": 0.1,
-            # timeouts keep a real-time margin over the head-end's real processing time
-            # (see FLEET.md "Time"): never shorter than the defaults
-            "schedule_ack_timeout_s": max(900, int(SCHEDULE_ACK_REAL_S * speed)),
-            "ondemand_timeout_s": max(240, int(ONDEMAND_REAL_S * speed)),
+            **headend_timeouts(speed),
             "assign_at": iso(self.assign)[11:16],
             "window_start": WINDOW_START,
             "window_end": self.o.window_end,
@@ -253,22 +260,25 @@ class FleetRun:
             sniff=False,
         ) as rig:
             assert rig.config is not None and rig.broker is not None and rig.service is not None
-            tb = TimeBase(int(rig.clock.start), rig.clock.anchor_wall, o.speed)
+            tb = rig.clock
             snaps = Snapshots(rig.config.database)
-            proc = await self._spawn_fleet(tb, rig.broker.host, rig.broker.port)
+            fleet = await self._spawn_fleet(tb, rig.broker.host, rig.broker.port)
             try:
+                if fleet is not None:
+                    rig.guard.add(fleet)
                 await self._collect(rig, tb, snaps)
                 await self._recover(rig, tb, snaps)
+                await self._end_fleet(fleet)
             finally:
-                await self._stop_fleet(proc)
+                if fleet is not None:
+                    rig.guard.discard(fleet)
+                    await fleet.stop()
                 snaps.close()
             self.headend_frames = rig.service.frames
             ondemand_stats = await self._ondemand_stats(rig)
         return self._result(ondemand_stats)
 
-    async def _spawn_fleet(
-        self, tb: TimeBase, host: str, port: int
-    ) -> asyncio.subprocess.Process | None:
+    async def _spawn_fleet(self, tb: Clock, host: str, port: int) -> Child | None:
         o = self.o
         if not o.meters:
             self.fleet_rc = 0
@@ -287,9 +297,9 @@ class FleetRun:
             "--speed",
             str(o.speed),
             "--start",
-            str(tb.sim_start),
+            str(int(tb.start)),
             "--real-start",
-            repr(tb.real_start),
+            repr(tb.anchor),
             "--end",
             str(self.end),
             "--seed",
@@ -311,24 +321,31 @@ class FleetRun:
         ]
         for text in o.outages:
             argv += ["--outage", text]
-        return await asyncio.create_subprocess_exec(
-            *argv,
-            cwd=ROOT,
+        return await Child.spawn(
+            "the fleet process (python -m hil fleet)",
+            argv,
+            echo=self.say,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
+            cwd=ROOT,
         )
 
-    async def _stop_fleet(self, proc: asyncio.subprocess.Process | None) -> None:
-        if proc is None:
+    async def _end_fleet(self, fleet: Child | None) -> None:
+        """Close the fleet's stdin (--hold: EOF ends it) and take its JSON line."""
+        if fleet is None:
             return
-        if proc.stdin is not None:
-            proc.stdin.close()  # --hold: EOF ends the fleet, which prints its JSON
+        proc = fleet.proc
+        fleet.expect_exit()
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.close()
         try:
-            out, _ = await asyncio.wait_for(proc.communicate(), 60)
+            out = await asyncio.wait_for(proc.stdout.read(), 60)
         except TimeoutError:
-            proc.kill()
-            out, _ = await proc.communicate()
-        self.fleet_rc = proc.returncode
+            out = b""
+        try:
+            self.fleet_rc = await asyncio.wait_for(fleet.wait(), 30)
+        except TimeoutError:
+            self.fleet_rc = await fleet.stop()
         lines = [ln for ln in out.decode(errors="replace").splitlines() if ln.startswith("{")]
         if lines:
             self.fleet_result = json.loads(lines[-1])
@@ -349,7 +366,7 @@ class FleetRun:
         times = sorted(rng.uniform(day + 9 * 3600, day + 17 * 3600) for _ in range(self.o.ondemand))
         return [(int(t), rng.choice(self.meter_ids)) for t in times]
 
-    async def _collect(self, rig: Rig, tb: TimeBase, snaps: Snapshots) -> None:
+    async def _collect(self, rig: Rig, tb: Clock, snaps: Snapshots) -> None:
         due = self._snapshots()
         reads = self._ondemand_plan()
         next_note = time.monotonic() + self.o.progress_s
@@ -387,7 +404,7 @@ class FleetRun:
             f"on-demand queued {len(self.jobs)}"
         )
 
-    async def _recover(self, rig: Rig, tb: TimeBase, snaps: Snapshots) -> None:
+    async def _recover(self, rig: Rig, tb: Clock, snaps: Snapshots) -> None:
         """One recovery read per meter still missing days (source recovery, via jobs)."""
         have = await snaps.complete(self.meter_ids, self.days)
         self.tally.before_recovery = have
@@ -401,11 +418,11 @@ class FleetRun:
                 continue
             spec = ReadSpec(mid, MODE_PERIOD, min(days), max(days) + DAY, source=Source.RECOVERY)
             now_ms = tb.now_ms()
-            self.recovery_jobs.append(
-                await rig.call(
-                    lambda ctx, s=spec, t=now_ms: ondemand.request_read(ctx.ops, s, "recovery", t)
-                )
-            )
+
+            def queue(ctx: Ctx, s: ReadSpec = spec, t: int = now_ms) -> int:
+                return ondemand.request_read(ctx.ops, s, "recovery", t)
+
+            self.recovery_jobs.append(await rig.call(queue))
         self.say(
             f"run: {iso(tb.now())}  after the last window: {len(have)}/{len(self.tally.expected)}"
             f" meter-days complete; {len(self.recovery_jobs)} recovery read(s) queued"
@@ -478,7 +495,7 @@ class FleetRun:
     @staticmethod
     def ok(r: dict[str, Any]) -> bool:
         """Every meter-day accounted for, nothing missing that could have been fetched."""
-        return (
+        return bool(
             r["collected_meter_days"] + r["missing_meter_days"] == r["expected_meter_days"]
             and r["fleet_exit"] == 0
             and r["missing_meter_days"] <= (r["predicted_missing_meter_days"] or 0)

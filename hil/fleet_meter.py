@@ -38,8 +38,8 @@ from meter import events, wire  # noqa: E402
 from meter import meter as core  # noqa: E402
 from meter.store import Store  # noqa: E402
 
+from headend.clock import Clock  # noqa: E402
 from hil.fleet_profile import DAY, LoadProfile, MeterPlan  # noqa: E402
-from hil.fleet_time import TimeBase  # noqa: E402
 
 # A fleet meter's flash: 29 blocks of 4 KiB (116 KiB, not the board's 256 KiB):
 # 19 interval blocks keep 46 days at 15 minutes (the capacity it registers).
@@ -79,14 +79,14 @@ class Stats:
 
 
 class FleetMeter:
-    """Args: plan; tb: the shared time base; load: the reference profile;
+    """Args: plan; tb: the shared simulated clock; load: the reference profile;
     broker: (host, port); key: the meter's 32-byte key; stats: shared counters;
     install: true time the meter boots; interval_s: its recording interval."""
 
     def __init__(
         self,
         plan: MeterPlan,
-        tb: TimeBase,
+        tb: Clock,
         load: LoadProfile,
         broker: tuple[str, int],
         key: bytes,

@@ -39,6 +39,8 @@ from headend.config import DEV_MASTER_KEY
 from headend.keys import meter_key
 from headend.store.records import JobState
 from headend.transport.base import Uplink
+from hil.rig import Rig, RigError
+from hil.supervise import ChildDied, Stopped, run, stopped
 from protocol.errors import ProtocolError
 from protocol.frame import decode, encode
 from protocol.hdlc import Deframer, stuff
@@ -365,15 +367,91 @@ def _reply(meter_id: int, key: bytes, mtype: str, body: dict[str, Any]) -> bytes
 
 def reset_board(console: str, line: str = "rts", pulse_s: float = 0.2) -> None:
     """Hard-reset a board through its console's RTS (or DTR) line: EN low, then high."""
+    port = hold_reset(console, line)
+    try:
+        time.sleep(pulse_s)
+        setattr(port, line, False)
+    finally:
+        port.close()
+
+
+# -- the real board as a hil.anyboard.Board ----------------------------------------------------
+
+
+class RealBoard:
+    """A real board on the rig, driven as the scenarios drive a virtual one.
+
+    Power is its reset line: `power_cut()` holds EN low through the console's RTS
+    (or DTR) line, `power_up()` lets go and gives it ``boot_s`` to start. What it
+    recorded is asked through the head-end (an on-demand read): the rig cannot
+    read its flash.
+    """
+
+    def __init__(
+        self,
+        meter_id: int,
+        rig: Rig,
+        console: str | None = None,
+        reset: str = "none",
+        boot_s: float = 5.0,
+    ) -> None:
+        self._meter_id = meter_id
+        self.rig = rig
+        self.console = console
+        self.reset = reset
+        self.boot_s = boot_s
+        self._held: serial.Serial | None = None
+
+    @property
+    def meter_id(self) -> int:
+        return self._meter_id
+
+    @property
+    def powered(self) -> bool:
+        return self._held is None
+
+    async def power_cut(self) -> None:
+        if self.console is None or self.reset not in ("rts", "dtr"):
+            raise SelfCheckError(
+                "a power cut needs a reset line: set [rig] console and reset in the wiring"
+            )
+        if self._held is None:
+            self._held = hold_reset(self.console, self.reset)
+
+    async def power_up(self) -> None:
+        port, self._held = self._held, None
+        if port is not None:
+            setattr(port, self.reset, False)  # EN high: the board boots
+            port.close()
+            await asyncio.sleep(self.boot_s)
+
+    async def last_closed(self) -> int | None:
+        held = await held_intervals(self.rig, self.meter_id)
+        return max(held) if held else None
+
+    async def flash_at_rest(self) -> None:
+        return None
+
+
+def hold_reset(console: str, line: str = "rts") -> serial.Serial:
+    """Open the console and pull EN low through ``line``; the port holds it there."""
     try:
         port = serial.serial_for_url(console, do_not_open=True)
         port.rts = port.dtr = False  # opening must not pulse EN or IO0 by itself
-        with port:  # opens it
-            setattr(port, line, True)
-            time.sleep(pulse_s)
-            setattr(port, line, False)
+        port.open()
+        setattr(port, line, True)
     except (serial.SerialException, ValueError, OSError) as e:
         raise SelfCheckError(f"cannot reset the board through {console} ({line}): {e}") from e
+    return port
+
+
+async def held_intervals(rig: Rig, mid: int) -> dict[int, int]:
+    """Interval start -> value(s) of an on-demand read of the meter, through the head-end."""
+    job = await rig.read(mid, timeout=600)
+    if job.state is not JobState.DONE:
+        raise SelfCheckError(f"on-demand read of meter {mid} failed: {job.trouble}")
+    result = json.loads(job.result or "{}")
+    return {iv["start"]: iv.get("values", iv.get("value")) for iv in result.get("intervals", [])}
 
 
 # -- scenarios on a real board -------------------------------------------------------------------
@@ -382,8 +460,7 @@ def reset_board(console: str, line: str = "rts", pulse_s: float = 0.2) -> None:
 async def _run_scenario(
     name: str, port: str, wiring: Wiring, check: SelfCheck, args: argparse.Namespace
 ) -> dict[str, Any]:
-    from hil.rig import Rig
-    from hil.scenarios.common import percentile
+    from hil.scenarios import ondemand, powercut
 
     mid = check.meter_id
     assert mid is not None
@@ -416,60 +493,26 @@ async def _run_scenario(
         await rig.eventually(
             lambda: _has(rig, mid), 30, f"meter {mid} registered at the head-end", every=0.2
         )
+        board = RealBoard(mid, rig, args.console or wiring.console, wiring.reset)
         if name == "ondemand":
-            lat: list[float] = []
-            jobs = []
-            for i in range(args.reads):
-                job = await rig.read(mid, timeout=600)
-                jobs.append(job)
-                if job.latency_ms is not None:
-                    lat.append(job.latency_ms / 1000)
-                took = f"{job.latency_ms / 1000:.3f} s" if job.latency_ms is not None else "-"
-                args.say(f"read {i + 1}/{args.reads}: {job.state} in {took}")
-                if job.trouble:
-                    args.say(f"  trouble: {job.trouble}")
-            done = sum(1 for j in jobs if j.state is JobState.DONE)
-            p80, p99 = percentile(lat, 80), percentile(lat, 99)
-            out.update(
-                {
-                    "reads": len(jobs),
-                    "done": done,
-                    "p80_s": round(p80, 3),
-                    "p99_s": round(p99, 3),
-                    "ok": done == len(jobs) > 0 and p80 <= 30 and p99 <= 60,
-                }
-            )
+            out.update(await ondemand.measure(rig, [board], args.reads, args.say))
         elif name == "powercut":
-            console = args.console or wiring.console
-            if wiring.reset == "none" or not console:
+            if wiring.reset == "none" or not board.console:
                 raise SelfCheckError(
                     "powercut needs a reset line: set [rig] console and reset in the wiring"
                 )
-            lost = 0
-            for k in range(args.cuts):
-                before = await _held(rig, mid)
-                reset_board(console, wiring.reset)
-                await asyncio.sleep(args.gap)
-                after = await _held(rig, mid)
-                gone = {t: v for t, v in before.items() if after.get(t) != v}
-                lost += len(gone)
-                args.say(
-                    f"reset {k + 1}/{args.cuts}: {len(before)} intervals before, {len(gone)} lost"
-                )
-            out.update({"cuts": args.cuts, "lost_closed_intervals": lost, "ok": lost == 0})
+            now = int(rig.now())
+            plan = [(now + (k + 1) * args.gap, 0, 0.0) for k in range(args.cuts)]
+            closed = await powercut.cut_at(rig, [board], plan, args.say)
+            await rig.until(rig.now() + args.gap)
+            since = min((s for _, s in closed), default=now)
+            out["cuts"] = args.cuts
+            out.update(await powercut.verify(rig, [board], since, closed, timeout=600))
     return out
 
 
-async def _has(rig: Any, mid: int) -> bool:
+async def _has(rig: Rig, mid: int) -> bool:
     return mid in await rig.registered()
-
-
-async def _held(rig: Any, mid: int) -> dict[int, int]:
-    job = await rig.read(mid, timeout=600)
-    if job.state is not JobState.DONE:
-        raise SelfCheckError(f"on-demand read of meter {mid} failed: {job.trouble}")
-    result = json.loads(job.result or "{}")
-    return {iv["start"]: iv.get("values", iv.get("value")) for iv in result.get("intervals", [])}
 
 
 def _args(argv: list[str]) -> argparse.Namespace:
@@ -518,8 +561,10 @@ def main(argv: list[str]) -> int:
         if args.scenario == "selfcheck":
             result = {"scenario": "selfcheck", "ok": True, **check.as_dict()}
         else:
-            result = asyncio.run(_run_scenario(args.scenario, port, wiring, check, args))
-    except (WiringError, SelfCheckError) as e:
+            result = run(lambda: _run_scenario(args.scenario, port, wiring, check, args))
+    except Stopped as e:
+        return stopped(f"run {args.scenario}", e)
+    except (WiringError, SelfCheckError, RigError, ChildDied) as e:
         args.say(f"error: {e}")
         result = {"scenario": args.scenario, "ok": False, "error": str(e)}
     print(json.dumps(result), flush=True)

@@ -6,8 +6,8 @@
         image = rig.boards[0].read_flash()               # what the board's flash holds
 
 Everything shares ONE simulated clock: the boards' board.json carry the same
-``sim_start`` and ``real_start_ms`` and ``speed`` as the head-end's `RigClock`
-(wall-clock based, as the board's RTC is). `Rig.set_speed` changes the speed
+``sim_start`` and ``real_start_ms`` and ``speed`` as the head-end's `Clock`
+(wall-clock anchored, as the board's RTC is). `Rig.set_speed` changes the speed
 of every board and re-anchors the head-end clock on the first board's RTC
 anchor (rtc.json), so they stay aligned to the millisecond × speed.
 
@@ -17,7 +17,9 @@ tests/support/service.py runs it. A `Sniffer` (a plain MQTT subscriber to
 simulated arrival time, for checks the head-end does not log (time sync
 exchanges, read spans). A `LatencyProxy` between boards and broker models a
 slow link. On exit nothing keeps running, and the temp dir is removed unless
-``keep=True``.
+``keep=True``. While it runs a `hil.supervise.Guard` watches mosquitto, the
+head-end task and every board (and whatever the owner adds to ``rig.guard``):
+one that dies unexpectedly stops the run at once with `ChildDied`.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from headend.service import Service
 from headend.store.records import Job, JobState, ReadSpec
 from hil.board import SIM_START, BoardSpec, VirtualBoard
 from hil.broker import Broker, BrokerError, find_mosquitto, free_port
+from hil.supervise import Guard, Supervised, TaskDependent
 from hil.wait import WaitTimeout, wait_until
 from protocol.errors import ProtocolError
 from protocol.frame import decode
@@ -97,29 +100,6 @@ def _awaiting(coro: Any) -> list[str]:
 
 class RigError(RuntimeError):
     """The rig could not start, or a wait ran out (the message says what was awaited)."""
-
-
-@dataclass
-class RigClock(Clock):
-    """The head-end's clock on the rig: now = anchor_sim + (wall - anchor_wall) × speed.
-
-    Wall-clock based like the virtual board's RTC (hal/unix), so both read the
-    same simulated instant; `follow` re-anchors after a speed change.
-    """
-
-    anchor_wall: float = 0.0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not self.anchor_wall:
-            self.anchor_wall = time.time()
-
-    def now(self) -> float:
-        return self.start + (time.time() - self.anchor_wall) * self.speed
-
-    def follow(self, sim_s: float, wall_s: float, speed: float) -> None:
-        """From now on: ``sim_s`` at wall time ``wall_s``, at ``speed``."""
-        self.start, self.anchor_wall, self.speed = sim_s, wall_s, speed
 
 
 @dataclass(frozen=True)
@@ -262,7 +242,7 @@ BoardOptions = dict[str, Any] | Callable[[int], dict[str, Any]]
 
 
 @dataclass
-class Rig:
+class Rig(Supervised):
     """Broker + head-end + boards on one simulated clock (an async context manager).
 
     Args:
@@ -297,8 +277,9 @@ class Rig:
         self.proxy: LatencyProxy | None = None
         self._svc_task: asyncio.Task[None] | None = None
         self._tmp: Path | None = None
-        self.clock = RigClock(float(self.speed), float(self.sim_start))
+        self.clock = Clock(float(self.speed), float(self.sim_start))
         self.config: Config | None = None
+        self.guard = Guard()
 
     # -- life cycle -----------------------------------------------------------------------------
 
@@ -311,17 +292,6 @@ class Rig:
         if self._tmp is None:
             raise RigError("rig not started")
         return self._tmp
-
-    async def __aenter__(self) -> Rig:
-        try:
-            await self._start()
-        except BaseException:
-            await self._stop()
-            raise
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self._stop()
 
     async def _start(self) -> None:
         if self.workdir is not None:
@@ -338,6 +308,7 @@ class Rig:
             self.broker.start()
         except BrokerError as e:
             raise RigError(str(e)) from e
+        self.guard.add(self.broker)
         self._say(f"broker  mosquitto on {self.broker.url}")
         host, port = self.broker.host, self.broker.port
         if self.latency_s or self.jitter_s:
@@ -347,7 +318,7 @@ class Rig:
                 f"link    boards reach the broker through a proxy adding {self.latency_s:.3f} s "
                 f"(+ up to {self.jitter_s:.3f} s) each way"
             )
-        # one simulated clock: the boards' board.json and the head-end's RigClock
+        # one simulated clock: the boards' board.json and the head-end's Clock
         real_start_ms = time.time_ns() // 1_000_000
         self.clock.follow(float(self.sim_start), real_start_ms / 1000, float(self.speed))
         cfg: dict[str, Any] = {
@@ -364,6 +335,7 @@ class Rig:
         self.config = Config(**cfg)
         self.service = Service(self.config, clock=self.clock)
         self._svc_task = asyncio.create_task(self.service.run())
+        self.guard.add(TaskDependent("the head-end service", self._svc_task))
         await self._service_ready()
         self._say(f"head-end in-process on {cfg['database']}, clock {self.speed}x")
         if self.sniff:
@@ -389,6 +361,8 @@ class Rig:
             )
             self.board_list.append(VirtualBoard(spec))
         await asyncio.gather(*(b.start() for b in self.board_list))
+        for b in self.board_list:
+            self.guard.add(b)
         if self.board_list:
             self._say(
                 f"boards  {len(self.board_list)} virtual board(s) on MicroPython: "
@@ -407,6 +381,7 @@ class Rig:
             await asyncio.sleep(0.02)
 
     async def _stop(self) -> None:
+        self.guard.dependents.clear()
         for b in self.board_list:
             with contextlib.suppress(Exception):
                 await b.close()
@@ -530,10 +505,27 @@ class Rig:
         rows = await self.call(lambda ctx: ctx.store.intervals(meter_id, 0, start, end))
         return {iv.start: iv for iv in rows}
 
+    async def coverage(self, meter_id: int, start: int, end: int) -> list[Any]:
+        """DayCoverage of each day of [start, end) the head-end holds for a meter."""
+        return list(await self.call(lambda ctx: ctx.store.coverage(meter_id, start, end)))
+
     async def activity(self, meter_id: int | None, kinds: list[str] | None = None) -> list[Any]:
         return list(
             await self.call(lambda ctx: ctx.ops.activity(meter_id, kinds or (), limit=100_000))
         )
+
+
+SCHEDULE_ACK_REAL_S = 10.0  # a schedule ack is awaited at least this long in real time
+ONDEMAND_REAL_S = 3.0  # an on-demand answer likewise
+
+
+def headend_timeouts(speed: float) -> dict[str, int]:
+    """The head-end's timeouts at ``speed``: a real-time margin over its real processing
+    time (hil/FLEET.md "Time"), never shorter than the defaults."""
+    return {
+        "schedule_ack_timeout_s": max(900, int(SCHEDULE_ACK_REAL_S * speed)),
+        "ondemand_timeout_s": max(240, int(ONDEMAND_REAL_S * speed)),
+    }
 
 
 def free_tcp_port() -> int:

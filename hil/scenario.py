@@ -4,7 +4,9 @@
 
 Prints progress (to stderr with --json, else stdout) and ends with ONE JSON
 line of outcomes on stdout: the figures each check used and ``ok`` (all
-checks passed). Exit status 0 only if ok.
+checks passed). Exit status 0 only if ok. A child that dies (mosquitto, a
+board not being cut on purpose) ends the run at once with its last words
+(exit 1); SIGINT/SIGTERM end it cleanly (exit 130/143).
 
   powercut   45 days, >= 200 random power cuts: nothing closed is lost or corrupt (M02, M05)
   drift      drift, a 60 s and a 300 s RTC jump: step, out-of-sync event, time_set (M06-M09, H10)
@@ -16,16 +18,17 @@ checks passed). Exit status 0 only if ok.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
 import json
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from hil import supervise
 from hil.board import BoardError
 from hil.rig import RigError
 from hil.scenarios.common import Options
+from hil.supervise import ChildDied, Stopped, stopped
 
 NAMES = ("powercut", "drift", "outage", "schedules", "ondemand")
 
@@ -80,11 +83,11 @@ def main(argv: list[str]) -> int:
         say=lambda s: print(s, file=out, flush=True),
     )
     try:
-        result = asyncio.run(run(a.name, opts))
-    except (RigError, BoardError) as e:
+        result = supervise.run(lambda: run(a.name, opts))
+    except (RigError, BoardError, ChildDied) as e:
+        print(f"error: {e}", file=sys.stderr)
         result = {"scenario": a.name, "ok": False, "error": str(e)}
-    except KeyboardInterrupt:
-        print("interrupted: everything stopped", file=sys.stderr)
-        return 130
+    except Stopped as e:
+        return stopped(f"scenario {a.name}", e)
     print(json.dumps(result), flush=True)
     return 0 if result.get("ok") else 1

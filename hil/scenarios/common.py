@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from collections.abc import Callable
@@ -11,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from headend.store.records import JobState
-from hil.board import VirtualBoard
+from hil.board import FlashImage, VirtualBoard
 from hil.rig import Rig
 
 DAY = 86_400
@@ -56,15 +55,6 @@ class Progress:
         self.say(f"[{time.monotonic() - self.t0:6.1f} s] {sim}{text}")
 
 
-def percentile(values: list[float], p: float) -> float:
-    """Nearest-rank percentile (p in 0..100)."""
-    if not values:
-        return math.nan
-    s = sorted(values)
-    k = max(0, math.ceil(p / 100 * len(s)) - 1)
-    return s[k]
-
-
 async def collect(rig: Rig, meter_id: int, start: int, timeout: float = 120.0) -> dict[str, Any]:
     """A period read [start, last complete interval) through a head-end job, waited for."""
     end = int(rig.now()) + 1
@@ -78,7 +68,14 @@ async def collect(rig: Rig, meter_id: int, start: int, timeout: float = 120.0) -
 
 
 async def compare(rig: Rig, board: VirtualBoard, since: int, until: int) -> dict[str, int]:
-    """The board's flash against the head-end's store, for intervals in [since, until).
+    """The board's flash (a snapshot) against the head-end's store: `compare_image`."""
+    return await compare_image(rig, board.meter_id, board.read_flash(), since, until)
+
+
+async def compare_image(
+    rig: Rig, meter_id: int, img: FlashImage, since: int, until: int
+) -> dict[str, int]:
+    """A meter's flash image against the head-end's store, for intervals in [since, until).
 
     Returns counts: on_flash, headend_missing (on flash, not held), value_mismatch
     (channel 0 differs), headend_extra (held, not on flash), doubled (a start twice
@@ -87,9 +84,8 @@ async def compare(rig: Rig, board: VirtualBoard, since: int, until: int) -> dict
     channel > 0). A board that counts nothing matches the head-end perfectly:
     `counted` tells it apart.
     """
-    img = board.read_flash()
     flash = [iv for iv in img.intervals if since <= iv[0] < until]
-    held = await rig.stored_intervals(board.meter_id, since, until)
+    held = await rig.stored_intervals(meter_id, since, until)
     starts = {iv[0] for iv in flash}
     missing = [iv for iv in flash if iv[0] not in held]
     mismatch = [iv for iv in flash if iv[0] in held and held[iv[0]].value != iv[3][0]]

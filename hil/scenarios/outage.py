@@ -56,7 +56,7 @@ async def run(opts: Options) -> dict[str, Any]:
 
         async def complete() -> bool:
             for m in rig.meter_ids:
-                cov = await rig.call(lambda ctx, m=m: ctx.store.coverage(m, T0, complete_until))
+                cov = await rig.coverage(m, T0, complete_until)
                 if not cov or not all(c.complete for c in cov):
                     return False
             return True
@@ -86,9 +86,7 @@ async def run(opts: Options) -> dict[str, Any]:
             energy += cmp_["energy_wh"]
             silent += not counted(cmp_)
             read_failed += len(b.read_flash().event_codes(7))
-            cov = await rig.call(
-                lambda ctx, m=b.meter_id: ctx.store.coverage(m, T0, complete_until)
-            )
+            cov = await rig.coverage(b.meter_id, T0, complete_until)
             days += sum(1 for c in cov if c.complete)
         out: dict[str, Any] = {
             "scenario": "outage",

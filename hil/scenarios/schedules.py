@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 from headend.adcs import scheduling
+from headend.context import Ctx
 from headend.store.records import ScheduleSpec, ScheduleState
 from hil.rig import Rig
 from hil.scenarios.common import DAY, T0, Options, Progress
@@ -66,7 +67,11 @@ async def run(opts: Options) -> dict[str, Any]:
         now_ms = rig.clock.now_ms()
         for m in rig.meter_ids:
             spec = ScheduleSpec(m, 1, period_s=H, offset_s=0, start=day + 60, end=day + DAY)
-            await rig.call(lambda ctx, s=spec: scheduling.set_schedule(ctx, s, SOURCE, now_ms))
+
+            def put(ctx: Ctx, s: ScheduleSpec = spec) -> None:
+                scheduling.set_schedule(ctx, s, SOURCE, now_ms)
+
+            await rig.call(put)
         p("slot 1 set: hourly on day 1; default read from the evening assignment")
         await rig.until(day + 5 * H + 45 * 60)
         for b in rig.board_list:
@@ -79,7 +84,7 @@ async def run(opts: Options) -> dict[str, Any]:
 
         async def day_complete() -> bool:
             for m in rig.meter_ids:
-                cov = await rig.call(lambda ctx, m=m: ctx.store.coverage(m, day, day + DAY))
+                cov = await rig.coverage(m, day, day + DAY)
                 if not cov or not cov[0].complete:
                     return False
             return True

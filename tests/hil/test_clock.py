@@ -1,0 +1,68 @@
+"""One clock: a head-end configured with (clock_start, clock_anchor, speed) and a
+virtual board given the same three numbers read the same simulated instant,
+whichever process started when (H10: the head-end is the meters' time)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from headend.cli import build_parser, config_from
+from headend.clock import Clock
+from headend.config import load
+from headend.service import Service
+from hil.board import BoardSpec, VirtualBoard
+
+T0 = 1772323200  # 2026-03-01T00:00:00Z
+SPEED = 600
+
+
+def test_clock_reads_start_at_its_wall_clock_anchor_and_follows_a_new_one() -> None:
+    anchor = time.time() - 100
+    c = Clock(SPEED, T0, anchor)
+    assert abs(c.now() - (T0 + 100 * SPEED)) < SPEED  # 100 real s ago it read T0
+    assert abs(c.real_at(T0) - anchor) < 1e-6
+    c.follow(T0, time.time(), 1.0)
+    assert abs(c.now() - T0) < 1
+    real = Clock()  # no start, no anchor: the wall clock itself
+    assert abs(real.now() - time.time()) < 0.01
+
+
+def test_headend_config_file_and_serve_flag_carry_the_anchor(tmp_path: Path) -> None:
+    anchor = time.time() - 100
+    toml = tmp_path / "headend.toml"
+    toml.write_text(
+        f"[headend]\nspeed = {SPEED}\nclock_start = {T0}\nclock_anchor = {anchor!r}\n"
+        f'database = "sqlite:///{tmp_path / "h.sqlite"}"\n'
+    )
+    svc = Service(load(toml))  # built, never run: only its clock is read
+    assert abs(svc.clock.now() - Clock(SPEED, T0, anchor).now()) < 1
+    args = build_parser().parse_args(["serve", "--config", str(toml), "--clock-anchor", "5.5"])
+    args.overrides = {k: getattr(args, k) for k in args.overrides_from}
+    assert config_from(args).clock_anchor == 5.5
+
+
+@pytest.mark.mpy
+@pytest.mark.req("H10")
+@pytest.mark.usefixtures("rig_parts")
+def test_h10_a_board_and_the_headend_clock_agree_from_the_same_three_numbers(
+    tmp_path: Path,
+) -> None:
+    anchor = float(int(time.time()) - 30)  # the head-end "started" 30 s before the board
+    clock = Clock(SPEED, T0, anchor)
+    spec = BoardSpec(
+        1001, tmp_path / "b", speed=SPEED, sim_start=T0, real_start_ms=int(anchor * 1000)
+    )
+
+    async def main() -> None:
+        async with VirtualBoard(spec) as board:
+            before = clock.now()
+            board_now = (await board.status())["now"]
+            after = clock.now()
+            # the board's RTC moves in steps of SPEED ms (0.6 s): one step either way
+            assert before - 1 <= board_now <= after + 1, (before, board_now, after)
+
+    asyncio.run(main())

@@ -1,0 +1,115 @@
+"""`python -m hil stack` (`make run`): the operator's quick start, run as the operator would.
+
+The stack runs as a real command; the commands it prints are run exactly as
+printed (from the repository root): the boards register at the head-end
+(`headend serve`, its own process) and answer an on-demand read; then it is
+stopped by a signal and nothing it started is left.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from headend.config import load
+from tests.hil.procs import ROOT, HilRun
+
+pytestmark = [pytest.mark.mpy, pytest.mark.usefixtures("rig_parts")]
+
+
+def _printed(run: HilRun) -> list[list[str]]:
+    """The commands the stack printed to try (argv, comments dropped)."""
+    run.wait_for("the commands to try", lambda: "Ctrl-C stops everything" in run.output, 120)
+    lines = run.out_path.read_text().split("Try, from the repository root:")[1].splitlines()
+    return [shlex.split(ln, comments=True) for ln in lines if ln.startswith("  ")]
+
+
+def _find(cmds: list[list[str]], *words: str) -> list[str]:
+    """The one printed command that starts with ``words`` (after the program)."""
+    (hit,) = [c for c in cmds if c[1 : 1 + len(words)] == list(words)]
+    return hit
+
+
+def _sh(argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def _until_ok(argv: list[str], want: str, timeout: float) -> str:
+    """Run ``argv`` until it exits 0 with ``want`` (a regex) in its output; that output."""
+    end = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < end:
+        last = _sh(argv)
+        if last.returncode == 0 and re.search(want, last.stdout):
+            return last.stdout
+        time.sleep(0.5)
+    raise AssertionError(f"{argv}: no {want!r} in {timeout} s; last: {last}")
+
+
+def test_stack_registers_boards_answers_the_printed_commands_and_stops_on_sigterm(
+    tmp_path: Path,
+) -> None:
+    run = HilRun(tmp_path, "stack", "--boards", "2", "--speed", "60")
+    try:
+        cmds = _printed(run)
+        assert [c[0] for c in cmds] == [".venv/bin/headend"] * 5 + ["tail", ".venv/bin/mpremote"]
+        listed = _until_ok(_find(cmds, "meters", "list"), r"2 meter\(s\)", 60)
+        assert "1001" in listed and "1002" in listed
+        # a read answers once an interval has closed: within 15 simulated minutes (15 s)
+        read = _until_ok(_find(cmds, "read", "1001"), r"\n[1-9][0-9]* interval\(s\)", 90)
+        assert "registers at" in read
+        for cmd in cmds:
+            if cmd[0] != "tail":  # (it follows the log until stopped)
+                done = _sh(cmd)
+                assert done.returncode == 0, (cmd, done.stdout, done.stderr)
+        (tail,) = [c for c in cmds if c[0] == "tail"]
+        assert "headend: serving: broker mqtt://127.0.0.1:" in Path(tail[-1]).read_text()
+        # the head-end is its own process, on the boards' clock, with a random site key
+        config = Path(_find(cmds, "log")[-1])
+        cfg = load(config)
+        assert cfg.master_key != "00" * 32 and cfg.speed == 60 and cfg.clock_anchor > 0
+        for secret in (config, config.parent / "master.key"):
+            assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+        assert cfg.master_key == (config.parent / "master.key").read_text().strip()
+        assert any("headend serve" in p.cmdline for p in run.look())
+        run.signal(signal.SIGTERM)
+        rc, _ = run.wait_exit()
+        assert rc == 143 and "stack: stopped by SIGTERM" in run.output
+        assert not run.left_running(), run.left_running()
+        assert list(run.tmpdir.iterdir()) == [] and not config.parent.exists()
+        assert "Traceback" not in run.output
+    finally:
+        run.kill_all()
+
+
+def test_stack_dir_is_kept_on_ctrl_c_and_runs_again_at_its_own_speed(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    for k in (1, 2):  # the second run continues the first: same key, same meters
+        (tmp_path / str(k)).mkdir()
+        run = HilRun(tmp_path / str(k), "stack", "--boards", "1", "--dir", str(state))
+        try:
+            _until_ok(_find(_printed(run), "meters", "list"), r"1 meter\(s\)", 60)
+            if k == 1:
+                key = (state / "master.key").read_text()
+            run.signal(signal.SIGINT)
+            rc, _ = run.wait_exit()
+            assert rc == 130 and "stack: stopped by SIGINT" in run.output
+            assert not run.left_running(), run.left_running()
+            assert "Traceback" not in run.output
+        finally:
+            run.kill_all()
+        assert (state / "headend.sqlite").exists() and (state / "board-1001" / "rtc.json").exists()
+        assert stat.S_IMODE((state / "board-1001" / "board.json").stat().st_mode) == 0o600
+        assert (state / "master.key").read_text() == key
+    # the boards' RTCs keep counting at the directory's speed: another one is refused
+    again = _sh([sys.executable, "-m", "hil", "stack", "--dir", str(state), "--speed", "60"])
+    assert again.returncode == 2 and "runs at 1x" in again.stderr, again.stderr
+    assert (state / "master.key").read_text() == key
