@@ -8,6 +8,7 @@ still run (by pid AND start time: a reused pid is not the same process).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -16,6 +17,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from hil.wait import WaitTimeout, wait_until_sync
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -102,17 +105,21 @@ class HilRun:
 
     def wait_for(self, what: str, probe: Callable[[], bool], timeout: float = 90) -> None:
         """Poll ``probe`` (recording descendants) until true; fail if the run ends first."""
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
+
+        def ready() -> bool:
             self.look()
             if probe():
-                return
+                return True
             if self.proc.poll() is not None:
                 raise AssertionError(
                     f"the run ended ({self.proc.returncode}) before {what}:\n" + self.output[-3000:]
                 )
-            time.sleep(0.1)
-        raise AssertionError(f"{what}: not within {timeout} s:\n{self.output[-3000:]}")
+            return False
+
+        try:
+            wait_until_sync(ready, timeout, what, every=0.1)
+        except WaitTimeout as e:
+            raise AssertionError(f"{e}:\n{self.output[-3000:]}") from None
 
     def wait_exit(self, timeout: float = 60) -> tuple[int, float]:
         """(exit status, seconds it took)."""
@@ -133,10 +140,9 @@ class HilRun:
 
     def wait_gone(self, timeout: float) -> list[Proc]:
         """Wait until no recorded process runs; those still running after ``timeout``."""
-        end = time.monotonic() + timeout
-        while (left := self.left_running()) and time.monotonic() < end:
-            time.sleep(0.05)
-        return left
+        with contextlib.suppress(WaitTimeout):
+            wait_until_sync(lambda: not self.left_running(), timeout, "every process gone")
+        return self.left_running()
 
     def kill_all(self) -> None:
         """Last resort for a failed test: SIGKILL the run and every process it had."""

@@ -14,12 +14,12 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from headend.config import load
+from hil.wait import wait_until_sync
 from tests.hil.procs import ROOT, HilRun
 
 pytestmark = [pytest.mark.mpy, pytest.mark.usefixtures("rig_parts")]
@@ -44,14 +44,12 @@ def _sh(argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str
 
 def _until_ok(argv: list[str], want: str, timeout: float) -> str:
     """Run ``argv`` until it exits 0 with ``want`` (a regex) in its output; that output."""
-    end = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < end:
-        last = _sh(argv)
-        if last.returncode == 0 and re.search(want, last.stdout):
-            return last.stdout
-        time.sleep(0.5)
-    raise AssertionError(f"{argv}: no {want!r} in {timeout} s; last: {last}")
+
+    def ok() -> str | None:
+        out = _sh(argv)
+        return out.stdout if out.returncode == 0 and re.search(want, out.stdout) else None
+
+    return wait_until_sync(ok, timeout, f"{shlex.join(argv)} printing {want!r}", every=0.5)
 
 
 def test_stack_registers_boards_answers_the_printed_commands_and_stops_on_sigterm(
