@@ -37,17 +37,11 @@ from headend.config import Config, load
 from headend.context import Ctx
 from headend.errors import ConfigError, HeadendError, InvalidData, UnknownMeter
 from headend.mdms import export, routing
-from headend.mdms.ingest import EVENT_NAMES, iso
+from headend.mdms.ingest import iso
 from headend.store import migrations as mig
 from headend.store import open_store
-from headend.store.records import (
-    MODE_ON_DEMAND,
-    MODE_PERIOD,
-    MODE_SINCE_ACK,
-    JobState,
-    ReadSpec,
-    ScheduleSpec,
-)
+from headend.store.records import JobState, ReadSpec, ScheduleSpec
+from protocol.codes import ReadMode, event_name, nack_name
 
 OK, FAILED, USAGE = 0, 1, 2
 
@@ -391,12 +385,16 @@ def cmd_read(args: argparse.Namespace, cfg: Config) -> int:
         if not (args.start and args.end):
             raise Usage("a period read needs both --start and --end")
         spec = ReadSpec(
-            args.meter, MODE_PERIOD, parse_time(args.start, tz), parse_time(args.end, tz), args.what
+            args.meter,
+            ReadMode.PERIOD,
+            parse_time(args.start, tz),
+            parse_time(args.end, tz),
+            args.what,
         )
     elif args.since_ack:
-        spec = ReadSpec(args.meter, MODE_SINCE_ACK, what=args.what)
+        spec = ReadSpec(args.meter, ReadMode.SINCE_ACK, what=args.what)
     else:
-        spec = ReadSpec(args.meter, MODE_ON_DEMAND, what=args.what)
+        spec = ReadSpec(args.meter, ReadMode.ON_DEMAND, what=args.what)
     # A simulated service clock cannot be known here: created 0 = stamped when claimed.
     created = now_ms() if cfg.speed == 1 and cfg.clock_start == 0 else 0
     job_id = ondemand.request_read(ctx.ops, spec, args.requester, created)
@@ -482,7 +480,7 @@ def cmd_schedule(args: argparse.Namespace, cfg: Config) -> int:
             "sent": when(s.sent_ms),
             "acked": when(s.acked_ms),
             "flagged": when(s.flagged_ms),
-            "reason": scheduling.reason_name(s.reason) if s.reason else None,
+            "reason": nack_name(s.reason) if s.reason else None,
         }
         for s in rows
     ]
@@ -604,7 +602,7 @@ def cmd_events(args: argparse.Namespace, cfg: Config) -> int:
             "meter": m,
             "time": iso(t),
             "code": c,
-            "name": EVENT_NAMES.get(c, "?"),
+            "name": event_name(c),
             "data": d,
             "received_at": iso(r),
         }
@@ -657,7 +655,7 @@ def _routes(args: argparse.Namespace, ctx: Ctx) -> int:
     data = [
         {
             "code": r.code,
-            "name": EVENT_NAMES.get(r.code, "all" if r.code == 0 else "?"),
+            "name": "all" if r.code == 0 else event_name(r.code),
             "recipient": r.recipient,
             "topic": ctx.notify_topic(r.recipient),
         }

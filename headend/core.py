@@ -26,6 +26,7 @@ from headend.store import EventRecord, Meter, Source
 from headend.store import ops as log
 from headend.transport.base import Uplink
 from protocol.auth import verify_frame
+from protocol.codes import Event, Nack, ReadKind, nack_name, read_kind_name
 from protocol.errors import ProtocolError
 from protocol.frame import decode
 from protocol.schema import MESSAGE_TYPES
@@ -43,7 +44,6 @@ UPLINK_TYPES = frozenset(
         "nack",
     }
 )
-NOT_REGISTERED = 10
 
 
 class Rejected(InvalidData):
@@ -105,7 +105,7 @@ class Core:
             body = {
                 "nacked_type": MESSAGE_TYPES[fields["type"]],
                 "nacked_seq": fields["seq"],
-                "reason": NOT_REGISTERED,
+                "reason": int(Nack.NOT_REGISTERED),
             }
             out.send(mid, ctx.sessions.reply(mid, "nack", body, now_ms), up.transport)
             return out
@@ -162,7 +162,7 @@ class Core:
         b = fields["body"]
         mid = meter.meter_id
         job = ctx.ops.job_for_reply(mid, b["request_seq"]) if b["request_seq"] else None
-        if b["kind"] == 0:
+        if b["kind"] == ReadKind.SCHEDULED:
             source = Source.SCHEDULED
         else:
             source = job.spec.source if job is not None else Source.ON_DEMAND
@@ -174,7 +174,7 @@ class Core:
         ctx.ops.log(
             now_ms,
             log.DATA_STORED,
-            f"read_response seq {fields['seq']} ({ingest.READ_KINDS.get(b['kind'], b['kind'])}, "
+            f"read_response seq {fields['seq']} ({read_kind_name(b['kind'])}, "
             f"part {b['part']}/{b['parts']}, source {source.name.lower()}): {n_iv} intervals "
             f"({res.intervals_written} new), {len(secs.midnights)} midnight registers "
             f"({res.midnights_written} new), {len(secs.events)} events ({len(fresh)} new)"
@@ -219,8 +219,8 @@ class Core:
         now_ms: int,
         out: Outbox,
     ) -> None:
-        if timesync.OUT_OF_SYNC in fresh:
-            off = max(e.data for e in events if e.code == timesync.OUT_OF_SYNC)
+        if Event.CLOCK_OUT_OF_SYNC in fresh:
+            off = max(e.data for e in events if e.code == Event.CLOCK_OUT_OF_SYNC)
             out.extend(timesync.set_time(self.ctx, meter.meter_id, off, up.transport, now_ms))
         if fresh:
             out.extend(routing.send_due(self.ctx, now_ms))  # route now, not at the next tick
@@ -242,7 +242,7 @@ class Core:
         ctx.ops.log(
             now_ms,
             log.REJECTED,
-            f"meter nacked our {name} seq {seq}: {scheduling.reason_name(reason)}",
+            f"meter nacked our {name} seq {seq}: {nack_name(reason)}",
             mid,
         )
         return Outbox()

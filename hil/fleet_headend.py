@@ -40,13 +40,14 @@ from headend.adcs import ondemand
 from headend.config import parse_hhmm
 from headend.errors import StoreError
 from headend.store import Source, SqlStore, open_store
-from headend.store.records import MODE_PERIOD, JobState, ReadSpec
+from headend.store.records import JobState, ReadSpec
 from hil.fleet import DEFAULT_SPEED, DEFAULT_START, FIRST_ID, INSTALL_S, timeline
 from hil.fleet_meter import NO_SYNC_FAILED_PUSH
 from hil.fleet_profile import DAY, DEFAULT_MIX, ProfileError
 from hil.fleet_time import TimeBase, iso, parse_utc
 from hil.loadprofile import DEFAULT_CSV
 from hil.rig import Rig
+from protocol.codes import ReadMode
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_START = parse_utc(DEFAULT_START)
@@ -398,7 +399,9 @@ class FleetRun:
         for mid, days in missing.items():
             if mid not in known:
                 continue
-            spec = ReadSpec(mid, MODE_PERIOD, min(days), max(days) + DAY, source=Source.RECOVERY)
+            spec = ReadSpec(
+                mid, ReadMode.PERIOD, min(days), max(days) + DAY, source=Source.RECOVERY
+            )
             now_ms = tb.now_ms()
             self.recovery_jobs.append(
                 await rig.call(

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from headend.adcs.scheduling import reason_name
 from headend.context import Ctx
 from headend.mdms.ingest import merge_result
 from headend.mdms.routing import notify
@@ -25,14 +24,13 @@ from headend.outbox import Outbox
 from headend.store import ops as log
 from headend.store.ops import Ops
 from headend.store.records import Job, JobState, ReadSpec
-
-FINAL_NACKS = frozenset({5, 7, 10})  # not_held, bad_parameter, not_registered
+from protocol.codes import READ_FINAL_NACKS, ReadMode, nack_name
 
 
 def describe(spec: ReadSpec) -> str:
-    if spec.mode == 2:
+    if spec.mode is ReadMode.ON_DEMAND:
         return "on-demand read (since midnight)"
-    if spec.mode == 1:
+    if spec.mode is ReadMode.SINCE_ACK:
         return "read since the last acknowledged interval"
     return f"read of [{spec.start}, {spec.end})"
 
@@ -135,9 +133,9 @@ def _trouble(ctx: Ctx, job: Job, last: str) -> str:
 def on_nack(ctx: Ctx, job: Job, reason: int, now_ms: int) -> Outbox:
     """The meter refused the read_request."""
     out = Outbox()
-    why = f"meter nack {reason_name(reason)}"
+    why = f"meter nack {nack_name(reason)}"
     with ctx.store.db.transaction():
-        if reason in FINAL_NACKS or job.attempts > ctx.config.ondemand_retries:
+        if reason in READ_FINAL_NACKS or job.attempts > ctx.config.ondemand_retries:
             _fail(ctx, job, _trouble(ctx, job, why), now_ms)
         else:
             _attempt(ctx, job, now_ms, out, why)

@@ -17,8 +17,7 @@ from headend.outbox import Outbox
 from headend.store import Channel, Meter
 from headend.store import ops as log
 from headend.store.records import ScheduleSpec
-
-ACCEPTED, REJECTED = 0, 1
+from protocol.codes import RegisterStatus
 
 
 def meter_from_register(fields: dict[str, Any], transport: str, now_ms: int) -> Meter:
@@ -81,7 +80,11 @@ def on_register(ctx: Ctx, fields: dict[str, Any], transport: str, now_ms: int) -
             ScheduleSpec(mid, 0, offset_s=offset), "system:re-registration", now_ms
         )
     out = Outbox()
-    out.send(mid, ctx.sessions.reply(mid, "register_ack", {"status": ACCEPTED}, now_ms), transport)
+    out.send(
+        mid,
+        ctx.sessions.reply(mid, "register_ack", {"status": int(RegisterStatus.ACCEPTED)}, now_ms),
+        transport,
+    )
     return out
 
 
@@ -90,7 +93,9 @@ def reject(ctx: Ctx, meter_id: int, transport: str, now_ms: int) -> Outbox:
     out = Outbox()
     out.send(
         meter_id,
-        ctx.sessions.reply(meter_id, "register_ack", {"status": REJECTED}, now_ms),
+        ctx.sessions.reply(
+            meter_id, "register_ack", {"status": int(RegisterStatus.REJECTED)}, now_ms
+        ),
         transport,
     )
     return out

@@ -20,27 +20,9 @@ from headend.store import Meter
 from headend.store import ops as log
 from headend.store.base import DAY_S
 from headend.store.records import Schedule, ScheduleSpec, ScheduleState
+from protocol.codes import SCHEDULE_TRANSIENT_NACKS, nack_name
 
 ASSIGNMENT = "system:evening-assignment"
-NACK_REASONS = {
-    1: "bad_crc",
-    2: "unknown_type",
-    3: "auth_failed",
-    4: "replay",
-    5: "not_held",
-    6: "busy",
-    7: "bad_parameter",
-    8: "unsupported_version",
-    9: "malformed",
-    10: "not_registered",
-}
-
-#: nacks that say nothing about the schedule (a counter race, a busy meter)
-TRANSIENT_NACKS = frozenset({4, 6})
-
-
-def reason_name(code: int) -> str:
-    return NACK_REASONS.get(code, f"reason {code}")
 
 
 def check_spec(spec: ScheduleSpec, meter: Meter) -> None:
@@ -193,13 +175,13 @@ def on_answer(ctx: Ctx, meter_id: int, seq: int, status: int, now_ms: int) -> No
         return
     waited = (now_ms - (sched.sent_ms or now_ms)) / 1000
     if status:
-        again = status in TRANSIENT_NACKS
+        again = status in SCHEDULE_TRANSIENT_NACKS
         if again:  # nothing wrong with the schedule: re-sent after the ack timeout
             ctx.ops.reopen_schedule(meter_id, sched.spec.slot)
         ctx.ops.log(
             now_ms,
             log.SCHEDULE_NACK,
-            f"{describe(sched.spec)} refused by the meter: {reason_name(status)} "
+            f"{describe(sched.spec)} refused by the meter: {nack_name(status)} "
             f"(seq {seq}, {waited:.1f} s after the send); source {sched.source}"
             + ("; re-sent after the ack timeout" if again else ""),
             meter_id,

@@ -17,8 +17,6 @@ from headend.context import Ctx, Sessions
 from headend.outbox import Outbox
 from headend.store import ops as log
 
-OUT_OF_SYNC = 4
-
 
 def answer(
     sessions: Sessions, fields: dict[str, Any], t2_ms: int, now_ms: Callable[[], int]

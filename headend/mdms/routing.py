@@ -19,11 +19,12 @@ from typing import Any
 
 from headend.context import Ctx
 from headend.errors import InvalidData
-from headend.mdms.ingest import EVENT_NAMES, iso
+from headend.mdms.ingest import iso
 from headend.outbox import Outbox
 from headend.store import EventRecord
 from headend.store import ops as log
 from headend.store.records import check_recipient
+from protocol.codes import event_name
 
 
 def store_events(ctx: Ctx, meter_id: int, events: list[EventRecord], now_ms: int) -> list[int]:
@@ -49,7 +50,7 @@ def store_events(ctx: Ctx, meter_id: int, events: list[EventRecord], now_ms: int
                 "meter": meter_id,
                 "event_id": eid,
                 "code": code,
-                "name": EVENT_NAMES.get(code, "unknown"),
+                "name": event_name(code),
                 "time": iso(t),
                 "data": data,
                 "received_at": iso(now_ms // 1000),
@@ -60,7 +61,7 @@ def store_events(ctx: Ctx, meter_id: int, events: list[EventRecord], now_ms: int
             if r.code in (0, code):
                 ctx.ops.add_delivery(r.recipient, "event", payload, now_ms, event_id=eid)
                 sent_to.add(r.recipient)
-    names = ", ".join(f"{EVENT_NAMES.get(c, c)}@{iso(t)}" for (t, c, _), _ in sorted(fresh.items()))
+    names = ", ".join(f"{event_name(c)}@{iso(t)}" for (t, c, _), _ in sorted(fresh.items()))
     ctx.ops.log(
         now_ms,
         log.EVENT_STORED,

@@ -33,6 +33,7 @@ from headend.store.records import (
     check_recipient,
 )
 from headend.store.sql import Db, Row
+from protocol.codes import ReadMode
 
 #: Seqs remembered per schedule or job (one per attempt): enough to match late answers.
 KEEP_SEQS = 8
@@ -109,7 +110,9 @@ def _schedule(r: Row) -> Schedule:
 
 
 def _job(r: Row) -> Job:
-    spec = ReadSpec(int(r[1]), int(r[2]), int(r[3]), int(r[4]), int(r[5]), Source(int(r[6])))
+    spec = ReadSpec(
+        int(r[1]), ReadMode(int(r[2])), int(r[3]), int(r[4]), int(r[5]), Source(int(r[6]))
+    )
     return Job(
         int(r[0]),
         spec,

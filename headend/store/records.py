@@ -15,11 +15,8 @@ from dataclasses import dataclass
 
 from headend.errors import InvalidData
 from headend.store.base import DAY_S, U32_MAX, Source
+from protocol.codes import NSLOTS, WHAT_ALL, ReadMode, SlotAction
 
-NSLOTS = 4
-WHAT_ALL = 15
-#: Read-request modes (SPEC read_request.mode).
-MODE_PERIOD, MODE_SINCE_ACK, MODE_ON_DEMAND = 0, 1, 2
 _RECIPIENT = re.compile(r"^[A-Za-z0-9_.:@-]{1,64}$")
 
 
@@ -105,7 +102,7 @@ class ScheduleSpec:
         """The Slot dict of a schedule_set body."""
         return {
             "slot": self.slot,
-            "action": 1 if self.cancel else 0,
+            "action": int(SlotAction.CANCEL if self.cancel else SlotAction.SET),
             "start": self.start,
             "end": self.end,
             "period_s": self.period_s,
@@ -135,7 +132,7 @@ class ReadSpec:
     """An on-demand read to make (SPEC read_request)."""
 
     meter_id: int
-    mode: int = MODE_ON_DEMAND
+    mode: ReadMode = ReadMode.ON_DEMAND
     start: int = 0
     end: int = 0
     what: int = WHAT_ALL
@@ -143,13 +140,15 @@ class ReadSpec:
 
     def __post_init__(self) -> None:
         _u32("meter_id", self.meter_id)
-        if self.mode not in (MODE_PERIOD, MODE_SINCE_ACK, MODE_ON_DEMAND):
+        try:
+            object.__setattr__(self, "mode", ReadMode(self.mode))
+        except ValueError:
             raise InvalidData(
-                f"mode: expected 0 period, 1 since_ack or 2 on_demand, got {self.mode}"
-            )
+                f"mode: expected 0 period, 1 since_ack or 2 on_demand, got {self.mode!r}"
+            ) from None
         _u32("start", self.start)
         _u32("end", self.end)
-        if self.mode == MODE_PERIOD and self.end <= self.start:
+        if self.mode is ReadMode.PERIOD and self.end <= self.start:
             raise InvalidData(f"a period read needs start < end, got {self.start}..{self.end}")
         if type(self.what) is not int or not 1 <= self.what <= WHAT_ALL:
             raise InvalidData(f"what: expected 1..{WHAT_ALL}, got {self.what!r}")
@@ -158,7 +157,7 @@ class ReadSpec:
 
     def wire(self) -> dict[str, int]:
         """The body of a read_request."""
-        return {"mode": self.mode, "start": self.start, "end": self.end, "what": self.what}
+        return {"mode": int(self.mode), "start": self.start, "end": self.end, "what": self.what}
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,8 +204,14 @@ class Route:
     added_ms: int
 
     def __post_init__(self) -> None:
-        if type(self.code) is not int or not 0 <= self.code <= 255:
+        # an IntEnum (protocol.codes.Event) is welcome; a bool or a str is not
+        if (
+            isinstance(self.code, bool)
+            or not isinstance(self.code, int)
+            or not 0 <= self.code <= 255
+        ):
             raise InvalidData(f"event code: expected 0 (all) or 1..255, got {self.code!r}")
+        object.__setattr__(self, "code", int(self.code))
         check_recipient(self.recipient)
 
 

@@ -9,12 +9,13 @@ from headend.clock import Clock
 from headend.store import SqlStore
 from headend.store.ops import Ops
 from headend.store.records import DeliveryState
+from protocol.codes import Event
 from tests.headend.conftest import open_at
 from tests.support.broker import Broker
 from tests.support.fakemeter import FakeMeter, MqttLink
 from tests.support.service import T0, Subscriber, eventually, make_config, running_service
 
-TAMPER, POWER_DOWN, OUT_OF_SYNC = 11, 1, 4
+TAMPER, POWER_DOWN, OUT_OF_SYNC = Event.TAMPER, Event.POWER_DOWN, Event.CLOCK_OUT_OF_SYNC
 
 
 def test_d09_events_stored_routed_resent_until_acked(
