@@ -263,8 +263,8 @@ def ensure_dir(url: str) -> None:
 
 
 def _meter_dict(ctx: Ctx, mid: int) -> dict[str, Any]:
-    m = ctx.store.get_meter(mid)
-    grp, offset = ctx.ops.group_of(mid)
+    m = ctx.registry.get(mid)
+    grp, offset = ctx.registry.group_of(mid)
     return {
         "meter": mid,
         "fw_version": m.fw_version,
@@ -294,11 +294,11 @@ def cmd_meters(args: argparse.Namespace, cfg: Config) -> int:
         d = _meter_dict(ctx, args.meter)
         d["links"] = [
             {"transport": t, "first_seen": when(f), "last_seen": when(ls), "frames": n}
-            for _, t, f, ls, n in ctx.ops.links(args.meter)
+            for _, t, f, ls, n in ctx.registry.links(args.meter)
         ]
         d["schedules"] = [
             {"slot": s.spec.slot, "state": s.state.value, "source": s.source}
-            for s in ctx.ops.schedules(args.meter)
+            for s in ctx.schedules.find(args.meter)
         ]
 
         def human() -> str:
@@ -397,7 +397,7 @@ def cmd_read(args: argparse.Namespace, cfg: Config) -> int:
         spec = ReadSpec(args.meter, ReadMode.ON_DEMAND, what=args.what)
     # A simulated service clock cannot be known here: created 0 = stamped when claimed.
     created = now_ms() if cfg.speed == 1 and cfg.clock_start == 0 else 0
-    job_id = ondemand.request_read(ctx.ops, spec, args.requester, created)
+    job_id = ondemand.request_read(ctx, spec, args.requester, created)
     if args.no_wait:
         emit(args, {"job": job_id, "state": "queued"}, lambda: f"job {job_id} queued")
         return OK
@@ -406,7 +406,7 @@ def cmd_read(args: argparse.Namespace, cfg: Config) -> int:
         budget = cfg.ondemand_timeout_s * (cfg.ondemand_retries + 1) / cfg.speed + 30
     progress = Progress(f"read meter {args.meter} (job {job_id})")
     start = time.monotonic()
-    job = ctx.ops.job(job_id)
+    job = ctx.jobs.get(job_id)
     while job.state not in (JobState.DONE, JobState.FAILED):
         waited = time.monotonic() - start
         if waited > budget:
@@ -419,9 +419,9 @@ def cmd_read(args: argparse.Namespace, cfg: Config) -> int:
             return FAILED
         progress.note(f"{job.state.value}, attempt {job.attempts}, {waited:.0f} s")
         time.sleep(0.1)
-        job = ctx.ops.job(job_id)
+        job = ctx.jobs.get(job_id)
     progress.done()
-    ctx.ops.ack_job(job_id, now_ms() if created else (job.done_ms or 0))
+    ondemand.acknowledge(ctx, job_id, now_ms() if created else (job.done_ms or 0))
     if job.state is JobState.FAILED:
         emit(
             args,
@@ -468,7 +468,7 @@ def cmd_schedule(args: argparse.Namespace, cfg: Config) -> int:
             lambda: f"slot {args.slot} of meter {args.meter}: cancel pending",
         )
         return OK
-    rows = ctx.ops.schedules(args.meter)
+    rows = ctx.schedules.find(args.meter)
     data = [
         {
             "meter": s.spec.meter_id,
@@ -512,8 +512,8 @@ def cmd_groups(args: argparse.Namespace, cfg: Config) -> int:
     placed: dict[int, int] = {}
     if args.assign:
         placed = scheduling.assign(ctx, now_ms())
-    loads = ctx.ops.group_loads()
-    waiting = len(ctx.ops.unscheduled())
+    loads = ctx.registry.group_loads()
+    waiting = len(ctx.registry.unscheduled())
     w = ctx.window
     groups: list[dict[str, Any]] = [
         {"group": g, "window": w.label(g), "meters": loads.get(g, 0)} for g in range(w.count)
@@ -556,7 +556,7 @@ def cmd_events(args: argparse.Namespace, cfg: Config) -> int:
     if args.action == "routes":
         return _routes(args, ctx)
     if args.action == "deliveries":
-        ds = ctx.ops.deliveries(limit=args.limit)
+        ds = ctx.events.deliveries(limit=args.limit)
         data = [
             {
                 "delivery": d.delivery_id,
@@ -595,7 +595,7 @@ def cmd_events(args: argparse.Namespace, cfg: Config) -> int:
         )
         return OK
     since = parse_time(args.since, zone(cfg.report_tz)) if args.since else 0
-    evs = ctx.ops.recent_events(args.meter, since, args.limit)
+    evs = ctx.events.recent(args.meter, since, args.limit)
     data2 = [
         {
             "event_id": e,
@@ -632,7 +632,7 @@ def cmd_events(args: argparse.Namespace, cfg: Config) -> int:
 
 def _routes(args: argparse.Namespace, ctx: Ctx) -> int:
     if args.route_action == "add":
-        added = ctx.ops.add_route(args.code, args.recipient, now_ms())
+        added = ctx.events.add_route(args.code, args.recipient, now_ms())
         emit(
             args,
             {"code": args.code, "recipient": args.recipient, "added": added},
@@ -643,7 +643,7 @@ def _routes(args: argparse.Namespace, ctx: Ctx) -> int:
         )
         return OK
     if args.route_action == "remove":
-        if not ctx.ops.remove_route(args.code, args.recipient):
+        if not ctx.events.remove_route(args.code, args.recipient):
             raise Usage(f"no route of event {args.code} to {args.recipient}")
         emit(
             args,
@@ -651,7 +651,7 @@ def _routes(args: argparse.Namespace, ctx: Ctx) -> int:
             lambda: f"event {args.code or 'all'} -> {args.recipient}: removed",
         )
         return OK
-    routes = ctx.ops.routes()
+    routes = ctx.events.routes()
     data = [
         {
             "code": r.code,
@@ -675,7 +675,7 @@ def _routes(args: argparse.Namespace, ctx: Ctx) -> int:
 def cmd_log(args: argparse.Namespace, cfg: Config) -> int:
     ctx = open_ctx(cfg)
     kinds = args.kind or ()
-    lines = ctx.ops.activity(args.meter, kinds, limit=args.limit)
+    lines = ctx.activity.lines(args.meter, kinds, limit=args.limit)
     data = [
         {"at": when(a.at_ms), "meter": a.meter_id, "kind": a.kind, "detail": a.detail}
         for a in lines
@@ -694,7 +694,7 @@ def cmd_export(args: argparse.Namespace, cfg: Config) -> int:
     ctx = open_ctx(cfg)
     tz = zone(args.tz or cfg.report_tz)
     start, end = parse_time(args.start, tz), parse_time(args.end, tz)
-    meter = ctx.store.get_meter(args.meter)
+    meter = ctx.registry.get(args.meter)
     progress = Progress(f"export meter {args.meter}")
     fmt = "json" if args.json else args.format
     text = export.render(meter, export.rows(ctx.store, args.meter, start, end, progress), fmt, tz)

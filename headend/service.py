@@ -32,7 +32,6 @@ from headend.core import Core
 from headend.errors import StoreError, UnknownMeter
 from headend.outbox import Downlink, Outbox, Publish
 from headend.store import SqlStore, open_store
-from headend.store.ops import Ops
 from headend.transport.base import Transport, TransportError, Uplink, backoff_s
 from headend.transport.mqtt import MqttTransport
 from headend.transport.serial import SerialTransport
@@ -104,7 +103,7 @@ class Service:
         store = self._opener(self.config.database)
         if self.core is None:
             self.core = Core(Ctx.build(self.config, store))
-            n = Ops(store.db).requeue_orphans(self.config.worker)
+            n = self.core.ctx.jobs.requeue_orphans(self.config.worker)
             if n:
                 log.info("%d job(s) sent before a restart are queued again", n)
         else:

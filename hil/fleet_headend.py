@@ -405,7 +405,7 @@ class FleetRun:
             now_ms = tb.now_ms()
             self.recovery_jobs.append(
                 await rig.call(
-                    lambda ctx, s=spec, t=now_ms: ondemand.request_read(ctx.ops, s, "recovery", t)
+                    lambda ctx, s=spec, t=now_ms: ondemand.request_read(ctx, s, "recovery", t)
                 )
             )
         self.say(

@@ -510,10 +510,10 @@ class Rig:
         """Queue an on-demand read job (as `headend read` does); returns the job id."""
         spec = ReadSpec(meter_id, mode=mode, start=start, end=end)
         now_ms = self.clock.now_ms()
-        return await self.call(lambda ctx: ondemand.request_read(ctx.ops, spec, requester, now_ms))
+        return await self.call(lambda ctx: ondemand.request_read(ctx, spec, requester, now_ms))
 
     async def job(self, job_id: int) -> Job:
-        return await self.call(lambda ctx: ctx.ops.job(job_id))
+        return await self.call(lambda ctx: ctx.jobs.get(job_id))
 
     async def wait_job(self, job_id: int, timeout: float = 60.0) -> Job:
         """Wait until the job is done or failed; returns it."""
@@ -535,7 +535,7 @@ class Rig:
 
     async def activity(self, meter_id: int | None, kinds: list[str] | None = None) -> list[Any]:
         return list(
-            await self.call(lambda ctx: ctx.ops.activity(meter_id, kinds or (), limit=100_000))
+            await self.call(lambda ctx: ctx.activity.lines(meter_id, kinds or (), limit=100_000))
         )
 
 

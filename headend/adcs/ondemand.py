@@ -21,8 +21,7 @@ from headend.context import Ctx
 from headend.mdms.ingest import merge_result
 from headend.mdms.routing import notify
 from headend.outbox import Outbox
-from headend.store import ops as log
-from headend.store.ops import Ops
+from headend.store.activity import Kind
 from headend.store.records import Job, JobState, ReadSpec
 from protocol.codes import READ_FINAL_NACKS, ReadMode, nack_name
 
@@ -35,13 +34,13 @@ def describe(spec: ReadSpec) -> str:
     return f"read of [{spec.start}, {spec.end})"
 
 
-def request_read(ops: Ops, spec: ReadSpec, requester: str, now_ms: int) -> int:
+def request_read(ctx: Ctx, spec: ReadSpec, requester: str, now_ms: int) -> int:
     """Queue a read for the service; returns the job id. Raises UnknownMeter, InvalidData."""
-    with ops.db.transaction():
-        job_id = ops.enqueue_job(spec, requester, now_ms)
-        ops.log(
+    with ctx.db.transaction():
+        job_id = ctx.jobs.enqueue(spec, requester, now_ms)
+        ctx.activity.log(
             now_ms,
-            log.READ_QUEUED,
+            Kind.READ_QUEUED,
             f"job {job_id}: {describe(spec)}, what {spec.what}, for {requester}",
             spec.meter_id,
             str(job_id),
@@ -49,27 +48,36 @@ def request_read(ops: Ops, spec: ReadSpec, requester: str, now_ms: int) -> int:
     return job_id
 
 
+def acknowledge(ctx: Ctx, job_id: int, now_ms: int) -> bool:
+    """The requester has the result (e.g. the CLI printed it): recorded once, and the
+    job's deliveries stop. False if it was acknowledged already."""
+    with ctx.db.transaction():
+        first = ctx.jobs.acknowledge(job_id, now_ms)
+        ctx.events.acknowledge_job(job_id, now_ms)
+    return first
+
+
 def _attempt(ctx: Ctx, job: Job, now_ms: int, out: Outbox, why: str | None) -> None:
     mid = job.spec.meter_id
-    meter = ctx.store.get_meter(mid)
+    meter = ctx.registry.get(mid)
     seq, frame = ctx.sessions.frame(mid, "read_request", job.spec.wire(), now_ms, auth=True)
     deadline = now_ms + ctx.config.ondemand_timeout_s * 1000
-    ctx.ops.job_sent(job.job_id, seq, now_ms, deadline)
+    ctx.jobs.sent(job.job_id, seq, now_ms, deadline)
     n = job.attempts + 1
     if why is None:
         text = f"job {job.job_id}: read_request seq {seq} via {meter.transport or 'mqtt'}"
-        ctx.ops.log(now_ms, log.READ_SENT, text, mid, str(job.job_id))
+        ctx.activity.log(now_ms, Kind.READ_SENT, text, mid, str(job.job_id))
     else:
         text = f"job {job.job_id}: {why}; retry as seq {seq} (attempt {n})"
-        ctx.ops.log(now_ms, log.READ_RETRY, text, mid, str(job.job_id))
+        ctx.activity.log(now_ms, Kind.READ_RETRY, text, mid, str(job.job_id))
     out.send(mid, frame, meter.transport)
 
 
 def start_jobs(ctx: Ctx, now_ms: int) -> Outbox:
     """Claim queued jobs for this worker and send their first read_request."""
     out = Outbox()
-    for job in ctx.ops.claim_jobs(ctx.config.worker, now_ms):
-        with ctx.store.db.transaction():
+    for job in ctx.jobs.claim(ctx.config.worker, now_ms):
+        with ctx.db.transaction():
             _attempt(ctx, job, now_ms, out, None)
     return out
 
@@ -79,13 +87,13 @@ def on_part(ctx: Ctx, job: Job, body: dict[str, Any], data: dict[str, Any], now_
     parts = max(int(body["parts"]), 1)
     if int(body["part"]) in job.parts_seen:
         return  # a repeated part (QoS 1 redelivery, a meter repeat): stored once, counted once
-    job = ctx.ops.job_part(job.job_id, int(body["part"]), parts, merge_result(job.result, data))
-    if len(job.parts_seen) < parts or not ctx.ops.finish_job(job.job_id, JobState.DONE, now_ms):
+    job = ctx.jobs.part(job.job_id, int(body["part"]), parts, merge_result(job.result, data))
+    if len(job.parts_seen) < parts or not ctx.jobs.finish(job.job_id, JobState.DONE, now_ms):
         return
     latency = now_ms - job.created_ms
-    ctx.ops.log(
+    ctx.activity.log(
         now_ms,
-        log.READ_DONE,
+        Kind.READ_DONE,
         f"job {job.job_id}: complete in {latency / 1000:.1f} s ({parts} part(s), "
         f"attempt {job.attempts}); data stored as {job.spec.source.name.lower()}",
         job.spec.meter_id,
@@ -108,10 +116,10 @@ def on_part(ctx: Ctx, job: Job, body: dict[str, Any], data: dict[str, Any], now_
 
 
 def _fail(ctx: Ctx, job: Job, trouble: str, now_ms: int) -> None:
-    if not ctx.ops.finish_job(job.job_id, JobState.FAILED, now_ms, trouble):
+    if not ctx.jobs.finish(job.job_id, JobState.FAILED, now_ms, trouble):
         return
     mid = job.spec.meter_id
-    ctx.ops.log(now_ms, log.READ_FAILED, f"job {job.job_id}: {trouble}", mid, str(job.job_id))
+    ctx.activity.log(now_ms, Kind.READ_FAILED, f"job {job.job_id}: {trouble}", mid, str(job.job_id))
     body = {"job": job.job_id, "state": "failed", "meter": mid, "trouble": trouble}
     notify(ctx, job.requester, "read", body, now_ms, job_id=job.job_id)
     if ctx.config.operator != job.requester:
@@ -119,8 +127,8 @@ def _fail(ctx: Ctx, job: Job, trouble: str, now_ms: int) -> None:
 
 
 def _trouble(ctx: Ctx, job: Job, last: str) -> str:
-    meter = ctx.store.get_meter(job.spec.meter_id)
-    links = ctx.ops.links(meter.meter_id)
+    meter = ctx.registry.get(job.spec.meter_id)
+    links = ctx.registry.links(meter.meter_id)
     heard = max((ls for _, _, _, ls, _ in links), default=None)
     seen = f"last heard {heard // 1000} (UTC s)" if heard is not None else "never heard"
     return (
@@ -134,7 +142,7 @@ def on_nack(ctx: Ctx, job: Job, reason: int, now_ms: int) -> Outbox:
     """The meter refused the read_request."""
     out = Outbox()
     why = f"meter nack {nack_name(reason)}"
-    with ctx.store.db.transaction():
+    with ctx.db.transaction():
         if reason in READ_FINAL_NACKS or job.attempts > ctx.config.ondemand_retries:
             _fail(ctx, job, _trouble(ctx, job, why), now_ms)
         else:
@@ -146,8 +154,8 @@ def expire(ctx: Ctx, now_ms: int) -> Outbox:
     """H06: retry a job with no valid answer in time, or fail it and notify."""
     out = Outbox()
     timeout = ctx.config.ondemand_timeout_s
-    for job in ctx.ops.overdue_jobs(ctx.config.worker, now_ms):
-        with ctx.store.db.transaction():
+    for job in ctx.jobs.overdue(ctx.config.worker, now_ms):
+        with ctx.db.transaction():
             why = f"no valid answer within {timeout} s"
             if job.parts_seen:
                 why += f" (got parts {sorted(job.parts_seen)} of {job.parts})"

@@ -15,7 +15,7 @@ from headend.context import Ctx
 from headend.errors import InvalidData, UnknownMeter
 from headend.outbox import Outbox
 from headend.store import Channel, Meter
-from headend.store import ops as log
+from headend.store.activity import Kind
 from headend.store.records import ScheduleSpec
 from protocol.codes import RegisterStatus
 
@@ -52,23 +52,23 @@ def on_register(ctx: Ctx, fields: dict[str, Any], transport: str, now_ms: int) -
     meter = meter_from_register(fields, transport, now_ms)
     mid = meter.meter_id
     try:
-        old: Meter | None = ctx.store.get_meter(mid)
+        old: Meter | None = ctx.registry.get(mid)
     except UnknownMeter:
         old = None
     if old is not None:  # keep what the ADCS decided; the meter describes only itself
         meter = dataclasses.replace(meter, read_group=old.read_group)
-    ctx.store.register_meter(meter)
-    ctx.ops.link_seen(mid, transport, now_ms)
-    joined = ctx.ops.join_unscheduled(mid, now_ms)
-    grp, offset = ctx.ops.group_of(mid)
+    ctx.registry.register(meter)
+    ctx.registry.link_seen(mid, transport, now_ms)
+    joined = ctx.registry.join_unscheduled(mid, now_ms)
+    grp, offset = ctx.registry.group_of(mid)
     chans = ", ".join(
         f"{c.kind.name.lower()} {c.unit.symbol} x{c.multiplier}e{c.scaler}" for c in meter.channels
     )
     what = "registered" if old is None else "re-registered"
     where = "unscheduled" if grp is None else f"read group {ctx.window.label(grp)}"
-    ctx.ops.log(
+    ctx.activity.log(
         now_ms,
-        log.REGISTERED,
+        Kind.REGISTERED,
         f"{what} fw {meter.fw_version}, {meter.interval_s} s intervals, "
         f"UTC{meter.utc_offset_min:+d} min, meter x{meter.meter_multiplier}, "
         f"{len(meter.channels)} channels ({chans}), {meter.capacity_days} days, "
@@ -76,9 +76,7 @@ def on_register(ctx: Ctx, fields: dict[str, Any], transport: str, now_ms: int) -
         mid,
     )
     if grp is not None and offset is not None and not joined and old is not None:
-        ctx.ops.put_schedule(
-            ScheduleSpec(mid, 0, offset_s=offset), "system:re-registration", now_ms
-        )
+        ctx.schedules.put(ScheduleSpec(mid, 0, offset_s=offset), "system:re-registration", now_ms)
     out = Outbox()
     out.send(
         mid,

@@ -15,7 +15,7 @@ from typing import Any
 
 from headend.context import Ctx, Sessions
 from headend.outbox import Outbox
-from headend.store import ops as log
+from headend.store.activity import Kind
 
 
 def answer(
@@ -31,9 +31,9 @@ def set_time(ctx: Ctx, meter_id: int, off_s: int, transport: str | None, now_ms:
     """An authenticated `time_set` to the head-end's time, logged."""
     out = Outbox()
     seq, frame = ctx.sessions.frame(meter_id, "time_set", {"utc_ms": now_ms}, now_ms, auth=True)
-    ctx.ops.log(
+    ctx.activity.log(
         now_ms,
-        log.TIME_SET,
+        Kind.TIME_SET,
         f"meter reported its clock {off_s} s off (event 4): authenticated time_set seq {seq} "
         f"to {now_ms} ms",
         meter_id,

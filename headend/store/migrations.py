@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from headend.errors import SchemaError
-from headend.store.sql import Db
+from headend.store.db import Db
 
 _DIALECT = {
     "sqlite": {

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from headend.errors import ConfigError, StoreError
-from headend.store.sql import Db, Row, SqlStore
+from headend.store.db import Db, Row
+from headend.store.sql import SqlStore
 
 _SYNC = ("OFF", "NORMAL", "FULL", "EXTRA")
 

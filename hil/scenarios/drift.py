@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from headend.store import ops as oplog
+from headend.store.activity import Kind
 from hil.rig import Rig
 from hil.scenarios.common import DAY, T0, Options, Progress, collect, compare
 
@@ -72,7 +72,7 @@ async def run(opts: Options) -> dict[str, Any]:
         seen = rig.sniffer
         time_sets = {m: len(seen.of("time_set", m)) for m in rig.meter_ids}
         logged = {
-            m: len(await rig.activity(m, [oplog.TIME_SET])) for m in rig.meter_ids
+            m: len(await rig.activity(m, [Kind.TIME_SET])) for m in rig.meter_ids
         }  # head-end log of each time_set it sent
         validations = []
         near_boundary = 0

@@ -88,7 +88,7 @@ async def run(opts: Options) -> dict[str, Any]:
         expected |= {(day + (k - 1) * H, day + k * H) for k in range(8, 24)}
         daily = (day, day + DAY)
         got_all: dict[int, set[tuple[int, int]]] = {m: spans(rig, m) for m in rig.meter_ids}
-        scheds = await rig.call(lambda ctx: ctx.ops.schedules())
+        scheds = await rig.call(lambda ctx: ctx.schedules.find())
         for b in rig.board_list:
             await b.power_cut()
         missing = unexpected = 0
