@@ -55,7 +55,7 @@ class Rejected(InvalidData):
 
 
 class Core:
-    """Args: ctx: config, store, ops tables and sessions (see `Ctx`)."""
+    """Args: ctx: config, store, the store's tables and downlink framing (see `Ctx`)."""
 
     def __init__(self, ctx: Ctx) -> None:
         self.ctx = ctx
@@ -109,7 +109,7 @@ class Core:
                 "nacked_seq": fields["seq"],
                 "reason": int(Nack.NOT_REGISTERED),
             }
-            out.send(mid, ctx.sessions.reply(mid, "nack", body, now_ms), up.transport)
+            out.send(mid, ctx.downlinks.reply(mid, "nack", body, now_ms), up.transport)
             return out
         except InvalidData as e:
             self._reject(up, fields, Kind.REJECTED, str(e), now_ms)
@@ -153,7 +153,7 @@ class Core:
             return self._nack(meter, body, now_ms)
         if mtype == "time_sync_request":  # normally answered on the loop (see Service)
             out = Outbox()
-            frame = timesync.answer(ctx.sessions, fields, now_ms, lambda: now_ms)
+            frame = timesync.answer(ctx.downlinks, fields, now_ms, lambda: now_ms)
             out.send(meter.meter_id, frame, up.transport)
             return out
         ctx.activity.log(
@@ -192,7 +192,7 @@ class Core:
         if job is not None:
             out.extend(routing.send_due(ctx, now_ms))  # the result to its requester, now
         ack = {"acked_seq": fields["seq"], "upto": secs.upto}
-        out.send(mid, ctx.sessions.reply(mid, "read_ack", ack, now_ms), up.transport)
+        out.send(mid, ctx.downlinks.reply(mid, "read_ack", ack, now_ms), up.transport)
         # Real-time subscribers get what is new (a repeated frame publishes nothing).
         if res.intervals_written or res.midnights_written or secs.registers:
             topic = ctx.config.realtime_topic.format(meter=mid)
@@ -210,7 +210,7 @@ class Core:
         fresh = routing.store_events(ctx, mid, events, now_ms)
         out = Outbox()
         ack = {"acked_seq": fields["seq"]}
-        out.send(mid, ctx.sessions.reply(mid, "event_ack", ack, now_ms), up.transport)
+        out.send(mid, ctx.downlinks.reply(mid, "event_ack", ack, now_ms), up.transport)
         self._after_events(meter, events, fresh, up, now_ms, out)
         return out
 

@@ -21,6 +21,10 @@ class InvalidData(HeadendError):
     """Data does not fit its definition (shape, range, unit, interval length)."""
 
 
+class IllegalTransition(HeadendError):
+    """A job or schedule got an event its state does not allow (see store/lifecycles.py)."""
+
+
 class StoreError(HeadendError):
     """The meter-data store failed or refused an operation."""
 

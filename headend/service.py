@@ -27,8 +27,9 @@ from typing import ParamSpec, TypeVar
 from headend.adcs import timesync
 from headend.clock import Clock
 from headend.config import Config
-from headend.context import Ctx, Sessions
+from headend.context import Ctx
 from headend.core import Core
+from headend.downlink import Downlinks
 from headend.errors import StoreError, UnknownMeter
 from headend.outbox import Downlink, Outbox, Publish
 from headend.store import SqlStore, open_store
@@ -76,7 +77,7 @@ class Service:
         self.transports: dict[str, Transport] = {"mqtt": self.mqtt}
         for line in self.serials:
             self.transports[line.name] = line
-        self._time_sessions = Sessions(bytes.fromhex(config.master_key), None)
+        self._time_downlinks = Downlinks(bytes.fromhex(config.master_key), None)
         self._held: collections.deque[Publish] = collections.deque(maxlen=MAX_HELD_PUBLISHES)
         self.ready = asyncio.Event()
         self.frames = 0
@@ -164,7 +165,7 @@ class Service:
             except ProtocolError:
                 fields = None  # the Core logs why
             if fields is not None and fields["meter_id"] == up.meter_id:
-                frame = timesync.answer(self._time_sessions, fields, t2, self.clock.now_ms)
+                frame = timesync.answer(self._time_downlinks, fields, t2, self.clock.now_ms)
                 await self._send(Downlink(up.meter_id, frame, up.transport))
                 return
         out = await self.call(lambda core: core.on_uplink(up, t2))

@@ -18,11 +18,12 @@ import json
 from typing import Any
 
 from headend.context import Ctx
+from headend.errors import IllegalTransition
 from headend.mdms.ingest import merge_result
 from headend.mdms.routing import notify
 from headend.outbox import Outbox
 from headend.store.activity import Kind
-from headend.store.records import Job, JobState, ReadSpec
+from headend.store.records import Job, ReadSpec
 from protocol.codes import READ_FINAL_NACKS, ReadMode, nack_name
 
 
@@ -60,9 +61,12 @@ def acknowledge(ctx: Ctx, job_id: int, now_ms: int) -> bool:
 def _attempt(ctx: Ctx, job: Job, now_ms: int, out: Outbox, why: str | None) -> None:
     mid = job.spec.meter_id
     meter = ctx.registry.get(mid)
-    seq, frame = ctx.sessions.frame(mid, "read_request", job.spec.wire(), now_ms, auth=True)
+    seq, frame = ctx.downlinks.frame(mid, "read_request", job.spec.wire(), now_ms, auth=True)
     deadline = now_ms + ctx.config.ondemand_timeout_s * 1000
-    ctx.jobs.sent(job.job_id, seq, now_ms, deadline)
+    try:
+        ctx.jobs.sent(job.job_id, seq, now_ms, deadline)
+    except IllegalTransition:
+        return  # answered or closed meanwhile (another worker): nothing to send
     n = job.attempts + 1
     if why is None:
         text = f"job {job.job_id}: read_request seq {seq} via {meter.transport or 'mqtt'}"
@@ -87,9 +91,13 @@ def on_part(ctx: Ctx, job: Job, body: dict[str, Any], data: dict[str, Any], now_
     parts = max(int(body["parts"]), 1)
     if int(body["part"]) in job.parts_seen:
         return  # a repeated part (QoS 1 redelivery, a meter repeat): stored once, counted once
-    job = ctx.jobs.part(job.job_id, int(body["part"]), parts, merge_result(job.result, data))
-    if len(job.parts_seen) < parts or not ctx.jobs.finish(job.job_id, JobState.DONE, now_ms):
-        return
+    try:
+        job = ctx.jobs.part(job.job_id, int(body["part"]), parts, merge_result(job.result, data))
+        if len(job.parts_seen) < parts:
+            return
+        ctx.jobs.complete(job.job_id, now_ms)
+    except IllegalTransition:
+        return  # failed meanwhile by its worker's timeout: the data is stored all the same
     latency = now_ms - job.created_ms
     ctx.activity.log(
         now_ms,
@@ -116,8 +124,10 @@ def on_part(ctx: Ctx, job: Job, body: dict[str, Any], data: dict[str, Any], now_
 
 
 def _fail(ctx: Ctx, job: Job, trouble: str, now_ms: int) -> None:
-    if not ctx.jobs.finish(job.job_id, JobState.FAILED, now_ms, trouble):
-        return
+    try:
+        ctx.jobs.fail(job.job_id, now_ms, trouble)
+    except IllegalTransition:
+        return  # completed meanwhile (a late answer on another worker)
     mid = job.spec.meter_id
     ctx.activity.log(now_ms, Kind.READ_FAILED, f"job {job.job_id}: {trouble}", mid, str(job.job_id))
     body = {"job": job.job_id, "state": "failed", "meter": mid, "trouble": trouble}

@@ -80,7 +80,7 @@ def on_register(ctx: Ctx, fields: dict[str, Any], transport: str, now_ms: int) -
     out = Outbox()
     out.send(
         mid,
-        ctx.sessions.reply(mid, "register_ack", {"status": int(RegisterStatus.ACCEPTED)}, now_ms),
+        ctx.downlinks.reply(mid, "register_ack", {"status": int(RegisterStatus.ACCEPTED)}, now_ms),
         transport,
     )
     return out
@@ -91,7 +91,7 @@ def reject(ctx: Ctx, meter_id: int, transport: str, now_ms: int) -> Outbox:
     out = Outbox()
     out.send(
         meter_id,
-        ctx.sessions.reply(
+        ctx.downlinks.reply(
             meter_id, "register_ack", {"status": int(RegisterStatus.REJECTED)}, now_ms
         ),
         transport,

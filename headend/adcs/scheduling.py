@@ -14,12 +14,13 @@ from datetime import datetime, timedelta
 from headend.adcs.groups import place
 from headend.config import Config, parse_hhmm
 from headend.context import Ctx
-from headend.errors import InvalidData
+from headend.errors import IllegalTransition, InvalidData
 from headend.outbox import Outbox
 from headend.store import Meter
 from headend.store.activity import Kind
 from headend.store.base import DAY_S
-from headend.store.records import Schedule, ScheduleSpec, ScheduleState
+from headend.store.lifecycles import SCHEDULE, ScheduleEvent
+from headend.store.records import Schedule, ScheduleSpec
 from protocol.codes import SCHEDULE_TRANSIENT_NACKS, nack_name
 
 ASSIGNMENT = "system:evening-assignment"
@@ -115,16 +116,18 @@ def assign(ctx: Ctx, now_ms: int) -> dict[int, int]:
     return placed
 
 
-def _send(ctx: Ctx, sched: Schedule, now_ms: int, flag: bool, out: Outbox) -> None:
+def _send(ctx: Ctx, sched: Schedule, now_ms: int, event: ScheduleEvent, out: Outbox) -> None:
     spec = sched.spec
     meter = ctx.registry.get(spec.meter_id)
-    seq, frame = ctx.sessions.frame(
+    seq, frame = ctx.downlinks.frame(
         spec.meter_id, "schedule_set", {"slots": [spec.wire()]}, now_ms, auth=True
     )
-    if not ctx.schedules.sent(spec.meter_id, spec.slot, seq, now_ms, flag):
-        return
+    try:
+        ctx.schedules.sent(spec.meter_id, spec.slot, seq, now_ms, event)
+    except IllegalTransition:
+        return  # rewritten, answered or sent by another worker meanwhile
     n = sched.attempts + 1
-    if flag:
+    if event is ScheduleEvent.RESEND:
         waited = (now_ms - (sched.sent_ms or now_ms)) // 1000
         ctx.activity.log(
             now_ms,
@@ -147,9 +150,9 @@ def _send(ctx: Ctx, sched: Schedule, now_ms: int, flag: bool, out: Outbox) -> No
 def send_pending(ctx: Ctx, now_ms: int, limit: int = 1000) -> Outbox:
     """Send every pending schedule (one schedule_set per slot)."""
     out = Outbox()
-    for sched in ctx.schedules.find(states=(ScheduleState.PENDING,))[:limit]:
+    for sched in ctx.schedules.find(states=SCHEDULE.allowed(ScheduleEvent.SEND))[:limit]:
         with ctx.db.transaction():
-            _send(ctx, sched, now_ms, False, out)
+            _send(ctx, sched, now_ms, ScheduleEvent.SEND, out)
     return out
 
 
@@ -157,16 +160,28 @@ def check_acks(ctx: Ctx, now_ms: int) -> Outbox:
     """H02: a schedule without ack after the timeout is flagged, logged and re-sent."""
     out = Outbox()
     due = now_ms - ctx.config.schedule_ack_timeout_s * 1000
-    for sched in ctx.schedules.find(states=(ScheduleState.SENT, ScheduleState.FLAGGED)):
+    for sched in ctx.schedules.find(states=SCHEDULE.allowed(ScheduleEvent.RESEND)):
         if sched.sent_ms is not None and sched.sent_ms <= due:
             with ctx.db.transaction():
-                _send(ctx, sched, now_ms, True, out)
+                _send(ctx, sched, now_ms, ScheduleEvent.RESEND, out)
     return out
+
+
+def answer_event(status: int, cancel: bool) -> ScheduleEvent:
+    """The lifecycle event of a meter's answer (status 0 = ack, else a nack reason)."""
+    if not status:
+        return ScheduleEvent.ACK_CANCEL if cancel else ScheduleEvent.ACK
+    if status in SCHEDULE_TRANSIENT_NACKS:
+        return ScheduleEvent.BUSY  # nothing wrong with the schedule: re-sent after the timeout
+    return ScheduleEvent.NACK
 
 
 def on_answer(ctx: Ctx, meter_id: int, seq: int, status: int, now_ms: int) -> None:
     """Record a schedule_ack (status 0) or a nack of a schedule_set, and log it."""
-    sched = ctx.schedules.answered(meter_id, seq, status, now_ms)
+    sched = ctx.schedules.awaiting(meter_id, seq)
+    if sched is not None:
+        event = answer_event(status, sched.spec.cancel)
+        ctx.schedules.answer(meter_id, sched.spec.slot, event, now_ms, status or None)
     if sched is None:
         ctx.activity.log(
             now_ms,
@@ -177,9 +192,7 @@ def on_answer(ctx: Ctx, meter_id: int, seq: int, status: int, now_ms: int) -> No
         return
     waited = (now_ms - (sched.sent_ms or now_ms)) / 1000
     if status:
-        again = status in SCHEDULE_TRANSIENT_NACKS
-        if again:  # nothing wrong with the schedule: re-sent after the ack timeout
-            ctx.schedules.reopen(meter_id, sched.spec.slot)
+        again = event is ScheduleEvent.BUSY
         ctx.activity.log(
             now_ms,
             Kind.SCHEDULE_NACK,

@@ -2,20 +2,22 @@
 
 Table ``job`` (schema v2). The CLI or an API (another process) queues a
 job; a worker claims it, sends its read_request, records the parts of the
-answer and closes it. Changes that several workers (or the CLI) may race for
-are conditional updates (``... WHERE state = ...``): the row count says who
-won, so a job is claimed once and closed once. Every method is one
-transaction (re-entrant).
+answer and closes it. Every state change is an event of the `JOB` lifecycle
+(`lifecycles.py`), applied by a conditional UPDATE derived from its table,
+so a job is claimed once and closed once however many workers race for it.
+Every method is one transaction (re-entrant).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
-from headend.errors import InvalidData
+from headend.errors import IllegalTransition, InvalidData
 from headend.store.base import Source
 from headend.store.db import Db, Row, add_seq, marks, opt, seqs
-from headend.store.records import Job, JobState, ReadSpec, check_recipient
+from headend.store.lifecycles import JOB, JobEvent, JobState
+from headend.store.records import Job, ReadSpec, check_recipient
 from headend.store.registry import require
 from protocol.codes import ReadMode
 
@@ -57,6 +59,18 @@ class Jobs:
     def __init__(self, db: Db) -> None:
         self.db = db
 
+    def _fire(
+        self,
+        job_id: int,
+        event: JobEvent,
+        sets: str = "",
+        params: tuple[Any, ...] = (),
+        guard: str = "",
+    ) -> bool:
+        return JOB.fire(
+            self.db, "job", {"job_id": job_id}, event, f"job {job_id}", sets, params, guard
+        )
+
     def enqueue(self, spec: ReadSpec, requester: str, now_ms: int) -> int:
         """Queue an on-demand read; returns the job id. The service picks it up."""
         check_recipient(requester)
@@ -74,7 +88,7 @@ class Jobs:
                     spec.what,
                     int(spec.source),
                     requester,
-                    JobState.QUEUED.value,
+                    JOB.start.value,
                     now_ms,
                 ),
             )
@@ -107,35 +121,46 @@ class Jobs:
         claimed: list[Job] = []
         with self.db.transaction():
             for (jid,) in self.db.query(
-                "SELECT job_id FROM job WHERE state = 'queued' ORDER BY job_id LIMIT ?", (limit,)
+                f"SELECT job_id FROM job WHERE {JOB.sql_where(JobEvent.CLAIM)} "
+                "ORDER BY job_id LIMIT ?",
+                (limit,),
             ):
-                if self.db.execute(
-                    "UPDATE job SET worker = ?, state = 'sent', created_ms = CASE "
-                    "WHEN created_ms = 0 THEN ? ELSE created_ms END "
-                    "WHERE job_id = ? AND state = 'queued'",
-                    (worker, now_ms, int(jid)),
-                ):
-                    claimed.append(self.get(int(jid)))
+                try:
+                    self._fire(
+                        int(jid),
+                        JobEvent.CLAIM,
+                        ", worker = ?, created_ms = CASE WHEN created_ms = 0 THEN ? "
+                        "ELSE created_ms END",
+                        (worker, now_ms),
+                    )
+                except IllegalTransition:
+                    continue  # another worker claimed it first
+                claimed.append(self.get(int(jid)))
         return claimed
 
     def sent(self, job_id: int, seq: int, now_ms: int, deadline_ms: int) -> None:
-        """Record one attempt of a job's read_request (a retry forgets the parts seen)."""
+        """Record one attempt of a job's read_request (a retry forgets the parts seen).
+
+        Raises IllegalTransition if the job is no longer waiting for an answer.
+        """
         with self.db.transaction():
             rows = self.db.query("SELECT seqs FROM job WHERE job_id = ?", (job_id,))
             if not rows:
                 raise InvalidData(f"no job {job_id}")
-            self.db.execute(
-                "UPDATE job SET state = 'sent', seqs = ?, attempts = attempts + 1, "
-                "sent_ms = COALESCE(sent_ms, ?), deadline_ms = ?, parts = 0, parts_seen = '', "
-                "result = NULL WHERE job_id = ?",
-                (add_seq(rows[0][0], seq), now_ms, deadline_ms, job_id),
+            self._fire(
+                job_id,
+                JobEvent.SEND,
+                ", seqs = ?, attempts = attempts + 1, sent_ms = COALESCE(sent_ms, ?), "
+                "deadline_ms = ?, parts = 0, parts_seen = '', result = NULL",
+                (add_seq(rows[0][0], seq), now_ms, deadline_ms),
             )
 
     def for_reply(self, meter_id: int, seq: int) -> Job | None:
-        """The open job of a meter that sent a request under ``seq``, if any."""
+        """The job of a meter, still waiting for its answer, that sent a request under ``seq``."""
         with self.db.transaction(write=False):
             rows = self.db.query(
-                f"SELECT {_COLS} FROM job WHERE meter_id = ? AND state = 'sent'", (meter_id,)
+                f"SELECT {_COLS} FROM job WHERE meter_id = ? AND {JOB.sql_where(JobEvent.PART)}",
+                (meter_id,),
             )
         for r in rows:
             job = _job(r)
@@ -150,30 +175,37 @@ class Jobs:
             if not rows:
                 raise InvalidData(f"no job {job_id}")
             seen = sorted({*seqs(rows[0][0]), part})
-            self.db.execute(
-                "UPDATE job SET parts = ?, parts_seen = ?, result = ? WHERE job_id = ?",
-                (parts, ",".join(map(str, seen)), result, job_id),
+            self._fire(
+                job_id,
+                JobEvent.PART,
+                ", parts = ?, parts_seen = ?, result = ?",
+                (parts, ",".join(map(str, seen)), result),
             )
             return self.get(job_id)
 
-    def finish(self, job_id: int, state: JobState, now_ms: int, trouble: str | None = None) -> bool:
-        """Close a sent job as done or failed (once: False if it was closed already)."""
-        if state not in (JobState.DONE, JobState.FAILED):
-            raise InvalidData(f"a job finishes done or failed, not {state}")
-        with self.db.transaction():
-            return bool(
-                self.db.execute(
-                    "UPDATE job SET state = ?, done_ms = ?, latency_ms = ? - created_ms, "
-                    "trouble = ? WHERE job_id = ? AND state = 'sent'",
-                    (state.value, now_ms, now_ms, trouble, job_id),
-                )
-            )
+    def complete(self, job_id: int, now_ms: int) -> None:
+        """The last part is in: done, latency (queued -> complete) recorded."""
+        self._fire(
+            job_id,
+            JobEvent.COMPLETE,
+            ", done_ms = ?, latency_ms = ? - created_ms",
+            (now_ms, now_ms),
+        )
+
+    def fail(self, job_id: int, now_ms: int, trouble: str) -> None:
+        """The job failed (``trouble`` says why)."""
+        self._fire(
+            job_id,
+            JobEvent.FAIL,
+            ", done_ms = ?, latency_ms = ? - created_ms, trouble = ?",
+            (now_ms, now_ms, trouble),
+        )
 
     def overdue(self, worker: str, now_ms: int) -> list[Job]:
-        """This worker's sent jobs whose answer is overdue."""
+        """This worker's jobs whose answer is overdue (retried or failed now)."""
         with self.db.transaction(write=False):
             rows = self.db.query(
-                f"SELECT {_COLS} FROM job WHERE state = 'sent' AND worker = ? "
+                f"SELECT {_COLS} FROM job WHERE {JOB.sql_where(JobEvent.FAIL)} AND worker = ? "
                 "AND deadline_ms <= ? ORDER BY job_id",
                 (worker, now_ms),
             )
@@ -181,18 +213,19 @@ class Jobs:
 
     def requeue_orphans(self, worker: str) -> int:
         """At start-up: jobs this worker had sent before a restart are queued again."""
+        event = JobEvent.REQUEUE
         with self.db.transaction():
             return self.db.execute(
-                "UPDATE job SET state = 'queued' WHERE state = 'sent' AND worker = ?", (worker,)
+                f"UPDATE job SET {JOB.sql_set(event)} WHERE {JOB.sql_where(event)} AND worker = ?",
+                (worker,),
             )
 
     def acknowledge(self, job_id: int, now_ms: int) -> bool:
-        """The requester acknowledged the job's result (once)."""
-        with self.db.transaction():
-            return bool(
-                self.db.execute(
-                    "UPDATE job SET requester_ack_ms = ? WHERE job_id = ? "
-                    "AND requester_ack_ms IS NULL AND state IN ('done', 'failed')",
-                    (now_ms, job_id),
-                )
-            )
+        """The requester acknowledged the job's result; False if it had already."""
+        return self._fire(
+            job_id,
+            JobEvent.ACK,
+            ", requester_ack_ms = ?",
+            (now_ms,),
+            " AND requester_ack_ms IS NULL",
+        )

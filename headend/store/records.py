@@ -1,5 +1,8 @@
 """Rows of the operational tables (schema v2) as frozen, validated values.
 
+(The states of jobs and schedules, and their transition tables, are in
+`lifecycles.py`; they are re-exported here with the rows that carry them.)
+
 The meter-data rows (intervals, registers, events) are in `base`; these are
 the ADCS's own records: schedules per meter and slot, on-demand read jobs,
 the activity log, event routes and deliveries to recipients. Times here are
@@ -15,29 +18,24 @@ from dataclasses import dataclass
 
 from headend.errors import InvalidData
 from headend.store.base import DAY_S, U32_MAX, Source
+from headend.store.lifecycles import JobState, ScheduleState
 from protocol.codes import NSLOTS, WHAT_ALL, ReadMode, SlotAction
 
+__all__ = [
+    "Activity",
+    "Delivery",
+    "DeliveryState",
+    "Job",
+    "JobState",
+    "ReadSpec",
+    "Route",
+    "Schedule",
+    "ScheduleSpec",
+    "ScheduleState",
+    "check_recipient",
+]
+
 _RECIPIENT = re.compile(r"^[A-Za-z0-9_.:@-]{1,64}$")
-
-
-class ScheduleState(enum.StrEnum):
-    """Where a schedule is between the head-end and the meter (H02, H07)."""
-
-    PENDING = "pending"  # written, not sent yet (the service sends it)
-    SENT = "sent"  # sent, ack not yet received
-    ACKED = "acked"  # the meter acknowledged it (status 0)
-    NACKED = "nacked"  # the meter refused it (reason recorded); nothing applied
-    FLAGGED = "flagged"  # no ack within the timeout: flagged and re-sent
-    CANCELLED = "cancelled"  # a cancel the meter acknowledged
-
-
-class JobState(enum.StrEnum):
-    """Life of an on-demand read (H05, H06)."""
-
-    QUEUED = "queued"
-    SENT = "sent"
-    DONE = "done"
-    FAILED = "failed"
 
 
 class DeliveryState(enum.StrEnum):

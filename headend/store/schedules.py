@@ -3,6 +3,8 @@
 Table ``schedule`` (schema v2). Whoever changes a schedule (the evening
 assignment, an operator's CLI, a party's API call) writes it as *pending*
 with its source; the service sends it and records the meter's answer.
+Every state change is an event of the `SCHEDULE` lifecycle
+(`lifecycles.py`), applied by a conditional UPDATE derived from its table.
 Every method is one transaction (re-entrant).
 """
 
@@ -13,7 +15,8 @@ from typing import Any
 
 from headend.errors import InvalidData
 from headend.store.db import Db, Row, add_seq, marks, opt, seqs
-from headend.store.records import Schedule, ScheduleSpec, ScheduleState
+from headend.store.lifecycles import SCHEDULE, ScheduleEvent, ScheduleState
+from headend.store.records import Schedule, ScheduleSpec
 from headend.store.registry import require
 
 _COLS = (
@@ -50,17 +53,19 @@ class Schedules:
         """Write a schedule (set, update or cancel) as pending; the service sends it."""
         if not source:
             raise InvalidData("a schedule needs its source (system or party)")
+        write = ScheduleEvent.WRITE
         with self.db.transaction():
             require(self.db, spec.meter_id)
-            self.db.execute(
+            n = self.db.execute(
                 f"INSERT INTO schedule ({_COLS}) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '', 0, ?, NULL, NULL, NULL, NULL) "
                 "ON CONFLICT (meter_id, slot) DO UPDATE SET period_s = excluded.period_s, "
                 "offset_s = excluded.offset_s, start_s = excluded.start_s, end_s = excluded.end_s, "
                 "what = excluded.what, cancel = excluded.cancel, source = excluded.source, "
-                "state = excluded.state, seqs = '', attempts = 0, "
+                f"{SCHEDULE.sql_set(write, 'schedule.state')}, seqs = '', attempts = 0, "
                 "requested_ms = excluded.requested_ms, sent_ms = NULL, acked_ms = NULL, "
-                "flagged_ms = NULL, reason = NULL",
+                "flagged_ms = NULL, reason = NULL "
+                f"WHERE {SCHEDULE.sql_where(write, 'schedule.state')}",
                 (
                     spec.meter_id,
                     spec.slot,
@@ -71,10 +76,16 @@ class Schedules:
                     spec.what,
                     int(spec.cancel),
                     source,
-                    ScheduleState.PENDING.value,
+                    SCHEDULE.start.value,
                     now_ms,
                 ),
             )
+            if not n:  # a state the table lets no write into: say which
+                (state,) = self.db.query(
+                    "SELECT state FROM schedule WHERE meter_id = ? AND slot = ?",
+                    (spec.meter_id, spec.slot),
+                )[0]
+                SCHEDULE.next(ScheduleState(state), write, _what(spec.meter_id, spec.slot))
 
     def find(
         self, meter_id: int | None = None, states: Iterable[ScheduleState] = ()
@@ -96,56 +107,59 @@ class Schedules:
             )
         return [_schedule(r) for r in rows]
 
-    def sent(self, meter_id: int, slot: int, seq: int, now_ms: int, flag: bool) -> bool:
-        """Record a send (or a re-send after a missing ack when ``flag``); False if superseded."""
+    def sent(self, meter_id: int, slot: int, seq: int, now_ms: int, event: ScheduleEvent) -> None:
+        """Record a send (SEND) or a re-send after a missing ack (RESEND, flagged).
+
+        Raises IllegalTransition if the schedule moved on meanwhile (rewritten,
+        answered, or sent by another worker).
+        """
+        if event not in (ScheduleEvent.SEND, ScheduleEvent.RESEND):
+            raise InvalidData(
+                f"a send is {ScheduleEvent.SEND} or {ScheduleEvent.RESEND}, not {event}"
+            )
         with self.db.transaction():
             rows = self.db.query(
-                "SELECT state, seqs FROM schedule WHERE meter_id = ? AND slot = ?", (meter_id, slot)
+                "SELECT seqs FROM schedule WHERE meter_id = ? AND slot = ?", (meter_id, slot)
             )
-            if not rows or rows[0][0] not in ("pending", "sent", "flagged"):
-                return False
-            state = ScheduleState.FLAGGED if flag else ScheduleState.SENT
-            self.db.execute(
-                "UPDATE schedule SET state = ?, seqs = ?, attempts = attempts + 1, sent_ms = ?, "
-                "flagged_ms = CASE WHEN ? = 1 THEN ? ELSE flagged_ms END "
-                "WHERE meter_id = ? AND slot = ?",
-                (state.value, add_seq(rows[0][1], seq), now_ms, int(flag), now_ms, meter_id, slot),
+            if not rows:
+                raise InvalidData(f"no {_what(meter_id, slot)}")
+            flagged = ", flagged_ms = ?" if event is ScheduleEvent.RESEND else ""
+            self._fire(
+                meter_id,
+                slot,
+                event,
+                f", seqs = ?, attempts = attempts + 1, sent_ms = ?{flagged}",
+                (add_seq(rows[0][0], seq), now_ms, *((now_ms,) if flagged else ())),
             )
-        return True
 
-    def answered(self, meter_id: int, seq: int, status: int, now_ms: int) -> Schedule | None:
-        """Record the meter's answer (status 0 = ack, else the nack reason) to the send
-        under ``seq``; returns the schedule as it was, or None if no open one matches."""
-        with self.db.transaction():
+    def awaiting(self, meter_id: int, seq: int) -> Schedule | None:
+        """The schedule of a meter, waiting for an answer, that was sent under ``seq``."""
+        with self.db.transaction(write=False):
             rows = self.db.query(
                 f"SELECT {_COLS} FROM schedule WHERE meter_id = ? "
-                "AND state IN ('sent', 'flagged') ORDER BY slot",
+                f"AND {SCHEDULE.sql_where(ScheduleEvent.ACK)} ORDER BY slot",
                 (meter_id,),
             )
-            for r in rows:
-                sched = _schedule(r)
-                if seq not in sched.seqs:
-                    continue
-                if status:
-                    new = ScheduleState.NACKED
-                elif sched.spec.cancel:
-                    new = ScheduleState.CANCELLED
-                else:
-                    new = ScheduleState.ACKED
-                self.db.execute(
-                    "UPDATE schedule SET state = ?, acked_ms = ?, reason = ? "
-                    "WHERE meter_id = ? AND slot = ?",
-                    (new.value, now_ms, status or None, meter_id, sched.spec.slot),
-                )
+        for r in rows:
+            sched = _schedule(r)
+            if seq in sched.seqs:
                 return sched
         return None
 
-    def reopen(self, meter_id: int, slot: int) -> None:
-        """A nacked send that says nothing about the schedule (replay, busy): back to
-        ``sent``, so the missing-ack check re-sends it after the timeout."""
-        with self.db.transaction():
-            self.db.execute(
-                "UPDATE schedule SET state = 'sent', acked_ms = NULL "
-                "WHERE meter_id = ? AND slot = ? AND state = 'nacked'",
-                (meter_id, slot),
-            )
+    def answer(
+        self, meter_id: int, slot: int, event: ScheduleEvent, now_ms: int, reason: int | None
+    ) -> None:
+        """Record the meter's answer: ACK, ACK_CANCEL, NACK (``reason``), or BUSY (a nack
+        that says nothing about the schedule: it waits for the next re-send)."""
+        acked = None if event is ScheduleEvent.BUSY else now_ms
+        self._fire(meter_id, slot, event, ", acked_ms = ?, reason = ?", (acked, reason))
+
+    def _fire(
+        self, meter_id: int, slot: int, event: ScheduleEvent, sets: str, params: tuple[Any, ...]
+    ) -> None:
+        key = {"meter_id": meter_id, "slot": slot}
+        SCHEDULE.fire(self.db, "schedule", key, event, _what(meter_id, slot), sets, params)
+
+
+def _what(meter_id: int, slot: int) -> str:
+    return f"schedule of meter {meter_id} slot {slot}"

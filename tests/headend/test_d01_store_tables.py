@@ -11,9 +11,11 @@ import threading
 
 import pytest
 
+from headend.adcs.scheduling import answer_event
 from headend.context import Ctx
-from headend.errors import InvalidData, UnknownMeter
+from headend.errors import IllegalTransition, InvalidData, UnknownMeter
 from headend.store import Channel, ChannelKind, Meter, SqlStore, Unit, open_store
+from headend.store.lifecycles import ScheduleEvent
 from headend.store.migrations import latest_version
 from headend.store.records import (
     DeliveryState,
@@ -22,6 +24,7 @@ from headend.store.records import (
     ScheduleSpec,
     ScheduleState,
 )
+from protocol.codes import Nack
 from tests.headend.conftest import ctx_of, open_at
 
 T0 = 1_711_929_600
@@ -94,30 +97,48 @@ def test_h01_unscheduled_until_placed(ctx: Ctx) -> None:
     assert ctx.registry.group_of(1) == (4, 4000)
 
 
+def _answer(ctx: Ctx, meter_id: int, seq: int, status: int, now_ms: int) -> bool:
+    """The meter's answer to the send under ``seq``, as the ADCS records it."""
+    sched = ctx.schedules.awaiting(meter_id, seq)
+    if sched is None:
+        return False
+    event = answer_event(status, sched.spec.cancel)
+    ctx.schedules.answer(meter_id, sched.spec.slot, event, now_ms, status or None)
+    return True
+
+
 def test_h02_schedule_lifecycle_ack_once(ctx: Ctx) -> None:
     ctx.schedules.put(ScheduleSpec(1, 0, offset_s=3600), "system:test", 100)
     (s,) = ctx.schedules.find(1)
     assert (s.state, s.source, s.attempts) == (ScheduleState.PENDING, "system:test", 0)
-    assert ctx.schedules.sent(1, 0, 41, 200, flag=False)
-    assert ctx.schedules.sent(1, 0, 42, 300, flag=True)  # missing ack: flagged, re-sent
+    ctx.schedules.sent(1, 0, 41, 200, ScheduleEvent.SEND)
+    with pytest.raises(IllegalTransition, match="'send' is not allowed in state sent"):
+        ctx.schedules.sent(1, 0, 42, 250, ScheduleEvent.SEND)  # sent once (another worker)
+    ctx.schedules.sent(1, 0, 42, 300, ScheduleEvent.RESEND)  # missing ack: flagged, re-sent
     (s,) = ctx.schedules.find(1)
     assert (s.state, s.seqs, s.attempts, s.flagged_ms) == (ScheduleState.FLAGGED, (41, 42), 2, 300)
-    assert ctx.schedules.answered(1, 41, 0, 350) is not None  # a late ack of the first send
-    assert ctx.schedules.answered(1, 42, 0, 360) is None  # recorded once
+    assert _answer(ctx, 1, 41, 0, 350)  # a late ack of the first send
+    assert not _answer(ctx, 1, 42, 0, 360)  # recorded once
     (s,) = ctx.schedules.find(1)
     assert (s.state, s.acked_ms) == (ScheduleState.ACKED, 350)
-    assert ctx.schedules.answered(2, 41, 0, 400) is None  # another meter's seq
+    assert not _answer(ctx, 2, 41, 0, 400)  # another meter's seq
+    with pytest.raises(IllegalTransition, match="schedule of meter 1 slot 0: 'nack'"):
+        ctx.schedules.answer(1, 0, ScheduleEvent.NACK, 410, 7)
 
 
-def test_h07_cancel_and_nack_states(ctx: Ctx) -> None:
+def test_h07_cancel_busy_and_nack_states(ctx: Ctx) -> None:
     ctx.schedules.put(ScheduleSpec(1, 2, period_s=3600, offset_s=60), "party:utility-a", 1)
-    ctx.schedules.sent(1, 2, 7, 2, flag=False)
-    ctx.schedules.answered(1, 7, 7, 3)  # bad_parameter
+    ctx.schedules.sent(1, 2, 6, 2, ScheduleEvent.SEND)
+    assert _answer(ctx, 1, 6, Nack.BUSY, 3)  # says nothing about the schedule: still open
     (s,) = ctx.schedules.find(1)
-    assert (s.state, s.reason) == (ScheduleState.NACKED, 7)
-    ctx.schedules.put(ScheduleSpec(1, 2, cancel=True), "party:utility-a", 4)
-    ctx.schedules.sent(1, 2, 8, 5, flag=False)
-    ctx.schedules.answered(1, 8, 0, 6)
+    assert (s.state, s.reason, s.acked_ms) == (ScheduleState.SENT, Nack.BUSY, None)
+    ctx.schedules.sent(1, 2, 7, 4, ScheduleEvent.RESEND)
+    assert _answer(ctx, 1, 7, Nack.BAD_PARAMETER, 5)
+    (s,) = ctx.schedules.find(1)
+    assert (s.state, s.reason) == (ScheduleState.NACKED, Nack.BAD_PARAMETER)
+    ctx.schedules.put(ScheduleSpec(1, 2, cancel=True), "party:utility-a", 6)
+    ctx.schedules.sent(1, 2, 8, 7, ScheduleEvent.SEND)
+    assert _answer(ctx, 1, 8, 0, 8)
     (s,) = ctx.schedules.find(1)
     assert s.state is ScheduleState.CANCELLED and s.spec.cancel
 
@@ -150,8 +171,13 @@ def test_h05_job_is_claimed_by_one_worker(backend: str, ctx: Ctx, store_at: list
     ctx.jobs.sent(j.job_id, 9, 1100, 1500)
     assert ctx.jobs.for_reply(1, 9) is not None and ctx.jobs.for_reply(2, 9) is None
     assert [x.job_id for x in ctx.jobs.overdue("w1", 1500)] == [j.job_id]
-    assert ctx.jobs.finish(j.job_id, JobState.DONE, 1600)
-    assert not ctx.jobs.finish(j.job_id, JobState.FAILED, 1700)  # closed once
+    with pytest.raises(
+        IllegalTransition, match=f"job {j.job_id}: 'ack' is not allowed in state sent"
+    ):
+        ctx.jobs.acknowledge(j.job_id, 1550)  # nothing to acknowledge yet
+    ctx.jobs.complete(j.job_id, 1600)
+    with pytest.raises(IllegalTransition, match="'fail' is not allowed in state done"):
+        ctx.jobs.fail(j.job_id, 1700, "late")  # closed once
     j = ctx.jobs.get(j.job_id)
     assert (j.state, j.latency_ms) == (JobState.DONE, 600)
     assert ctx.jobs.acknowledge(j.job_id, 1800) and not ctx.jobs.acknowledge(j.job_id, 1900)
