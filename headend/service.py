@@ -148,7 +148,8 @@ class Service:
 
     # -- I/O ---------------------------------------------------------------------------------
 
-    async def _deliver(self, up: Uplink) -> None:
+    async def deliver(self, up: Uplink) -> None:
+        """Handle one uplink as if it came in on ``up.transport`` (the links call this)."""
         try:
             await self._handle(up)
         except Exception:
@@ -228,9 +229,9 @@ class Service:
         await self.call(lambda core: None)  # open (and migrate) the store first
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self.mqtt.run(self._deliver))
+                tg.create_task(self.mqtt.run(self.deliver))
                 for s in self.serials:
-                    tg.create_task(s.run(self._deliver))
+                    tg.create_task(s.run(self.deliver))
                 tg.create_task(self._ticker())
                 self.ready.set()
         finally:

@@ -36,18 +36,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from headend.adcs import ondemand
-from headend.config import parse_hhmm
-from headend.errors import StoreError
-from headend.store import Source, SqlStore, open_store
-from headend.store.records import JobState, ReadSpec
+from headend.api import Headend, JobState, ReadMode, ReadSpec, Source, StoreError, parse_hhmm
 from hil.fleet import DEFAULT_SPEED, DEFAULT_START, FIRST_ID, INSTALL_S, timeline
 from hil.fleet_meter import NO_SYNC_FAILED_PUSH
 from hil.fleet_profile import DAY, DEFAULT_MIX, ProfileError
 from hil.fleet_time import TimeBase, iso, parse_utc
 from hil.loadprofile import DEFAULT_CSV
 from hil.rig import Rig
-from protocol.codes import ReadMode
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_START = parse_utc(DEFAULT_START)
@@ -104,16 +99,16 @@ class Snapshots:
     def __init__(self, db_url: str) -> None:
         self.db_url = db_url
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="fleet-count")
-        self._store: SqlStore | None = None
+        self._store: Headend | None = None
 
     def _complete(self, meter_ids: list[int], days: list[int]) -> set[tuple[int, int]]:
         if self._store is None:
-            self._store = open_store(self.db_url, migrate=False)
+            self._store = Headend.open(self.db_url)
         store = self._store
         out: set[tuple[int, int]] = set()
         lo, hi = min(days), max(days) + DAY
         want = set(days)
-        known = set(store.meter_ids())
+        known = set(store.meters())
         for mid in meter_ids:
             if mid not in known:
                 continue
@@ -404,9 +399,7 @@ class FleetRun:
             )
             now_ms = tb.now_ms()
             self.recovery_jobs.append(
-                await rig.call(
-                    lambda ctx, s=spec, t=now_ms: ondemand.request_read(ctx, s, "recovery", t)
-                )
+                await rig.call(lambda he, s=spec, t=now_ms: he.request_read(s, "recovery", t))
             )
         self.say(
             f"run: {iso(tb.now())}  after the last window: {len(have)}/{len(self.tally.expected)}"

@@ -320,6 +320,6 @@ class FleetMeter:
 
 def key_for(master: bytes) -> Callable[[int], bytes]:
     """meter id -> key, as the head-end derives it (headend.keys)."""
-    from headend.keys import meter_key
+    from headend.api import meter_key
 
     return lambda mid: meter_key(master, mid)

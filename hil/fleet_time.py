@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from headend.clock import Clock
+from headend.api import Clock
 
 
 def parse_utc(text: str) -> int:

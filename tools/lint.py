@@ -173,6 +173,47 @@ def check_asserts(tree: ast.Module) -> Iterator[tuple[int, str]]:
             )
 
 
+# --- rule: hil/ uses the head-end only through headend.api --------------------------
+
+HEADEND_API = "headend.api"
+
+
+def _headend_module(module: str) -> bool:
+    return module == "headend" or module.startswith("headend.")
+
+
+@rule("hil-headend-api", lambda rel: rel.startswith("hil/"))
+def check_hil_headend_imports(tree: ast.Module) -> Iterator[tuple[int, str]]:
+    def msg(mod: str) -> str:
+        return (
+            f"imports `{mod}` in hil/ -- the rig is a client of the head-end: import what it "
+            f"needs from `{HEADEND_API}` (add it there if it is missing), so the modules "
+            "behind it can change"
+        )
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if _headend_module(alias.name) and alias.name != HEADEND_API:
+                    yield node.lineno, msg(alias.name)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if node.module == "headend":  # `from headend import api` is the one way in
+                bad = [a.name for a in node.names if a.name != "api"]
+                for name in bad:
+                    yield node.lineno, msg(f"headend.{name}")
+            elif _headend_module(node.module) and node.module != HEADEND_API:
+                yield node.lineno, msg(node.module)
+        elif isinstance(node, ast.Call) and _is_dynamic_import(node.func):
+            arg = node.args[0] if node.args else None
+            if (
+                isinstance(arg, ast.Constant)
+                and isinstance(arg.value, str)
+                and _headend_module(arg.value)
+                and arg.value != HEADEND_API
+            ):
+                yield node.lineno, msg(arg.value)
+
+
 # --- driver ------------------------------------------------------------------------
 
 

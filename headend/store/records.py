@@ -180,6 +180,11 @@ class Job:
     result: str | None
     trouble: str | None
 
+    @property
+    def closed(self) -> bool:
+        """Done or failed: nothing more will happen to it but the requester's ack."""
+        return self.state in (JobState.DONE, JobState.FAILED)
+
 
 @dataclass(frozen=True, slots=True)
 class Activity:

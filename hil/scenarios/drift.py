@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from headend.store.activity import Kind
+from headend.api import Kind
 from hil.rig import Rig
 from hil.scenarios.common import DAY, T0, Options, Progress, collect, compare
 
@@ -93,9 +93,7 @@ async def run(opts: Options) -> dict[str, Any]:
             await rig.board(m).power_cut()
         imgs = {m: rig.board(m).read_flash() for m in rig.meter_ids}
         ev = {m: {code: imgs[m].event_codes(code) for code in (3, 4, 5)} for m in rig.meter_ids}
-        held4 = [
-            e for e in await rig.call(lambda ctx: ctx.store.events(c, start, until)) if e.code == 4
-        ]
+        held4 = [e for e in await rig.call(lambda he: he.events(c, start, until)) if e.code == 4]
         lost = doubled = corrupt = 0
         for m in rig.meter_ids:
             cmp_ = await compare(rig, rig.board(m), start, until)

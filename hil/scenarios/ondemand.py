@@ -20,7 +20,7 @@ import asyncio
 import time
 from typing import Any
 
-from headend.store.records import JobState
+from headend.api import JobState
 from hil.rig import Rig
 from hil.scenarios.common import T0, Options, Progress, percentile
 

@@ -50,7 +50,7 @@ async def run(opts: Options) -> dict[str, Any]:
 
         async def complete() -> bool:
             for m in rig.meter_ids:
-                cov = await rig.call(lambda ctx, m=m: ctx.store.coverage(m, T0, complete_until))
+                cov = await rig.call(lambda he, m=m: he.coverage(m, T0, complete_until))
                 if not cov or not all(c.complete for c in cov):
                     return False
             return True
@@ -78,9 +78,7 @@ async def run(opts: Options) -> dict[str, Any]:
             doubled += cmp_["doubled"]
             corrupt += cmp_["corrupt_records"]
             read_failed += len(b.read_flash().event_codes(7))
-            cov = await rig.call(
-                lambda ctx, m=b.meter_id: ctx.store.coverage(m, T0, complete_until)
-            )
+            cov = await rig.call(lambda he, m=b.meter_id: he.coverage(m, T0, complete_until))
             days += sum(1 for c in cov if c.complete)
         out: dict[str, Any] = {
             "scenario": "outage",

@@ -23,8 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from headend.adcs import scheduling
-from headend.store.records import ScheduleSpec, ScheduleState
+from headend.api import ScheduleSpec, ScheduleState
 from hil.rig import Rig
 from hil.scenarios.common import DAY, T0, Options, Progress
 
@@ -61,7 +60,7 @@ async def run(opts: Options) -> dict[str, Any]:
         now_ms = rig.clock.now_ms()
         for m in rig.meter_ids:
             spec = ScheduleSpec(m, 1, period_s=H, offset_s=0, start=day + 60, end=day + DAY)
-            await rig.call(lambda ctx, s=spec: scheduling.set_schedule(ctx, s, SOURCE, now_ms))
+            await rig.call(lambda he, s=spec: he.set_schedule(s, SOURCE, now_ms))
         p("slot 1 set: hourly on day 1; default read from the evening assignment")
         await rig.until(day + 5 * H + 45 * 60)
         for b in rig.board_list:
@@ -74,7 +73,7 @@ async def run(opts: Options) -> dict[str, Any]:
 
         async def day_complete() -> bool:
             for m in rig.meter_ids:
-                cov = await rig.call(lambda ctx, m=m: ctx.store.coverage(m, day, day + DAY))
+                cov = await rig.call(lambda he, m=m: he.coverage(m, day, day + DAY))
                 if not cov or not cov[0].complete:
                     return False
             return True
@@ -88,7 +87,7 @@ async def run(opts: Options) -> dict[str, Any]:
         expected |= {(day + (k - 1) * H, day + k * H) for k in range(8, 24)}
         daily = (day, day + DAY)
         got_all: dict[int, set[tuple[int, int]]] = {m: spans(rig, m) for m in rig.meter_ids}
-        scheds = await rig.call(lambda ctx: ctx.schedules.find())
+        scheds = await rig.call(lambda he: he.schedules())
         for b in rig.board_list:
             await b.power_cut()
         missing = unexpected = 0
