@@ -98,6 +98,14 @@ class Core:
             self._reject(up, None, e.kind, str(e), now_ms)
             return Outbox()
         mid = fields["meter_id"]
+        _log.debug(
+            "meter %s: %s seq %s, %d bytes via %s",
+            mid,
+            fields["type"],
+            fields["seq"],
+            len(up.frame),
+            up.transport,
+        )
         try:
             with ctx.db.transaction():
                 return self._handle(up, fields, now_ms)

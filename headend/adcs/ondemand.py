@@ -15,6 +15,7 @@ the read cannot be answered (not_held, bad_parameter) fails the job at once.
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from headend.context import Ctx
@@ -25,6 +26,8 @@ from headend.outbox import Outbox
 from headend.store.activity import Kind
 from headend.store.records import Job, ReadSpec
 from protocol.codes import READ_FINAL_NACKS, ReadMode, nack_name
+
+log = logging.getLogger(__name__)
 
 
 def describe(spec: ReadSpec) -> str:
@@ -74,6 +77,7 @@ def _attempt(ctx: Ctx, job: Job, now_ms: int, out: Outbox, why: str | None) -> N
     else:
         text = f"job {job.job_id}: {why}; retry as seq {seq} (attempt {n})"
         ctx.activity.log(now_ms, Kind.READ_RETRY, text, mid, str(job.job_id))
+    log.debug("meter %s: %s", mid, text)
     out.send(mid, frame, meter.transport)
 
 
@@ -81,6 +85,7 @@ def start_jobs(ctx: Ctx, now_ms: int) -> Outbox:
     """Claim queued jobs for this worker and send their first read_request."""
     out = Outbox()
     for job in ctx.jobs.claim(ctx.config.worker, now_ms):
+        log.debug("meter %s: job %s claimed by %s", job.spec.meter_id, job.job_id, job.worker)
         with ctx.db.transaction():
             _attempt(ctx, job, now_ms, out, None)
     return out
@@ -99,6 +104,7 @@ def on_part(ctx: Ctx, job: Job, body: dict[str, Any], data: dict[str, Any], now_
     except IllegalTransition:
         return  # failed meanwhile by its worker's timeout: the data is stored all the same
     latency = now_ms - job.created_ms
+    log.info("meter %s: job %s done in %.1f s", job.spec.meter_id, job.job_id, latency / 1000)
     ctx.activity.log(
         now_ms,
         Kind.READ_DONE,
@@ -129,6 +135,7 @@ def _fail(ctx: Ctx, job: Job, trouble: str, now_ms: int) -> None:
     except IllegalTransition:
         return  # completed meanwhile (a late answer on another worker)
     mid = job.spec.meter_id
+    log.info("meter %s: job %s failed: %s", mid, job.job_id, trouble)
     ctx.activity.log(now_ms, Kind.READ_FAILED, f"job {job.job_id}: {trouble}", mid, str(job.job_id))
     body = {"job": job.job_id, "state": "failed", "meter": mid, "trouble": trouble}
     notify(ctx, job.requester, "read", body, now_ms, job_id=job.job_id)

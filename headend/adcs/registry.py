@@ -9,6 +9,7 @@ schedule again (a reset meter may have lost it).
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any
 
 from headend.context import Ctx
@@ -18,6 +19,8 @@ from headend.store import Channel, Meter
 from headend.store.activity import Kind
 from headend.store.records import ScheduleSpec
 from protocol.codes import RegisterStatus
+
+log = logging.getLogger(__name__)
 
 
 def meter_from_register(fields: dict[str, Any], transport: str, now_ms: int) -> Meter:
@@ -66,6 +69,7 @@ def on_register(ctx: Ctx, fields: dict[str, Any], transport: str, now_ms: int) -
     )
     what = "registered" if old is None else "re-registered"
     where = "unscheduled" if grp is None else f"read group {ctx.window.label(grp)}"
+    log.info("meter %s %s via %s (fw %s, %s)", mid, what, transport, meter.fw_version, where)
     ctx.activity.log(
         now_ms,
         Kind.REGISTERED,

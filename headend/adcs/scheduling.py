@@ -70,8 +70,17 @@ def set_schedule(ctx: Ctx, spec: ScheduleSpec, source: str, now_ms: int) -> None
 
 
 def cancel_schedule(ctx: Ctx, meter_id: int, slot: int, source: str, now_ms: int) -> None:
-    """Cancel a non-default slot (slot 0, the daily read, cannot be cancelled)."""
-    set_schedule(ctx, ScheduleSpec(meter_id, slot, cancel=True), source, now_ms)
+    """Cancel a non-default slot (slot 0, the daily read, cannot be cancelled).
+
+    Raises:
+        UnknownMeter, InvalidData (also: the slot was never set): nothing is written.
+    """
+    spec = ScheduleSpec(meter_id, slot, cancel=True)
+    with ctx.db.transaction():
+        ctx.registry.get(meter_id)
+        if not any(s.spec.slot == slot for s in ctx.schedules.find(meter_id)):
+            raise InvalidData(f"meter {meter_id} has no schedule in slot {slot}: nothing to cancel")
+        set_schedule(ctx, spec, source, now_ms)
 
 
 def next_assignment(config: Config, after_ms: int) -> int:

@@ -70,10 +70,14 @@ class ActivityLog:
         kinds: Sequence[str] = (),
         since_ms: int = 0,
         limit: int = 1000,
+        newest: bool = False,
+        after_id: int = 0,
     ) -> list[Activity]:
-        """Lines, oldest first (the first ``limit`` from ``since_ms``)."""
-        where = ["at_ms >= ?"]
-        params: list[Any] = [since_ms]
+        """Lines, oldest first: the first ``limit`` from ``since_ms``, or with
+        ``newest`` the last ``limit``. ``after_id``: only lines logged after that one
+        (to follow the log)."""
+        where = ["at_ms >= ?", "activity_id > ?"]
+        params: list[Any] = [since_ms, after_id]
         if meter_id is not None:
             where.append("meter_id = ?")
             params.append(meter_id)
@@ -83,7 +87,10 @@ class ActivityLog:
         with self.db.transaction(write=False):
             rows = self.db.query(
                 "SELECT activity_id, at_ms, meter_id, kind, detail, ref FROM activity "
-                f"WHERE {' AND '.join(where)} ORDER BY activity_id LIMIT ?",
+                f"WHERE {' AND '.join(where)} "
+                f"ORDER BY activity_id {'DESC' if newest else ''} LIMIT ?",
                 [*params, limit],
             )
+        if newest:
+            rows.reverse()
         return [Activity(int(i), int(a), opt(m), k, d, r) for i, a, m, k, d, r in rows]

@@ -6,6 +6,9 @@ opened directly, reads queued and waited for, and the schema guard.
 
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
+
 import pytest
 
 from headend import api
@@ -37,6 +40,11 @@ def test_h05_api_queues_a_read_and_waits_for_it(sqlite_url: str) -> None:
         assert he.coverage(7, T0, T0 + 86400)[0].present == 0
 
 
-def test_h05_api_refuses_a_database_at_another_schema(tmp_path: object) -> None:
-    with pytest.raises(api.SchemaError, match="run migrate"):
+def test_h05_api_refuses_a_database_at_another_schema_and_creates_none(tmp_path: Path) -> None:
+    with pytest.raises(api.MissingDatabase, match="no database"):
+        api.Headend.open(f"sqlite:///{tmp_path}/none.db")
+    assert not (tmp_path / "none.db").exists()
+    sqlite3.connect(tmp_path / "empty.db").close()
+    with pytest.raises(api.SchemaError, match="schema version 0, expected 2") as e:
         api.Headend.open(f"sqlite:///{tmp_path}/empty.db")
+    assert (e.value.have, e.value.want) == (0, 2)
