@@ -22,6 +22,7 @@ from headend.cli.common import (
     table,
     zone,
 )
+from protocol.codes import WHAT_ALL, What
 
 
 def add(sub: Sub, common: argparse.ArgumentParser) -> None:
@@ -33,7 +34,10 @@ def add(sub: Sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--end", help="period read until (exclusive)")
     p.add_argument("--since-ack", action="store_true", help="everything since the last acked read")
     p.add_argument(
-        "--what", type=int, default=15, help="bits: 1 intervals, 2 registers, 4 midnight, 8 events"
+        "--what",
+        type=int,
+        default=WHAT_ALL,
+        help="bits: " + ", ".join(f"{int(w)} {(w.name or '').lower()}" for w in What),
     )
     p.add_argument("--requester", default="cli", help="who asks (gets the result; default cli)")
     p.add_argument("--tz", help="time zone of --start/--end (default: report_tz)")

@@ -21,7 +21,7 @@ from headend.cli.common import (
     when,
     zone,
 )
-from protocol.codes import nack_name
+from protocol.codes import WHAT_ALL, nack_name
 
 
 def add(sub: Sub, common: argparse.ArgumentParser) -> None:
@@ -38,7 +38,9 @@ def add(sub: Sub, common: argparse.ArgumentParser) -> None:
     )
     ss.add_argument("--start", help="first day/time (ISO, --tz); default now")
     ss.add_argument("--end", help="last day/time (ISO); default ongoing")
-    ss.add_argument("--what", type=int, default=15, help="what to send (bits, default 15 = all)")
+    ss.add_argument(
+        "--what", type=int, default=WHAT_ALL, help=f"what to send (bits, default {WHAT_ALL} = all)"
+    )
     ss.add_argument("--source", required=True, help="the system or party asking (logged)")
     ss.add_argument("--tz", help="time zone of --start/--end")
     sl = ssub.add_parser("list", help="schedules and their ack state", parents=[common])
