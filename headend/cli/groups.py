@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from headend.adcs import scheduling
+from headend.adcs.groups import imbalance
 from headend.api import Config
 from headend.cli.common import OK, Sub, add_command, emit, now_ms, open_headend, table
 
@@ -34,6 +35,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         "capacity": w.capacity,
         "unscheduled": waiting,
         "assigned_now": len(placed),
+        "imbalance": imbalance(w, loads),
         "groups": groups,
     }
     emit(
@@ -47,7 +49,8 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
                     for g in groups
                 ],
             )
-            + f"\nunscheduled: {waiting}"
+            + f"\nunscheduled: {waiting}; imbalance (largest - smallest group): "
+            + str(data["imbalance"])
             + (f"; placed now: {len(placed)}" if args.assign else "")
         ),
     )

@@ -199,7 +199,8 @@ def test_h01_cli_groups_loads_and_assign(capsys: pytest.CaptureFixture[str], db:
     assert d["unscheduled"] == 2 and len(d["groups"]) == 24  # 00:01-08:00 in 20 min
     assert d["groups"][0]["window"] == "00:01-00:21" and d["groups"][-1]["window"] == "07:41-08:00"
     code, out, _ = run(capsys, "groups", "--assign", "--database", db)
-    assert code == 0 and "unscheduled: 0; placed now: 2" in out
+    assert code == 0 and "unscheduled: 0; imbalance (largest - smallest group): 1" in out
+    assert "placed now: 2" in out
     code, out, _ = run(capsys, "schedule", "list", "--database", db, "--json")
     assert [(r["meter"], r["slot"], r["state"]) for r in json.loads(out)] == [
         (1, 0, "pending"),
