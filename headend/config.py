@@ -71,7 +71,7 @@ class Config:
     session_expiry_s: int = 600
     worker: str = "headend-1"
     report_tz: str = "UTC"
-    master_key: str = DEV_MASTER_KEY
+    master_key: str = field(default=DEV_MASTER_KEY, repr=False)  # a secret: never printed
     realtime_topic: str = "ami/v1/data/{meter}"
     assign_at: str = "20:00"
     window_start: str = "00:01"

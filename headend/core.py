@@ -23,9 +23,10 @@ from headend.keys import meter_key
 from headend.mdms import ingest, routing
 from headend.outbox import Outbox
 from headend.store import EventRecord, Meter, Source
-from headend.store import ops as log
+from headend.store.activity import Kind
 from headend.transport.base import Uplink
 from protocol.auth import verify_frame
+from protocol.codes import Event, Nack, ReadKind, nack_name, read_kind_name
 from protocol.errors import ProtocolError
 from protocol.frame import decode
 from protocol.schema import MESSAGE_TYPES
@@ -43,19 +44,18 @@ UPLINK_TYPES = frozenset(
         "nack",
     }
 )
-NOT_REGISTERED = 10
 
 
 class Rejected(InvalidData):
     """An uplink that is refused before it is handled (kind = activity kind)."""
 
-    def __init__(self, kind: str, reason: str) -> None:
+    def __init__(self, kind: Kind, reason: str) -> None:
         super().__init__(reason)
         self.kind = kind
 
 
 class Core:
-    """Args: ctx: config, store, ops tables and sessions (see `Ctx`)."""
+    """Args: ctx: config, store, the store's tables and downlink framing (see `Ctx`)."""
 
     def __init__(self, ctx: Ctx) -> None:
         self.ctx = ctx
@@ -70,20 +70,22 @@ class Core:
         try:
             fields = decode(up.frame)
         except ProtocolError as e:
-            raise Rejected(log.BAD_FRAME, f"{type(e).__name__}: {e} ({len(up.frame)} bytes)") from e
+            raise Rejected(
+                Kind.BAD_FRAME, f"{type(e).__name__}: {e} ({len(up.frame)} bytes)"
+            ) from e
         mid = fields["meter_id"]
         if mid != up.meter_id:
             raise Rejected(
-                log.REJECTED, f"link says meter {up.meter_id}, frame says meter {mid}: dropped"
+                Kind.REJECTED, f"link says meter {up.meter_id}, frame says meter {mid}: dropped"
             )
         if fields["type"] not in UPLINK_TYPES:
-            raise Rejected(log.REJECTED, f"{fields['type']} is not a meter uplink: dropped")
+            raise Rejected(Kind.REJECTED, f"{fields['type']} is not a meter uplink: dropped")
         if fields["auth"] is not None:  # meters sign nothing today; if they do, check it
             key = meter_key(bytes.fromhex(self.ctx.config.master_key), mid)
             try:
                 counter = verify_frame(up.frame, key, self._uplink_counter.get(mid, 0))
             except ProtocolError as e:
-                raise Rejected(log.REJECTED, f"{type(e).__name__}: {e}: dropped") from e
+                raise Rejected(Kind.REJECTED, f"{type(e).__name__}: {e}: dropped") from e
             self._uplink_counter[mid] = counter
         return fields
 
@@ -96,49 +98,57 @@ class Core:
             self._reject(up, None, e.kind, str(e), now_ms)
             return Outbox()
         mid = fields["meter_id"]
+        _log.debug(
+            "meter %s: %s seq %s, %d bytes via %s",
+            mid,
+            fields["type"],
+            fields["seq"],
+            len(up.frame),
+            up.transport,
+        )
         try:
-            with ctx.store.db.transaction():
+            with ctx.db.transaction():
                 return self._handle(up, fields, now_ms)
         except UnknownMeter:
-            self._reject(up, fields, log.UNKNOWN_METER, "meter is not registered", now_ms)
+            self._reject(up, fields, Kind.UNKNOWN_METER, "meter is not registered", now_ms)
             out = Outbox()
             body = {
                 "nacked_type": MESSAGE_TYPES[fields["type"]],
                 "nacked_seq": fields["seq"],
-                "reason": NOT_REGISTERED,
+                "reason": int(Nack.NOT_REGISTERED),
             }
-            out.send(mid, ctx.sessions.reply(mid, "nack", body, now_ms), up.transport)
+            out.send(mid, ctx.downlinks.reply(mid, "nack", body, now_ms), up.transport)
             return out
         except InvalidData as e:
-            self._reject(up, fields, log.REJECTED, str(e), now_ms)
+            self._reject(up, fields, Kind.REJECTED, str(e), now_ms)
             if fields["type"] == "register":
                 return registry.reject(ctx, mid, up.transport, now_ms)
             return Outbox()
 
     def _reject(
-        self, up: Uplink, fields: dict[str, Any] | None, kind: str, reason: str, now_ms: int
+        self, up: Uplink, fields: dict[str, Any] | None, kind: Kind, reason: str, now_ms: int
     ) -> None:
         self.rejected += 1
         what = f"{fields['type']} seq {fields['seq']}" if fields else "frame"
         text = f"{what} via {up.transport}: {reason}"
         _log.warning("meter %s: %s", up.meter_id, text)
-        self.ctx.ops.log(now_ms, kind, text, up.meter_id)
+        self.ctx.activity.log(now_ms, kind, text, up.meter_id)
 
     def _handle(self, up: Uplink, fields: dict[str, Any], now_ms: int) -> Outbox:
         ctx = self.ctx
         mtype = fields["type"]
         if mtype == "register":
             return registry.on_register(ctx, fields, up.transport, now_ms)
-        meter = ctx.store.get_meter(fields["meter_id"])
-        before = ctx.ops.link_seen(meter.meter_id, up.transport, now_ms)
+        meter = ctx.registry.get(fields["meter_id"])
+        before = ctx.registry.link_seen(meter.meter_id, up.transport, now_ms)
         if before is not None:
-            ctx.ops.log(
+            ctx.activity.log(
                 now_ms,
-                log.LINK_CHANGED,
+                Kind.LINK_CHANGED,
                 f"now heard on {up.transport} (was {before or 'none'}); downlinks follow",
                 meter.meter_id,
             )
-            meter = ctx.store.get_meter(meter.meter_id)
+            meter = ctx.registry.get(meter.meter_id)
         body = fields["body"]
         if mtype == "read_response":
             return self._read(meter, up, fields, now_ms)
@@ -151,30 +161,32 @@ class Core:
             return self._nack(meter, body, now_ms)
         if mtype == "time_sync_request":  # normally answered on the loop (see Service)
             out = Outbox()
-            frame = timesync.answer(ctx.sessions, fields, now_ms, lambda: now_ms)
+            frame = timesync.answer(ctx.downlinks, fields, now_ms, lambda: now_ms)
             out.send(meter.meter_id, frame, up.transport)
             return out
-        ctx.ops.log(now_ms, log.REJECTED, f"{mtype}: nothing asked for it: ignored", meter.meter_id)
+        ctx.activity.log(
+            now_ms, Kind.REJECTED, f"{mtype}: nothing asked for it: ignored", meter.meter_id
+        )
         return Outbox()
 
     def _read(self, meter: Meter, up: Uplink, fields: dict[str, Any], now_ms: int) -> Outbox:
         ctx = self.ctx
         b = fields["body"]
         mid = meter.meter_id
-        job = ctx.ops.job_for_reply(mid, b["request_seq"]) if b["request_seq"] else None
-        if b["kind"] == 0:
+        job = ctx.jobs.for_reply(mid, b["request_seq"]) if b["request_seq"] else None
+        if b["kind"] == ReadKind.SCHEDULED:
             source = Source.SCHEDULED
         else:
             source = job.spec.source if job is not None else Source.ON_DEMAND
         secs = ingest.sections(meter, b["sections"], source, now_ms // 1000)
-        res = ctx.store.ingest(blocks=secs.blocks, midnights=secs.midnights)
+        res = ctx.readings.ingest(blocks=secs.blocks, midnights=secs.midnights)
         fresh = routing.store_events(ctx, mid, secs.events, now_ms)
         data = ingest.engineering(meter, secs, source)
         n_iv = sum(x.block.count for x in secs.blocks)
-        ctx.ops.log(
+        ctx.activity.log(
             now_ms,
-            log.DATA_STORED,
-            f"read_response seq {fields['seq']} ({ingest.READ_KINDS.get(b['kind'], b['kind'])}, "
+            Kind.DATA_STORED,
+            f"read_response seq {fields['seq']} ({read_kind_name(b['kind'])}, "
             f"part {b['part']}/{b['parts']}, source {source.name.lower()}): {n_iv} intervals "
             f"({res.intervals_written} new), {len(secs.midnights)} midnight registers "
             f"({res.midnights_written} new), {len(secs.events)} events ({len(fresh)} new)"
@@ -188,7 +200,7 @@ class Core:
         if job is not None:
             out.extend(routing.send_due(ctx, now_ms))  # the result to its requester, now
         ack = {"acked_seq": fields["seq"], "upto": secs.upto}
-        out.send(mid, ctx.sessions.reply(mid, "read_ack", ack, now_ms), up.transport)
+        out.send(mid, ctx.downlinks.reply(mid, "read_ack", ack, now_ms), up.transport)
         # Real-time subscribers get what is new (a repeated frame publishes nothing).
         if res.intervals_written or res.midnights_written or secs.registers:
             topic = ctx.config.realtime_topic.format(meter=mid)
@@ -206,7 +218,7 @@ class Core:
         fresh = routing.store_events(ctx, mid, events, now_ms)
         out = Outbox()
         ack = {"acked_seq": fields["seq"]}
-        out.send(mid, ctx.sessions.reply(mid, "event_ack", ack, now_ms), up.transport)
+        out.send(mid, ctx.downlinks.reply(mid, "event_ack", ack, now_ms), up.transport)
         self._after_events(meter, events, fresh, up, now_ms, out)
         return out
 
@@ -219,8 +231,8 @@ class Core:
         now_ms: int,
         out: Outbox,
     ) -> None:
-        if timesync.OUT_OF_SYNC in fresh:
-            off = max(e.data for e in events if e.code == timesync.OUT_OF_SYNC)
+        if Event.CLOCK_OUT_OF_SYNC in fresh:
+            off = max(e.data for e in events if e.code == Event.CLOCK_OUT_OF_SYNC)
             out.extend(timesync.set_time(self.ctx, meter.meter_id, off, up.transport, now_ms))
         if fresh:
             out.extend(routing.send_due(self.ctx, now_ms))  # route now, not at the next tick
@@ -233,16 +245,16 @@ class Core:
             scheduling.on_answer(ctx, mid, seq, reason or 255, now_ms)
             return Outbox()
         if ntype == MESSAGE_TYPES["read_request"]:
-            job = ctx.ops.job_for_reply(mid, seq)
+            job = ctx.jobs.for_reply(mid, seq)
             if job is not None:
                 out = ondemand.on_nack(ctx, job, reason, now_ms)
                 out.extend(routing.send_due(ctx, now_ms))
                 return out
         name = {v: k for k, v in MESSAGE_TYPES.items()}.get(ntype, str(ntype))
-        ctx.ops.log(
+        ctx.activity.log(
             now_ms,
-            log.REJECTED,
-            f"meter nacked our {name} seq {seq}: {scheduling.reason_name(reason)}",
+            Kind.REJECTED,
+            f"meter nacked our {name} seq {seq}: {nack_name(reason)}",
             mid,
         )
         return Outbox()
@@ -261,7 +273,7 @@ class Core:
                 _log.info("ack of delivery %s from %s: already acked or unknown", did, recipient)
         except InvalidData as e:
             self.rejected += 1
-            self.ctx.ops.log(now_ms, log.REJECTED, f"notification ack on {topic}: {e}")
+            self.ctx.activity.log(now_ms, Kind.REJECTED, f"notification ack on {topic}: {e}")
 
     # -- timed work --------------------------------------------------------------------------
 

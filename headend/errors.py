@@ -21,6 +21,10 @@ class InvalidData(HeadendError):
     """Data does not fit its definition (shape, range, unit, interval length)."""
 
 
+class IllegalTransition(HeadendError):
+    """A job or schedule got an event its state does not allow (see store/lifecycles.py)."""
+
+
 class StoreError(HeadendError):
     """The meter-data store failed or refused an operation."""
 
@@ -33,5 +37,17 @@ class UnknownMeter(StoreError):
         self.meter_id = meter_id
 
 
+class MissingDatabase(StoreError):
+    """There is no database where one was to be opened (and none was created)."""
+
+
 class SchemaError(StoreError):
-    """The database schema is not one this head-end can use (e.g. newer)."""
+    """The database schema is not one this head-end can use (older, newer, or none).
+
+    ``have`` / ``want``: the database's version and this head-end's, when known.
+    """
+
+    def __init__(self, message: str, have: int | None = None, want: int | None = None) -> None:
+        super().__init__(message)
+        self.have = have
+        self.want = want

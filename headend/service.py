@@ -27,12 +27,12 @@ from typing import ParamSpec, TypeVar
 from headend.adcs import timesync
 from headend.clock import Clock
 from headend.config import Config
-from headend.context import Ctx, Sessions
+from headend.context import Ctx
 from headend.core import Core
+from headend.downlink import Downlinks
 from headend.errors import StoreError, UnknownMeter
 from headend.outbox import Downlink, Outbox, Publish
 from headend.store import SqlStore, open_store
-from headend.store.ops import Ops
 from headend.transport.base import Transport, TransportError, Uplink, backoff_s
 from headend.transport.mqtt import MqttTransport
 from headend.transport.serial import SerialTransport
@@ -77,7 +77,7 @@ class Service:
         self.transports: dict[str, Transport] = {"mqtt": self.mqtt}
         for line in self.serials:
             self.transports[line.name] = line
-        self._time_sessions = Sessions(bytes.fromhex(config.master_key), None)
+        self._time_downlinks = Downlinks(bytes.fromhex(config.master_key), None)
         self._held: collections.deque[Publish] = collections.deque(maxlen=MAX_HELD_PUBLISHES)
         self.ready = asyncio.Event()
         self.frames = 0
@@ -104,7 +104,7 @@ class Service:
         store = self._opener(self.config.database)
         if self.core is None:
             self.core = Core(Ctx.build(self.config, store))
-            n = Ops(store.db).requeue_orphans(self.config.worker)
+            n = self.core.ctx.jobs.requeue_orphans(self.config.worker)
             if n:
                 log.info("%d job(s) sent before a restart are queued again", n)
         else:
@@ -148,7 +148,8 @@ class Service:
 
     # -- I/O ---------------------------------------------------------------------------------
 
-    async def _deliver(self, up: Uplink) -> None:
+    async def deliver(self, up: Uplink) -> None:
+        """Handle one uplink as if it came in on ``up.transport`` (the links call this)."""
         try:
             await self._handle(up)
         except Exception:
@@ -165,7 +166,7 @@ class Service:
             except ProtocolError:
                 fields = None  # the Core logs why
             if fields is not None and fields["meter_id"] == up.meter_id:
-                frame = timesync.answer(self._time_sessions, fields, t2, self.clock.now_ms)
+                frame = timesync.answer(self._time_downlinks, fields, t2, self.clock.now_ms)
                 await self._send(Downlink(up.meter_id, frame, up.transport))
                 return
         out = await self.call(lambda core: core.on_uplink(up, t2))
@@ -228,9 +229,9 @@ class Service:
         await self.call(lambda core: None)  # open (and migrate) the store first
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self.mqtt.run(self._deliver))
+                tg.create_task(self.mqtt.run(self.deliver))
                 for s in self.serials:
-                    tg.create_task(s.run(self._deliver))
+                    tg.create_task(s.run(self.deliver))
                 tg.create_task(self._ticker())
                 self.ready.set()
         finally:

@@ -35,8 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from headend.config import DEV_MASTER_KEY
-from headend.keys import meter_key
+from headend.api import DEV_MASTER_KEY, meter_key
 from hil.broker import free_port
 from hil.console import Console
 from hil.fleet_time import parse_utc

@@ -31,8 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from headend.clock import Clock
-from headend.config import DEV_MASTER_KEY, parse_hhmm
+from headend.api import DEV_MASTER_KEY, Clock, parse_hhmm
 from hil.fleet_meter import DEFAULT_PUSH_MASK, NO_SYNC_FAILED_PUSH, FleetMeter, Stats, key_for
 from hil.fleet_profile import (
     DAY,

@@ -36,13 +36,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from headend.adcs import ondemand
-from headend.clock import Clock
-from headend.config import parse_hhmm
-from headend.context import Ctx
-from headend.errors import StoreError
-from headend.store import Source, SqlStore, open_store
-from headend.store.records import MODE_PERIOD, JobState, ReadSpec
+from headend.api import (
+    Clock,
+    Headend,
+    JobState,
+    ReadMode,
+    ReadSpec,
+    Source,
+    StoreError,
+    parse_hhmm,
+)
 from hil.board import BoardError
 from hil.fleet import DEFAULT_SPEED, DEFAULT_START, FIRST_ID, INSTALL_S, timeline
 from hil.fleet_meter import NO_SYNC_FAILED_PUSH
@@ -98,16 +101,16 @@ class Snapshots:
     def __init__(self, db_url: str) -> None:
         self.db_url = db_url
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="fleet-count")
-        self._store: SqlStore | None = None
+        self._store: Headend | None = None
 
     def _complete(self, meter_ids: list[int], days: list[int]) -> set[tuple[int, int]]:
         if self._store is None:
-            self._store = open_store(self.db_url, migrate=False)
+            self._store = Headend.open(self.db_url)
         store = self._store
         out: set[tuple[int, int]] = set()
         lo, hi = min(days), max(days) + DAY
         want = set(days)
-        known = set(store.meter_ids())
+        known = set(store.meters())
         for mid in meter_ids:
             if mid not in known:
                 continue
@@ -416,11 +419,13 @@ class FleetRun:
         for mid, days in missing.items():
             if mid not in known:
                 continue
-            spec = ReadSpec(mid, MODE_PERIOD, min(days), max(days) + DAY, source=Source.RECOVERY)
+            spec = ReadSpec(
+                mid, ReadMode.PERIOD, min(days), max(days) + DAY, source=Source.RECOVERY
+            )
             now_ms = tb.now_ms()
 
-            def queue(ctx: Ctx, s: ReadSpec = spec, t: int = now_ms) -> int:
-                return ondemand.request_read(ctx.ops, s, "recovery", t)
+            def queue(he: Headend, s: ReadSpec = spec, t: int = now_ms) -> int:
+                return he.request_read(s, "recovery", t)
 
             self.recovery_jobs.append(await rig.call(queue))
         self.say(

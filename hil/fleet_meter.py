@@ -38,7 +38,7 @@ from meter import events, wire  # noqa: E402
 from meter import meter as core  # noqa: E402
 from meter.store import Store  # noqa: E402
 
-from headend.clock import Clock  # noqa: E402
+from headend.api import Clock  # noqa: E402
 from hil.fleet_profile import DAY, LoadProfile, MeterPlan  # noqa: E402
 
 # A fleet meter's flash: 29 blocks of 4 KiB (116 KiB, not the board's 256 KiB):
@@ -320,6 +320,6 @@ class FleetMeter:
 
 def key_for(master: bytes) -> Callable[[int], bytes]:
     """meter id -> key, as the head-end derives it (headend.keys)."""
-    from headend.keys import meter_key
+    from headend.api import meter_key
 
     return lambda mid: meter_key(master, mid)

@@ -35,10 +35,7 @@ from typing import Any
 
 import serial
 
-from headend.config import DEV_MASTER_KEY
-from headend.keys import meter_key
-from headend.store.records import JobState
-from headend.transport.base import Uplink
+from headend.api import DEV_MASTER_KEY, JobState, Uplink, meter_key
 from hil.rig import Rig, RigError
 from hil.supervise import ChildDied, Stopped, run, stopped
 from protocol.errors import ProtocolError
@@ -487,9 +484,7 @@ async def _run_scenario(
         line = svc.serials[0]
         await asyncio.wait_for(line.connected.wait(), 15)
         if check.register_frame is not None:
-            up = Uplink(mid, check.register_frame, line.name)
-            now = rig.clock.now_ms()
-            await svc.flush(await svc.call(lambda core: core.on_uplink(up, now)))
+            await svc.deliver(Uplink(mid, check.register_frame, line.name))
         await rig.eventually(
             lambda: _has(rig, mid), 30, f"meter {mid} registered at the head-end", every=0.2
         )

@@ -39,12 +39,17 @@ from typing import Any, TypeVar
 
 import aiomqtt
 
-from headend.adcs import ondemand
-from headend.clock import Clock
-from headend.config import DEV_MASTER_KEY, Config
-from headend.context import Ctx
-from headend.service import Service
-from headend.store.records import Job, JobState, ReadSpec
+from headend.api import (
+    DEV_MASTER_KEY,
+    Clock,
+    Config,
+    Headend,
+    Job,
+    ReadMode,
+    ReadSpec,
+    Service,
+    on_service,
+)
 from hil.board import SIM_START, BoardSpec, VirtualBoard
 from hil.broker import Broker, BrokerError, find_mosquitto, free_port
 from hil.supervise import Guard, Supervised, TaskDependent
@@ -458,15 +463,15 @@ class Rig(Supervised):
 
     # -- the head-end ---------------------------------------------------------------------------
 
-    async def call(self, fn: Callable[[Ctx], T]) -> T:
-        """Run ``fn(ctx)`` on the head-end's database thread (in order with its work)."""
+    async def call(self, fn: Callable[[Headend], T]) -> T:
+        """Run ``fn(headend)`` on the head-end's database thread (in order with its work)."""
         if self.service is None:
             raise RigError("rig not started")
-        return await self.service.call(lambda core: fn(core.ctx))
+        return await on_service(self.service, fn)
 
     async def registered(self) -> set[int]:
         """Meter ids the head-end has registered."""
-        return set(await self.call(lambda ctx: ctx.store.meter_ids()))
+        return set(await self.call(lambda he: he.meters()))
 
     async def wait_registered(self, timeout: float = 60.0) -> None:
         """Wait until the head-end has registered every board (M17)."""
@@ -480,19 +485,19 @@ class Rig(Supervised):
         self, meter_id: int, mode: int = 2, start: int = 0, end: int = 0, requester: str = "hil"
     ) -> int:
         """Queue an on-demand read job (as `headend read` does); returns the job id."""
-        spec = ReadSpec(meter_id, mode=mode, start=start, end=end)
+        spec = ReadSpec(meter_id, mode=ReadMode(mode), start=start, end=end)
         now_ms = self.clock.now_ms()
-        return await self.call(lambda ctx: ondemand.request_read(ctx.ops, spec, requester, now_ms))
+        return await self.call(lambda he: he.request_read(spec, requester, now_ms))
 
     async def job(self, job_id: int) -> Job:
-        return await self.call(lambda ctx: ctx.ops.job(job_id))
+        return await self.call(lambda he: he.job(job_id))
 
     async def wait_job(self, job_id: int, timeout: float = 60.0) -> Job:
         """Wait until the job is done or failed; returns it."""
 
         async def closed() -> Job | None:
             j = await self.job(job_id)
-            return j if j.state in (JobState.DONE, JobState.FAILED) else None
+            return j if j.closed else None
 
         return await self.eventually(closed, timeout, f"job {job_id} closed", every=0.02)
 
@@ -502,17 +507,15 @@ class Rig(Supervised):
 
     async def stored_intervals(self, meter_id: int, start: int, end: int) -> dict[int, Any]:
         """start -> Interval (channel 0) the head-end holds in [start, end)."""
-        rows = await self.call(lambda ctx: ctx.store.intervals(meter_id, 0, start, end))
+        rows = await self.call(lambda he: he.intervals(meter_id, 0, start, end))
         return {iv.start: iv for iv in rows}
 
     async def coverage(self, meter_id: int, start: int, end: int) -> list[Any]:
         """DayCoverage of each day of [start, end) the head-end holds for a meter."""
-        return list(await self.call(lambda ctx: ctx.store.coverage(meter_id, start, end)))
+        return list(await self.call(lambda he: he.coverage(meter_id, start, end)))
 
     async def activity(self, meter_id: int | None, kinds: list[str] | None = None) -> list[Any]:
-        return list(
-            await self.call(lambda ctx: ctx.ops.activity(meter_id, kinds or (), limit=100_000))
-        )
+        return list(await self.call(lambda he: he.activity(meter_id, kinds or (), limit=100_000)))
 
 
 SCHEDULE_ACK_REAL_S = 10.0  # a schedule ack is awaited at least this long in real time

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from headend.clock import Clock
+from headend.api import Clock
 from hil.board import BoardError, BoardSpec, VirtualBoard
 from hil.broker import Broker, BrokerError, find_mosquitto
 from hil.fleet_time import iso

@@ -17,19 +17,13 @@ import struct
 from collections.abc import Sequence
 from itertools import accumulate, chain
 
+from protocol.codes import FLAG_BITS
 from protocol.errors import MalformedPayload
 
 GROUP = 32
 MAX_VALUE = (1 << 31) - 1
 WIDTHS = (0, 1, 2, 4, 8, 16, 32)
 MODE_DELTA = 0x80
-FLAG_BITS = 0x1F  # power_failed, clock_adjusted, partial, recovered, invalid
-
-POWER_FAILED = 0x01
-CLOCK_ADJUSTED = 0x02
-PARTIAL = 0x04
-RECOVERED = 0x08
-INVALID = 0x10
 
 # width code for every bit length 0..32: the smallest width that holds it
 _CODE_FOR_BITS = [next(c for c, w in enumerate(WIDTHS) if w >= b) for b in range(33)]

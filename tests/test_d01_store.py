@@ -36,10 +36,11 @@ from headend.store import (
     Unit,
     open_store,
 )
-from headend.store.base import DAY_S, Flag, Quality, quality
+from headend.store.base import DAY_S, Quality, quality
 from headend.store.migrations import MIGRATIONS, Migration, latest_version, migrate
 from headend.store.postgres import PostgresStore
 from headend.store.sqlite import SqliteStore
+from protocol.codes import Flag
 
 T0 = 1_711_929_600  # 2024-04-01T00:00:00Z
 STEP = 900

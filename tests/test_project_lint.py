@@ -208,6 +208,50 @@ def test_the_banned_path_is_written_nowhere() -> None:
         assert not [n for n in lint.DEV_PATHS if n in path.read_text()], path
 
 
+# --- hil-headend-api -----------------------------------------------------------------
+
+
+def test_hil_imports_of_headend_internals_are_found(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "hil/rig.py",
+        "import headend.api\n"
+        "from headend import api\n"
+        "from headend.api import Service, meter_key\n"
+        "import headend.store\n"
+        "from headend.config import DEV_MASTER_KEY\n"
+        "from headend import config, api as a\n"
+        "def f():\n"
+        "    from headend.store.records import JobState\n"
+        "    return __import__('headend.service'), __import__('headend.api')\n",
+    )
+    write(tmp_path, "hil/scenarios/x.py", "import headend\nfrom headendx import y\n")
+    assert hits(tmp_path, "hil-headend-api") == [
+        ("hil/rig.py", 2),  # the one way in is the module headend.api itself
+        ("hil/rig.py", 4),
+        ("hil/rig.py", 5),
+        ("hil/rig.py", 6),  # config, not api
+        ("hil/rig.py", 8),
+        ("hil/rig.py", 9),  # a dynamic import counts too
+        ("hil/scenarios/x.py", 1),
+    ]
+
+
+def test_headend_internals_are_fine_outside_hil(tmp_path: Path) -> None:
+    src = "from headend.store.records import JobState\nimport headend.config\n"
+    write(tmp_path, "headend/cli/read.py", src)
+    write(tmp_path, "bench/ingest.py", src)
+    write(tmp_path, "tools/probe.py", src)
+    assert hits(tmp_path, "hil-headend-api") == []
+
+
+def test_hil_message_says_what_to_do(tmp_path: Path) -> None:
+    path = write(tmp_path, "hil/fleet.py", "from headend.keys import meter_key\n")
+    (finding,) = lint.lint_file(path, tmp_path)
+    assert str(finding).startswith("hil/fleet.py:1: [hil-headend-api] imports `headend.keys`")
+    assert "headend.api" in str(finding)
+
+
 # --- driver --------------------------------------------------------------------------
 
 

@@ -256,6 +256,23 @@ def check_dev_folder(text: str) -> Iterator[tuple[int, str]]:
 TEXT_RULES.append(("dev-folder", check_dev_folder))
 
 
+# --- rule: hil/ uses the head-end only through headend.api --------------------------
+
+HEADEND_API = "headend.api"
+
+
+@rule("hil-headend-api", lambda rel: rel.startswith("hil/"))
+def check_hil_headend_imports(tree: ast.Module) -> Iterator[tuple[int, str]]:
+    """The rig is a client of the head-end: the modules behind headend.api may change."""
+    for line, mod in _imports(tree):
+        if _top(mod) == "headend" and mod != HEADEND_API:
+            yield (
+                line,
+                f"imports `{mod}` in hil/ -- import what the rig needs from `{HEADEND_API}` "
+                "(add it there if it is missing), so the modules behind it can change",
+            )
+
+
 # --- driver ------------------------------------------------------------------------
 
 

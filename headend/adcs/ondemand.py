@@ -15,35 +15,36 @@ the read cannot be answered (not_held, bad_parameter) fails the job at once.
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
-from headend.adcs.scheduling import reason_name
 from headend.context import Ctx
+from headend.errors import IllegalTransition
 from headend.mdms.ingest import merge_result
 from headend.mdms.routing import notify
 from headend.outbox import Outbox
-from headend.store import ops as log
-from headend.store.ops import Ops
-from headend.store.records import Job, JobState, ReadSpec
+from headend.store.activity import Kind
+from headend.store.records import Job, ReadSpec
+from protocol.codes import READ_FINAL_NACKS, ReadMode, nack_name
 
-FINAL_NACKS = frozenset({5, 7, 10})  # not_held, bad_parameter, not_registered
+log = logging.getLogger(__name__)
 
 
 def describe(spec: ReadSpec) -> str:
-    if spec.mode == 2:
+    if spec.mode is ReadMode.ON_DEMAND:
         return "on-demand read (since midnight)"
-    if spec.mode == 1:
+    if spec.mode is ReadMode.SINCE_ACK:
         return "read since the last acknowledged interval"
     return f"read of [{spec.start}, {spec.end})"
 
 
-def request_read(ops: Ops, spec: ReadSpec, requester: str, now_ms: int) -> int:
+def request_read(ctx: Ctx, spec: ReadSpec, requester: str, now_ms: int) -> int:
     """Queue a read for the service; returns the job id. Raises UnknownMeter, InvalidData."""
-    with ops.db.transaction():
-        job_id = ops.enqueue_job(spec, requester, now_ms)
-        ops.log(
+    with ctx.db.transaction():
+        job_id = ctx.jobs.enqueue(spec, requester, now_ms)
+        ctx.activity.log(
             now_ms,
-            log.READ_QUEUED,
+            Kind.READ_QUEUED,
             f"job {job_id}: {describe(spec)}, what {spec.what}, for {requester}",
             spec.meter_id,
             str(job_id),
@@ -51,27 +52,41 @@ def request_read(ops: Ops, spec: ReadSpec, requester: str, now_ms: int) -> int:
     return job_id
 
 
+def acknowledge(ctx: Ctx, job_id: int, now_ms: int) -> bool:
+    """The requester has the result (e.g. the CLI printed it): recorded once, and the
+    job's deliveries stop. False if it was acknowledged already."""
+    with ctx.db.transaction():
+        first = ctx.jobs.acknowledge(job_id, now_ms)
+        ctx.events.acknowledge_job(job_id, now_ms)
+    return first
+
+
 def _attempt(ctx: Ctx, job: Job, now_ms: int, out: Outbox, why: str | None) -> None:
     mid = job.spec.meter_id
-    meter = ctx.store.get_meter(mid)
-    seq, frame = ctx.sessions.frame(mid, "read_request", job.spec.wire(), now_ms, auth=True)
+    meter = ctx.registry.get(mid)
+    seq, frame = ctx.downlinks.frame(mid, "read_request", job.spec.wire(), now_ms, auth=True)
     deadline = now_ms + ctx.config.ondemand_timeout_s * 1000
-    ctx.ops.job_sent(job.job_id, seq, now_ms, deadline)
+    try:
+        ctx.jobs.sent(job.job_id, seq, now_ms, deadline)
+    except IllegalTransition:
+        return  # answered or closed meanwhile (another worker): nothing to send
     n = job.attempts + 1
     if why is None:
         text = f"job {job.job_id}: read_request seq {seq} via {meter.transport or 'mqtt'}"
-        ctx.ops.log(now_ms, log.READ_SENT, text, mid, str(job.job_id))
+        ctx.activity.log(now_ms, Kind.READ_SENT, text, mid, str(job.job_id))
     else:
         text = f"job {job.job_id}: {why}; retry as seq {seq} (attempt {n})"
-        ctx.ops.log(now_ms, log.READ_RETRY, text, mid, str(job.job_id))
+        ctx.activity.log(now_ms, Kind.READ_RETRY, text, mid, str(job.job_id))
+    log.debug("meter %s: %s", mid, text)
     out.send(mid, frame, meter.transport)
 
 
 def start_jobs(ctx: Ctx, now_ms: int) -> Outbox:
     """Claim queued jobs for this worker and send their first read_request."""
     out = Outbox()
-    for job in ctx.ops.claim_jobs(ctx.config.worker, now_ms):
-        with ctx.store.db.transaction():
+    for job in ctx.jobs.claim(ctx.config.worker, now_ms):
+        log.debug("meter %s: job %s claimed by %s", job.spec.meter_id, job.job_id, job.worker)
+        with ctx.db.transaction():
             _attempt(ctx, job, now_ms, out, None)
     return out
 
@@ -81,13 +96,18 @@ def on_part(ctx: Ctx, job: Job, body: dict[str, Any], data: dict[str, Any], now_
     parts = max(int(body["parts"]), 1)
     if int(body["part"]) in job.parts_seen:
         return  # a repeated part (QoS 1 redelivery, a meter repeat): stored once, counted once
-    job = ctx.ops.job_part(job.job_id, int(body["part"]), parts, merge_result(job.result, data))
-    if len(job.parts_seen) < parts or not ctx.ops.finish_job(job.job_id, JobState.DONE, now_ms):
-        return
+    try:
+        job = ctx.jobs.part(job.job_id, int(body["part"]), parts, merge_result(job.result, data))
+        if len(job.parts_seen) < parts:
+            return
+        ctx.jobs.complete(job.job_id, now_ms)
+    except IllegalTransition:
+        return  # failed meanwhile by its worker's timeout: the data is stored all the same
     latency = now_ms - job.created_ms
-    ctx.ops.log(
+    log.info("meter %s: job %s done in %.1f s", job.spec.meter_id, job.job_id, latency / 1000)
+    ctx.activity.log(
         now_ms,
-        log.READ_DONE,
+        Kind.READ_DONE,
         f"job {job.job_id}: complete in {latency / 1000:.1f} s ({parts} part(s), "
         f"attempt {job.attempts}); data stored as {job.spec.source.name.lower()}",
         job.spec.meter_id,
@@ -110,10 +130,13 @@ def on_part(ctx: Ctx, job: Job, body: dict[str, Any], data: dict[str, Any], now_
 
 
 def _fail(ctx: Ctx, job: Job, trouble: str, now_ms: int) -> None:
-    if not ctx.ops.finish_job(job.job_id, JobState.FAILED, now_ms, trouble):
-        return
+    try:
+        ctx.jobs.fail(job.job_id, now_ms, trouble)
+    except IllegalTransition:
+        return  # completed meanwhile (a late answer on another worker)
     mid = job.spec.meter_id
-    ctx.ops.log(now_ms, log.READ_FAILED, f"job {job.job_id}: {trouble}", mid, str(job.job_id))
+    log.info("meter %s: job %s failed: %s", mid, job.job_id, trouble)
+    ctx.activity.log(now_ms, Kind.READ_FAILED, f"job {job.job_id}: {trouble}", mid, str(job.job_id))
     body = {"job": job.job_id, "state": "failed", "meter": mid, "trouble": trouble}
     notify(ctx, job.requester, "read", body, now_ms, job_id=job.job_id)
     if ctx.config.operator != job.requester:
@@ -121,8 +144,8 @@ def _fail(ctx: Ctx, job: Job, trouble: str, now_ms: int) -> None:
 
 
 def _trouble(ctx: Ctx, job: Job, last: str) -> str:
-    meter = ctx.store.get_meter(job.spec.meter_id)
-    links = ctx.ops.links(meter.meter_id)
+    meter = ctx.registry.get(job.spec.meter_id)
+    links = ctx.registry.links(meter.meter_id)
     heard = max((ls for _, _, _, ls, _ in links), default=None)
     seen = f"last heard {heard // 1000} (UTC s)" if heard is not None else "never heard"
     return (
@@ -135,9 +158,9 @@ def _trouble(ctx: Ctx, job: Job, last: str) -> str:
 def on_nack(ctx: Ctx, job: Job, reason: int, now_ms: int) -> Outbox:
     """The meter refused the read_request."""
     out = Outbox()
-    why = f"meter nack {reason_name(reason)}"
-    with ctx.store.db.transaction():
-        if reason in FINAL_NACKS or job.attempts > ctx.config.ondemand_retries:
+    why = f"meter nack {nack_name(reason)}"
+    with ctx.db.transaction():
+        if reason in READ_FINAL_NACKS or job.attempts > ctx.config.ondemand_retries:
             _fail(ctx, job, _trouble(ctx, job, why), now_ms)
         else:
             _attempt(ctx, job, now_ms, out, why)
@@ -148,8 +171,8 @@ def expire(ctx: Ctx, now_ms: int) -> Outbox:
     """H06: retry a job with no valid answer in time, or fail it and notify."""
     out = Outbox()
     timeout = ctx.config.ondemand_timeout_s
-    for job in ctx.ops.overdue_jobs(ctx.config.worker, now_ms):
-        with ctx.store.db.transaction():
+    for job in ctx.jobs.overdue(ctx.config.worker, now_ms):
+        with ctx.db.transaction():
             why = f"no valid answer within {timeout} s"
             if job.parts_seen:
                 why += f" (got parts {sorted(job.parts_seen)} of {job.parts})"

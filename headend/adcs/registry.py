@@ -9,16 +9,18 @@ schedule again (a reset meter may have lost it).
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any
 
 from headend.context import Ctx
 from headend.errors import InvalidData, UnknownMeter
 from headend.outbox import Outbox
 from headend.store import Channel, Meter
-from headend.store import ops as log
+from headend.store.activity import Kind
 from headend.store.records import ScheduleSpec
+from protocol.codes import RegisterStatus
 
-ACCEPTED, REJECTED = 0, 1
+log = logging.getLogger(__name__)
 
 
 def meter_from_register(fields: dict[str, Any], transport: str, now_ms: int) -> Meter:
@@ -53,23 +55,24 @@ def on_register(ctx: Ctx, fields: dict[str, Any], transport: str, now_ms: int) -
     meter = meter_from_register(fields, transport, now_ms)
     mid = meter.meter_id
     try:
-        old: Meter | None = ctx.store.get_meter(mid)
+        old: Meter | None = ctx.registry.get(mid)
     except UnknownMeter:
         old = None
     if old is not None:  # keep what the ADCS decided; the meter describes only itself
         meter = dataclasses.replace(meter, read_group=old.read_group)
-    ctx.store.register_meter(meter)
-    ctx.ops.link_seen(mid, transport, now_ms)
-    joined = ctx.ops.join_unscheduled(mid, now_ms)
-    grp, offset = ctx.ops.group_of(mid)
+    ctx.registry.register(meter)
+    ctx.registry.link_seen(mid, transport, now_ms)
+    joined = ctx.registry.join_unscheduled(mid, now_ms)
+    grp, offset = ctx.registry.group_of(mid)
     chans = ", ".join(
         f"{c.kind.name.lower()} {c.unit.symbol} x{c.multiplier}e{c.scaler}" for c in meter.channels
     )
     what = "registered" if old is None else "re-registered"
     where = "unscheduled" if grp is None else f"read group {ctx.window.label(grp)}"
-    ctx.ops.log(
+    log.info("meter %s %s via %s (fw %s, %s)", mid, what, transport, meter.fw_version, where)
+    ctx.activity.log(
         now_ms,
-        log.REGISTERED,
+        Kind.REGISTERED,
         f"{what} fw {meter.fw_version}, {meter.interval_s} s intervals, "
         f"UTC{meter.utc_offset_min:+d} min, meter x{meter.meter_multiplier}, "
         f"{len(meter.channels)} channels ({chans}), {meter.capacity_days} days, "
@@ -77,11 +80,13 @@ def on_register(ctx: Ctx, fields: dict[str, Any], transport: str, now_ms: int) -
         mid,
     )
     if grp is not None and offset is not None and not joined and old is not None:
-        ctx.ops.put_schedule(
-            ScheduleSpec(mid, 0, offset_s=offset), "system:re-registration", now_ms
-        )
+        ctx.schedules.put(ScheduleSpec(mid, 0, offset_s=offset), "system:re-registration", now_ms)
     out = Outbox()
-    out.send(mid, ctx.sessions.reply(mid, "register_ack", {"status": ACCEPTED}, now_ms), transport)
+    out.send(
+        mid,
+        ctx.downlinks.reply(mid, "register_ack", {"status": int(RegisterStatus.ACCEPTED)}, now_ms),
+        transport,
+    )
     return out
 
 
@@ -90,7 +95,9 @@ def reject(ctx: Ctx, meter_id: int, transport: str, now_ms: int) -> Outbox:
     out = Outbox()
     out.send(
         meter_id,
-        ctx.sessions.reply(meter_id, "register_ack", {"status": REJECTED}, now_ms),
+        ctx.downlinks.reply(
+            meter_id, "register_ack", {"status": int(RegisterStatus.REJECTED)}, now_ms
+        ),
         transport,
     )
     return out

@@ -14,33 +14,16 @@ from datetime import datetime, timedelta
 from headend.adcs.groups import place
 from headend.config import Config, parse_hhmm
 from headend.context import Ctx
-from headend.errors import InvalidData
+from headend.errors import IllegalTransition, InvalidData
 from headend.outbox import Outbox
 from headend.store import Meter
-from headend.store import ops as log
+from headend.store.activity import Kind
 from headend.store.base import DAY_S
-from headend.store.records import Schedule, ScheduleSpec, ScheduleState
+from headend.store.lifecycles import SCHEDULE, ScheduleEvent
+from headend.store.records import Schedule, ScheduleSpec
+from protocol.codes import SCHEDULE_TRANSIENT_NACKS, nack_name
 
 ASSIGNMENT = "system:evening-assignment"
-NACK_REASONS = {
-    1: "bad_crc",
-    2: "unknown_type",
-    3: "auth_failed",
-    4: "replay",
-    5: "not_held",
-    6: "busy",
-    7: "bad_parameter",
-    8: "unsupported_version",
-    9: "malformed",
-    10: "not_registered",
-}
-
-#: nacks that say nothing about the schedule (a counter race, a busy meter)
-TRANSIENT_NACKS = frozenset({4, 6})
-
-
-def reason_name(code: int) -> str:
-    return NACK_REASONS.get(code, f"reason {code}")
 
 
 def check_spec(spec: ScheduleSpec, meter: Meter) -> None:
@@ -77,16 +60,27 @@ def set_schedule(ctx: Ctx, spec: ScheduleSpec, source: str, now_ms: int) -> None
     Raises:
         UnknownMeter, InvalidData: nothing is written.
     """
-    meter = ctx.store.get_meter(spec.meter_id)
+    meter = ctx.registry.get(spec.meter_id)
     check_spec(spec, meter)
-    with ctx.store.db.transaction():
-        ctx.ops.put_schedule(spec, source, now_ms)
-        ctx.ops.log(now_ms, log.SCHEDULE_SET, f"{describe(spec)}; source {source}", spec.meter_id)
+    with ctx.db.transaction():
+        ctx.schedules.put(spec, source, now_ms)
+        ctx.activity.log(
+            now_ms, Kind.SCHEDULE_SET, f"{describe(spec)}; source {source}", spec.meter_id
+        )
 
 
 def cancel_schedule(ctx: Ctx, meter_id: int, slot: int, source: str, now_ms: int) -> None:
-    """Cancel a non-default slot (slot 0, the daily read, cannot be cancelled)."""
-    set_schedule(ctx, ScheduleSpec(meter_id, slot, cancel=True), source, now_ms)
+    """Cancel a non-default slot (slot 0, the daily read, cannot be cancelled).
+
+    Raises:
+        UnknownMeter, InvalidData (also: the slot was never set): nothing is written.
+    """
+    spec = ScheduleSpec(meter_id, slot, cancel=True)
+    with ctx.db.transaction():
+        ctx.registry.get(meter_id)
+        if not any(s.spec.slot == slot for s in ctx.schedules.find(meter_id)):
+            raise InvalidData(f"meter {meter_id} has no schedule in slot {slot}: nothing to cancel")
+        set_schedule(ctx, spec, source, now_ms)
 
 
 def next_assignment(config: Config, after_ms: int) -> int:
@@ -109,50 +103,52 @@ def assign(ctx: Ctx, now_ms: int) -> dict[int, int]:
 
     Meters that find every group full stay unscheduled until the next evening.
     """
-    with ctx.store.db.transaction():
-        waiting = ctx.ops.unscheduled()
-        placed = place(ctx.window, ctx.ops.group_loads(), waiting)
+    with ctx.db.transaction():
+        waiting = ctx.registry.unscheduled()
+        placed = place(ctx.window, ctx.registry.group_loads(), waiting)
         for mid, grp in placed.items():
             offset = ctx.window.read_offset(grp, mid)
-            ctx.ops.set_group(mid, grp, offset, ctx.window.label(grp), now_ms)
-            ctx.ops.put_schedule(ScheduleSpec(mid, 0, offset_s=offset), ASSIGNMENT, now_ms)
-            ctx.ops.log(
+            ctx.registry.set_group(mid, grp, offset, ctx.window.label(grp), now_ms)
+            ctx.schedules.put(ScheduleSpec(mid, 0, offset_s=offset), ASSIGNMENT, now_ms)
+            ctx.activity.log(
                 now_ms,
-                log.GROUP_ASSIGNED,
+                Kind.GROUP_ASSIGNED,
                 f"read group {ctx.window.label(grp)} (#{grp}), daily read at "
                 f"{offset // 3600:02d}:{offset // 60 % 60:02d}:{offset % 60:02d} local standard "
                 f"time; source {ASSIGNMENT}",
                 mid,
             )
         for mid in sorted(set(waiting) - placed.keys()):
-            ctx.ops.log(
-                now_ms, log.GROUP_ASSIGNED, "every read group is full: stays unscheduled", mid
+            ctx.activity.log(
+                now_ms, Kind.GROUP_ASSIGNED, "every read group is full: stays unscheduled", mid
             )
     return placed
 
 
-def _send(ctx: Ctx, sched: Schedule, now_ms: int, flag: bool, out: Outbox) -> None:
+def _send(ctx: Ctx, sched: Schedule, now_ms: int, event: ScheduleEvent, out: Outbox) -> None:
     spec = sched.spec
-    meter = ctx.store.get_meter(spec.meter_id)
-    seq, frame = ctx.sessions.frame(
+    meter = ctx.registry.get(spec.meter_id)
+    seq, frame = ctx.downlinks.frame(
         spec.meter_id, "schedule_set", {"slots": [spec.wire()]}, now_ms, auth=True
     )
-    if not ctx.ops.schedule_sent(spec.meter_id, spec.slot, seq, now_ms, flag):
-        return
+    try:
+        ctx.schedules.sent(spec.meter_id, spec.slot, seq, now_ms, event)
+    except IllegalTransition:
+        return  # rewritten, answered or sent by another worker meanwhile
     n = sched.attempts + 1
-    if flag:
+    if event is ScheduleEvent.RESEND:
         waited = (now_ms - (sched.sent_ms or now_ms)) // 1000
-        ctx.ops.log(
+        ctx.activity.log(
             now_ms,
-            log.SCHEDULE_ACK_MISSING,
+            Kind.SCHEDULE_ACK_MISSING,
             f"{describe(spec)}: no ack {waited} s after the send (seqs "
             f"{', '.join(map(str, sched.seqs))}); flagged, re-sent as seq {seq} (attempt {n})",
             spec.meter_id,
         )
     else:
-        ctx.ops.log(
+        ctx.activity.log(
             now_ms,
-            log.SCHEDULE_SENT,
+            Kind.SCHEDULE_SENT,
             f"{describe(spec)} sent as seq {seq} via {meter.transport or 'mqtt'}; "
             f"source {sched.source}",
             spec.meter_id,
@@ -163,9 +159,9 @@ def _send(ctx: Ctx, sched: Schedule, now_ms: int, flag: bool, out: Outbox) -> No
 def send_pending(ctx: Ctx, now_ms: int, limit: int = 1000) -> Outbox:
     """Send every pending schedule (one schedule_set per slot)."""
     out = Outbox()
-    for sched in ctx.ops.schedules(states=(ScheduleState.PENDING,))[:limit]:
-        with ctx.store.db.transaction():
-            _send(ctx, sched, now_ms, False, out)
+    for sched in ctx.schedules.find(states=SCHEDULE.allowed(ScheduleEvent.SEND))[:limit]:
+        with ctx.db.transaction():
+            _send(ctx, sched, now_ms, ScheduleEvent.SEND, out)
     return out
 
 
@@ -173,41 +169,51 @@ def check_acks(ctx: Ctx, now_ms: int) -> Outbox:
     """H02: a schedule without ack after the timeout is flagged, logged and re-sent."""
     out = Outbox()
     due = now_ms - ctx.config.schedule_ack_timeout_s * 1000
-    for sched in ctx.ops.schedules(states=(ScheduleState.SENT, ScheduleState.FLAGGED)):
+    for sched in ctx.schedules.find(states=SCHEDULE.allowed(ScheduleEvent.RESEND)):
         if sched.sent_ms is not None and sched.sent_ms <= due:
-            with ctx.store.db.transaction():
-                _send(ctx, sched, now_ms, True, out)
+            with ctx.db.transaction():
+                _send(ctx, sched, now_ms, ScheduleEvent.RESEND, out)
     return out
+
+
+def answer_event(status: int, cancel: bool) -> ScheduleEvent:
+    """The lifecycle event of a meter's answer (status 0 = ack, else a nack reason)."""
+    if not status:
+        return ScheduleEvent.ACK_CANCEL if cancel else ScheduleEvent.ACK
+    if status in SCHEDULE_TRANSIENT_NACKS:
+        return ScheduleEvent.BUSY  # nothing wrong with the schedule: re-sent after the timeout
+    return ScheduleEvent.NACK
 
 
 def on_answer(ctx: Ctx, meter_id: int, seq: int, status: int, now_ms: int) -> None:
     """Record a schedule_ack (status 0) or a nack of a schedule_set, and log it."""
-    sched = ctx.ops.schedule_answered(meter_id, seq, status, now_ms)
+    sched = ctx.schedules.awaiting(meter_id, seq)
+    if sched is not None:
+        event = answer_event(status, sched.spec.cancel)
+        ctx.schedules.answer(meter_id, sched.spec.slot, event, now_ms, status or None)
     if sched is None:
-        ctx.ops.log(
+        ctx.activity.log(
             now_ms,
-            log.REJECTED,
+            Kind.REJECTED,
             f"schedule answer (status {status}) for seq {seq} matches no open schedule: ignored",
             meter_id,
         )
         return
     waited = (now_ms - (sched.sent_ms or now_ms)) / 1000
     if status:
-        again = status in TRANSIENT_NACKS
-        if again:  # nothing wrong with the schedule: re-sent after the ack timeout
-            ctx.ops.reopen_schedule(meter_id, sched.spec.slot)
-        ctx.ops.log(
+        again = event is ScheduleEvent.BUSY
+        ctx.activity.log(
             now_ms,
-            log.SCHEDULE_NACK,
-            f"{describe(sched.spec)} refused by the meter: {reason_name(status)} "
+            Kind.SCHEDULE_NACK,
+            f"{describe(sched.spec)} refused by the meter: {nack_name(status)} "
             f"(seq {seq}, {waited:.1f} s after the send); source {sched.source}"
             + ("; re-sent after the ack timeout" if again else ""),
             meter_id,
         )
     else:
-        ctx.ops.log(
+        ctx.activity.log(
             now_ms,
-            log.SCHEDULE_ACK,
+            Kind.SCHEDULE_ACK,
             f"{describe(sched.spec)} acknowledged (seq {seq}, attempt {sched.attempts}, "
             f"{waited:.1f} s after the send); source {sched.source}",
             meter_id,

@@ -13,29 +13,28 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from headend.context import Ctx, Sessions
+from headend.context import Ctx
+from headend.downlink import Downlinks
 from headend.outbox import Outbox
-from headend.store import ops as log
-
-OUT_OF_SYNC = 4
+from headend.store.activity import Kind
 
 
 def answer(
-    sessions: Sessions, fields: dict[str, Any], t2_ms: int, now_ms: Callable[[], int]
+    downlinks: Downlinks, fields: dict[str, Any], t2_ms: int, now_ms: Callable[[], int]
 ) -> bytes:
     """The `time_sync_response` to a request that arrived at ``t2_ms``."""
     t3 = now_ms()
     body = {"t1_ms": fields["body"]["t1_ms"], "t2_ms": t2_ms, "t3_ms": t3}
-    return sessions.reply(fields["meter_id"], "time_sync_response", body, t3)
+    return downlinks.reply(fields["meter_id"], "time_sync_response", body, t3)
 
 
 def set_time(ctx: Ctx, meter_id: int, off_s: int, transport: str | None, now_ms: int) -> Outbox:
     """An authenticated `time_set` to the head-end's time, logged."""
     out = Outbox()
-    seq, frame = ctx.sessions.frame(meter_id, "time_set", {"utc_ms": now_ms}, now_ms, auth=True)
-    ctx.ops.log(
+    seq, frame = ctx.downlinks.frame(meter_id, "time_set", {"utc_ms": now_ms}, now_ms, auth=True)
+    ctx.activity.log(
         now_ms,
-        log.TIME_SET,
+        Kind.TIME_SET,
         f"meter reported its clock {off_s} s off (event 4): authenticated time_set seq {seq} "
         f"to {now_ms} ms",
         meter_id,

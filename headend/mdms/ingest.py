@@ -23,26 +23,7 @@ from headend.store import (
     MidnightRegister,
     Source,
 )
-
-EVENT_NAMES = {
-    1: "power_down",
-    2: "power_up",
-    3: "clock_adjusted",
-    4: "clock_out_of_sync",
-    5: "sync_failed",
-    6: "schedule_changed",
-    7: "read_failed",
-    8: "config_changed",
-    9: "download_granted",
-    10: "download_denied",
-    11: "tamper",
-    12: "self_test",
-    13: "auth_failed",
-    14: "read_unanswerable",
-    15: "interval_changed",
-    16: "message_sent",
-}
-READ_KINDS = {0: "scheduled", 1: "on_demand", 2: "period"}
+from protocol.codes import event_name
 
 
 def iso(t: int) -> str:
@@ -138,7 +119,7 @@ def engineering(meter: Meter, secs: Sections, source: Source) -> dict[str, Any]:
             {
                 "time": iso(e.time),
                 "code": e.code,
-                "name": EVENT_NAMES.get(e.code, "unknown"),
+                "name": event_name(e.code),
                 "data": e.data,
             }
             for e in secs.events

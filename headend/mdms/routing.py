@@ -19,11 +19,12 @@ from typing import Any
 
 from headend.context import Ctx
 from headend.errors import InvalidData
-from headend.mdms.ingest import EVENT_NAMES, iso
+from headend.mdms.ingest import iso
 from headend.outbox import Outbox
 from headend.store import EventRecord
-from headend.store import ops as log
+from headend.store.activity import Kind
 from headend.store.records import check_recipient
+from protocol.codes import event_name
 
 
 def store_events(ctx: Ctx, meter_id: int, events: list[EventRecord], now_ms: int) -> list[int]:
@@ -34,13 +35,13 @@ def store_events(ctx: Ctx, meter_id: int, events: list[EventRecord], now_ms: int
     if not events:
         return []
     keys = [(e.time, e.code, e.data) for e in events]
-    before = ctx.ops.event_ids(meter_id, keys)
-    ctx.store.ingest(events=events)
-    ids = ctx.ops.event_ids(meter_id, keys)
+    before = ctx.events.ids(meter_id, keys)
+    ctx.readings.ingest(events=events)
+    ids = ctx.events.ids(meter_id, keys)
     fresh = {k: ids[k] for k in keys if k not in before and k in ids}
     if not fresh:
         return []
-    routes = ctx.ops.routes()
+    routes = ctx.events.routes()
     sent_to: set[str] = set()
     for (t, code, data), eid in sorted(fresh.items()):
         payload = json.dumps(
@@ -49,7 +50,7 @@ def store_events(ctx: Ctx, meter_id: int, events: list[EventRecord], now_ms: int
                 "meter": meter_id,
                 "event_id": eid,
                 "code": code,
-                "name": EVENT_NAMES.get(code, "unknown"),
+                "name": event_name(code),
                 "time": iso(t),
                 "data": data,
                 "received_at": iso(now_ms // 1000),
@@ -58,12 +59,12 @@ def store_events(ctx: Ctx, meter_id: int, events: list[EventRecord], now_ms: int
         )
         for r in routes:
             if r.code in (0, code):
-                ctx.ops.add_delivery(r.recipient, "event", payload, now_ms, event_id=eid)
+                ctx.events.add_delivery(r.recipient, "event", payload, now_ms, event_id=eid)
                 sent_to.add(r.recipient)
-    names = ", ".join(f"{EVENT_NAMES.get(c, c)}@{iso(t)}" for (t, c, _), _ in sorted(fresh.items()))
-    ctx.ops.log(
+    names = ", ".join(f"{event_name(c)}@{iso(t)}" for (t, c, _), _ in sorted(fresh.items()))
+    ctx.activity.log(
         now_ms,
-        log.EVENT_STORED,
+        Kind.EVENT_STORED,
         f"{len(fresh)} new event(s): {names}; routed to "
         f"{', '.join(sorted(sent_to)) if sent_to else 'no recipient (no route)'}",
         meter_id,
@@ -81,14 +82,14 @@ def notify(
 ) -> int | None:
     """Queue a message (a read result, a trouble notice) for a recipient."""
     payload = json.dumps({"kind": kind, **body}, separators=(",", ":"))
-    return ctx.ops.add_delivery(recipient, kind, payload, now_ms, job_id=job_id)
+    return ctx.events.add_delivery(recipient, kind, payload, now_ms, job_id=job_id)
 
 
 def send_due(ctx: Ctx, now_ms: int) -> Outbox:
     """Publish every delivery that is due (first send or re-send)."""
     out = Outbox()
     cfg = ctx.config
-    for d in ctx.ops.due_deliveries(now_ms):
+    for d in ctx.events.due(now_ms):
         topic = ctx.notify_topic(d.recipient)
         message = {
             **json.loads(d.payload),
@@ -97,12 +98,12 @@ def send_due(ctx: Ctx, now_ms: int) -> Outbox:
             "ack_topic": f"{topic}/ack",
         }
         last = d.attempts + 1 >= cfg.notify_max_attempts
-        with ctx.store.db.transaction():
-            ctx.ops.delivery_sent(d.delivery_id, now_ms, now_ms + cfg.notify_retry_s * 1000, last)
+        with ctx.db.transaction():
+            ctx.events.sent(d.delivery_id, now_ms, now_ms + cfg.notify_retry_s * 1000, last)
             if last:
-                ctx.ops.log(
+                ctx.activity.log(
                     now_ms,
-                    log.DELIVERY_EXPIRED,
+                    Kind.DELIVERY_EXPIRED,
                     f"delivery {d.delivery_id} ({d.kind}) to {d.recipient}: sent "
                     f"{d.attempts + 1} times without an ack; giving up",
                     _meter_of(d.payload),
@@ -130,24 +131,27 @@ def acknowledge(ctx: Ctx, delivery_id: int, by: str | None, now_ms: int) -> bool
     """
     if by is not None:
         check_recipient(by)
-        mine = ctx.ops.delivery(delivery_id)
+        mine = ctx.events.get(delivery_id)
         if mine is not None and mine.recipient != by:
             raise InvalidData(
                 f"ack of delivery {delivery_id} from {by!r}: it was sent to {mine.recipient!r}"
             )
-    d = ctx.ops.ack_delivery(delivery_id, now_ms)
-    if d is None:
-        return False
-    routed = (d.sent_ms or now_ms) - d.created_ms
-    ctx.ops.log(
-        now_ms,
-        log.DELIVERY_ACKED if d.job_id is None else log.READ_ACKED,
-        f"delivery {d.delivery_id} ({d.kind}) acknowledged by {d.recipient}"
-        f"{' (via CLI)' if by is None else ''}: sent {routed / 1000:.1f} s after receipt, "
-        f"acked {(now_ms - d.created_ms) / 1000:.1f} s after receipt, {d.attempts} send(s)",
-        _meter_of(d.payload),
-        str(d.job_id) if d.job_id is not None else str(d.event_id),
-    )
+    with ctx.db.transaction():
+        d = ctx.events.acknowledge(delivery_id, now_ms)
+        if d is None:
+            return False
+        if d.job_id is not None:  # a read's result: the job records its requester's ack
+            ctx.jobs.acknowledge(d.job_id, now_ms)
+        routed = (d.sent_ms or now_ms) - d.created_ms
+        ctx.activity.log(
+            now_ms,
+            Kind.DELIVERY_ACKED if d.job_id is None else Kind.READ_ACKED,
+            f"delivery {d.delivery_id} ({d.kind}) acknowledged by {d.recipient}"
+            f"{' (via CLI)' if by is None else ''}: sent {routed / 1000:.1f} s after receipt, "
+            f"acked {(now_ms - d.created_ms) / 1000:.1f} s after receipt, {d.attempts} send(s)",
+            _meter_of(d.payload),
+            str(d.job_id) if d.job_id is not None else str(d.event_id),
+        )
     return True
 
 

@@ -13,7 +13,6 @@ from headend.store.base import (
     Channel,
     DayCoverage,
     EventRecord,
-    Flag,
     IngestResult,
     Interval,
     IntervalBlock,
@@ -27,6 +26,7 @@ from headend.store.base import (
 )
 from headend.store.sql import SqlStore
 from headend.store.units import ChannelKind, Quantity, Scale, Unit
+from protocol.codes import Flag
 
 __all__ = [
     "BlockIngest",

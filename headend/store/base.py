@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from headend.errors import InvalidData
 from headend.store.units import ChannelKind, Scale, Unit
+from protocol.codes import RESERVED_FLAGS, Flag
 
 U8_MAX = 0xFF
 U16_MAX = 0xFFFF
@@ -40,19 +41,6 @@ class Source(enum.IntEnum):
     RECOVERY = 3
     MANUAL_UPLOAD = 4
     THIRD_PARTY = 5
-
-
-class Flag(enum.IntFlag):
-    """Per-interval status flags (SPEC "Status flags")."""
-
-    POWER_FAILED = 0x01
-    CLOCK_ADJUSTED = 0x02
-    PARTIAL = 0x04
-    RECOVERED = 0x08
-    INVALID = 0x10
-
-
-RESERVED_FLAGS = 0xE0
 
 
 class Quality(enum.IntEnum):

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from headend.errors import SchemaError
-from headend.store.sql import Db
+from headend.store.db import Db
 
 _DIALECT = {
     "sqlite": {
@@ -245,7 +245,7 @@ def check_version(db: Db, migrations: Sequence[Migration] = MIGRATIONS) -> int:
     """Raise `SchemaError` unless the database is exactly at the latest version."""
     have, want = current_version(db), latest_version(migrations)
     if have != want:
-        raise SchemaError(_mismatch(have, want))
+        raise SchemaError(_mismatch(have, want), have, want)
     return have
 
 
@@ -280,7 +280,7 @@ def migrate(db: Db, migrations: Sequence[Migration] = MIGRATIONS) -> list[int]:
             )
         have = current_version(db)
         if have > want:
-            raise SchemaError(_mismatch(have, want))
+            raise SchemaError(_mismatch(have, want), have, want)
         for m in migrations:
             if m.version <= have:
                 continue

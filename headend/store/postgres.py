@@ -22,7 +22,8 @@ import psycopg
 from psycopg import sql
 
 from headend.errors import StoreError
-from headend.store.sql import Db, Row, SqlStore
+from headend.store.db import Db, Row
+from headend.store.sql import SqlStore
 
 
 def _q(text: str) -> LiteralString:

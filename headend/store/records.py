@@ -1,5 +1,8 @@
 """Rows of the operational tables (schema v2) as frozen, validated values.
 
+(The states of jobs and schedules, and their transition tables, are in
+`lifecycles.py`; they are re-exported here with the rows that carry them.)
+
 The meter-data rows (intervals, registers, events) are in `base`; these are
 the ADCS's own records: schedules per meter and slot, on-demand read jobs,
 the activity log, event routes and deliveries to recipients. Times here are
@@ -15,32 +18,24 @@ from dataclasses import dataclass
 
 from headend.errors import InvalidData
 from headend.store.base import DAY_S, U32_MAX, Source
+from headend.store.lifecycles import JobState, ScheduleState
+from protocol.codes import NSLOTS, WHAT_ALL, ReadMode, SlotAction
 
-NSLOTS = 4
-WHAT_ALL = 15
-#: Read-request modes (SPEC read_request.mode).
-MODE_PERIOD, MODE_SINCE_ACK, MODE_ON_DEMAND = 0, 1, 2
+__all__ = [
+    "Activity",
+    "Delivery",
+    "DeliveryState",
+    "Job",
+    "JobState",
+    "ReadSpec",
+    "Route",
+    "Schedule",
+    "ScheduleSpec",
+    "ScheduleState",
+    "check_recipient",
+]
+
 _RECIPIENT = re.compile(r"^[A-Za-z0-9_.:@-]{1,64}$")
-
-
-class ScheduleState(enum.StrEnum):
-    """Where a schedule is between the head-end and the meter (H02, H07)."""
-
-    PENDING = "pending"  # written, not sent yet (the service sends it)
-    SENT = "sent"  # sent, ack not yet received
-    ACKED = "acked"  # the meter acknowledged it (status 0)
-    NACKED = "nacked"  # the meter refused it (reason recorded); nothing applied
-    FLAGGED = "flagged"  # no ack within the timeout: flagged and re-sent
-    CANCELLED = "cancelled"  # a cancel the meter acknowledged
-
-
-class JobState(enum.StrEnum):
-    """Life of an on-demand read (H05, H06)."""
-
-    QUEUED = "queued"
-    SENT = "sent"
-    DONE = "done"
-    FAILED = "failed"
 
 
 class DeliveryState(enum.StrEnum):
@@ -105,7 +100,7 @@ class ScheduleSpec:
         """The Slot dict of a schedule_set body."""
         return {
             "slot": self.slot,
-            "action": 1 if self.cancel else 0,
+            "action": int(SlotAction.CANCEL if self.cancel else SlotAction.SET),
             "start": self.start,
             "end": self.end,
             "period_s": self.period_s,
@@ -135,7 +130,7 @@ class ReadSpec:
     """An on-demand read to make (SPEC read_request)."""
 
     meter_id: int
-    mode: int = MODE_ON_DEMAND
+    mode: ReadMode = ReadMode.ON_DEMAND
     start: int = 0
     end: int = 0
     what: int = WHAT_ALL
@@ -143,13 +138,15 @@ class ReadSpec:
 
     def __post_init__(self) -> None:
         _u32("meter_id", self.meter_id)
-        if self.mode not in (MODE_PERIOD, MODE_SINCE_ACK, MODE_ON_DEMAND):
+        try:
+            object.__setattr__(self, "mode", ReadMode(self.mode))
+        except ValueError:
             raise InvalidData(
-                f"mode: expected 0 period, 1 since_ack or 2 on_demand, got {self.mode}"
-            )
+                f"mode: expected 0 period, 1 since_ack or 2 on_demand, got {self.mode!r}"
+            ) from None
         _u32("start", self.start)
         _u32("end", self.end)
-        if self.mode == MODE_PERIOD and self.end <= self.start:
+        if self.mode is ReadMode.PERIOD and self.end <= self.start:
             raise InvalidData(f"a period read needs start < end, got {self.start}..{self.end}")
         if type(self.what) is not int or not 1 <= self.what <= WHAT_ALL:
             raise InvalidData(f"what: expected 1..{WHAT_ALL}, got {self.what!r}")
@@ -158,7 +155,7 @@ class ReadSpec:
 
     def wire(self) -> dict[str, int]:
         """The body of a read_request."""
-        return {"mode": self.mode, "start": self.start, "end": self.end, "what": self.what}
+        return {"mode": int(self.mode), "start": self.start, "end": self.end, "what": self.what}
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +180,11 @@ class Job:
     result: str | None
     trouble: str | None
 
+    @property
+    def closed(self) -> bool:
+        """Done or failed: nothing more will happen to it but the requester's ack."""
+        return self.state in (JobState.DONE, JobState.FAILED)
+
 
 @dataclass(frozen=True, slots=True)
 class Activity:
@@ -205,8 +207,14 @@ class Route:
     added_ms: int
 
     def __post_init__(self) -> None:
-        if type(self.code) is not int or not 0 <= self.code <= 255:
+        # an IntEnum (protocol.codes.Event) is welcome; a bool or a str is not
+        if (
+            isinstance(self.code, bool)
+            or not isinstance(self.code, int)
+            or not 0 <= self.code <= 255
+        ):
             raise InvalidData(f"event code: expected 0 (all) or 1..255, got {self.code!r}")
+        object.__setattr__(self, "code", int(self.code))
         check_recipient(self.recipient)
 
 

@@ -26,8 +26,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from headend.errors import ConfigError, StoreError
-from headend.store.sql import Db, Row, SqlStore
+from headend.errors import ConfigError, MissingDatabase, StoreError
+from headend.store.db import Db, Row
+from headend.store.sql import SqlStore
 
 _SYNC = ("OFF", "NORMAL", "FULL", "EXTRA")
 
@@ -38,13 +39,28 @@ class SqliteDb(Db):
     dialect = "sqlite"
     chunk_rows = 500  # x 9 columns: well under SQLite's 32,766 parameters
 
-    def __init__(self, path: str | Path, *, synchronous: str = "FULL", timeout: float = 30.0):
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        synchronous: str = "FULL",
+        timeout: float = 30.0,
+        create: bool = True,
+    ):
         if synchronous.upper() not in _SYNC:
             raise ConfigError(f"synchronous: expected one of {_SYNC}, got {synchronous!r}")
         self.path = Path(path)
+        memory = str(path) == ":memory:"
+        if not create and not memory and not self.path.is_file():
+            raise MissingDatabase(f"no database at {path}")
         try:
             self._conn = sqlite3.connect(
-                str(path), isolation_level=None, timeout=timeout, check_same_thread=False
+                # mode=rw: an existing file only (a missing one is not created on the side)
+                self.path.absolute().as_uri() + "?mode=rw" if not (create or memory) else str(path),
+                isolation_level=None,
+                timeout=timeout,
+                check_same_thread=False,
+                uri=not (create or memory),
             )
             mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(path) != ":memory:" and mode != "wal":
@@ -152,6 +168,9 @@ class SqliteStore(SqlStore):
         Raises:
             ConfigError: bad ``synchronous`` value.
             StoreError: the file cannot be opened.
-            SchemaError: the file's schema is newer than this head-end.
+            SchemaError: the file's schema is newer than this head-end (or, with
+                ``migrate=False``, not exactly this head-end's).
+            MissingDatabase: ``migrate=False`` and there is no file (none is created).
         """
-        super().__init__(SqliteDb(path, synchronous=synchronous, timeout=timeout), migrate=migrate)
+        db = SqliteDb(path, synchronous=synchronous, timeout=timeout, create=migrate)
+        super().__init__(db, migrate=migrate)

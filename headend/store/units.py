@@ -11,34 +11,15 @@ factors (meter and channel rows), so a translation can always be redone.
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 from decimal import Decimal
 
 from headend.errors import InvalidData
+from protocol.codes import ChannelKind, Unit
+
+__all__ = ["ChannelKind", "Quantity", "Scale", "Unit"]
 
 U16_MAX = 0xFFFF
-
-
-class Unit(enum.IntEnum):
-    """Unit of measure of a channel (protocol code)."""
-
-    WH = 1
-    VARH = 2
-
-    @property
-    def symbol(self) -> str:
-        """The unit as written in reports: ``Wh`` or ``varh``."""
-        return "Wh" if self is Unit.WH else "varh"
-
-
-class ChannelKind(enum.IntEnum):
-    """What a channel measures (protocol code)."""
-
-    ACTIVE_IMPORT = 1
-    ACTIVE_EXPORT = 2
-    REACTIVE_IMPORT = 3
-    REACTIVE_EXPORT = 4
 
 
 @dataclass(frozen=True, slots=True)

@@ -103,6 +103,7 @@ class MqttTransport:
                     for topic in self.extra_topics:
                         await client.subscribe(topic, qos=1)
                     self.connected.set()
+                    log.info("MQTT %s:%s: subscribed as %s", self.host, self.port, self.client_id)
                     attempt = 0
                     async for message in client.messages:
                         meter = meter_from_topic(str(message.topic))

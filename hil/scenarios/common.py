@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from headend.store.records import JobState
+from headend.api import JobState
 from hil.board import FlashImage, VirtualBoard
 from hil.rig import Rig
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from headend.store import ops as oplog
+from headend.api import Kind
 from hil.rig import Rig
 from hil.scenarios.common import DAY, T0, Options, Progress, collect, compare, counted
 
@@ -78,7 +78,7 @@ async def run(opts: Options) -> dict[str, Any]:
         seen = rig.sniffer
         time_sets = {m: len(seen.of("time_set", m)) for m in rig.meter_ids}
         logged = {
-            m: len(await rig.activity(m, [oplog.TIME_SET])) for m in rig.meter_ids
+            m: len(await rig.activity(m, [Kind.TIME_SET])) for m in rig.meter_ids
         }  # head-end log of each time_set it sent
         validations = []
         near_boundary = 0
@@ -99,9 +99,7 @@ async def run(opts: Options) -> dict[str, Any]:
             await rig.board(m).power_cut()
         imgs = {m: rig.board(m).read_flash() for m in rig.meter_ids}
         ev = {m: {code: imgs[m].event_codes(code) for code in (3, 4, 5)} for m in rig.meter_ids}
-        held4 = [
-            e for e in await rig.call(lambda ctx: ctx.store.events(c, start, until)) if e.code == 4
-        ]
+        held4 = [e for e in await rig.call(lambda he: he.events(c, start, until)) if e.code == 4]
         lost = doubled = corrupt = energy = silent = 0
         for m in rig.meter_ids:
             cmp_ = await compare(rig, rig.board(m), start, until)

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from headend.store.records import JobState
+from headend.api import JobState
 from hil.anyboard import Board
 from hil.rig import Rig
 from hil.scenarios.common import T0, Options, Progress

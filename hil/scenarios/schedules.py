@@ -23,9 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from headend.adcs import scheduling
-from headend.context import Ctx
-from headend.store.records import ScheduleSpec, ScheduleState
+from headend.api import Headend, ScheduleSpec, ScheduleState
 from hil.rig import Rig
 from hil.scenarios.common import DAY, T0, Options, Progress
 
@@ -68,8 +66,8 @@ async def run(opts: Options) -> dict[str, Any]:
         for m in rig.meter_ids:
             spec = ScheduleSpec(m, 1, period_s=H, offset_s=0, start=day + 60, end=day + DAY)
 
-            def put(ctx: Ctx, s: ScheduleSpec = spec) -> None:
-                scheduling.set_schedule(ctx, s, SOURCE, now_ms)
+            def put(he: Headend, s: ScheduleSpec = spec) -> None:
+                he.set_schedule(s, SOURCE, now_ms)
 
             await rig.call(put)
         p("slot 1 set: hourly on day 1; default read from the evening assignment")
@@ -98,7 +96,7 @@ async def run(opts: Options) -> dict[str, Any]:
         expected |= {(day + (k - 1) * H, day + k * H) for k in range(8, 24)}
         daily = (day, day + DAY)
         got_all: dict[int, set[tuple[int, int]]] = {m: spans(rig, m) for m in rig.meter_ids}
-        scheds = await rig.call(lambda ctx: ctx.ops.schedules())
+        scheds = await rig.call(lambda he: he.schedules())
         for b in rig.board_list:
             await b.power_cut()
         missing = unexpected = 0

@@ -12,6 +12,8 @@ from urllib.parse import quote
 
 import pytest
 
+from headend.config import Config
+from headend.context import Ctx
 from headend.store import SqlStore, open_store
 
 
@@ -44,3 +46,8 @@ def open_at(url: str, opened: list[SqlStore]) -> SqlStore:
     s = open_store(url)
     opened.append(s)
     return s
+
+
+def ctx_of(store: SqlStore) -> Ctx:
+    """The head-end's tables on an open store (what the service and the CLI use)."""
+    return Ctx.build(Config(), store)

@@ -32,8 +32,7 @@ from headend.store import (
     SqlStore,
     Unit,
 )
-from headend.store.ops import Ops
-from tests.headend.conftest import open_at
+from tests.headend.conftest import ctx_of, open_at
 from tests.support.broker import Broker
 from tests.support.fakemeter import FakeMeter, MqttLink
 from tests.support.service import T0, make_config, running_service
@@ -72,8 +71,8 @@ def db(sqlite_url: str, store_at: list[SqlStore]) -> str:
         ],
         events=[EventRecord(1, 11, T0 - 10, 5, Source.SCHEDULED, T0)],
     )
-    Ops(s.db).join_unscheduled(1, 0)
-    Ops(s.db).join_unscheduled(2, 0)
+    ctx_of(s).registry.join_unscheduled(1, 0)
+    ctx_of(s).registry.join_unscheduled(2, 0)
     return sqlite_url
 
 
@@ -200,7 +199,8 @@ def test_h01_cli_groups_loads_and_assign(capsys: pytest.CaptureFixture[str], db:
     assert d["unscheduled"] == 2 and len(d["groups"]) == 24  # 00:01-08:00 in 20 min
     assert d["groups"][0]["window"] == "00:01-00:21" and d["groups"][-1]["window"] == "07:41-08:00"
     code, out, _ = run(capsys, "groups", "--assign", "--database", db)
-    assert code == 0 and "unscheduled: 0; placed now: 2" in out
+    assert code == 0 and "unscheduled: 0; imbalance (largest - smallest group): 1" in out
+    assert "placed now: 2" in out
     code, out, _ = run(capsys, "schedule", "list", "--database", db, "--json")
     assert [(r["meter"], r["slot"], r["state"]) for r in json.loads(out)] == [
         (1, 0, "pending"),
@@ -222,7 +222,7 @@ def test_d09_cli_events_routes_and_ack(capsys: pytest.CaptureFixture[str], db: s
     code, _, err = run(capsys, "events", "routes", "add", "11", "bad name!", *base)
     assert code == 2 and "recipient" in err
     ops_db = open_at(db, [])
-    did = Ops(ops_db.db).add_delivery(
+    did = ctx_of(ops_db).events.add_delivery(
         "security", "event", '{"meter": 1}', 0, event_id=ev["event_id"]
     )
     ops_db.close()
@@ -278,8 +278,8 @@ def test_h05_cli_read_waits_prints_and_acknowledges(
             assert code == 1 and "failed" in out and "no valid answer" in out
             code, _, err = await _cli(sqlite_url, mqtt_broker.url, "read", "4242")
             assert code == 2 and "not registered" in err
-            ops = Ops(open_at(sqlite_url, store_at).db)
-            jobs = ops.jobs()
+            ctx = ctx_of(open_at(sqlite_url, store_at))
+            jobs = ctx.jobs.newest()
             assert len(jobs) == 3 and all(j.requester_ack_ms is not None for j in jobs)
             for m in (good, mute):
                 await m.stop()

@@ -7,14 +7,14 @@ import json
 
 from headend.clock import Clock
 from headend.store import SqlStore
-from headend.store.ops import Ops
 from headend.store.records import DeliveryState
-from tests.headend.conftest import open_at
+from protocol.codes import Event
+from tests.headend.conftest import ctx_of, open_at
 from tests.support.broker import Broker
 from tests.support.fakemeter import FakeMeter, MqttLink
 from tests.support.service import T0, Subscriber, eventually, make_config, running_service
 
-TAMPER, POWER_DOWN, OUT_OF_SYNC = 11, 1, 4
+TAMPER, POWER_DOWN, OUT_OF_SYNC = Event.TAMPER, Event.POWER_DOWN, Event.CLOCK_OUT_OF_SYNC
 
 
 def test_d09_events_stored_routed_resent_until_acked(
@@ -29,9 +29,9 @@ def test_d09_events_stored_routed_resent_until_acked(
             Subscriber(mqtt_broker.host, mqtt_broker.port, ("ami/v1/notify/#",)) as inbox,
         ):
             store = open_at(backend, store_at)
-            ops = Ops(store.db)
-            ops.add_route(TAMPER, "security", 0)
-            ops.add_route(0, "archive", 0)  # every code
+            ctx = ctx_of(store)
+            ctx.events.add_route(TAMPER, "security", 0)
+            ctx.events.add_route(0, "archive", 0)  # every code
             m = FakeMeter(901, MqttLink(mqtt_broker.host, mqtt_broker.port, 901), clock)
             await m.start()
             await m.register()
@@ -71,19 +71,21 @@ def test_d09_events_stored_routed_resent_until_acked(
                 10,
                 "archive re-sent",
             )
-            ds = {d.recipient + str(d.event_id): d for d in ops.deliveries()}
+            ds = {d.recipient + str(d.event_id): d for d in ctx.events.deliveries()}
             assert len(ds) == 3  # (tamper -> security, archive), (power_down -> archive)
             sd = await eventually(
-                lambda: [d for d in ops.deliveries() if d.recipient == "security" and d.acked_ms],
+                lambda: [
+                    d for d in ctx.events.deliveries() if d.recipient == "security" and d.acked_ms
+                ],
                 10,
                 "ack recorded",
             )
             assert sd[0].state is DeliveryState.ACKED and sd[0].sent_ms is not None
             # N03: routing latency (receipt -> first send) is recorded per delivery
             assert all(
-                d.sent_ms is not None and d.sent_ms >= d.created_ms for d in ops.deliveries()
+                d.sent_ms is not None and d.sent_ms >= d.created_ms for d in ctx.events.deliveries()
             )
-            assert any(a.kind == "delivery_acked" for a in ops.activity())
+            assert any(a.kind == "delivery_acked" for a in ctx.activity.lines())
             await m.stop()
 
     asyncio.run(main())
@@ -97,8 +99,8 @@ def test_n03_events_are_routed_on_receipt_not_on_a_timer(
     clock = Clock(cfg.speed, cfg.clock_start)
 
     async def main() -> None:
-        ops = Ops(open_at(sqlite_url, store_at).db)
-        ops.add_route(TAMPER, "security", 0)
+        ctx = ctx_of(open_at(sqlite_url, store_at))
+        ctx.events.add_route(TAMPER, "security", 0)
         async with (
             running_service(cfg, clock),
             Subscriber(mqtt_broker.host, mqtt_broker.port, ("ami/v1/notify/security",)) as inbox,
@@ -144,8 +146,8 @@ def test_h10_time_sync_answers_from_head_end_clock_and_sets_far_off_meters(
             for _ in range(3):  # the third's ack comes after anything sent for the second
                 await off.push_events(report)
             assert len([f for f in off.received if f["type"] == "time_set"]) == 2
-            ops = Ops(open_at(sqlite_url, store_at).db)
-            logged = ops.activity(952, ["time_set"])
+            ctx = ctx_of(open_at(sqlite_url, store_at))
+            logged = ctx.activity.lines(952, ["time_set"])
             assert len(logged) == 2 and "300 s off" in logged[0].detail
             for mt in (good, off):
                 await mt.stop()

@@ -14,9 +14,8 @@ from headend.clock import Clock
 from headend.context import Ctx
 from headend.errors import InvalidData
 from headend.store import SqlStore
-from headend.store.ops import Ops
 from headend.store.records import ScheduleSpec, ScheduleState
-from tests.headend.conftest import open_at
+from tests.headend.conftest import ctx_of, open_at
 from tests.support.broker import Broker
 from tests.support.fakemeter import FakeMeter, MqttLink
 from tests.support.service import T0, eventually, make_config, running_service
@@ -46,27 +45,35 @@ def test_h01_registered_meters_wait_unscheduled_then_fill_groups_evenly(
             for m in meters:
                 await m.start()
             await asyncio.gather(*(m.register() for m in meters))
-            ops = Ops(open_at(sqlite_url, store_at).db)
+            ctx = ctx_of(open_at(sqlite_url, store_at))
             assert clock.now() < T0 + 20 * 3600, "registered before the evening"
-            assert ops.unscheduled() == list(range(101, 108))
+            assert ctx.registry.unscheduled() == list(range(101, 108))
             await eventually(lambda: all(0 in m.schedules for m in meters[:6]), 20, "slot 0")
-            assert ops.group_loads() == {0: 2, 1: 2, 2: 2}
-            assert [ops.group_of(i)[0] for i in range(101, 108)] == [0, 1, 2, 0, 1, 2, None]
-            assert ops.unscheduled() == [107]  # every group full: waits for tomorrow
+            assert ctx.registry.group_loads() == {0: 2, 1: 2, 2: 2}
+            assert [ctx.registry.group_of(i)[0] for i in range(101, 108)] == [
+                0,
+                1,
+                2,
+                0,
+                1,
+                2,
+                None,
+            ]
+            assert ctx.registry.unscheduled() == [107]  # every group full: waits for tomorrow
             window = Ctx.build(cfg, open_at(sqlite_url, store_at)).window
             for m in meters[:6]:
-                grp, offset = ops.group_of(m.meter_id)
+                grp, offset = ctx.registry.group_of(m.meter_id)
                 assert grp is not None
                 lo, hi = window.bounds(grp)
                 slot = m.schedules[0]
                 assert slot["offset_s"] == offset and lo <= offset < hi
                 assert (slot["period_s"], slot["end"], slot["action"]) == (86400, 0, 0)
             await eventually(
-                lambda: all(s.state is ScheduleState.ACKED for s in ops.schedules(states=())),
+                lambda: all(s.state is ScheduleState.ACKED for s in ctx.schedules.find(states=())),
                 10,
                 "acks recorded",
             )
-            log = ops.activity(kinds=["group_assigned", "schedule_ack", "registered"])
+            log = ctx.activity.lines(kinds=["group_assigned", "schedule_ack", "registered"])
             assert sum(a.kind == "registered" for a in log) == 7
             assert sum(a.kind == "schedule_ack" for a in log) == 6
             assert any("stays unscheduled" in a.detail for a in log if a.meter_id == 107)
@@ -97,15 +104,15 @@ def test_h02_missing_ack_is_flagged_after_15_minutes_and_resent(
             waited = clock.now() - sent_at
             assert waited >= cfg.schedule_ack_timeout_s  # not re-sent before 15 min
             (s,) = await eventually(
-                lambda: [x for x in ctx.ops.schedules(201) if x.state is ScheduleState.ACKED],
+                lambda: [x for x in ctx.schedules.find(201) if x.state is ScheduleState.ACKED],
                 10,
                 "ack recorded",
             )
             assert s.attempts == 2 and s.flagged_ms is not None and len(s.seqs) == 2
-            kinds = [a.kind for a in ctx.ops.activity(201)]
+            kinds = [a.kind for a in ctx.activity.lines(201)]
             assert kinds.index("schedule_sent") < kinds.index("schedule_ack_missing")
             assert kinds[-1] == "schedule_ack"
-            missing = ctx.ops.activity(201, ["schedule_ack_missing"])[0].detail
+            missing = ctx.activity.lines(201, ["schedule_ack_missing"])[0].detail
             assert "flagged" in missing and "no ack" in missing
             await m.stop()
 
@@ -127,7 +134,7 @@ def test_h07_non_default_schedule_set_update_cancel_logged_with_source(
             now = clock.now_ms
 
             def acked(state: ScheduleState) -> bool:
-                return [x.state for x in ctx.ops.schedules(301)] == [state]
+                return [x.state for x in ctx.schedules.find(301)] == [state]
 
             start, end = T0 + 86400, T0 + 8 * 86400
             spec = ScheduleSpec(301, 1, period_s=3600, offset_s=300, start=start, end=end)
@@ -144,18 +151,18 @@ def test_h07_non_default_schedule_set_update_cancel_logged_with_source(
             scheduling.cancel_schedule(ctx, 301, 1, "party:retailer-7", now())
             await eventually(lambda: 1 not in m.schedules, 10, "cancel")
             (s,) = await eventually(
-                lambda: [x for x in ctx.ops.schedules(301) if x.state is ScheduleState.CANCELLED],
+                lambda: [x for x in ctx.schedules.find(301) if x.state is ScheduleState.CANCELLED],
                 10,
                 "cancel acked",
             )
             assert s.source == "party:retailer-7"
-            sets = [a.detail for a in ctx.ops.activity(301, ["schedule_set"])]
+            sets = [a.detail for a in ctx.activity.lines(301, ["schedule_set"])]
             assert [d.rsplit("source ", 1)[1] for d in sets] == [
                 "party:retailer-7",
                 "system:recovery",
                 "party:retailer-7",
             ]
-            acks = ctx.ops.activity(301, ["schedule_ack"])
+            acks = ctx.activity.lines(301, ["schedule_ack"])
             assert len(acks) == 3 and all("source" in a.detail for a in acks)
             await m.stop()
 
@@ -179,4 +186,4 @@ def test_h07_frequency_rules_against_the_meter_interval(
     ctx = Ctx.build(Config(database=sqlite_url), store)
     with pytest.raises(InvalidData, match=why):
         scheduling.set_schedule(ctx, ScheduleSpec(5, 1, period_s=period), "op", 0)
-    assert ctx.ops.schedules(5) == [] and ctx.ops.activity(5) == []  # nothing written
+    assert ctx.schedules.find(5) == [] and ctx.activity.lines(5) == []  # nothing written

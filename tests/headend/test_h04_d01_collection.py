@@ -13,9 +13,8 @@ import pytest
 
 from headend.clock import Clock
 from headend.store import Source, SqlStore
-from headend.store.ops import Ops
 from protocol.frame import encode
-from tests.headend.conftest import open_at
+from tests.headend.conftest import ctx_of, open_at
 from tests.support.broker import Broker
 from tests.support.fakemeter import DAY, FakeMeter, MqttLink, value
 from tests.support.service import (
@@ -109,7 +108,7 @@ def test_d01_bad_input_is_logged_and_changes_nothing(
                 await m.start()
             await good.register()
             store = open_at(sqlite_url, store_at)
-            ops = Ops(store.db)
+            ctx = ctx_of(store)
             before = store.stats()
             _, frame = good.frame("event", {"events": [{"code": 11, "time": T0, "data": 0}]})
             await evil.publish("ami/v1/501/up", b"\x01\x02garbage")  # undecodable
@@ -147,17 +146,21 @@ def test_d01_bad_input_is_logged_and_changes_nothing(
             assert nack[0]["body"]["reason"] == 10
             kinds = await eventually(
                 lambda: (
-                    len(ops.activity(kinds=["bad_frame", "rejected", "unknown_meter"])) >= 6
+                    len(ctx.activity.lines(kinds=["bad_frame", "rejected", "unknown_meter"])) >= 6
                     and [
                         a.kind
-                        for a in ops.activity(kinds=["bad_frame", "rejected", "unknown_meter"])
+                        for a in ctx.activity.lines(
+                            kinds=["bad_frame", "rejected", "unknown_meter"]
+                        )
                     ]
                 ),
                 10,
                 "every bad input logged",
             )
             assert kinds.count("bad_frame") == 2 and kinds.count("unknown_meter") == 1
-            details = " | ".join(a.detail for a in ops.activity(kinds=["bad_frame", "rejected"]))
+            details = " | ".join(
+                a.detail for a in ctx.activity.lines(kinds=["bad_frame", "rejected"])
+            )
             for reason in ("BadCrc", "frame says meter 501", "not a meter uplink", "BadMac"):
                 assert reason in details
             assert svc.mqtt.dropped >= 1
@@ -181,7 +184,7 @@ def test_d01_bad_input_is_logged_and_changes_nothing(
             await eventually(lambda: len(store.events(501, T0, T0 + 1)) == 2, 10, "signed taken")
             await evil.publish("ami/v1/501/up", signed_ok)
             await eventually(
-                lambda: any("Replay" in a.detail for a in ops.activity(kinds=["rejected"])),
+                lambda: any("Replay" in a.detail for a in ctx.activity.lines(kinds=["rejected"])),
                 10,
                 "replay logged",
             )

@@ -12,17 +12,17 @@ import json
 
 from headend.adcs import ondemand
 from headend.clock import Clock
+from headend.context import Ctx
 from headend.store import Source, SqlStore
-from headend.store.ops import Ops
 from headend.store.records import JobState, ReadSpec
-from tests.headend.conftest import open_at
+from tests.headend.conftest import ctx_of, open_at
 from tests.support.broker import Broker
 from tests.support.fakemeter import FakeMeter, MqttLink, value
 from tests.support.service import Subscriber, eventually, make_config, running_service
 
 
-def _done(ops: Ops, job_id: int) -> bool:
-    return ops.job(job_id).state in (JobState.DONE, JobState.FAILED)
+def _done(ctx: Ctx, job_id: int) -> bool:
+    return ctx.jobs.get(job_id).state in (JobState.DONE, JobState.FAILED)
 
 
 def test_h05_read_returns_data_to_requester_stores_it_and_records_the_ack(
@@ -40,10 +40,10 @@ def test_h05_read_returns_data_to_requester_stores_it_and_records_the_ack(
             await m.start()
             await m.register()
             store = open_at(backend, store_at)
-            ops = Ops(store.db)
-            job_id = ondemand.request_read(ops, ReadSpec(801), "billing", 0)
-            await eventually(lambda: _done(ops, job_id), 10, "job done")
-            job = ops.job(job_id)
+            ctx = ctx_of(store)
+            job_id = ondemand.request_read(ctx, ReadSpec(801), "billing", 0)
+            await eventually(lambda: _done(ctx, job_id), 10, "job done")
+            job = ctx.jobs.get(job_id)
             assert job.state is JobState.DONE and job.attempts == 1
             assert job.parts == 3 and job.parts_seen == (1, 2, 3)  # a multi-part answer
             # N02: measured per read, from the send (created_ms is set then) to the last part
@@ -64,8 +64,8 @@ def test_h05_read_returns_data_to_requester_stores_it_and_records_the_ack(
             await billing.publish(
                 msg["ack_topic"], json.dumps({"delivery": msg["delivery"]}).encode()
             )
-            await eventually(lambda: ops.job(job_id).requester_ack_ms is not None, 10, "ack")
-            kinds = [a.kind for a in ops.activity(801) if a.ref == str(job_id)]
+            await eventually(lambda: ctx.jobs.get(job_id).requester_ack_ms is not None, 10, "ack")
+            kinds = [a.kind for a in ctx.activity.lines(801) if a.ref == str(job_id)]
             assert kinds[:2] == ["read_queued", "read_sent"]
             assert kinds[-2:] == ["read_done", "read_acked_by_requester"]
             await m.stop()
@@ -86,13 +86,13 @@ def test_h06_no_answer_in_4_minutes_is_retried_once_and_then_succeeds(
             )
             await m.start()
             await m.register()
-            ops = Ops(open_at(sqlite_url, store_at).db)
-            job_id = ondemand.request_read(ops, ReadSpec(802), "cli", 0)
-            await eventually(lambda: _done(ops, job_id), 10, "job done")
-            job = ops.job(job_id)
+            ctx = ctx_of(open_at(sqlite_url, store_at))
+            job_id = ondemand.request_read(ctx, ReadSpec(802), "cli", 0)
+            await eventually(lambda: _done(ctx, job_id), 10, "job done")
+            job = ctx.jobs.get(job_id)
             assert (job.state, job.attempts, len(job.seqs)) == (JobState.DONE, 2, 2)
             assert job.latency_ms is not None and job.latency_ms >= cfg.ondemand_timeout_s * 1000
-            (retry,) = ops.activity(802, ["read_retry"])
+            (retry,) = ctx.activity.lines(802, ["read_retry"])
             assert "no valid answer within 240 s" in retry.detail
             await m.stop()
 
@@ -115,10 +115,10 @@ def test_h06_second_failure_notifies_requester_and_operator_with_trouble(
             )
             await m.start()
             await m.register()
-            ops = Ops(open_at(sqlite_url, store_at).db)
-            job_id = ondemand.request_read(ops, ReadSpec(803), "outage-desk", 0)
-            await eventually(lambda: _done(ops, job_id), 10, "job closed")
-            job = ops.job(job_id)
+            ctx = ctx_of(open_at(sqlite_url, store_at))
+            job_id = ondemand.request_read(ctx, ReadSpec(803), "outage-desk", 0)
+            await eventually(lambda: _done(ctx, job_id), 10, "job closed")
+            job = ctx.jobs.get(job_id)
             assert (job.state, job.attempts) == (JobState.FAILED, 2)
             assert job.trouble is not None and "meter 803" in job.trouble
             assert "sent 2 time(s)" in job.trouble and "no valid answer" in job.trouble
@@ -126,7 +126,9 @@ def test_h06_second_failure_notifies_requester_and_operator_with_trouble(
             to_op = await eventually(lambda: inbox.json("ami/v1/notify/operator"), 10, "operator")
             assert to_req[0]["state"] == "failed" and to_req[0]["trouble"] == job.trouble
             assert to_op[0]["kind"] == "trouble" and to_op[0]["requester"] == "outage-desk"
-            kinds = [a.kind for a in ops.activity(803, ["read_sent", "read_retry", "read_failed"])]
+            kinds = [
+                a.kind for a in ctx.activity.lines(803, ["read_sent", "read_retry", "read_failed"])
+            ]
             assert kinds == ["read_sent", "read_retry", "read_failed"]
             await m.stop()
 
@@ -146,10 +148,10 @@ def test_h06_meter_nack_not_held_fails_at_once(
             )
             await m.start()
             await m.register()
-            ops = Ops(open_at(sqlite_url, store_at).db)
-            job_id = ondemand.request_read(ops, ReadSpec(804, 0, 1, 2), "cli", 0)
-            await eventually(lambda: _done(ops, job_id), 10, "job closed")
-            job = ops.job(job_id)
+            ctx = ctx_of(open_at(sqlite_url, store_at))
+            job_id = ondemand.request_read(ctx, ReadSpec(804, 0, 1, 2), "cli", 0)
+            await eventually(lambda: _done(ctx, job_id), 10, "job closed")
+            job = ctx.jobs.get(job_id)
             assert (job.state, job.attempts) == (JobState.FAILED, 1)
             assert job.trouble is not None and "not_held" in job.trouble
             await m.stop()
@@ -172,11 +174,11 @@ def test_n02_latency_is_recorded_for_every_read(
             for mt in meters:
                 await mt.start()
             await asyncio.gather(*(mt.register() for mt in meters))
-            ops = Ops(open_at(sqlite_url, store_at).db)
-            jobs = [ondemand.request_read(ops, ReadSpec(mt.meter_id), "cli", 0) for mt in meters]
-            await eventually(lambda: all(_done(ops, j) for j in jobs), 10, "all done")
+            ctx = ctx_of(open_at(sqlite_url, store_at))
+            jobs = [ondemand.request_read(ctx, ReadSpec(mt.meter_id), "cli", 0) for mt in meters]
+            await eventually(lambda: all(_done(ctx, j) for j in jobs), 10, "all done")
             for j in jobs:
-                job = ops.job(j)
+                job = ctx.jobs.get(j)
                 assert job.state is JobState.DONE
                 assert job.latency_ms == (job.done_ms or 0) - job.created_ms
             for mt in meters:

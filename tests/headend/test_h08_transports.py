@@ -11,9 +11,8 @@ import asyncio
 from headend.adcs import ondemand
 from headend.clock import Clock
 from headend.store import Source, SqlStore
-from headend.store.ops import Ops
 from headend.store.records import JobState, ReadSpec
-from tests.headend.conftest import open_at
+from tests.headend.conftest import ctx_of, open_at
 from tests.support.broker import Broker
 from tests.support.fakemeter import DAY, FakeMeter, MqttLink, SerialBus, SerialLink
 from tests.support.service import T0, eventually, make_config, running_service
@@ -39,7 +38,7 @@ def test_h08_mqtt_and_serial_meters_collected_and_links_recorded(
             await asyncio.gather(s1.register(), s2.register(), mq.register())
             await asyncio.gather(*(m.daily_read(T0 - DAY) for m in (s1, s2, mq)))
             store = open_at(sqlite_url, store_at)
-            ops = Ops(store.db)
+            ctx = ctx_of(store)
             assert [store.get_meter(i).transport for i in (1101, 1102, 1103)] == [
                 serial_name,
                 serial_name,
@@ -47,9 +46,9 @@ def test_h08_mqtt_and_serial_meters_collected_and_links_recorded(
             ]
             assert store.stats().intervals == 3 * 96
             # on-demand reads go out on each meter's own link
-            jobs = [ondemand.request_read(ops, ReadSpec(i), "cli", 0) for i in (1101, 1103)]
+            jobs = [ondemand.request_read(ctx, ReadSpec(i), "cli", 0) for i in (1101, 1103)]
             await eventually(
-                lambda: all(ops.job(j).state is JobState.DONE for j in jobs), 10, "reads done"
+                lambda: all(ctx.jobs.get(j).state is JobState.DONE for j in jobs), 10, "reads done"
             )
             assert any(f["type"] == "read_request" for f in s1.received)
             assert not any(f["type"] == "read_request" for f in s2.received)  # not its frame
@@ -63,11 +62,11 @@ def test_h08_mqtt_and_serial_meters_collected_and_links_recorded(
             await moved.start()
             await moved.push_events([{"code": 2, "time": T0, "data": 0}])
             assert store.get_meter(1101).transport == "mqtt"
-            (change,) = ops.activity(1101, ["link_changed"])
+            (change,) = ctx.activity.lines(1101, ["link_changed"])
             assert serial_name in change.detail
-            assert [t for _, t, *_ in ops.links(1101)] == ["mqtt", serial_name]
-            job = ondemand.request_read(ops, ReadSpec(1101), "cli", 0)
-            await eventually(lambda: ops.job(job).state is JobState.DONE, 10, "read over mqtt")
+            assert [t for _, t, *_ in ctx.registry.links(1101)] == ["mqtt", serial_name]
+            job = ondemand.request_read(ctx, ReadSpec(1101), "cli", 0)
+            await eventually(lambda: ctx.jobs.get(job).state is JobState.DONE, 10, "read over mqtt")
             assert any(f["type"] == "read_request" for f in moved.received)
             for m in (s2, mq, moved):
                 await m.stop()

@@ -1,0 +1,92 @@
+"""`headend`: the operator's command line (and `python -m headend`).
+
+    headend serve                         run the service (MQTT + serial + timers)
+    headend db init|migrate|version       the store's schema
+    headend meters list|show ID           registered meters
+    headend read ID                       on-demand read: queue, wait, print (H05)
+    headend schedule set|list|cancel      non-default schedules (H07)
+    headend groups [--assign]             read-group loads (H01)
+    headend events list|ack|routes ...    events, acknowledgements, routing (D09)
+    headend log [--tail N] [--follow]     the activity log, newest last
+    headend export ID --start --end       intervals as CSV/JSON in a time zone
+
+One module per command group (`serve`, `db`, `meters`, `read`, `schedule`,
+`groups`, `events`, `log`, `export`), each with ``add(sub, common)`` (its
+arguments) and ``run(args, config) -> exit code``; what they share is in
+`common`. Every command takes --config FILE, --database URL, --broker URL
+(or AMI_* env), --json; exit codes in `common`. Bad input is one line on
+stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from headend.cli import db, events, export, groups, log, meters, read, schedule, serve
+from headend.cli.common import (
+    EPILOG,
+    FAILED,
+    OK,
+    USAGE,
+    Failed,
+    Usage,
+    common_options,
+    config_from,
+    redact,
+)
+from headend.errors import ConfigError, HeadendError, InvalidData, UnknownMeter
+
+COMMANDS = (serve, db, meters, read, schedule, groups, events, log, export)
+INTERRUPTED = 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = common_options()
+    root = argparse.ArgumentParser(
+        prog="headend",
+        description="AMI head-end: collection service (ADCS) and meter-data store (MDMS).",
+        epilog=EPILOG,
+    )
+    sub = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        command.add(sub, common)
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.overrides = {k: getattr(args, k, None) for k in getattr(args, "overrides_from", ())}
+    if args.overrides.get("serial"):
+        args.overrides["serial"] = ",".join(args.overrides["serial"])
+    say = f"headend {args.command}:"
+    try:
+        cfg = config_from(args)
+        code: int = args.run(args, cfg)
+        return code
+    except (Usage, ConfigError, InvalidData, UnknownMeter) as e:
+        print(say, one_line(e), file=sys.stderr)
+        return USAGE
+    except (Failed, HeadendError) as e:
+        print(say, one_line(e), file=sys.stderr)
+        return FAILED
+    except BrokenPipeError:  # `headend log | head`
+        return OK
+    except OSError as e:  # a path the user gave that cannot be used
+        where = f": {e.filename}" if e.filename else ""
+        print(say, f"{e.strerror or e}{where}", file=sys.stderr)
+        return USAGE
+    except KeyboardInterrupt:
+        print(say, "interrupted", file=sys.stderr)
+        return INTERRUPTED
+
+
+def one_line(e: Exception) -> str:
+    """An error as one line (drivers write several), URL passwords as ``***``."""
+    return " ".join(redact(w) if "://" in w else w for w in str(e).split())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""`headend serve`: run the service (MQTT and serial links, timers) until stopped."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+
+from headend.api import DEV_MASTER_KEY, Config, Service
+from headend.cli.common import OK, Sub, Usage, add_command, redact, sqlite_path
+
+
+def add(sub: Sub, common: argparse.ArgumentParser) -> None:
+    p = add_command(sub, common, "serve", "run the service: MQTT and serial links, reads, events")
+    p.add_argument(
+        "--serial",
+        action="append",
+        metavar="URL",
+        help="a serial line (a device path like /dev/ttyUSB0, or socket://host:port); repeatable",
+    )
+    p.add_argument("--worker", help="this worker's MQTT client id (unique per process)")
+    p.add_argument("--speed", type=float, help="simulated-clock speed factor (1 = real time)")
+    p.add_argument("--clock-start", type=int, metavar="UTC_S", help="simulated clock start (UTC s)")
+    p.add_argument(
+        "--dev",
+        action="store_true",
+        help="allow the all-zero development master key (a lab only, never in the field)",
+    )
+    p.add_argument(
+        "--clock-anchor",
+        type=float,
+        metavar="EPOCH_S",
+        help="wall-clock instant at which the clock reads --clock-start (default: at start)",
+    )
+    p.set_defaults(
+        run=run, overrides_from=("serial", "worker", "speed", "clock_start", "clock_anchor")
+    )
+
+
+def _logging(verbose: bool) -> None:
+    """INFO: registrations, job outcomes, link trouble; -v: also every frame and job step."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(logging.WARNING)  # libraries: only what goes wrong
+    logging.getLogger("headend").setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def run(args: argparse.Namespace, cfg: Config) -> int:
+    if cfg.master_key == DEV_MASTER_KEY and not args.dev:
+        raise Usage(
+            "refusing the development master key (all zeros): set `master_key` (64 hex "
+            "digits) in the config file's [headend] table or in AMI_MASTER_KEY, "
+            "or pass --dev for a lab"
+        )
+    path = sqlite_path(cfg.database)
+    if path is not None:  # the default lives in ./var/
+        path.parent.mkdir(parents=True, exist_ok=True)
+    _logging(args.verbose)
+    lines = ", ".join(s["url"] for s in cfg.serial) or "none"
+    logging.getLogger("headend").info(
+        "serving: broker %s, database %s, serial %s, speed %g%s",
+        redact(cfg.broker),
+        redact(cfg.database),
+        lines,
+        cfg.speed,
+        " (development master key)" if cfg.master_key == DEV_MASTER_KEY else "",
+    )
+
+    async def serve() -> None:
+        task = asyncio.current_task()
+        if task is not None:  # SIGTERM/SIGINT: stop cleanly (close the store, the links)
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await Service(cfg).run()
+
+    asyncio.run(serve())
+    return OK

@@ -1,0 +1,218 @@
+"""The life of an on-demand read job and of a schedule push: one table each.
+
+Each lifecycle is its states, its events and ``TABLE[state][event] -> next
+state``, written once here. The store derives its conditional UPDATEs from
+it (`Lifecycle.sql_set` / `sql_where`: ``SET state = CASE state WHEN ... END
+WHERE state IN (<states that allow the event>)``), and `fire` is the only
+code that writes a job's or a schedule's state; the ADCS reads the same
+table to ask which rows can take an event. An event the row's state does not
+allow raises `IllegalTransition`, naming the row, its state and the states
+that would allow it.
+
+Several workers (and the CLI in another process) may race for one row: the
+conditional UPDATE lets exactly one win, and the loser gets
+`IllegalTransition` (the state moved on), which callers that expect the race
+catch.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from headend.errors import IllegalTransition, InvalidData
+from headend.store.db import Db
+
+S = TypeVar("S", bound=enum.StrEnum)
+E = TypeVar("E", bound=enum.StrEnum)
+_WORD = re.compile(r"^[a-z_]+$")  # states go into SQL as literals: only these characters
+
+
+@dataclass(frozen=True)
+class Lifecycle(Generic[S, E]):
+    """A state machine over one column ``state`` of one table.
+
+    Attributes:
+        name: what a row is ("job", "schedule"), for error messages.
+        states: the state enum; ``start`` is the state a new row is created in.
+        table: state -> event -> next state; an event missing from a state's
+            row is illegal in that state.
+    """
+
+    name: str
+    states: type[S]
+    start: S
+    table: Mapping[S, Mapping[E, S]]
+
+    def __post_init__(self) -> None:
+        if set(self.table) != set(self.states):
+            raise ValueError(f"{self.name}: the table needs a row for every state")
+        for s in self.states:
+            if not _WORD.match(s.value):
+                raise ValueError(f"{self.name}: state {s.value!r} must be [a-z_]+ (SQL literal)")
+
+    def next(self, state: S, event: E, what: str = "") -> S:
+        """The state after ``event``; IllegalTransition if ``state`` does not allow it.
+
+        ``what`` names the row in the error (default: the lifecycle's name).
+        """
+        try:
+            return self.table[state][event]
+        except KeyError:
+            allowed = ", ".join(s.value for s in self.allowed(event)) or "no state"
+            raise IllegalTransition(
+                f"{what or self.name}: {event.value!r} is not allowed in state {state.value} "
+                f"(only in: {allowed})"
+            ) from None
+
+    def allowed(self, event: E) -> tuple[S, ...]:
+        """The states in which ``event`` is allowed, in table order."""
+        return tuple(s for s, row in self.table.items() if event in row)
+
+    def sql_where(self, event: E, column: str = "state") -> str:
+        """``state IN ('a', 'b')``: the rows that may take ``event``.
+
+        ``column`` may be qualified (``schedule.state`` in an upsert's DO UPDATE).
+        """
+        states = self.allowed(event)
+        if not states:
+            raise ValueError(f"{self.name}: event {event.value!r} is allowed in no state")
+        return f"{column} IN (" + ", ".join(f"'{s.value}'" for s in states) + ")"
+
+    def sql_set(self, event: E, column: str = "state") -> str:
+        """``state = CASE state WHEN 'a' THEN 'b' ... END``: the next state of each row."""
+        whens = " ".join(
+            f"WHEN '{s.value}' THEN '{row[event].value}'"
+            for s, row in self.table.items()
+            if event in row
+        )
+        return f"state = CASE {column} {whens} END"
+
+    def fire(
+        self,
+        db: Db,
+        table: str,
+        key: Mapping[str, Any],
+        event: E,
+        what: str,
+        sets: str = "",
+        params: Sequence[Any] = (),
+        guard: str = "",
+        guard_params: Sequence[Any] = (),
+    ) -> bool:
+        """Apply ``event`` to the row of ``table`` with ``key`` (column -> value).
+
+        ``what`` names the row in errors ("job 7"). ``sets`` (``", col = ?"``...)
+        and ``params`` change more columns in the same UPDATE; ``guard``
+        (``" AND col IS NULL"``...) can hold it back.
+
+        Returns True if the row took the event, False if only ``guard`` held it
+        back. Raises IllegalTransition if the row's state does not allow the
+        event, InvalidData if there is no such row.
+        """
+        where = " AND ".join(f"{col} = ?" for col in key)
+        with db.transaction():
+            n = db.execute(
+                f"UPDATE {table} SET {self.sql_set(event)}{sets} "
+                f"WHERE {where} AND {self.sql_where(event)}{guard}",
+                [*params, *key.values(), *guard_params],
+            )
+            if n:
+                return True
+            rows = db.query(f"SELECT state FROM {table} WHERE {where}", list(key.values()))
+        if not rows:
+            raise InvalidData(f"no {what}")
+        self.next(self.states(rows[0][0]), event, what)
+        return False
+
+
+# -- on-demand read jobs (H05, H06) ---------------------------------------------------------
+
+
+class JobState(enum.StrEnum):
+    """Life of an on-demand read."""
+
+    QUEUED = "queued"  # written by anyone (CLI, API, a system), no worker has it yet
+    SENT = "sent"  # a worker claimed it: its read_request is out, the answer awaited
+    DONE = "done"  # every part of the answer is stored
+    FAILED = "failed"  # a final nack, or no answer after the last retry
+
+
+class JobEvent(enum.StrEnum):
+    CLAIM = "claim"  # a worker takes a queued job
+    SEND = "send"  # a read_request goes out (first attempt or retry)
+    PART = "part"  # a part of the answer is stored
+    COMPLETE = "complete"  # the last part is in
+    FAIL = "fail"  # a final nack, or the last attempt timed out
+    REQUEUE = "requeue"  # the worker restarted: what it had sent is queued again
+    ACK = "ack"  # the requester acknowledged the result
+
+
+JOB: Lifecycle[JobState, JobEvent] = Lifecycle(
+    "job",
+    JobState,
+    JobState.QUEUED,
+    {
+        JobState.QUEUED: {JobEvent.CLAIM: JobState.SENT},
+        JobState.SENT: {
+            JobEvent.SEND: JobState.SENT,
+            JobEvent.PART: JobState.SENT,
+            JobEvent.COMPLETE: JobState.DONE,
+            JobEvent.FAIL: JobState.FAILED,
+            JobEvent.REQUEUE: JobState.QUEUED,
+        },
+        JobState.DONE: {JobEvent.ACK: JobState.DONE},
+        JobState.FAILED: {JobEvent.ACK: JobState.FAILED},
+    },
+)
+
+# -- schedule pushes (H02, H07) -------------------------------------------------------------
+
+
+class ScheduleState(enum.StrEnum):
+    """Where a schedule is between the head-end and the meter."""
+
+    PENDING = "pending"  # written, not sent yet (the service sends it)
+    SENT = "sent"  # sent, ack not yet received
+    ACKED = "acked"  # the meter acknowledged it (status 0)
+    NACKED = "nacked"  # the meter refused it (reason recorded); nothing applied
+    FLAGGED = "flagged"  # no ack within the timeout: flagged and re-sent
+    CANCELLED = "cancelled"  # a cancel the meter acknowledged
+
+
+class ScheduleEvent(enum.StrEnum):
+    WRITE = "write"  # set, update or cancel written (by the system or a party)
+    SEND = "send"  # the first schedule_set goes out
+    RESEND = "resend"  # no ack within the timeout: flagged and sent again
+    ACK = "ack"  # the meter acknowledged a set
+    ACK_CANCEL = "ack_cancel"  # the meter acknowledged a cancel
+    NACK = "nack"  # the meter refused it
+    BUSY = "busy"  # a nack that says nothing about the schedule (replay, busy): re-sent later
+
+
+_ANSWERS = {
+    ScheduleEvent.WRITE: ScheduleState.PENDING,
+    ScheduleEvent.RESEND: ScheduleState.FLAGGED,
+    ScheduleEvent.ACK: ScheduleState.ACKED,
+    ScheduleEvent.ACK_CANCEL: ScheduleState.CANCELLED,
+    ScheduleEvent.NACK: ScheduleState.NACKED,
+    ScheduleEvent.BUSY: ScheduleState.SENT,
+}
+_WRITE = {ScheduleEvent.WRITE: ScheduleState.PENDING}
+
+SCHEDULE: Lifecycle[ScheduleState, ScheduleEvent] = Lifecycle(
+    "schedule",
+    ScheduleState,
+    ScheduleState.PENDING,
+    {
+        ScheduleState.PENDING: {**_WRITE, ScheduleEvent.SEND: ScheduleState.SENT},
+        ScheduleState.SENT: _ANSWERS,
+        ScheduleState.FLAGGED: _ANSWERS,
+        ScheduleState.ACKED: _WRITE,
+        ScheduleState.NACKED: _WRITE,
+        ScheduleState.CANCELLED: _WRITE,
+    },
+)

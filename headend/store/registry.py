@@ -1,0 +1,245 @@
+"""The meter registry: registrations, downlink counters, read groups, links.
+
+Tables ``meter`` + ``meter_channel`` (schema v1), ``auth_counter``,
+``group_member`` and ``meter_link`` (v2). Every method is one transaction
+(re-entrant: inside ``db.transaction()`` it joins the caller's).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from headend.errors import StoreError, UnknownMeter
+from headend.store.base import U32_MAX, Channel, Meter
+from headend.store.days import day_phase
+from headend.store.db import Db, chunks, marks, opt
+from headend.store.units import ChannelKind, Unit
+
+#: (interval_s, channel count, day phase s) of a meter: how its readings are laid out
+Layout = tuple[int, int, int]
+
+
+def layouts(db: Db, ids: Iterable[int]) -> dict[int, Layout]:
+    """meter id -> `Layout` of the registered meters among ``ids``."""
+    out: dict[int, Layout] = {}
+    for chunk in chunks(sorted(set(ids)), db.chunk_rows):
+        for mid, step, nch, phase in db.query(
+            "SELECT meter_id, interval_s, n_channels, day_phase_s FROM meter "
+            f"WHERE meter_id IN ({marks(len(chunk))})",
+            chunk,
+        ):
+            out[int(mid)] = (int(step), int(nch), int(phase))
+    return out
+
+
+def require(db: Db, meter_id: int) -> tuple[int, int, int]:
+    """(interval_s, channel count, utc_offset_min) of a registered meter; UnknownMeter."""
+    rows = db.query(
+        "SELECT interval_s, n_channels, utc_offset_min FROM meter WHERE meter_id = ?",
+        (meter_id,),
+    )
+    if not rows:
+        raise UnknownMeter(meter_id)
+    step, nch, off = rows[0]
+    return int(step), int(nch), int(off)
+
+
+class Registry:
+    """Registered meters and what the head-end keeps per meter, over one `Db`."""
+
+    def __init__(self, db: Db) -> None:
+        self.db = db
+
+    # -- registrations (M17) ------------------------------------------------------------------
+
+    def register(self, meter: Meter) -> None:
+        """Insert a meter, or replace its registration data (re-registration)."""
+        db = self.db
+        with db.transaction():
+            db.execute(
+                "INSERT INTO meter (meter_id, fw_version, interval_s, capacity_days, "
+                "utc_offset_min, meter_multiplier, n_channels, registered_at, read_group, "
+                "transport, key_id, day_phase_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (meter_id) DO UPDATE SET fw_version = excluded.fw_version, "
+                "interval_s = excluded.interval_s, capacity_days = excluded.capacity_days, "
+                "utc_offset_min = excluded.utc_offset_min, "
+                "meter_multiplier = excluded.meter_multiplier, "
+                "n_channels = excluded.n_channels, registered_at = excluded.registered_at, "
+                "read_group = excluded.read_group, transport = excluded.transport, "
+                "key_id = excluded.key_id",
+                (
+                    meter.meter_id,
+                    meter.fw_version,
+                    meter.interval_s,
+                    meter.capacity_days,
+                    meter.utc_offset_min,
+                    meter.meter_multiplier,
+                    len(meter.channels),
+                    meter.registered_at,
+                    meter.read_group,
+                    meter.transport,
+                    meter.key_id,
+                    day_phase(meter.utc_offset_min),
+                ),
+            )
+            db.execute("DELETE FROM meter_channel WHERE meter_id = ?", (meter.meter_id,))
+            db.executemany(
+                "INSERT INTO meter_channel (meter_id, idx, kind, unit, multiplier, scaler) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (meter.meter_id, i, int(c.kind), int(c.unit), c.multiplier, c.scaler)
+                    for i, c in enumerate(meter.channels)
+                ],
+            )
+
+    def get(self, meter_id: int) -> Meter:
+        """The meter's registration. Raises `UnknownMeter`."""
+        db = self.db
+        with db.transaction(write=False):
+            rows = db.query(
+                "SELECT fw_version, interval_s, capacity_days, utc_offset_min, meter_multiplier, "
+                "registered_at, read_group, transport, key_id FROM meter WHERE meter_id = ?",
+                (meter_id,),
+            )
+            if not rows:
+                raise UnknownMeter(meter_id)
+            chans = db.query(
+                "SELECT kind, unit, multiplier, scaler FROM meter_channel "
+                "WHERE meter_id = ? ORDER BY idx",
+                (meter_id,),
+            )
+        fw, interval_s, cap, off, mult, reg, group, transport, key_id = rows[0]
+        return Meter(
+            meter_id=meter_id,
+            fw_version=fw,
+            interval_s=int(interval_s),
+            utc_offset_min=int(off),
+            meter_multiplier=int(mult),
+            channels=tuple(
+                Channel(ChannelKind(k), Unit(u), int(m), int(s)) for k, u, m, s in chans
+            ),
+            registered_at=int(reg),
+            capacity_days=int(cap),
+            read_group=group,
+            transport=transport,
+            key_id=key_id,
+        )
+
+    def ids(self) -> list[int]:
+        """Ids of all registered meters, ascending."""
+        with self.db.transaction(write=False):
+            return [int(r[0]) for r in self.db.query("SELECT meter_id FROM meter ORDER BY 1")]
+
+    def exists(self, meter_id: int) -> bool:
+        with self.db.transaction(write=False):
+            return bool(self.db.query("SELECT 1 FROM meter WHERE meter_id = ?", (meter_id,)))
+
+    # -- replay-guard counter ----------------------------------------------------------------
+
+    def next_counter(self, meter_id: int, floor: int = 0) -> int:
+        """The next downlink counter of a meter: atomic, strictly increasing, persistent.
+
+        ``floor`` (e.g. the current UTC second) raises a counter that is behind
+        it, so a head-end whose database was restored from an old backup still
+        sends counters newer than the ones the meter last accepted.
+        """
+        with self.db.transaction():
+            if not self.exists(meter_id):
+                raise UnknownMeter(meter_id)
+            rows = self.db.query(
+                "INSERT INTO auth_counter (meter_id, counter) VALUES (?, ?) "
+                "ON CONFLICT (meter_id) DO UPDATE SET counter = CASE "
+                "WHEN auth_counter.counter + 1 > excluded.counter THEN auth_counter.counter + 1 "
+                "ELSE excluded.counter END RETURNING counter",
+                (meter_id, max(1, floor)),
+            )
+        value = int(rows[0][0])
+        if value > U32_MAX:
+            raise StoreError(f"meter {meter_id}: downlink counter exhausted (u32)")
+        return value
+
+    # -- read groups (H01) -------------------------------------------------------------------
+
+    def join_unscheduled(self, meter_id: int, now_ms: int) -> bool:
+        """Put a meter in the unscheduled group unless it is in a group already."""
+        with self.db.transaction():
+            rows = self.db.query(
+                "INSERT INTO group_member (meter_id, grp, read_offset_s, since_ms) "
+                "VALUES (?, NULL, NULL, ?) ON CONFLICT (meter_id) DO NOTHING RETURNING meter_id",
+                (meter_id, now_ms),
+            )
+        return bool(rows)
+
+    def unscheduled(self) -> list[int]:
+        """Meters in the unscheduled group, ascending."""
+        with self.db.transaction(write=False):
+            return [
+                int(r[0])
+                for r in self.db.query(
+                    "SELECT meter_id FROM group_member WHERE grp IS NULL ORDER BY meter_id"
+                )
+            ]
+
+    def group_loads(self) -> dict[int, int]:
+        """Meters per read group (the unscheduled group is not counted)."""
+        with self.db.transaction(write=False):
+            return {
+                int(g): int(n)
+                for g, n in self.db.query(
+                    "SELECT grp, COUNT(*) FROM group_member WHERE grp IS NOT NULL GROUP BY grp"
+                )
+            }
+
+    def group_of(self, meter_id: int) -> tuple[int | None, int | None]:
+        """(group, read offset s) of a meter; (None, None) when unscheduled or unknown."""
+        with self.db.transaction(write=False):
+            rows = self.db.query(
+                "SELECT grp, read_offset_s FROM group_member WHERE meter_id = ?", (meter_id,)
+            )
+        return (opt(rows[0][0]), opt(rows[0][1])) if rows else (None, None)
+
+    def set_group(
+        self, meter_id: int, grp: int, read_offset_s: int, label: str, now_ms: int
+    ) -> None:
+        """Move a meter into a read group (and write the group's label on the meter row)."""
+        with self.db.transaction():
+            self.db.execute(
+                "INSERT INTO group_member (meter_id, grp, read_offset_s, since_ms) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (meter_id) DO UPDATE SET grp = excluded.grp, "
+                "read_offset_s = excluded.read_offset_s, since_ms = excluded.since_ms",
+                (meter_id, grp, read_offset_s, now_ms),
+            )
+            self.db.execute("UPDATE meter SET read_group = ? WHERE meter_id = ?", (label, meter_id))
+
+    # -- links (H08) -------------------------------------------------------------------------
+
+    def link_seen(self, meter_id: int, transport: str, now_ms: int) -> str | None:
+        """Record a frame from a meter on a link; returns the previous link if it changed."""
+        with self.db.transaction():
+            self.db.execute(
+                "INSERT INTO meter_link (meter_id, transport, first_seen_ms, last_seen_ms, frames) "
+                "VALUES (?, ?, ?, ?, 1) ON CONFLICT (meter_id, transport) DO UPDATE SET "
+                "last_seen_ms = excluded.last_seen_ms, frames = meter_link.frames + 1",
+                (meter_id, transport, now_ms, now_ms),
+            )
+            rows = self.db.query("SELECT transport FROM meter WHERE meter_id = ?", (meter_id,))
+            before = rows[0][0] if rows else None
+            if rows and before != transport:
+                self.db.execute(
+                    "UPDATE meter SET transport = ? WHERE meter_id = ?", (transport, meter_id)
+                )
+                return str(before) if before is not None else ""
+        return None
+
+    def links(self, meter_id: int | None = None) -> list[tuple[int, str, int, int, int]]:
+        """(meter, transport, first seen ms, last seen ms, frames) rows."""
+        where, params = ("WHERE meter_id = ?", (meter_id,)) if meter_id is not None else ("", ())
+        with self.db.transaction(write=False):
+            return [
+                (int(m), str(t), int(f), int(ls), int(n))
+                for m, t, f, ls, n in self.db.query(
+                    "SELECT meter_id, transport, first_seen_ms, last_seen_ms, frames "
+                    f"FROM meter_link {where} ORDER BY meter_id, transport",
+                    params,
+                )
+            ]
