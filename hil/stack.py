@@ -254,7 +254,7 @@ class Stack(Supervised):
             f"{he} read {mid} --config {cfg}   # {self._first_interval()}",
             f"{he} schedule set {mid} --slot 1 --every 1h --source operator --config {cfg}",
             f"{he} export {mid} --start {today} --end {tomorrow} --config {cfg}",
-            f"{he} log --config {cfg}",
+            f"{he} log --follow --config {cfg}   # Ctrl-C stops it",
             f"tail -f {shlex.quote(str(self.state / 'headend.log'))}   # the head-end's log",
         ]
         if self.boards:

@@ -15,7 +15,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +30,7 @@ from headend.store import Channel, ChannelKind, Meter, SqlStore, Unit, open_stor
 from headend.store.activity import Kind
 from headend.store.migrations import MIGRATIONS, migrate
 from headend.store.sqlite import SqliteDb
+from hil.wait import wait_until_sync
 from tests.headend.conftest import ctx_of, open_at
 from tests.support.broker import Broker
 from tests.support.fakemeter import FakeMeter, MqttLink
@@ -290,10 +290,11 @@ def _serving(
             [sys.executable, "-m", "headend", "serve", *flags], cwd=ROOT, env=env, stderr=f
         )
     try:
-        end = time.monotonic() + 20
-        while "subscribed as" not in log.read_text() and proc.poll() is None:
-            assert time.monotonic() < end, log.read_text()
-            time.sleep(0.05)
+        wait_until_sync(
+            lambda: "subscribed as" in log.read_text() or proc.poll() is not None,
+            20,
+            f"headend serve subscribed ({log})",
+        )
         yield proc
     finally:
         proc.send_signal(signal.SIGTERM)

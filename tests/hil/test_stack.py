@@ -65,9 +65,24 @@ def test_stack_registers_boards_answers_the_printed_commands_and_stops_on_sigter
         read = _until_ok(_find(cmds, "read", "1001"), r"\n[1-9][0-9]* interval\(s\)", 90)
         assert "registers at" in read
         for cmd in cmds:
-            if cmd[0] != "tail":  # (it follows the log until stopped)
+            if cmd[0] != "tail" and "--follow" not in cmd:  # (those follow until stopped)
                 done = _sh(cmd)
                 assert done.returncode == 0, (cmd, done.stdout, done.stderr)
+        # log --follow prints the log, keeps following, and ends cleanly on Ctrl-C
+        follow = subprocess.Popen(
+            _find(cmds, "log"), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        try:
+            assert follow.stdout is not None
+            first = follow.stdout.readline()
+            assert "registered" in first or "schedule" in first or "read" in first, first
+            follow.send_signal(signal.SIGINT)
+            out, err = follow.communicate(timeout=20)
+            assert follow.returncode == 130 and "Traceback" not in err, err  # as tail -f
+        finally:
+            if follow.poll() is None:
+                follow.kill()
+                follow.wait()
         (tail,) = [c for c in cmds if c[0] == "tail"]
         assert "headend: serving: broker mqtt://127.0.0.1:" in Path(tail[-1]).read_text()
         # the head-end is its own process, on the boards' clock, with a random site key
