@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 
@@ -84,16 +86,19 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
             ]
             print(json.dumps(data, indent=1))
             return OK
-        _show(args, lines)
         if not args.follow:
+            _show(args, lines)
             return OK
+        # Ctrl-C (or SIGTERM) is how --follow ends, whenever it comes; set here, not
+        # inherited: a shell starts background jobs with SIGINT ignored
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        _show(args, lines)
         last = max(a.activity_id for a in (*newest, *lines[-1:])) if newest else 0
-        try:
-            while True:
-                time.sleep(FOLLOW_POLL_S)
-                fresh = log.lines(args.meter, kinds, since_ms, 1000, after_id=last)
-                if fresh:
-                    _show(args, fresh)
-                    last = fresh[-1].activity_id
-        except KeyboardInterrupt:
-            return OK  # Ctrl-C is how --follow ends
+        while not stop.wait(FOLLOW_POLL_S):
+            fresh = log.lines(args.meter, kinds, since_ms, 1000, after_id=last)
+            if fresh:
+                _show(args, fresh)
+                last = fresh[-1].activity_id
+        return OK

@@ -133,7 +133,7 @@ def test_d01_log_follow_prints_new_lines_until_ctrl_c(db: str, store_at: list[Sq
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
+            proc.communicate()
     assert proc.returncode == 0 and "Traceback" not in err and out == ""
 
 
