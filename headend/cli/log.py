@@ -6,7 +6,6 @@ import argparse
 import json
 import signal
 import sys
-import threading
 import time
 from collections.abc import Sequence
 
@@ -90,13 +89,17 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
             _show(args, lines)
             return OK
         # Ctrl-C (or SIGTERM) is how --follow ends, whenever it comes; set here, not
-        # inherited: a shell starts background jobs with SIGINT ignored
-        stop = threading.Event()
+        # inherited: a shell starts background jobs with SIGINT ignored. The handler only
+        # flips a flag: a threading.Event set from a handler can deadlock on its own lock.
+        stop: list[int] = []
         for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop.set())
+            signal.signal(sig, lambda signum, _frame: stop.append(signum))
         _show(args, lines)
         last = max(a.activity_id for a in (*newest, *lines[-1:])) if newest else 0
-        while not stop.wait(FOLLOW_POLL_S):
+        while not stop:
+            time.sleep(FOLLOW_POLL_S)
+            if stop:
+                break
             fresh = log.lines(args.meter, kinds, since_ms, 1000, after_id=last)
             if fresh:
                 _show(args, fresh)
