@@ -116,6 +116,7 @@ class Seen:
     meter_id: int
     up: bool
     fields: dict[str, Any]
+    raw: bytes = b""  # the frame as published (a replay re-sends it)
 
     @property
     def type(self) -> str:
@@ -156,7 +157,14 @@ class Sniffer:
             self.bad += 1
             return
         self.seen.append(
-            Seen(time.time(), self.clock.now(), int(parts[2]), parts[3] == "up", fields)
+            Seen(
+                time.time(),
+                self.clock.now(),
+                int(parts[2]),
+                parts[3] == "up",
+                fields,
+                bytes(payload),
+            )
         )
 
     def of(self, mtype: str, meter_id: int | None = None) -> list[Seen]:

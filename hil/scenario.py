@@ -13,6 +13,7 @@ board not being cut on purpose) ends the run at once with its last words
   outage     link down 3 days: everything backfilled, the head-end complete (M15, D01)
   schedules  an hourly schedule for a day next to the default read (M11, M14, M15, H07)
   ondemand   100 on-demand reads over a slow link: p80_s, p99_s vs 30/60 s (H05, N02)
+  security   every attack of issue 11 refused, 0 intervals lost, 0 forged values stored (M20, T02)
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from hil.rig import RigError
 from hil.scenarios.common import Options
 from hil.supervise import ChildDied, Stopped, stopped
 
-NAMES = ("powercut", "drift", "outage", "schedules", "ondemand")
+NAMES = ("powercut", "drift", "outage", "schedules", "ondemand", "security")
 
 
 def scenario(name: str) -> Callable[[Options], Awaitable[dict[str, Any]]]:
