@@ -106,7 +106,7 @@ def test_d01_cli_db_init_and_version(capsys: pytest.CaptureFixture[str], tmp_pat
     code, out, _ = run(capsys, "db", "init", "--database", url)
     assert code == 0 and "applied migration(s) [1, 2, 3]" in out
     code, out, _ = run(capsys, "db", "migrate", "--database", url, "--json")
-    assert json.loads(out) == {"applied": [], "version": 2}
+    assert json.loads(out) == {"applied": [], "version": 3}
     code, out, _ = run(capsys, "db", "version", "--database", url)
     assert out.strip() == "schema version 3 (this head-end: 3)"
 
