@@ -75,7 +75,8 @@ def test_m20_unsigned_forged_and_unknown_leave_no_state_and_get_no_answer(
     forged = encode({**fields, "auth": {"counter": 99, "mac": b""}}, key=b"\x55" * 32)
     for n in range(500):  # junk under made-up meter ids too
         mid = 10_000 + n
-        stranger = encode({**fields, "meter_id": mid, "auth": {"counter": 1, "mac": b""}}, b"x" * 32)
+        auth = {"counter": 1, "mac": b""}
+        stranger = encode({**fields, "meter_id": mid, "auth": auth}, b"x" * 32)
         assert not deliver(core, mid, stranger)
     assert not deliver(core, 702, unsigned) and not deliver(core, 702, forged)
     db = core.ctx.db
@@ -99,7 +100,8 @@ def test_m20_every_downlink_is_signed_and_t3_follows_the_counter(
     counters: list[int] = []
 
     def clock() -> int:  # t3: the counter for this answer is already taken
-        counters.append(int(db.query("SELECT counter FROM auth_counter WHERE meter_id = 703")[0][0]))
+        row = db.query("SELECT counter FROM auth_counter WHERE meter_id = 703")[0]
+        counters.append(int(row[0]))
         return T0 * 1000 + 5
 
     req = m.frame("time_sync_request", {"t1_ms": T0 * 1000 - 10})
@@ -138,6 +140,11 @@ def test_m20_a_block_ending_after_2_32_s_is_a_counted_refusal(
     assert core.rejections.pending() == 1
 
 
+FUZZ = settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
 @pytest.fixture(scope="module")
 def fuzz_core(tmp_path_factory: pytest.TempPathFactory) -> Any:
     store = open_store(f"sqlite:///{tmp_path_factory.mktemp('fuzz')}/h.db")
@@ -148,7 +155,7 @@ def fuzz_core(tmp_path_factory: pytest.TempPathFactory) -> Any:
     store.close()
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@FUZZ
 @given(raw=st.binary(max_size=300))
 def test_m20_arbitrary_bytes_never_raise(fuzz_core: Any, raw: bytes) -> None:
     core, _ = fuzz_core
@@ -157,7 +164,7 @@ def test_m20_arbitrary_bytes_never_raise(fuzz_core: Any, raw: bytes) -> None:
         core.on_uplink(Uplink(706, raw[:5] + struct.pack(">I", 706) + raw[9:], "mqtt"), T0 * 1000)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@FUZZ
 @given(fields=message(types=tuple(sorted(UPLINK_TYPES))))
 def test_m20_arbitrary_signed_bodies_never_raise(fuzz_core: Any, fields: dict[str, Any]) -> None:
     core, m = fuzz_core
