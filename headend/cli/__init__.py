@@ -9,9 +9,11 @@
     headend events list|ack|routes ...    events, acknowledgements, routing (D09)
     headend log [--tail N] [--follow]     the activity log, newest last
     headend export ID --start --end       intervals as CSV/JSON in a time zone
+    headend pki init DIR                  the broker's CA and certificates (TLS)
+    headend broker config DIR             mosquitto.conf, passwords, ACLs for the site
 
 One module per command group (`serve`, `db`, `meters`, `read`, `schedule`,
-`groups`, `events`, `log`, `export`), each with ``add(sub, common)`` (its
+`groups`, `events`, `log`, `export`, `pki`, `broker`), each with ``add(sub, common)`` (its
 arguments) and ``run(args, config) -> exit code``; what they share is in
 `common`. Every command takes --config FILE, --database URL, --broker URL
 (or AMI_* env), --json; exit codes in `common`. Bad input is one line on
@@ -24,7 +26,19 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from headend.cli import db, events, export, groups, log, meters, read, schedule, serve
+from headend.cli import (
+    broker,
+    db,
+    events,
+    export,
+    groups,
+    log,
+    meters,
+    pki,
+    read,
+    schedule,
+    serve,
+)
 from headend.cli.common import (
     EPILOG,
     FAILED,
@@ -38,7 +52,7 @@ from headend.cli.common import (
 )
 from headend.errors import ConfigError, HeadendError, InvalidData, UnknownMeter
 
-COMMANDS = (serve, db, meters, read, schedule, groups, events, log, export)
+COMMANDS = (serve, db, meters, read, schedule, groups, events, log, export, pki, broker)
 INTERRUPTED = 130
 
 
