@@ -180,6 +180,7 @@ class Security:
     # -- MQTT: logins, ACLs, TLS ----------------------------------------------------------------
 
     async def logins(self) -> None:
+        """Anonymous and wrong-password logins."""
         a = self.attack("mqtt_anonymous")
         control = await try_login(self.ep, *self.login(OUTSIDER))
         ok = control is None
@@ -196,6 +197,7 @@ class Security:
         b.notes.append(f"board {VICTIM} still online: {st.get('mqtt')}")
 
     async def publish_other(self) -> None:
+        """Publish to other meters' up topics."""
         a = self.attack("mqtt_publish_other_meter")
         key = self.rnd.randbytes(32)
         t = self.now()
@@ -238,6 +240,7 @@ class Security:
         return count() - start
 
     async def subscribe_other(self) -> None:
+        """Subscribe to other meters' downlinks."""
         a = self.attack("mqtt_subscribe_other")
         filters = (f"ami/v1/{VICTIM}/down", "ami/v1/+/down", "ami/v1/#")
         async with (
@@ -258,6 +261,7 @@ class Security:
         )
 
     async def join_share(self) -> None:
+        """Join the head-end's shared subscription."""
         a = self.attack("mqtt_join_headend_share")
         assert self.rig.config is not None
         filters = (
@@ -282,6 +286,7 @@ class Security:
         )
 
     async def wrong_ca(self) -> None:
+        """TLS with the wrong CA, plain MQTT to the TLS port."""
         a = self.attack("tls_wrong_ca")
         control = await try_login(self.ep, *self.login(OUTSIDER))
         ok = control is None
@@ -296,6 +301,7 @@ class Security:
             a.notes.append(f"control with the right CA refused too: {control}")
 
     async def takeover(self) -> None:
+        """Other logins with the head-end's client id."""
         a = self.attack("mqtt_clientid_takeover")
         svc = self.rig.service
         assert svc is not None
@@ -349,6 +355,7 @@ class Security:
             a.refused = 0
 
     async def oversize(self) -> None:
+        """Oversize payloads."""
         a = self.attack("mqtt_oversize_payload")
         bad0 = self.sniffer.bad
         rss0 = rss_mb()
@@ -383,6 +390,7 @@ class Security:
     # -- frames up: a compromised meter login without the key -----------------------------------
 
     async def uplinks(self) -> None:
+        """Forged, unsigned, replayed uplinks and a forged register as 1001 (board offline)."""
         rig = self.rig
         board = rig.board(VICTIM)
         captured = [s.raw for s in self.frames(lambda s: s.up and s.meter_id == VICTIM)][-3:]
@@ -506,6 +514,7 @@ class Security:
         return f"nack reason {r}" + ("" if r == reason else f" (expected {reason})")
 
     async def downlinks(self) -> None:
+        """Forged and replayed downlinks to 1002 as a second worker."""
         board = self.rig.board(TARGET)
         img0 = board.read_flash()
         key = self.rnd.randbytes(32)
@@ -525,7 +534,7 @@ class Security:
                     key=k,
                     seq=seq,
                     timestamp=self.now(),
-                    counter=self.now() + 5,
+                    counter=self.now() + 30,
                 )
                 got = await self._down(rogue, raw, seq, NACK_AUTH)
                 self.attack(name).add(got == f"nack reason {NACK_AUTH}", f"{mtype}: {got}")
@@ -579,9 +588,55 @@ class Security:
             ts.refused = 0
         self.facts["target_auth_failed_events"] = new(EV_AUTH_FAILED)
 
+    # -- the outcome ---------------------------------------------------------------------------
+
+    async def outcome(self, since: int) -> dict[str, Any]:
+        """The tally, then the store against the boards' flash once the hourly reads
+        delivered everything closed an hour before now (no period read: a forged ack
+        that made a meter skip data would show as intervals lost)."""
+        rig = self.rig
+        back = self.facts.get("victim_back_online", rig.now())
+        await rig.until(max(back, rig.now()) + 2 * H)
+        cutoff = (self.now() // H - 1) * H
+
+        async def compared() -> list[dict[str, int]]:
+            return [
+                await compare_image(rig, b.meter_id, b.read_flash(), since, cutoff)
+                for b in rig.board_list
+            ]
+
+        async def delivered() -> list[dict[str, int]] | None:
+            cmps = await compared()
+            return cmps if all(c["headend_missing"] == 0 for c in cmps) else None
+
+        cmps = await within(delivered, 120) or await compared()
+        held = await rig.stored_intervals(VICTIM, since, cutoff + H)
+        forged = sum(1 for t in self.forged_starts if t in held and held[t].value == FORGED_WH)
+        attacks = {k: v.out() for k, v in self.attacks.items()}
+        out: dict[str, Any] = {
+            "attempts": sum(a["attempts"] for a in attacks.values()),
+            "refused": sum(a["refused"] for a in attacks.values()),
+            "attacks": attacks,
+            "intervals_checked": sum(c["on_flash"] for c in cmps),
+            "intervals_lost": sum(c["headend_missing"] for c in cmps),
+            "value_mismatch": sum(c["value_mismatch"] for c in cmps),
+            "forged_values_stored": forged,
+            **self.facts,
+        }
+        out["ok"] = bool(
+            out["attempts"] == out["refused"]
+            and all(a["attempts"] for a in attacks.values())
+            and out["intervals_checked"] > 0
+            and out["intervals_lost"] == 0
+            and out["value_mismatch"] == 0
+            and forged == 0
+        )
+        return out
+
     # -- abuse -----------------------------------------------------------------------------------
 
-    async def flood(self, n: int) -> None:
+    async def flood(self, n: int = FLOOD) -> None:
+        """A junk flood: every frame counted, activity rows bounded."""
         a = self.attack("junk_flood")
         since_ms = self.rig.clock.now_ms()
         t0 = self.rig.now()
@@ -611,15 +666,35 @@ class Security:
         self.facts["flood_activity_rows"] = rows
 
 
+STEPS = (
+    "logins",
+    "publish_other",
+    "subscribe_other",
+    "join_share",
+    "wrong_ca",
+    "takeover",
+    "oversize",
+    "uplinks",
+    "downlinks",
+    "flood",
+)
+
+
 async def run(opts: Options) -> dict[str, Any]:
+    """Every attack against a rig with a fresh random site master key."""
+    return await attack(opts, STEPS, secrets.token_hex(32))
+
+
+async def attack(opts: Options, steps: tuple[str, ...], master_key: str) -> dict[str, Any]:
+    """The ``steps`` (names of `Security` methods, in order) against a rig on
+    ``master_key``, then the store checked against the boards' flash."""
     speed = int(opts.pick("speed", 600))
-    flood = FLOOD
     sim_start = T0 + 10 * H
     async with Rig(
         boards=2,
         speed=speed,
         sim_start=sim_start,
-        headend={"master_key": secrets.token_hex(32)},
+        headend={"master_key": master_key},
         board_options=opts.board,
         keep=opts.keep,
         say=opts.say,
@@ -642,55 +717,11 @@ async def run(opts: Options) -> dict[str, Any]:
 
             await rig.call(put)
         sec = Security(rig, p, opts.seed)
-        steps: list[tuple[str, Callable[[], Awaitable[None]]]] = [
-            ("logins", sec.logins),
-            ("publish to other meters' topics", sec.publish_other),
-            ("subscribe to other meters' downlinks", sec.subscribe_other),
-            ("join the head-end's shared subscription", sec.join_share),
-            ("TLS with the wrong CA", sec.wrong_ca),
-            ("take over the head-end's client id", sec.takeover),
-            ("oversize payloads", sec.oversize),
-            (f"forged, unsigned, replayed uplinks as {VICTIM} (board offline)", sec.uplinks),
-            (f"forged and replayed downlinks to {TARGET}", sec.downlinks),
-            (f"junk flood of {flood}", lambda: sec.flood(flood)),
-        ]
-        for what, step in steps:
-            p(f"attack: {what}")
+        for name in steps:
+            step: Callable[[], Awaitable[None]] = getattr(sec, name)
+            p(f"attack: {(step.__doc__ or name).splitlines()[0]}")
             await step()
         p("the boards' data: waiting for the hourly reads to deliver everything")
-        back = sec.facts.get("victim_back_online", rig.now())
-        await rig.until(max(back, rig.now()) + 2 * H)
-        cutoff = (int(rig.now()) // H - 1) * H
-
-        async def delivered() -> list[dict[str, int]] | None:
-            cmps = [
-                await compare_image(rig, b.meter_id, b.read_flash(), sim_start, cutoff)
-                for b in rig.board_list
-            ]
-            return cmps if all(c["headend_missing"] == 0 for c in cmps) else None
-
-        cmps = await within(delivered, 120) or [
-            await compare_image(rig, b.meter_id, b.read_flash(), sim_start, cutoff)
-            for b in rig.board_list
-        ]
-        held = await rig.stored_intervals(VICTIM, sim_start, cutoff + H)
-        forged = sum(1 for t in sec.forged_starts if t in held and held[t].value == FORGED_WH)
         out: dict[str, Any] = {"scenario": "security", "speed": speed, "boards": len(rig.meter_ids)}
-        attacks = {k: v.out() for k, v in sec.attacks.items()}
-        out["attempts"] = sum(a["attempts"] for a in attacks.values())
-        out["refused"] = sum(a["refused"] for a in attacks.values())
-        out["attacks"] = attacks
-        out["intervals_checked"] = sum(c["on_flash"] for c in cmps)
-        out["intervals_lost"] = sum(c["headend_missing"] for c in cmps)
-        out["value_mismatch"] = sum(c["value_mismatch"] for c in cmps)
-        out["forged_values_stored"] = forged
-        out.update(sec.facts)
-        out["ok"] = bool(
-            out["attempts"] == out["refused"]
-            and all(a["attempts"] for a in attacks.values())
-            and out["intervals_checked"] > 0
-            and out["intervals_lost"] == 0
-            and out["value_mismatch"] == 0
-            and forged == 0
-        )
+        out.update(await sec.outcome(sim_start))
         return out
