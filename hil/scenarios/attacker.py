@@ -11,10 +11,15 @@ the credentials of the identity the attack stands for.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import json
+import logging
+import os
 import random
 import ssl
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +31,10 @@ from protocol.frame import encode
 
 CONNECT_TIMEOUT_S = 5.0
 PUBLISH_TIMEOUT_S = 5.0
+PASSWORD_ENV = "AMI_MQTT_PASSWORD"  # the `oversize` command's password: never in argv
+_quiet = logging.getLogger("hil.attacker")  # paho's complaints about links the broker cut
+_quiet.addHandler(logging.NullHandler())
+_quiet.propagate = False
 
 
 @dataclass(frozen=True)
@@ -63,6 +72,7 @@ def _client(
         protocol=aiomqtt.ProtocolVersion.V5 if protocol == 5 else aiomqtt.ProtocolVersion.V311,
         tls_context=tls_context(ca),
         timeout=CONNECT_TIMEOUT_S,
+        logger=_quiet,
     )
 
 
@@ -210,3 +220,45 @@ def junk(rnd: random.Random, meter_id: int, timestamp: int) -> bytes:
         timestamp=timestamp,
         counter=rnd.getrandbits(32),
     )
+
+
+async def oversize(
+    ep: Endpoint, user: str, password: str, topic: str, count: int, size: int, timeout: float
+) -> list[str]:
+    """Publish ``count`` payloads of ``size`` bytes (MQTT 3.1.1, a connection each):
+    what the publisher saw of each ("taken" if the broker acknowledged it)."""
+    big = random.randbytes(size)
+    answers = []
+    for _ in range(count):
+        try:
+            async with session(ep, user, password, protocol=4) as s:
+                await s.client.publish(topic, big, qos=1, timeout=timeout)
+                answers.append("taken")
+        except aiomqtt.MqttError as e:
+            answers.append(f"link closed ({e})" if str(e) else "link closed")
+    return answers
+
+
+def main(argv: list[str]) -> int:
+    """`python -m hil.scenarios.attacker oversize ...`: the oversize attack in a process
+    of its own, so the head-end's process measures only what reached it."""
+    p = argparse.ArgumentParser(prog="python -m hil.scenarios.attacker")
+    p.add_argument("what", choices=("oversize",))
+    p.add_argument("--host", required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--ca", type=Path)
+    p.add_argument("--user", required=True)
+    p.add_argument("--topic", required=True)
+    p.add_argument("--count", type=int, default=10)
+    p.add_argument("--size", type=int, default=10 * 2**20)
+    p.add_argument("--timeout", type=float, default=1.0)
+    a = p.parse_args(argv)
+    password = os.environ.get(PASSWORD_ENV, "")
+    ep = Endpoint(a.host, a.port, a.ca)
+    out = asyncio.run(oversize(ep, a.user, password, a.topic, a.count, a.size, a.timeout))
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

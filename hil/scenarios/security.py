@@ -43,10 +43,12 @@ what}}, intervals_lost, forged_values_stored, ok. Defaults: 600x, flood 1000.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import secrets
 import ssl
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +57,7 @@ from typing import Any
 from headend.api import Headend, Kind, ScheduleSpec, meter_key
 from hil.rig import Rig, Seen
 from hil.scenarios.attacker import (
+    PASSWORD_ENV,
     Endpoint,
     Session,
     forge,
@@ -73,9 +76,9 @@ VICTIM = 1001  # its board goes offline while its credential is abused
 TARGET = 1002  # receives the forged downlinks
 FORGED_WH = 999_999  # a value no board records in 15 minutes
 FLOOD = 1000
-OVERSIZE = 2 * 1024 * 1024
+OVERSIZE = 10 * 2**20  # issue 11: 100 such payloads took the head-end to 233 MB RSS
 OVERSIZE_TRIES = 10
-RSS_BOUND_MB = 16.0  # the head-end holding the oversize payloads would grow by 20 MB
+RSS_BOUND_MB = 20.0  # held by the head-end (or the sniffer), they would add 100 MB
 WAIT_S = 30.0  # real seconds for anything the rig does within a few simulated minutes
 REFUSED_KINDS = (str(Kind.BAD_FRAME), str(Kind.REJECTED), str(Kind.UNKNOWN_METER))
 NACK_AUTH, NACK_REPLAY = 3, 4
@@ -355,36 +358,49 @@ class Security:
             a.refused = 0
 
     async def oversize(self) -> None:
-        """Oversize payloads."""
+        """Oversize payloads (the broker drops packets over 8 KiB)."""
         a = self.attack("mqtt_oversize_payload")
         bad0 = self.sniffer.bad
         rss0 = rss_mb()
-        big = self.rnd.randbytes(OVERSIZE)
-        answers = []
-        for _ in range(OVERSIZE_TRIES):
-            try:
-                async with session(self.ep, *self.login(OUTSIDER), protocol=4) as s:
-                    answers.append(await s.publish(f"ami/v1/{OUTSIDER}/up", big) or "taken")
-            except Exception as e:  # noqa: BLE001 - the broker closing the link is expected
-                answers.append(f"link closed ({type(e).__name__})")
-        del big
+        dropped = f"Client {OUTSIDER} disconnected due to oversize packet"
+        drops0 = self.broker.log().count(dropped)
+        user, password = self.login(OUTSIDER)
+        ep = self.ep
+        # in a process of its own: this one's growth is then the head-end's (and sniffer's)
+        argv = ["oversize", "--host", ep.host, "--port", str(ep.port), "--user", user]
+        argv += ["--topic", f"ami/v1/{OUTSIDER}/up", "--count", str(OVERSIZE_TRIES)]
+        argv += ["--size", str(OVERSIZE)] + (["--ca", str(ep.ca)] if ep.ca else [])
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "hil.scenarios.attacker",
+            *argv,
+            stdout=asyncio.subprocess.PIPE,
+            env={**os.environ, PASSWORD_ENV: password},
+        )
+        stdout, _ = await asyncio.wait_for(proc.communicate(), 60 + 5 * OVERSIZE_TRIES)
+        answers: list[str] = json.loads(stdout) if proc.returncode == 0 else []
         t = self.now()
         control = forge(
             "event", OUTSIDER, {"events": []}, key=None, seq=self.next_seq(), timestamp=t
         )
-        async with session(self.ep, *self.login(OUTSIDER)) as s:
+        async with session(ep, user, password) as s:
             await s.publish(f"ami/v1/{OUTSIDER}/up", control)
         arrived = await within(lambda: self.sniffed(control), WAIT_S)
         grew = rss_mb() - rss0
         got = self.sniffer.bad - bad0 + len(self.frames(lambda s: len(s.raw) > 8192))
-        for ans in answers:
-            a.add(bool(arrived) and got == 0 and grew < RSS_BOUND_MB, ans)
+        drops = self.broker.log().count(dropped) - drops0
+        for i, _ in enumerate(answers):
+            a.add(i < drops and bool(arrived) and got == 0 and grew < RSS_BOUND_MB, "")
         a.notes = [
-            f"{OVERSIZE_TRIES} x {OVERSIZE // 2**20} MB: publisher saw "
+            f"{len(answers)} x {OVERSIZE // 2**20} MB from another process: publisher saw "
             + ", ".join(sorted(set(answers)))
-            + f"; {got} reached the sniffer; control {'arrived' if arrived else 'LOST'}; "
-            f"process RSS {grew:+.1f} MB (bound {RSS_BOUND_MB:g})"
+            + f"; broker log: {drops} x {dropped!r}; {got} reached the sniffer; control "
+            f"{'arrived' if arrived else 'LOST'}; head-end process RSS {grew:+.1f} MB "
+            f"(bound {RSS_BOUND_MB:g})"
         ]
+        if proc.returncode != 0:
+            a.add(False, f"the attacker process failed (exit {proc.returncode})")
         self.facts["oversize_rss_growth_mb"] = round(grew, 1)
 
     # -- frames up: a compromised meter login without the key -----------------------------------
