@@ -97,6 +97,24 @@ async def try_login(
         return f"{type(e).__name__}: {e}"
 
 
+async def tls_handshake(ep: Endpoint, ca: Path, server_name: str) -> str | None:
+    """None if a TLS handshake pinning ``ca`` and checking ``server_name`` succeeds,
+    else why it failed (paho leaks the socket of a failed handshake: asyncio's own)."""
+    try:
+        _, w = await asyncio.wait_for(
+            asyncio.open_connection(
+                ep.host, ep.port, ssl=tls_context(ca), server_hostname=server_name
+            ),
+            CONNECT_TIMEOUT_S,
+        )
+    except (OSError, TimeoutError) as e:  # ssl.SSLError is an OSError
+        return f"{type(e).__name__}: {e}"
+    w.close()
+    with contextlib.suppress(OSError):
+        await w.wait_closed()
+    return None
+
+
 def _answer(codes: Any) -> str:
     """A SUBACK's reason codes as text ("Granted QoS 1", "Not authorized", ...)."""
     return ", ".join(str(c) for c in codes) if isinstance(codes, list | tuple) else str(codes)

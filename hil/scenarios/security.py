@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from headend.api import Headend, Kind, ScheduleSpec, meter_key
+from headend.api import Headend, Kind, ScheduleSpec, meter_key, pki
 from hil.rig import Rig, Seen
 from hil.scenarios.attacker import (
     PASSWORD_ENV,
@@ -64,6 +64,7 @@ from hil.scenarios.attacker import (
     intervals_body,
     junk,
     session,
+    tls_handshake,
     try_login,
 )
 from hil.scenarios.common import T0, Options, Progress, compare_image
@@ -289,19 +290,32 @@ class Security:
         )
 
     async def wrong_ca(self) -> None:
-        """TLS with the wrong CA, plain MQTT to the TLS port."""
+        """TLS with the wrong CA or server name, plain MQTT to the TLS port."""
         a = self.attack("tls_wrong_ca")
-        control = await try_login(self.ep, *self.login(OUTSIDER))
+        ca, name = self.ep.ca, self.broker.server_name
+        assert ca is not None, "the rig's broker speaks TLS"
+        control = await tls_handshake(self.ep, ca, name)
         ok = control is None
         paths = ssl.get_default_verify_paths()
-        system = paths.cafile or paths.openssl_cafile
-        why = await try_login(self.ep, *self.login(OUTSIDER), ca=Path(system)) if system else None
+        system = Path(paths.cafile or paths.openssl_cafile)
+        why = await tls_handshake(self.ep, system, name)
         a.add(ok and why is not None, f"the system's CAs pinned: {why}")
+        other = await self.other_ca()
+        why = await tls_handshake(self.ep, other, name)
+        a.add(ok and why is not None, f"another site's CA pinned: {why}")
+        why = await tls_handshake(self.ep, ca, "broker.example.org")
+        a.add(ok and why is not None, f"the right CA, another server name: {why}")
         plain = Endpoint(self.ep.host, self.ep.port, None)
         why = await try_login(plain, *self.login(OUTSIDER), ca=None)
         a.add(ok and why is not None, f"plain MQTT to the TLS port: {why}")
         if not ok:
-            a.notes.append(f"control with the right CA refused too: {control}")
+            a.notes.append(f"control handshake with the right CA and name failed: {control}")
+
+    async def other_ca(self) -> Path:
+        """The CA of another site (a broker's PKI made in the rig's dir, never started)."""
+        d = self.rig.dir / "other-site"
+        pki.init(d)
+        return pki.Pki(d).ca
 
     async def takeover(self) -> None:
         """Other logins with the head-end's client id."""
