@@ -84,7 +84,10 @@ def test_stack_registers_boards_answers_the_printed_commands_and_stops_on_sigter
                 follow.kill()
                 follow.communicate()
         (tail,) = [c for c in cmds if c[0] == "tail"]
-        assert "headend: serving: broker mqtt://127.0.0.1:" in Path(tail[-1]).read_text()
+        assert (
+            "headend: serving: broker mqtts://stack-headend@127.0.0.1:"
+            in Path(tail[-1]).read_text()
+        )
         # the head-end is its own process, on the boards' clock, with a random site key
         config = Path(_find(cmds, "log")[-1])
         cfg = load(config)
