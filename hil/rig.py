@@ -264,6 +264,7 @@ class Rig(Supervised):
         headend: extra headend Config fields (poll_s, assign_at, ondemand_timeout_s ...).
         latency_s, jitter_s: put a LatencyProxy between the boards and the broker.
         insecure: a plain, anonymous broker (else TLS, logins and ACLs: hil.broker).
+        admit: more meter ids the broker admits (a fleet's simulated meters).
         keep: keep the temp dir (SQLite file, flash dirs, console logs) and print where.
         say: progress printer (None: quiet).
     """
@@ -281,6 +282,7 @@ class Rig(Supervised):
     say: Callable[[str], None] | None = None
     sniff: bool = True
     insecure: bool = False
+    admit: tuple[int, ...] = ()  # more meter logins on the broker (a fleet's)
 
     def __post_init__(self) -> None:
         self.board_list: list[VirtualBoard] = []
@@ -323,7 +325,7 @@ class Rig(Supervised):
             self.dir / "broker",
             insecure=self.insecure,
             master=bytes.fromhex(master),
-            meters=tuple(range(self.first_id, self.first_id + self.boards)),
+            meters=(*range(self.first_id, self.first_id + self.boards), *self.admit),
             workers=(worker,),
             observers=(SNIFFER,),
         )
