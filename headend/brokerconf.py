@@ -43,11 +43,18 @@ from protocol.auth import meter_key, mqtt_password, mqtt_user_password
 PBKDF2_ITERATIONS = 101  # mosquitto_passwd's own default (PW_DEFAULT_ITERATIONS)
 SALT_LEN = 12  # mosquitto's SALT_LEN
 MAX_PACKET_SIZE = 8192  # SPEC "MQTT": 8 KiB, more than the largest frame
+_PUBLISH_OVERHEAD = 16  # fixed header, topic length, packet id, properties length
 MAX_QUEUED_MESSAGES = 1000  # per client, QoS 1 held for a slow or absent client
 MAX_INFLIGHT_MESSAGES = 20
 METER_ID_MAX = 0xFFFFFFFF
 UP = "ami/v1/{}/up"
 DOWN = "ami/v1/{}/down"
+
+
+def payload_limit(topic: str) -> int:
+    """The largest payload the broker takes on ``topic`` (its packet limit less the header);
+    a client that sends more is disconnected."""
+    return MAX_PACKET_SIZE - _PUBLISH_OVERHEAD - len(topic.encode())
 
 
 def password_hash(
