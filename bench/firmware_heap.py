@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.cli import refuse
-from hil.broker import BrokerError, free_port, running_broker
+from hil.broker import BrokerError, client_login, free_port, running_broker
 from hil.loadprofile import DEFAULT_CSV, ProfileError
 from hil.loadprofile import read as read_profile
 from tools.fwimage import ImageError, build_image, compile_tree, tool_path
@@ -48,6 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FIRMWARE = ROOT / "firmware"
 KEY = bytes(range(32))
 MID = 4711
+HEAD = "bench-head"  # the stand-in head-end's MQTT login
 T0 = 1772323200  # 2026-03-01T00:00:00Z
 TARGET = 48 * 1024
 CSV = DEFAULT_CSV
@@ -120,7 +121,7 @@ async def _head_end(broker: Any, stop: asyncio.Event, stats: dict[str, int]) -> 
         return encode(dict(f, body=body), key=KEY)
 
     down = f"ami/v1/{MID}/down"
-    async with aiomqtt.Client(broker.host, broker.port, identifier="bench-head") as client:
+    async with aiomqtt.Client(broker.host, broker.port, **client_login(broker, HEAD)) as client:
         await client.subscribe(f"ami/v1/{MID}/up", qos=1)
         last_req = 0
         parts: dict[int, set[int]] = {}  # request seq -> parts received
@@ -178,11 +179,21 @@ async def _run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     ctl = free_port()
     heap = args.heap_kb * 1024 + (image if args.code == "romfs" else 0)
     stats: dict[str, int] = {}
-    with running_broker() as broker:
+    with running_broker(meters=(MID,), workers=(HEAD,), insecure=args.insecure) as broker:
+        # the board logs in as a meter (TLS once the firmware can: hil.broker.FIRMWARE_LOGIN)
+        host, port, ca = broker.meter_link()
+        tls = None if ca is None else {"ca": str(ca), "server_name": broker.server_name}
         cfg = {
             "meter_id": MID,
             "key": KEY.hex(),
-            "broker": {"host": broker.host, "port": broker.port, "keepalive_s": 30},
+            "broker": {
+                "host": host,
+                "port": port,
+                "keepalive_s": 30,
+                "user": str(MID),
+                "password": broker.password(MID),
+                "tls": tls,
+            },
             "clock": {"sim_start": T0, "speed": args.speed},
             "control_port": ctl,
             "tick_ms": 50,
@@ -274,6 +285,7 @@ async def _run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             "romfs-strict": "ROMFS image of .mpy run in place; image inside the heap",
             "mpy": ".mpy files imported into the heap",
         }[args.code],
+        "board_link": "TLS" if tls else "plain MQTT",
         "heapsize_bytes": heap,
         "image_bytes": image,
         "baseline_bytes": base - sub if base else None,
@@ -307,6 +319,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--code", choices=("romfs", "romfs-strict", "mpy"), default="romfs")
     parser.add_argument(
         "--retry-kb", type=int, default=256, help="on MemoryError, measure again with this heap"
+    )
+    parser.add_argument(
+        "--insecure", action="store_true", help="plain, anonymous MQTT (default: TLS, logins)"
     )
     args = parser.parse_args(argv)
     if min(args.days, args.heap_kb, args.speed) < 1 or args.retry_kb < 0:

@@ -6,8 +6,8 @@ log file and port, and is terminated when the context ends.
 Secure by default, as a site's broker (`headend.brokerconf`): TLS 1.2+ with a
 CA of its own (`headend.pki`, in its work dir), no anonymous client, a login
 per meter and per head-end worker derived from the site master key, and the
-ACLs of protocol/SPEC.md "MQTT". ``admit()`` adds identities while it runs
-(mosquitto re-reads its password and ACL files on SIGHUP). ``insecure=True``
+ACLs of protocol/SPEC.md "MQTT". ``admit()`` adds identities (a running broker
+restarts for them: its ACL plugin reads its file at start only). ``insecure=True``
 is the plain, anonymous broker of old, for what asks for it explicitly;
 ``plain_port=True`` adds a plain loopback listener with the same logins and
 ACLs, for clients that cannot speak TLS yet.
@@ -18,8 +18,8 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -30,6 +30,11 @@ from typing import IO, Any
 
 from headend.api import brokerconf, pki
 from hil.supervise import child_options, exit_text, tail
+
+# Whether the firmware's MQTT client (the boards', and the fleet meters' that run
+# it on CPython) logs in over TLS yet. Until it does, `meter_link()` is the
+# secure broker's anonymous plain loopback listener.
+FIRMWARE_LOGIN = False
 
 # Debian installs mosquitto in /usr/sbin, which is not on a normal user's PATH.
 _SBIN_CANDIDATES = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
@@ -97,8 +102,9 @@ class Broker:
         meters: tuple[int, ...] = (),
         workers: tuple[str, ...] = (),
         recipients: tuple[str, ...] = (),
+        observers: tuple[str, ...] = (),
         plain_port: bool = False,
-        anonymous_plain: bool = False,
+        anonymous_plain: bool = not FIRMWARE_LOGIN,
     ) -> None:
         self.binary = binary
         self.host = host
@@ -109,7 +115,10 @@ class Broker:
         self.anonymous_plain = anonymous_plain
         self.master = secrets.token_bytes(32) if master is None else master
         self.site = brokerconf.Site(
-            meters=tuple(meters), workers=tuple(workers), recipients=recipients
+            meters=tuple(meters),
+            workers=tuple(workers),
+            recipients=tuple(recipients),
+            observers=tuple(observers),
         )
         self.workdir = workdir
         self.log_path = workdir / "mosquitto.log"
@@ -137,6 +146,20 @@ class Broker:
     def password(self, user: str | int) -> str:
         """The MQTT password of a meter (an int or its decimal id) or a named user."""
         return brokerconf.password_of(self.master, str(user))
+
+    def meter_link(self) -> tuple[str, int, Path | None]:
+        """(host, port, CA or None) where a meter (a board, a fleet meter) connects.
+
+        TLS with its login once the firmware's client logs in (`FIRMWARE_LOGIN`);
+        until then the anonymous plain loopback listener.
+        """
+        if self.insecure:
+            return self.host, self.port, None
+        if FIRMWARE_LOGIN:
+            return self.host, self.port, self.pki.ca
+        if self.plain_port is None or not self.anonymous_plain:
+            raise BrokerError("the firmware cannot log in yet: start the broker anonymous_plain")
+        return self.host, self.plain_port, None
 
     @property
     def running(self) -> bool:
@@ -166,27 +189,19 @@ class Broker:
         workers: tuple[str, ...] = (),
         recipients: tuple[str, ...] = (),
     ) -> None:
-        """Add identities (logins and ACLs); a running broker reloads them at once."""
+        """Add identities (logins and ACLs); a running broker restarts on its port for them."""
         s = self.site
         self.site = brokerconf.Site(
             meters=tuple(sorted(set(s.meters) | set(meters))),
             workers=tuple(dict.fromkeys((*s.workers, *workers))),
             recipients=tuple(dict.fromkeys((*s.recipients, *recipients))),
+            observers=s.observers,
             notify_topic=s.notify_topic,
             realtime_topic=s.realtime_topic,
         )
-        if self.insecure or not self.running:
-            return
-        self._write_config()
-        assert self._proc is not None
-        mark = self.log().count("Reloading config")
-        self._proc.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        # mosquitto answers SIGHUP between two network loops: wait until it has
-        while self.log().count("Reloading config") <= mark:
-            if time.monotonic() > deadline:
-                raise BrokerError(f"mosquitto did not reload its config:{tail(self.log())}")
-            time.sleep(0.02)
+        if self.running and not self.insecure:
+            # the ACL plugin reads its file at start only: a restart (clients reconnect)
+            self.restart()
 
     def _write_plain_config(self) -> Path:
         conf = self.workdir / "mosquitto.conf"
@@ -257,6 +272,19 @@ class Broker:
         """Stop and start again on the same port (clients see an outage)."""
         self.stop()
         self.start()
+
+
+def client_login(broker: Broker, user: str) -> dict[str, Any]:
+    """aiomqtt.Client keyword arguments to log in to ``broker`` as ``user`` (TLS, CA pinned)."""
+    if broker.insecure:
+        return {"identifier": f"{user}-{secrets.token_hex(4)}"}
+    tls = ssl.create_default_context(cafile=str(broker.pki.ca))
+    return {
+        "identifier": user,
+        "username": user,
+        "password": broker.password(user),
+        "tls_context": tls,
+    }
 
 
 @contextmanager

@@ -383,6 +383,9 @@ def add_run_options(p: argparse.ArgumentParser, progress_s: float) -> None:
     p.add_argument("--profile-mix", default=DEFAULT_MIX, help=f"default {DEFAULT_MIX}")
     p.add_argument("--csv", type=Path, default=DEFAULT_CSV, help="load profile CSV")
     p.add_argument("--progress-s", type=float, default=progress_s, help="real s between progress")
+    p.add_argument(
+        "--insecure", action="store_true", help="plain, anonymous MQTT (default: TLS, logins, ACLs)"
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -472,6 +475,7 @@ def main(argv: list[str]) -> int:
                 install_s=args.install_s,
                 window_end=args.window_end,
                 push_mask=args.push_mask,
+                insecure=args.insecure,
             )
         )
     except ProfileError as e:

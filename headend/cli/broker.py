@@ -2,8 +2,8 @@
 
 The logins derive from the site master key (the config's ``master_key``), as
 the meters and the head-end derive them (SPEC "MQTT"), so no password is typed,
-printed or passed on a command line. Run it again after adding meters;
-mosquitto re-reads the password and ACL files on SIGHUP.
+printed or passed on a command line. Run it again after adding meters,
+then restart mosquitto (its ACL plugin reads acl.json at start).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def add(sub: Sub, common: argparse.ArgumentParser) -> None:
     c = bsub.add_parser(
         "config",
         parents=[common],
-        help="write DIR/mosquitto.conf, DIR/passwd, DIR/acl (0600) for the site",
+        help="write DIR/mosquitto.conf, DIR/passwd, DIR/acl.json (0600) for the site",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
