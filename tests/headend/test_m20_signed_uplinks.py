@@ -177,3 +177,35 @@ def test_m20_arbitrary_signed_bodies_never_raise(fuzz_core: Any, fields: dict[st
     out = core.on_uplink(Uplink(706, raw, "mqtt"), T0 * 1000)
     for d in out.downlinks:  # whatever it answers, it signed
         assert decode(d.frame)["auth"] is not None
+
+
+def test_m20_event_dedupe_cost_does_not_grow_with_stored_events(
+    sqlite_url: str, store_at: list[SqlStore]
+) -> None:
+    core = core_at(sqlite_url, store_at)
+    few, many = SimMeter(711), SimMeter(712)
+    for m in (few, many):
+        registered(core, m)
+    db = core.ctx.db
+    with db.transaction():
+        for mid, n in ((711, 10), (712, 100_000)):
+            db.executemany(
+                "INSERT INTO meter_event (meter_id, time, code, data, seq, source, received_at) "
+                "VALUES (?, ?, 1, 0, NULL, 1, 0)",
+                [(mid, T0 - DAY + i) for i in range(n)],
+            )
+    conn = db._conn  # type: ignore[attr-defined]  # SQLite's VM steps: a deterministic cost
+    steps: dict[int, int] = {}
+    spread = [{"code": 11, "time": t, "data": 1} for t in (0, T0 - DAY + 5, 2**32 - 1)]
+
+    def tally(mid: int) -> int:
+        steps[mid] = steps.get(mid, 0) + 1
+        return 0
+
+    for m in (few, many):
+        raw = m.frame("event", {"events": spread})
+        conn.set_progress_handler(lambda mid=m.meter_id: tally(mid), 100)
+        assert frames_to(deliver(core, m.meter_id, raw), m.meter_id)  # acked
+        conn.set_progress_handler(None, 0)
+    assert len(core.ctx.store.events(712, 0, 2**32)) == 100_003
+    assert steps[712] < 2 * steps[711] + 50, steps  # a scan of 100k rows would be ~1000x
