@@ -191,6 +191,10 @@ class Security:
         for ident in (None, self.worker):
             why = await try_login(self.ep, None, None, identifier=ident)
             a.add(ok and why is not None, f"anonymous{' as ' + ident if ident else ''}: {why}")
+        plain = getattr(self.broker, "plain_port", None)  # a loopback listener without TLS
+        if plain is not None:
+            why = await try_login(Endpoint(self.ep.host, plain, None), None, None, ca=None)
+            a.add(ok and why is not None, f"anonymous on the plain port {plain}: {why}")
         if not ok:
             a.notes.append(f"control login {OUTSIDER} refused too: {control}")
         b = self.attack("mqtt_wrong_password")
@@ -293,7 +297,9 @@ class Security:
         """TLS with the wrong CA or server name, plain MQTT to the TLS port."""
         a = self.attack("tls_wrong_ca")
         ca, name = self.ep.ca, self.broker.server_name
-        assert ca is not None, "the rig's broker speaks TLS"
+        if ca is None:
+            a.add(False, "the broker speaks no TLS (--insecure)")
+            return
         control = await tls_handshake(self.ep, ca, name)
         ok = control is None
         paths = ssl.get_default_verify_paths()
@@ -728,6 +734,7 @@ async def attack(opts: Options, steps: tuple[str, ...], master_key: str) -> dict
         board_options=opts.board,
         keep=opts.keep,
         say=opts.say,
+        insecure=opts.insecure,  # the attacks then show what a plain broker lets through
     ) as rig:
         p = Progress(rig, opts.say)
         assert rig.broker is not None
