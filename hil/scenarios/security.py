@@ -48,6 +48,7 @@ import os
 import random
 import secrets
 import ssl
+import struct
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -497,7 +498,18 @@ class Security:
                 ("unsigned", reg(None)),
             ],
         }
-        down0 = len(self.frames(lambda s: not s.up and s.meter_id == VICTIM))
+        sent_seqs = {struct.unpack_from(">H", raw, 3)[0] for fs in plan.values() for _, raw in fs}
+        t0 = rig.now()
+
+        def answers() -> list[Seen]:
+            """Downlinks to the victim answering one of the frames sent here."""
+            return [
+                d
+                for d in self.frames(lambda d: not d.up and d.meter_id == VICTIM and d.sim >= t0)
+                if d.type == "register_ack"
+                or sent_seqs & {d.fields["body"].get(k) for k in ("acked_seq", "nacked_seq")}
+            ]
+
         async with session(self.ep, *self.login(VICTIM)) as s:
             for name, frames in plan.items():
                 a = self.attack(name)
@@ -513,14 +525,14 @@ class Security:
                         if n
                         else f"{what}: publish failed",
                     )
-        answered = len(self.frames(lambda s: not s.up and s.meter_id == VICTIM)) - down0
+        answered = len(answers())
         layout_after = (await rig.call(lambda he: he.meter(VICTIM))).channels
         reg_a = self.attack("register_layout_forged")
         reg_a.notes.append(f"layout {'unchanged' if layout_after == layout else 'CHANGED'}")
         if layout_after != layout:
             reg_a.refused = 0
         for name in plan:
-            self.attack(name).notes.append(f"head-end answered {answered} frame(s) meanwhile")
+            self.attack(name).notes.append(f"head-end answered {answered} of them")
             if answered:
                 self.attack(name).refused = 0
         await board.link(True)
