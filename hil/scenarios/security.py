@@ -250,34 +250,24 @@ class Security:
 
     async def subscribe_other(self) -> None:
         """Subscribe to other meters' downlinks."""
-        a = self.attack("mqtt_subscribe_other")
         filters = (f"ami/v1/{VICTIM}/down", "ami/v1/+/down", "ami/v1/#")
-        async with (
-            session(self.ep, *self.login(ROGUE)) as rogue,
-            session(self.ep, *self.login(OUTSIDER)) as s,
-        ):
-            for f in filters:
-                await s.subscribe(f)
-            await s.subscribe(f"ami/v1/{OUTSIDER}/down")
-            seen = await self._traffic(False, 3)
-            control = await self._control_down(s, rogue)
-        foreign = [t for t, _ in s.got if not t.startswith(f"ami/v1/{OUTSIDER}/")]
-        for f in filters:
-            a.add(control and seen >= 3 and not foreign, f"{f}: broker {s.suback[f]}")
-        a.notes.append(
-            f"{seen} downlinks to the boards meanwhile, {len(foreign)} reached the outsider; "
-            f"control to its own down topic {'arrived' if control else 'LOST'}"
-        )
+        await self._eavesdrop("mqtt_subscribe_other", filters, False, 3)
 
     async def join_share(self) -> None:
         """Join the head-end's shared subscription."""
-        a = self.attack("mqtt_join_headend_share")
         assert self.rig.config is not None
         filters = (
             "$share/headend/ami/v1/+/up",
             f"$share/{self.rig.config.share_group}/ami/v1/+/up",
             "ami/v1/+/up",
         )
+        await self._eavesdrop("mqtt_join_headend_share", filters, True, 4)
+
+    async def _eavesdrop(self, name: str, filters: tuple[str, ...], up: bool, n: int) -> None:
+        """The outsider subscribes to ``filters`` while the boards and the head-end
+        exchange ``n`` frames (``up``: uplinks, else downlinks); then the control
+        message to its own down topic. Refused: none of those frames reached it."""
+        a = self.attack(name)
         async with (
             session(self.ep, *self.login(ROGUE)) as rogue,
             session(self.ep, *self.login(OUTSIDER)) as s,
@@ -285,13 +275,15 @@ class Security:
             for f in filters:
                 await s.subscribe(f)
             await s.subscribe(f"ami/v1/{OUTSIDER}/down")
-            seen = await self._traffic(True, 4)
+            seen = await self._traffic(up, n)
             control = await self._control_down(s, rogue)
-        took = [t for t, _ in s.got if t.endswith("/up")]
+        stolen = [t for t, _ in s.got if not t.startswith(f"ami/v1/{OUTSIDER}/")]
         for f in filters:
-            a.add(control and seen >= 4 and not took, f"{f}: broker {s.suback[f]}")
+            a.add(control and seen >= n and not stolen, f"{f}: broker {s.suback[f]}")
         a.notes.append(
-            f"{seen} uplinks from the boards meanwhile, {len(took)} reached the outsider"
+            f"{seen} {'uplinks' if up else 'downlinks'} of the boards meanwhile, "
+            f"{len(stolen)} reached the outsider; control to its own down topic "
+            + ("arrived" if control else "LOST")
         )
 
     async def wrong_ca(self) -> None:
