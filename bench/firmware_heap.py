@@ -180,7 +180,7 @@ async def _run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     heap = args.heap_kb * 1024 + (image if args.code == "romfs" else 0)
     stats: dict[str, int] = {}
     with running_broker(meters=(MID,), workers=(HEAD,), insecure=args.insecure) as broker:
-        # the board logs in as a meter (TLS once the firmware can: hil.broker.FIRMWARE_LOGIN)
+        # the board logs in as a meter, over TLS with the broker's CA pinned
         host, port, ca = broker.meter_link()
         tls = None if ca is None else {"ca": str(ca), "server_name": broker.server_name}
         cfg = {

@@ -15,7 +15,7 @@ What protocol/SPEC.md "MQTT" asks of the broker, written out:
   knock another identity off the broker with its client id;
 - packets over 8 KiB are refused (the largest frame is far smaller) and the
   per-client queues are bounded;
-- a TLS 1.2+ listener; a plain listener only when asked for (`plain_port`).
+- a TLS 1.2+ listener; a plain one (same logins and ACLs) only when asked for.
 
 The password file is mosquitto_passwd's ``$7$`` format (PBKDF2-HMAC-SHA512,
 12-byte salt, base64): ``user:$7$<iterations>$<salt>$<hash>``, made here with
@@ -268,18 +268,13 @@ def dynsec_plugin() -> Path:
 
 @dataclass(frozen=True)
 class Listener:
-    """Where the broker listens. TLS unless ``ca`` is None (a plain listener).
-
-    ``anonymous``: a plain loopback listener that admits clients without a login
-    and without ACLs, for firmware that cannot log in yet; asked for explicitly.
-    """
+    """Where the broker listens. TLS unless ``ca`` is None (a plain listener)."""
 
     port: int
     host: str = "127.0.0.1"
     ca: Path | None = None
     cert: Path | None = None
     key: Path | None = None
-    anonymous: bool = False
 
     def lines(self) -> list[str]:
         out = [f"listener {self.port} {self.host}"]
@@ -321,24 +316,17 @@ def mosquitto_conf(
     ``files`` None: an anonymous broker without ACLs (tests that ask for it only).
     """
     user = run_as or pwd.getpwuid(os.getuid()).pw_name
-    listeners = list(listeners)
     out = ['# written by `headend broker config` (protocol/SPEC.md "MQTT")', f"user {user}"]
-    secure: list[str] = []
     if files is None:
         out.append("allow_anonymous true")
     else:
-        secure = [
+        out += [
+            "per_listener_settings false",
             "allow_anonymous false",
             f"password_file {files.passwd}",
             f"plugin {dynsec_plugin()}",
             f"plugin_opt_config_file {files.acl}",
         ]
-    # an anonymous listener needs settings of its own; otherwise they are global
-    per_listener = files is not None and any(li.anonymous for li in listeners)
-    if files is not None:
-        out.append(f"per_listener_settings {'true' if per_listener else 'false'}")
-        if not per_listener:
-            out += secure
     out += [
         f"max_packet_size {MAX_PACKET_SIZE}",
         f"max_queued_messages {MAX_QUEUED_MESSAGES}",
@@ -356,10 +344,8 @@ def mosquitto_conf(
         out += [f"log_type {t}" for t in ("error", "warning", "notice", "information")]
     for listener in listeners:
         out += ["", *listener.lines()]
-        if listener.anonymous:
-            out.append("allow_anonymous true")
-        elif files is not None:  # a listener's setting in mosquitto 2.0
-            out += (secure if per_listener else []) + ["use_username_as_clientid true"]
+        if files is not None:  # a listener's setting in mosquitto 2.0
+            out.append("use_username_as_clientid true")
     return "\n".join(out) + "\n"
 
 

@@ -8,9 +8,7 @@ CA of its own (`headend.pki`, in its work dir), no anonymous client, a login
 per meter and per head-end worker derived from the site master key, and the
 ACLs of protocol/SPEC.md "MQTT". ``admit()`` adds identities (a running broker
 restarts for them: its ACL plugin reads its file at start only). ``insecure=True``
-is the plain, anonymous broker of old, for what asks for it explicitly;
-``plain_port=True`` adds a plain loopback listener with the same logins and
-ACLs, for clients that cannot speak TLS yet.
+is the plain, anonymous broker of old, for what asks for it explicitly.
 """
 
 from __future__ import annotations
@@ -30,11 +28,6 @@ from typing import IO, Any
 
 from headend.api import brokerconf, pki
 from hil.supervise import child_options, exit_text, tail
-
-# Whether the firmware's MQTT client (the boards', and the fleet meters' that run
-# it on CPython) logs in over TLS yet. Until it does, `meter_link()` is the
-# secure broker's anonymous plain loopback listener.
-FIRMWARE_LOGIN = False
 
 # Debian installs mosquitto in /usr/sbin, which is not on a normal user's PATH.
 _SBIN_CANDIDATES = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
@@ -82,9 +75,6 @@ class Broker:
         insecure: plain and anonymous (no TLS, no logins, no ACL).
         master: the site master key the logins derive from (default: random).
         meters, workers, recipients: the identities admitted at start.
-        plain_port: also listen without TLS on loopback (same logins and ACLs);
-        anonymous_plain: that plain listener admits anonymous clients without
-            ACLs (for firmware that cannot log in yet; asked for explicitly).
 
     A `hil.supervise.Dependent`: `failure()` says so if mosquitto died on its own.
     """
@@ -103,16 +93,11 @@ class Broker:
         workers: tuple[str, ...] = (),
         recipients: tuple[str, ...] = (),
         observers: tuple[str, ...] = (),
-        plain_port: bool = False,
-        anonymous_plain: bool = not FIRMWARE_LOGIN,
     ) -> None:
         self.binary = binary
         self.host = host
         self.port = free_port(host)
         self.insecure = insecure
-        plain = (plain_port or anonymous_plain) and not insecure
-        self.plain_port: int | None = free_port(host) if plain else None
-        self.anonymous_plain = anonymous_plain
         self.master = secrets.token_bytes(32) if master is None else master
         self.site = brokerconf.Site(
             meters=tuple(meters),
@@ -148,18 +133,8 @@ class Broker:
         return brokerconf.password_of(self.master, str(user))
 
     def meter_link(self) -> tuple[str, int, Path | None]:
-        """(host, port, CA or None) where a meter (a board, a fleet meter) connects.
-
-        TLS with its login once the firmware's client logs in (`FIRMWARE_LOGIN`);
-        until then the anonymous plain loopback listener.
-        """
-        if self.insecure:
-            return self.host, self.port, None
-        if FIRMWARE_LOGIN:
-            return self.host, self.port, self.pki.ca
-        if self.plain_port is None or not self.anonymous_plain:
-            raise BrokerError("the firmware cannot log in yet: start the broker anonymous_plain")
-        return self.host, self.plain_port, None
+        """(host, port, CA or None) where a meter (a board, a fleet meter) connects."""
+        return self.host, self.port, self.ca
 
     @property
     def running(self) -> bool:
@@ -174,10 +149,6 @@ class Broker:
                 self.port, self.host, self.pki.ca, self.pki.server_cert, self.pki.server_key
             )
         ]
-        if self.plain_port is not None:
-            listeners.append(
-                brokerconf.Listener(self.plain_port, self.host, anonymous=self.anonymous_plain)
-            )
         files = brokerconf.write(
             self.workdir, self.site, self.master, listeners, None, self.log_path
         )

@@ -41,7 +41,6 @@ def broker() -> Iterator[Broker]:
         master=bytes.fromhex(KEY),
         meters=(1001,),
         workers=(WORKER, "w-queue"),
-        anonymous_plain=False,
     ) as b:
         yield b
 

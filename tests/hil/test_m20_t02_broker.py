@@ -28,12 +28,10 @@ OUTSIDE = "outsider"  # a notification recipient: a valid login, not a worker
 
 @pytest.fixture(scope="module")
 def broker() -> Iterator[Broker]:
-    """A secure broker as a site runs it (no anonymous listener at all)."""
+    """A secure broker as a site runs it."""
     if find_mosquitto() is None:
         missing("mosquitto not installed: run `make setup` (or apt-get install mosquitto)")
-    with running_broker(
-        meters=(1001, 1002), workers=(WORKER,), recipients=(OUTSIDE,), anonymous_plain=False
-    ) as b:
+    with running_broker(meters=(1001, 1002), workers=(WORKER,), recipients=(OUTSIDE,)) as b:
         yield b
 
 
