@@ -35,6 +35,7 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from headend import masterkey
 from headend.brokerconf import MAX_PACKET_SIZE, payload_limit
 from headend.config import Config
 from headend.errors import ConfigError
@@ -93,7 +94,7 @@ def login_from(cfg: Config) -> Login:
         elif cfg.mqtt_password:
             password = cfg.mqtt_password
         else:
-            password = mqtt_user_password(bytes.fromhex(cfg.master_key), user)
+            password = mqtt_user_password(masterkey.load(cfg), user)
     tls = None
     if url.tls:
         try:
