@@ -96,13 +96,16 @@ class App:
         c = self.client
         if on and b.broker is not None and c is None:
             self.client = mqtt.Client(
-                "meter-%d" % b.meter_id,
+                str(b.meter_id),  # the client id is the login (SPEC "MQTT")
                 b.broker[0],
                 b.broker[1],
                 subscriptions=("ami/v1/%d/" % b.meter_id + "down",),
                 handler=self.receive,
                 keepalive_s=b.keepalive_s,
                 rand=b.rand,
+                user=b.mqtt_user,
+                password=b.mqtt_password,
+                tls=b.tls,
             )
             self.task = asyncio.create_task(self.client.run())
         elif not on and c is not None:

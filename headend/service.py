@@ -34,7 +34,7 @@ from headend.errors import StoreError, UnknownMeter
 from headend.outbox import Downlink, Outbox, Publish
 from headend.store import SqlStore, open_store
 from headend.transport.base import Transport, TransportError, Uplink, backoff_s
-from headend.transport.mqtt import MqttTransport
+from headend.transport.mqtt import LoginRefused, MqttTransport, login_from
 from headend.transport.serial import SerialTransport
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,14 @@ class Service:
         self._db_thread = ThreadPoolExecutor(1, thread_name_prefix="headend-db")
         self.core: Core | None = None
         host, port = config.broker_host_port
+        login = login_from(config)
+        if login.tls is None:
+            log.warning(
+                "insecure: plain MQTT to %s:%s (%s), no TLS; a lab only",
+                host,
+                port,
+                f"as {login.user}" if login.user else "anonymous",
+            )
         self.mqtt = MqttTransport(
             host,
             port,
@@ -68,6 +76,8 @@ class Service:
             extra_topics=(f"$share/{config.share_group}/{config.notify_topic}/+/ack",),
             on_other=self._on_other,
             session_expiry_s=config.session_expiry_s,
+            login=login,
+            max_queued=config.mqtt_max_queued,
         )
         self.serials = [SerialTransport(s["url"], int(s.get("baud", 19200))) for s in config.serial]
         self.transports: dict[str, Transport] = {"mqtt": self.mqtt}
@@ -220,6 +230,8 @@ class Service:
                     tg.create_task(s.run(self.deliver))
                 tg.create_task(self._ticker())
                 self.ready.set()
+        except* LoginRefused as group:  # one clear error, not a group of tracebacks
+            raise group.exceptions[0] from None
         finally:
             self.ready.clear()
             await self._on_db(self._close)

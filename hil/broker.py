@@ -1,14 +1,24 @@
-"""A private Mosquitto broker on a free loopback port, for tests and the demo.
+"""A private Mosquitto broker on a free loopback port, for tests, the stack and the demo.
 
 The system broker (if any) is never touched: each Broker has its own config,
 log file and port, and is terminated when the context ends.
+
+Secure by default, as a site's broker (`headend.brokerconf`): TLS 1.2+ with a
+CA of its own (`headend.pki`, in its work dir), no anonymous client, a login
+per meter and per head-end worker derived from the site master key, and the
+ACLs of protocol/SPEC.md "MQTT". ``admit()`` adds identities while it runs
+(mosquitto re-reads its password and ACL files on SIGHUP). ``insecure=True``
+is the plain, anonymous broker of old, for what asks for it explicitly;
+``plain_port=True`` adds a plain loopback listener with the same logins and
+ACLs, for clients that cannot speak TLS yet.
 """
 
 from __future__ import annotations
 
 import os
-import pwd
+import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -16,8 +26,9 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
+from headend.api import brokerconf, pki
 from hil.supervise import child_options, exit_text, tail
 
 # Debian installs mosquitto in /usr/sbin, which is not on a normal user's PATH.
@@ -61,45 +72,128 @@ def _accepts(host: str, port: int) -> bool:
 class Broker:
     """One private mosquitto process; `restart()` keeps the port for outage tests.
 
+    Args:
+        binary, workdir: mosquitto and a directory of its own (config, CA, log).
+        insecure: plain and anonymous (no TLS, no logins, no ACL).
+        master: the site master key the logins derive from (default: random).
+        meters, workers, recipients: the identities admitted at start.
+        plain_port: also listen without TLS on loopback (same logins and ACLs);
+        anonymous_plain: that plain listener admits anonymous clients without
+            ACLs (for firmware that cannot log in yet; asked for explicitly).
+
     A `hil.supervise.Dependent`: `failure()` says so if mosquitto died on its own.
     """
 
     name = "mosquitto"
 
-    def __init__(self, binary: str, workdir: Path, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        binary: str,
+        workdir: Path,
+        host: str = "127.0.0.1",
+        *,
+        insecure: bool = False,
+        master: bytes | None = None,
+        meters: tuple[int, ...] = (),
+        workers: tuple[str, ...] = (),
+        recipients: tuple[str, ...] = (),
+        plain_port: bool = False,
+        anonymous_plain: bool = False,
+    ) -> None:
         self.binary = binary
         self.host = host
         self.port = free_port(host)
+        self.insecure = insecure
+        plain = (plain_port or anonymous_plain) and not insecure
+        self.plain_port: int | None = free_port(host) if plain else None
+        self.anonymous_plain = anonymous_plain
+        self.master = secrets.token_bytes(32) if master is None else master
+        self.site = brokerconf.Site(
+            meters=tuple(meters), workers=tuple(workers), recipients=recipients
+        )
         self.workdir = workdir
         self.log_path = workdir / "mosquitto.log"
+        self.pki = pki.Pki(workdir / "pki")
         self._proc: subprocess.Popen[bytes] | None = None
         self._out: IO[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
+        """``mqtts://host:port`` (secure) or ``mqtt://host:port`` (insecure)."""
+        scheme = "mqtt" if self.insecure else "mqtts"
+        return f"{scheme}://{self.host}:{self.port}"
+
+    def url_for(self, user: str) -> str:
+        """The URL a head-end worker configures: its user name in it (never a password)."""
+        return self.url if self.insecure else self.url.replace("://", f"://{user}@", 1)
+
+    @property
+    def ca(self) -> Path | None:
+        """The CA clients pin (None when insecure)."""
+        return None if self.insecure else self.pki.ca
+
+    server_name = "localhost"  # a name in the server certificate (pki.DEFAULT_HOSTS)
+
+    def password(self, user: str | int) -> str:
+        """The MQTT password of a meter (an int or its decimal id) or a named user."""
+        return brokerconf.password_of(self.master, str(user))
 
     @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
     def _write_config(self) -> Path:
-        conf = self.workdir / "mosquitto.conf"
-        # Run as whoever we are: as root mosquitto would otherwise switch to the
-        # `mosquitto` user and fail to open a log file in our private temp dir.
-        user = pwd.getpwuid(os.getuid()).pw_name
-        conf.write_text(
-            f"user {user}\n"
-            f"listener {self.port} {self.host}\n"
-            "allow_anonymous true\n"
-            "persistence false\n"
-            f"log_dest file {self.log_path}\n"
-            "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
-            "connection_messages true\n"
-            # Nagle's algorithm would hold a small reply for the peer's delayed
-            # ACK (~40 ms): seconds of simulated round trip at the rig's speeds
-            "set_tcp_nodelay true\n"
+        if self.insecure:
+            return self._write_plain_config()
+        pki.init(self.pki.dir)  # kept across restarts: clients pin this CA
+        listeners = [
+            brokerconf.Listener(
+                self.port, self.host, self.pki.ca, self.pki.server_cert, self.pki.server_key
+            )
+        ]
+        if self.plain_port is not None:
+            listeners.append(
+                brokerconf.Listener(self.plain_port, self.host, anonymous=self.anonymous_plain)
+            )
+        files = brokerconf.write(
+            self.workdir, self.site, self.master, listeners, None, self.log_path
         )
+        return files.conf
+
+    def admit(
+        self,
+        meters: tuple[int, ...] = (),
+        workers: tuple[str, ...] = (),
+        recipients: tuple[str, ...] = (),
+    ) -> None:
+        """Add identities (logins and ACLs); a running broker reloads them at once."""
+        s = self.site
+        self.site = brokerconf.Site(
+            meters=tuple(sorted(set(s.meters) | set(meters))),
+            workers=tuple(dict.fromkeys((*s.workers, *workers))),
+            recipients=tuple(dict.fromkeys((*s.recipients, *recipients))),
+            notify_topic=s.notify_topic,
+            realtime_topic=s.realtime_topic,
+        )
+        if self.insecure or not self.running:
+            return
+        self._write_config()
+        assert self._proc is not None
+        mark = self.log().count("Reloading config")
+        self._proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        # mosquitto answers SIGHUP between two network loops: wait until it has
+        while self.log().count("Reloading config") <= mark:
+            if time.monotonic() > deadline:
+                raise BrokerError(f"mosquitto did not reload its config:{tail(self.log())}")
+            time.sleep(0.02)
+
+    def _write_plain_config(self) -> Path:
+        conf = self.workdir / "mosquitto.conf"
+        # `user`: run as whoever we are; as root mosquitto would otherwise switch
+        # to the `mosquitto` user and fail to open a log file in our temp dir.
+        listener = [brokerconf.Listener(self.port, self.host)]
+        conf.write_text(brokerconf.mosquitto_conf(None, listener, None, self.log_path))
         return conf
 
     def failure(self) -> str | None:
@@ -166,13 +260,13 @@ class Broker:
 
 
 @contextmanager
-def running_broker(binary: str | None = None) -> Iterator[Broker]:
-    """Start a private broker, yield it, and always stop it."""
+def running_broker(binary: str | None = None, **options: Any) -> Iterator[Broker]:
+    """Start a private broker (`Broker`'s keyword options), yield it, and always stop it."""
     path = binary or find_mosquitto()
     if path is None:
         raise BrokerError("mosquitto not found (make setup installs it)")
     with tempfile.TemporaryDirectory(prefix="ami-mosquitto-") as tmp:
-        broker = Broker(path, Path(tmp))
+        broker = Broker(path, Path(tmp), **options)
         try:
             broker.start()
             yield broker

@@ -233,7 +233,7 @@ class Meter:
         self.up_next = self.up_ceiling + 1
         blob = st.get_config(_K_KEY)
         if blob:  # a rotated key (key_set) wins over the provisioned one
-            self.key_version = struct.unpack(">H", blob)[0]
+            self.key_version = struct.unpack_from(">H", blob)[0]
             self.key = blob[2:34]
             self.old_key = blob[34:66] if len(blob) >= 66 else None
         off = self.utc_offset_s

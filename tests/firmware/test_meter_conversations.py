@@ -425,3 +425,47 @@ def _conversations_across_drops():
     torn = ok[:-1] + bytes([ok[-1] ^ 0xFF])  # a decode error raised by a re-imported codec
     nack = h.decode(b.m.receive(torn, b.now + 60)[0])
     assert nack["type"] == "nack" and nack["body"]["reason"] == 1  # bad_crc
+
+
+K1 = bytes(range(64, 96))  # the rotated key (version 1)
+
+
+def test_m20_key_rotation_dance():
+    b = Board()
+    b.boot()
+    h = Head()
+    b.run(600, head=h)
+    ack = h.decode(b.m.receive(h.rotate(1, K1), b.now)[0])  # key_set signed with KEY
+    # key_ack signed with the new key: h.decode tried K1 first, so it is confirmed
+    assert ack["type"] == "key_ack" and ack["body"]["version"] == 1 and ack["body"]["status"] == 0
+    assert h.old_key is None and b.m.key == K1 and b.m.key_version == 1
+    # until a downlink under the new key arrives the old one is still accepted
+    assert b.m.receive(h.frame("event_ack", {"acked_seq": 0}, key=KEY), b.now) == []
+    assert b.m.old_key == KEY
+    b.boot()  # (kept across a restart)
+    assert b.m.key == K1 and b.m.old_key == KEY
+    # a repeated key_set (the head-end missed the ack) is acked again, under K1
+    again = h.frame("key_set", {"version": 1, "wrapped": bytes(32)}, key=KEY)
+    ack = h.decode(b.m.receive(again, b.now)[0])
+    assert ack["type"] == "key_ack" and ack["body"]["acked_seq"] == h.seq
+    assert ack["body"]["version"] == 1 and ack["body"]["status"] == 0
+    assert b.m.key == K1
+    # the first downlink under K1 ends the old key's life, for good
+    assert b.m.receive(h.frame("event_ack", {"acked_seq": 0}), b.now) == []
+    assert b.m.old_key is None
+    b.boot()
+    assert b.m.key == K1 and b.m.key_version == 1 and b.m.old_key is None
+    b.now += 60
+    nack = h.decode(b.m.receive(h.frame("event_ack", {"acked_seq": 0}, key=KEY), b.now)[0])
+    assert nack["type"] == "nack" and nack["body"]["reason"] == 3
+    # an older version than held is refused; nothing changes
+    b.now += 60
+    old = h.frame("key_set", {"version": 0, "wrapped": bytes(32)})
+    ack = h.decode(b.m.receive(old, b.now)[0])
+    assert ack["type"] == "key_ack" and ack["body"]["status"] == 7 and ack["body"]["version"] == 1
+    assert b.m.key == K1
+    # uplinks go on under K1 (h.decode verifies with it), and a second rotation works
+    b.run(3600, head=h)
+    k2 = bytes(range(200, 232))
+    ack = h.decode(b.m.receive(h.rotate(2, k2), b.now)[0])
+    assert ack["body"]["version"] == 2 and b.m.key == k2 and b.m.old_key == K1
