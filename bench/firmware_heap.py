@@ -1,9 +1,12 @@
 """Heap of the real firmware on the MicroPython binary (`python -m bench firmware-heap`).
 
 Runs firmware/main.py with hal/unix under `-X heapsize=…` for 2 simulated days
-against a private mosquitto, with a fake head-end that registers the meter,
-acks reads and events, answers time syncs, and sends an authenticated
-read_request every 6 simulated hours (in turn: the previous day, on demand
+against a private mosquitto, secure as a site runs it (TLS with the CA
+pinned, the meter's login and ACL; `--insecure`: plain and anonymous, to see
+what TLS costs), with a fake head-end that verifies every uplink's signature
+(`refused` counts those that fail), registers the meter, acks reads and
+events, answers time syncs, signs every downlink, and sends a read_request
+every 6 simulated hours (in turn: the previous day, on demand
 since midnight, a 45-day period: everything held); the control port injects
 a tamper event every 8 hours. The firmware samples gc.mem_alloc() after
 gc.collect() (`heap_probe`): at idle ticks (steady), with the tick's frames
@@ -103,20 +106,22 @@ async def _control(port: int, cmd: str) -> str:
 
 
 async def _head_end(broker: Any, stop: asyncio.Event, stats: dict[str, int]) -> None:
+
     import aiomqtt
 
+    from protocol.auth import verify_frame
+    from protocol.errors import ProtocolError
     from protocol.frame import decode, encode
 
     seq = 0
     counter = 0
+    up_counter = 0
 
-    def frame(mtype: str, body: dict[str, Any], auth: bool = False) -> bytes:
+    def frame(mtype: str, body: dict[str, Any]) -> bytes:
         nonlocal seq, counter
         seq += 1
-        a = None
-        if auth:
-            counter += 1
-            a = {"counter": counter, "mac": b""}
+        counter += 1
+        a = {"counter": counter, "mac": b""}
         f = {"type": mtype, "seq": seq, "meter_id": MID, "timestamp": T0, "auth": a}
         return encode(dict(f, body=body), key=KEY)
 
@@ -128,8 +133,15 @@ async def _head_end(broker: Any, stop: asyncio.Event, stats: dict[str, int]) -> 
 
         async def serve() -> None:
             nonlocal last_req
+            nonlocal up_counter
             async for msg in client.messages:
-                f = decode(bytes(msg.payload))
+                raw = bytes(msg.payload)
+                f = decode(raw)
+                try:
+                    up_counter = verify_frame(raw, KEY, up_counter)
+                except ProtocolError:  # (an MQTT-level DUP re-send carries an old counter)
+                    stats["refused"] = stats.get("refused", 0) + 1
+                    continue
                 t, body = f["type"], f["body"]
                 stats[t] = stats.get(t, 0) + 1
                 if t == "nack":  # e.g. nack_7_5: a read_request not held
@@ -163,9 +175,8 @@ async def _head_end(broker: Any, stop: asyncio.Event, stats: dict[str, int]) -> 
                     else:  # 45 days: everything held
                         req = {"mode": 0, "start": ts - 45 * 86400, "end": ts, "what": 15}
                     stats["read_request"] = stats.get("read_request", 0) + 1
-                    raw = frame("read_request", req, True)
-                    parts[seq] = set()
-                    await client.publish(down, raw, qos=1)
+                    parts[seq + 1] = set()
+                    await client.publish(down, frame("read_request", req), qos=1)
 
         task = asyncio.create_task(serve())
         await stop.wait()
@@ -280,6 +291,7 @@ async def _run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "bench": "firmware-heap",
         "interpreter": "micropython unix port (64-bit: objects about 1.6-2x the ESP32's)",
         "code": args.code,
+        "mqtt": "plain, anonymous (--insecure)" if args.insecure else "TLS, CA pinned, login",
         "code_placement": {
             "romfs": "ROMFS image of .mpy run in place; image excluded (flash on the board)",
             "romfs-strict": "ROMFS image of .mpy run in place; image inside the heap",
@@ -317,6 +329,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--heap-kb", type=int, default=100)
     parser.add_argument("--speed", type=int, default=3600, help="simulated s per real s")
     parser.add_argument("--code", choices=("romfs", "romfs-strict", "mpy"), default="romfs")
+    parser.add_argument(
+        "--insecure", action="store_true", help="plain, anonymous MQTT (what TLS costs: compare)"
+    )
     parser.add_argument(
         "--retry-kb", type=int, default=256, help="on MemoryError, measure again with this heap"
     )
