@@ -49,6 +49,10 @@ class Config:
         report_tz: IANA time zone for reports and exports.
         master_key: hex key from which each meter's key is derived
             (HMAC-SHA256(master, meter id)); the default is for development only.
+        master_key_file: a file holding the master key (``headend keys init``
+            makes one, 0600); when set it wins over ``master_key``, and a file
+            group or others may read is refused.
+        key_retry_s: an unanswered key_set (key rotation) is sent again after this.
         realtime_topic: where ingested data is published for real-time
             subscribers; ``{meter}`` is replaced by the meter id.
         assign_at: local time (report_tz) of the evening placement of
@@ -88,6 +92,8 @@ class Config:
     worker: str = "headend-1"
     report_tz: str = "UTC"
     master_key: str = field(default=DEV_MASTER_KEY, repr=False)  # a secret: never printed
+    master_key_file: str = ""
+    key_retry_s: int = 300
     realtime_topic: str = "ami/v1/data/{meter}"
     assign_at: str = "20:00"
     window_start: str = "00:01"
@@ -116,8 +122,8 @@ class Config:
             parse_hhmm(name, getattr(self, name))
         try:
             key = bytes.fromhex(self.master_key)
-        except ValueError as e:
-            raise ConfigError("master_key: expected 64 hex digits") from e
+        except ValueError:
+            raise ConfigError("master_key: expected 64 hex digits") from None
         if len(key) != 32:
             raise ConfigError(f"master_key: expected 32 bytes, got {len(key)}")
         self.broker_url  # noqa: B018 - parses it: a bad URL is a ConfigError now
@@ -130,6 +136,7 @@ class Config:
             "notify_retry_s",
             "notify_max_attempts",
             "session_expiry_s",
+            "key_retry_s",
             "mqtt_max_queued",
         ):
             if getattr(self, name) <= 0:

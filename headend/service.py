@@ -4,7 +4,9 @@ Tasks: the MQTT transport and every serial line receive uplinks; a ticker
 runs the timed work every ``poll_s`` (real) seconds. Every Core call runs on
 one database thread (the store is synchronous and single-threaded), in order,
 and its `Outbox` is sent afterwards, so nothing is acknowledged to a meter
-before it is committed. Time-sync requests are answered on the loop at once.
+before it is committed. Every frame, a time-sync request included, is
+verified on that thread before anything acts on it; a time-sync answer takes
+its t3 there, after the store gave its counter.
 
 Outages. Transports reconnect by themselves with backoff. A database failure
 (`StoreError`) closes the connection; the call is retried on a new one with
@@ -24,27 +26,21 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
 
-from headend.adcs import timesync
 from headend.clock import Clock
 from headend.config import Config
 from headend.context import Ctx
 from headend.core import Core
-from headend.downlink import Downlinks
 from headend.errors import StoreError, UnknownMeter
 from headend.outbox import Downlink, Outbox, Publish
 from headend.store import SqlStore, open_store
 from headend.transport.base import Transport, TransportError, Uplink, backoff_s
 from headend.transport.mqtt import LoginRefused, MqttTransport, login_from
 from headend.transport.serial import SerialTransport
-from protocol.errors import ProtocolError
-from protocol.frame import decode
-from protocol.schema import MESSAGE_TYPES
 
 log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 T = TypeVar("T")
-_TIME_SYNC = MESSAGE_TYPES["time_sync_request"]
 MAX_HELD_PUBLISHES = 10_000
 
 
@@ -87,7 +83,6 @@ class Service:
         self.transports: dict[str, Transport] = {"mqtt": self.mqtt}
         for line in self.serials:
             self.transports[line.name] = line
-        self._time_downlinks = Downlinks(bytes.fromhex(config.master_key), None)
         self._held: collections.deque[Publish] = collections.deque(maxlen=MAX_HELD_PUBLISHES)
         self.ready = asyncio.Event()
         self.frames = 0
@@ -170,16 +165,7 @@ class Service:
     async def _handle(self, up: Uplink) -> None:
         t2 = self.clock.now_ms()
         self.frames += 1
-        if len(up.frame) > 1 and up.frame[1] == _TIME_SYNC:
-            try:
-                fields = decode(up.frame)
-            except ProtocolError:
-                fields = None  # the Core logs why
-            if fields is not None and fields["meter_id"] == up.meter_id:
-                frame = timesync.answer(self._time_downlinks, fields, t2, self.clock.now_ms)
-                await self._send(Downlink(up.meter_id, frame, up.transport))
-                return
-        out = await self.call(lambda core: core.on_uplink(up, t2))
+        out = await self.call(lambda core: core.on_uplink(up, t2, self.clock.now_ms))
         await self.flush(out)
 
     async def _on_other(self, topic: str, payload: bytes) -> None:

@@ -138,6 +138,17 @@ def test_d01_bad_input_is_logged_and_changes_nothing(
                 key=b"\x55" * 32,  # not the meter's key
             )
             await evil.publish("ami/v1/501/up", signed)
+            unsigned = encode(
+                {
+                    "type": "event",
+                    "seq": 12,
+                    "meter_id": 501,
+                    "timestamp": T0,
+                    "auth": None,
+                    "body": {"events": [{"code": 11, "time": T0, "data": 3}]},
+                }
+            )
+            await evil.publish("ami/v1/501/up", unsigned)  # M20: unsigned uplinks are refused
             # an unregistered meter's data: logged, nacked "not registered", not stored
             await stranger.send("event", {"events": [{"code": 11, "time": T0, "data": 2}]})
             nack = await eventually(
@@ -163,6 +174,9 @@ def test_d01_bad_input_is_logged_and_changes_nothing(
             )
             for reason in ("BadCrc", "frame says meter 501", "not a meter uplink", "BadMac"):
                 assert reason in details
+            # counted per reason: ONE row for the two frames with no valid MAC
+            (bad_mac,) = [a for a in ctx.activity.lines(kinds=["rejected"]) if "BadMac" in a.detail]
+            assert bad_mac.detail.startswith("2 frame(s) refused") and bad_mac.meter_id == 501
             assert svc.mqtt.dropped >= 1
             assert store.stats() == before  # nothing stored from any of it
             # and the service carries on
@@ -175,7 +189,7 @@ def test_d01_bad_input_is_logged_and_changes_nothing(
                     "seq": 11,
                     "meter_id": 501,
                     "timestamp": T0,
-                    "auth": {"counter": 5, "mac": b""},
+                    "auth": {"counter": 1 << 30, "mac": b""},  # newer than any the meter sent
                     "body": {"events": [{"code": 11, "time": T0, "data": 8}]},
                 },
                 key=good.key,
