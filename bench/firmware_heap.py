@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.cli import refuse
-from hil.broker import BrokerError, client_login, free_port, running_broker
+from hil.broker import BrokerError, free_port, running_broker
 from hil.loadprofile import DEFAULT_CSV, ProfileError
 from hil.loadprofile import read as read_profile
 from tools.fwimage import ImageError, build_image, compile_tree, tool_path
@@ -51,9 +51,9 @@ ROOT = Path(__file__).resolve().parents[1]
 FIRMWARE = ROOT / "firmware"
 KEY = bytes(range(32))
 MID = 4711
-HEAD = "bench-head"  # the stand-in head-end's MQTT login
 T0 = 1772323200  # 2026-03-01T00:00:00Z
 TARGET = 48 * 1024
+_HEAD = "bench-head"  # the fake head-end's MQTT login
 CSV = DEFAULT_CSV
 
 
@@ -106,6 +106,7 @@ async def _control(port: int, cmd: str) -> str:
 
 
 async def _head_end(broker: Any, stop: asyncio.Event, stats: dict[str, int]) -> None:
+    import ssl
 
     import aiomqtt
 
@@ -126,7 +127,14 @@ async def _head_end(broker: Any, stop: asyncio.Event, stats: dict[str, int]) -> 
         return encode(dict(f, body=body), key=KEY)
 
     down = f"ami/v1/{MID}/down"
-    async with aiomqtt.Client(broker.host, broker.port, **client_login(broker, HEAD)) as client:
+    login: dict[str, Any] = {}
+    if broker.ca is not None:
+        login = {
+            "username": _HEAD,
+            "password": broker.password(_HEAD),
+            "tls_context": ssl.create_default_context(cafile=str(broker.ca)),
+        }
+    async with aiomqtt.Client(broker.host, broker.port, identifier=_HEAD, **login) as client:
         await client.subscribe(f"ami/v1/{MID}/up", qos=1)
         last_req = 0
         parts: dict[int, set[int]] = {}  # request seq -> parts received
@@ -190,21 +198,16 @@ async def _run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     ctl = free_port()
     heap = args.heap_kb * 1024 + (image if args.code == "romfs" else 0)
     stats: dict[str, int] = {}
-    with running_broker(meters=(MID,), workers=(HEAD,), insecure=args.insecure) as broker:
-        # the board logs in as a meter, over TLS with the broker's CA pinned
-        host, port, ca = broker.meter_link()
-        tls = None if ca is None else {"ca": str(ca), "server_name": broker.server_name}
+    with running_broker(insecure=args.insecure, meters=(MID,), workers=(_HEAD,)) as broker:
+        br: dict[str, Any] = {"host": broker.host, "port": broker.port, "keepalive_s": 30}
+        if broker.ca is not None:  # the login and TLS, as hil.board writes them
+            br["user"] = str(MID)
+            br["password"] = broker.password(MID)
+            br["tls"] = {"ca": str(broker.ca), "server_name": broker.server_name}
         cfg = {
             "meter_id": MID,
             "key": KEY.hex(),
-            "broker": {
-                "host": host,
-                "port": port,
-                "keepalive_s": 30,
-                "user": str(MID),
-                "password": broker.password(MID),
-                "tls": tls,
-            },
+            "broker": br,
             "clock": {"sim_start": T0, "speed": args.speed},
             "control_port": ctl,
             "tick_ms": 50,
@@ -297,7 +300,6 @@ async def _run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             "romfs-strict": "ROMFS image of .mpy run in place; image inside the heap",
             "mpy": ".mpy files imported into the heap",
         }[args.code],
-        "board_link": "TLS" if tls else "plain MQTT",
         "heapsize_bytes": heap,
         "image_bytes": image,
         "baseline_bytes": base - sub if base else None,
@@ -334,9 +336,6 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument(
         "--retry-kb", type=int, default=256, help="on MemoryError, measure again with this heap"
-    )
-    parser.add_argument(
-        "--insecure", action="store_true", help="plain, anonymous MQTT (default: TLS, logins)"
     )
     args = parser.parse_args(argv)
     if min(args.days, args.heap_kb, args.speed) < 1 or args.retry_kb < 0:
