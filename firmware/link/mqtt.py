@@ -84,7 +84,10 @@ def tls_context(cafile=None, cadata=None):
     """A TLS client context that trusts only the given CA (a PEM or DER file,
     or its bytes): certificate required; the server name is checked at the
     handshake (open_connection's server_hostname)."""
-    import ssl
+    try:
+        import tls  # MicroPython's C module: its `ssl` wrapper would cost 1 KB of heap
+    except ImportError:  # CPython
+        import ssl as tls
 
     if cadata is None:
         with open(cafile, "rb") as f:
@@ -98,9 +101,12 @@ def tls_context(cafile=None, cadata=None):
         while end < len(lines) and not lines[end].startswith(b"-----"):
             end += 1
         cadata = a2b_base64(b"".join(lines[1:end]))
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    ctx.load_verify_locations(cadata=cadata)
+    ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
+    ctx.verify_mode = tls.CERT_REQUIRED
+    if hasattr(ctx, "check_hostname"):  # CPython (checks the name by default)
+        ctx.load_verify_locations(cadata=cadata)
+    else:  # MicroPython: positional only
+        ctx.load_verify_locations(cadata)
     return ctx
 
 

@@ -39,6 +39,19 @@ def registered(core: Core, m: SimMeter) -> None:
     assert m.take(ack) is not None and decode(ack)["body"]["status"] == 0
 
 
+def with_meter(url: str, opened: list[SqlStore], meter_id: int) -> tuple[Core, SimMeter]:
+    core, m = core_at(url, opened), SimMeter(meter_id)
+    registered(core, m)
+    return core, m
+
+
+def scheduled_read(start: int, n: int) -> dict[str, Any]:
+    block = {"start": start, "interval_s": 900, "flags": [0] * n, "channels": [[1] * n] * 2}
+    body: dict[str, Any] = {"request_seq": 0, "kind": 0, "part": 1, "parts": 1}
+    body["sections"] = [{"tag": "intervals", "body": block}]
+    return body
+
+
 def event(m: SimMeter, data: int) -> bytes:
     return m.frame("event", {"events": [{"code": 11, "time": T0, "data": data}]})
 
@@ -66,9 +79,7 @@ def test_m20_replay_refused_after_restart_and_by_a_second_worker(
 def test_m20_unsigned_forged_and_unknown_leave_no_state_and_get_no_answer(
     sqlite_url: str, store_at: list[SqlStore]
 ) -> None:
-    core = core_at(sqlite_url, store_at)
-    m = SimMeter(702)
-    registered(core, m)
+    core, m = with_meter(sqlite_url, store_at, 702)
     body = {"events": [{"code": 11, "time": T0, "data": 5}]}
     fields = {"type": "event", "seq": 9, "meter_id": 702, "timestamp": T0, "body": body}
     unsigned = encode({**fields, "auth": None})
@@ -93,9 +104,7 @@ def test_m20_unsigned_forged_and_unknown_leave_no_state_and_get_no_answer(
 def test_m20_every_downlink_is_signed_and_t3_follows_the_counter(
     sqlite_url: str, store_at: list[SqlStore]
 ) -> None:
-    core = core_at(sqlite_url, store_at)
-    m = SimMeter(703)
-    registered(core, m)
+    core, m = with_meter(sqlite_url, store_at, 703)
     db = core.ctx.db
     counters: list[int] = []
 
@@ -110,10 +119,7 @@ def test_m20_every_downlink_is_signed_and_t3_follows_the_counter(
     fields = m.take(resp)
     assert fields is not None and fields["body"]["t3_ms"] == T0 * 1000 + 5
     assert counters == [fields["auth"]["counter"]]
-    day = T0 - DAY
-    block = {"start": day, "interval_s": 900, "flags": [0] * 96, "channels": [[1] * 96] * 2}
-    read = {"request_seq": 0, "kind": 0, "part": 1, "parts": 1}
-    read["sections"] = [{"tag": "intervals", "body": block}]
+    read = scheduled_read(T0 - DAY, 96)
     answers = [
         *frames_to(deliver(core, 703, m.frame("read_response", read)), 703),
         *frames_to(deliver(core, 703, event(m, 3)), 703),
@@ -127,13 +133,8 @@ def test_m20_every_downlink_is_signed_and_t3_follows_the_counter(
 def test_m20_a_block_ending_after_2_32_s_is_a_counted_refusal(
     sqlite_url: str, store_at: list[SqlStore]
 ) -> None:
-    core = core_at(sqlite_url, store_at)
-    m = SimMeter(705)
-    registered(core, m)
-    start = (2**32 // 900 - 2) * 900
-    block = {"start": start, "interval_s": 900, "flags": [0] * 4, "channels": [[1] * 4] * 2}
-    body = {"request_seq": 0, "kind": 0, "part": 1, "parts": 1}
-    body["sections"] = [{"tag": "intervals", "body": block}]
+    core, m = with_meter(sqlite_url, store_at, 705)
+    body = scheduled_read((2**32 // 900 - 2) * 900, 4)  # ends after 2**32 - 1
     before = core.ctx.store.stats()
     assert not deliver(core, 705, m.frame("read_response", body))  # no read_ack, no traceback
     assert core.ctx.store.stats() == before
