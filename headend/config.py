@@ -136,8 +136,8 @@ class Config:
             "notify_retry_s",
             "notify_max_attempts",
             "session_expiry_s",
-            "mqtt_max_queued",
             "key_retry_s",
+            "mqtt_max_queued",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: expected > 0, got {getattr(self, name)}")

@@ -9,12 +9,12 @@
     headend events list|ack|routes ...    events, acknowledgements, routing (D09)
     headend log [--tail N] [--follow]     the activity log, newest last
     headend export ID --start --end       intervals as CSV/JSON in a time zone
-    headend keys init|show ID|rotate ID   the master key file, meters' key versions (M20)
     headend pki init DIR                  the broker's CA and certificates (TLS)
     headend broker config DIR             mosquitto.conf, passwords, ACLs for the site
+    headend keys init|show ID|rotate ID   the master key file, meters' key versions (M20)
 
 One module per command group (`serve`, `db`, `meters`, `read`, `schedule`,
-`groups`, `events`, `log`, `export`, `keys`, `pki`, `broker`), each with ``add(sub, common)`` (its
+`groups`, `events`, `log`, `export`, `pki`, `broker`, `keys`), each with ``add(sub, common)`` (its
 arguments) and ``run(args, config) -> exit code``; what they share is in
 `common`. Every command takes --config FILE, --database URL, --broker URL
 (or AMI_* env), --json; exit codes in `common`. Bad input is one line on
@@ -60,7 +60,7 @@ from headend.errors import (
 )
 from headend.redact import redact
 
-COMMANDS = (serve, db, meters, read, schedule, groups, events, log, export, keys, pki, broker)
+COMMANDS = (serve, db, meters, read, schedule, groups, events, log, export, pki, broker, keys)
 INTERRUPTED = 130
 
 
