@@ -335,9 +335,6 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--retry-kb", type=int, default=256, help="on MemoryError, measure again with this heap"
     )
-    parser.add_argument(
-        "--insecure", action="store_true", help="plain, anonymous MQTT (default: TLS, logins)"
-    )
     args = parser.parse_args(argv)
     if min(args.days, args.heap_kb, args.speed) < 1 or args.retry_kb < 0:
         parser.error("--days, --heap-kb and --speed must be >= 1, --retry-kb >= 0")
