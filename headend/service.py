@@ -118,6 +118,10 @@ class Service:
 
     def _close(self) -> None:
         if self.core is not None:
+            try:  # the refusals counted since the last minute's row
+                self.core.rejections.flush(self.core.ctx.activity, self.clock.now_ms(), force=True)
+            except Exception as e:  # the database may be what stopped us
+                log.warning("refusal counts not written: %s", e)
             try:
                 self.core.ctx.store.close()
             except Exception as e:

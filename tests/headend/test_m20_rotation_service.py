@@ -61,3 +61,25 @@ def test_m20_rotation_survives_a_head_end_stop_and_then_only_the_new_key_counts(
                 await x.stop()
 
     asyncio.run(main())
+
+
+def test_m20_refusals_counted_before_a_stop_are_written_at_the_stop(
+    mqtt_broker: Broker, sqlite_url: str, store_at: list[SqlStore]
+) -> None:
+    cfg = make_config(mqtt_broker.url, sqlite_url, worker="m20stop", speed=1.0)
+    clock = Clock(cfg.speed, cfg.clock_start)
+
+    async def main() -> None:
+        async with running_service(cfg, clock) as svc:
+            m = FakeMeter(962, MqttLink(mqtt_broker.host, mqtt_broker.port, 962), clock)
+            await m.start()
+            _, raw = m.frame("event", {"events": []})
+            await m.link.send(raw[:-1] + bytes([raw[-1] ^ 1]))  # a bad CRC
+            await eventually(
+                lambda: svc.core is not None and svc.core.rejections.pending() == 1, 10, "counted"
+            )
+            await m.stop()
+        rows = ctx_of(open_at(sqlite_url, store_at)).activity.lines(kinds=["bad_frame"])
+        assert len(rows) == 1 and rows[0].detail.startswith("1 frame(s) refused")
+
+    asyncio.run(main())
