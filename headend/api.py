@@ -12,7 +12,7 @@ change without breaking them:
   results, coverage, intervals, events, schedules, the activity log;
 * keys: `meter_key` (per-meter key from the master key);
 * the broker: `brokerconf` (mosquitto.conf, password and ACL files of a site)
-  and `pki` (its CA and certificates);
+  and `pki` (its CA and certificates); `write_private` (a 0600 file for a secret);
 * the value types those take and return, and the errors (`HeadendError` root).
 
 A `Headend` is one connection: use it from one thread, and close it (it is a
@@ -41,6 +41,7 @@ from headend.errors import (
     UnknownMeter,
 )
 from headend.keys import meter_key
+from headend.secretfile import write_private
 from headend.service import Service
 from headend.store import (
     DayCoverage,
@@ -100,6 +101,7 @@ __all__ = [
     "on_service",
     "parse_hhmm",
     "pki",
+    "write_private",
 ]
 
 T = TypeVar("T")

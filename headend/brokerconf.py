@@ -1,11 +1,12 @@
-"""The mosquitto configuration of a site: mosquitto.conf, password file, ACL file.
+"""The mosquitto configuration of a site: mosquitto.conf, password file, ACLs.
 
 What protocol/SPEC.md "MQTT" asks of the broker, written out:
 
 - no anonymous client; one login per meter (its id in decimal, password
   `protocol.auth.mqtt_password` of its provisioned key), per head-end worker and
   per notification recipient (`mqtt_user_password(master, name)`);
-- ACLs: a meter publishes only ``ami/v1/<id>/up`` and reads only
+- ACLs (``acl.json``, mosquitto's dynamic-security plugin: see `acls` for why
+  not its acl_file): a meter publishes only ``ami/v1/<id>/up`` and reads only
   ``ami/v1/<id>/down``; a worker reads every ``up`` (so it may join the shared
   subscription ``$share/<group>/ami/v1/+/up``, which nobody else can) and the
   recipients' acks, and writes every ``down``, the notifications and the
@@ -14,7 +15,7 @@ What protocol/SPEC.md "MQTT" asks of the broker, written out:
   knock another identity off the broker with its client id;
 - packets over 8 KiB are refused (the largest frame is far smaller) and the
   per-client queues are bounded;
-- a TLS 1.2+ listener; a plain listener only when asked for (`plain_port`).
+- a TLS 1.2+ listener; a plain one (same logins and ACLs) only when asked for.
 
 The password file is mosquitto_passwd's ``$7$`` format (PBKDF2-HMAC-SHA512,
 12-byte salt, base64): ``user:$7$<iterations>$<salt>$<hash>``, made here with
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import pwd
 import secrets
@@ -41,11 +43,18 @@ from protocol.auth import meter_key, mqtt_password, mqtt_user_password
 PBKDF2_ITERATIONS = 101  # mosquitto_passwd's own default (PW_DEFAULT_ITERATIONS)
 SALT_LEN = 12  # mosquitto's SALT_LEN
 MAX_PACKET_SIZE = 8192  # SPEC "MQTT": 8 KiB, more than the largest frame
+_PUBLISH_OVERHEAD = 16  # fixed header, topic length, packet id, properties length
 MAX_QUEUED_MESSAGES = 1000  # per client, QoS 1 held for a slow or absent client
 MAX_INFLIGHT_MESSAGES = 20
 METER_ID_MAX = 0xFFFFFFFF
 UP = "ami/v1/{}/up"
 DOWN = "ami/v1/{}/down"
+
+
+def payload_limit(topic: str) -> int:
+    """The largest payload the broker takes on ``topic`` (its packet limit less the header);
+    a client that sends more is disconnected."""
+    return MAX_PACKET_SIZE - _PUBLISH_OVERHEAD - len(topic.encode())
 
 
 def password_hash(
@@ -104,12 +113,15 @@ class Site:
         meters: meter ids admitted (each logs in as its id).
         workers: head-end worker user names (each its own login and client id).
         recipients: notification recipients (`headend events routes`).
+        observers: read-only logins that see every meter frame both ways (the
+            HIL rig's sniffer; a site has none).
         notify_topic, realtime_topic: the head-end's settings of the same names.
     """
 
     meters: tuple[int, ...] = ()
     workers: tuple[str, ...] = ("headend",)
     recipients: tuple[str, ...] = ()
+    observers: tuple[str, ...] = ()
     notify_topic: str = "ami/v1/notify"
     realtime_topic: str = "ami/v1/data/{meter}"
 
@@ -121,13 +133,15 @@ class Site:
             check_name(w, "worker")
         for r in self.recipients:
             check_name(r, "recipient")
-        both = set(self.workers) & set(self.recipients)
-        if both:
-            raise ConfigError(f"{sorted(both)} named both a worker and a recipient")
+        for o in self.observers:
+            check_name(o, "observer")
+        named = [*self.workers, *self.recipients, *self.observers]
+        if len(set(named)) != len(named):
+            raise ConfigError(f"a name is given twice among {named}")
 
     def logins(self, master: bytes) -> Iterable[tuple[str, str]]:
         """(user, password) of every identity, derived from the site master key."""
-        for user in (*map(str, self.meters), *self.workers, *self.recipients):
+        for user in (*map(str, self.meters), *self.workers, *self.recipients, *self.observers):
             yield user, password_of(master, user)
 
 
@@ -143,41 +157,124 @@ def password_file(site: Site, master: bytes) -> str:
     return "".join(f"{user}:{password_hash(pw)}\n" for user, pw in site.logins(master))
 
 
-def acl_file(site: Site) -> str:
-    """The ACL file's text: each identity its topics, nothing else (mosquitto denies the rest)."""
-    out = ["# written by `headend broker config`: what each login may read and write", ""]
+def _allow(kind: str, *topics: str) -> list[dict[str, object]]:
+    return [{"acltype": kind, "topic": t, "allow": True} for t in topics]
+
+
+def _role(name: str, acls: list[dict[str, object]]) -> dict[str, object]:
+    return {"rolename": name, "acls": acls}
+
+
+def acls(site: Site) -> dict[str, object]:
+    """The ACLs, as mosquitto's dynamic-security plugin reads them (its JSON config).
+
+    Why not mosquitto's ``acl_file``: in mosquitto 2.0 it never refuses a
+    subscription, it only filters deliveries. An outsider could then join the
+    head-end's shared subscription and be dealt its share of the uplinks, which
+    the ACL then drops: the head-end never sees them. The plugin refuses the
+    SUBSCRIBE itself. Logins stay in the password file (the plugin's clients
+    carry no password, so it defers authentication to that file).
+
+    Each identity: ``publishClientSend`` (may publish), ``subscribe*`` (may
+    subscribe), ``publishClientReceive`` (is delivered); everything else denied.
+    """
     notify = site.notify_topic
+    up_all, down_all = UP.format("+"), DOWN.format("+")
+    roles = [
+        _role(
+            "worker",
+            _allow("subscribePattern", up_all, f"$share/+/{up_all}")
+            + _allow("subscribePattern", f"{notify}/+/ack", f"$share/+/{notify}/+/ack")
+            + _allow("publishClientReceive", up_all, f"{notify}/+/ack")
+            + _allow(
+                "publishClientSend", down_all, f"{notify}/+", _topic_prefix(site.realtime_topic)
+            ),
+        ),
+        _role(
+            "observer",
+            _allow("subscribePattern", up_all, down_all)
+            + _allow("publishClientReceive", up_all, down_all),
+        ),
+    ]
+    clients: list[dict[str, object]] = []
+
+    def client(user: str, role: str) -> None:
+        clients.append({"username": user, "roles": [{"rolename": role}]})
+
     for w in site.workers:
-        out += [
-            f"user {w}",
-            f"topic read {UP.format('+')}",
-            f"topic write {DOWN.format('+')}",
-            f"topic write {notify}/+",
-            f"topic read {notify}/+/ack",
-            f"topic write {_topic_prefix(site.realtime_topic)}",
-            "",
-        ]
+        client(w, "worker")
+    for o in site.observers:
+        client(o, "observer")
     for r in site.recipients:
-        out += [f"user {r}", f"topic read {notify}/{r}", f"topic write {notify}/{r}/ack", ""]
+        mine, ack = f"{notify}/{r}", f"{notify}/{r}/ack"
+        roles.append(
+            _role(
+                f"recipient-{r}",
+                _allow("subscribeLiteral", mine)
+                + _allow("publishClientReceive", mine)
+                + _allow("publishClientSend", ack),
+            )
+        )
+        client(r, f"recipient-{r}")
     for m in site.meters:
-        out += [f"user {m}", f"topic write {UP.format(m)}", f"topic read {DOWN.format(m)}", ""]
-    return "\n".join(out)
+        up, down = UP.format(m), DOWN.format(m)
+        roles.append(
+            _role(
+                f"meter-{m}",
+                _allow("subscribeLiteral", down)
+                + _allow("publishClientReceive", down)
+                + _allow("publishClientSend", up),
+            )
+        )
+        client(str(m), f"meter-{m}")
+    return {
+        "defaultACLAccess": {
+            "publishClientSend": False,
+            "publishClientReceive": False,
+            "subscribe": False,
+            "unsubscribe": True,
+        },
+        "clients": clients,
+        "groups": [],
+        "roles": roles,
+    }
+
+
+_DYNSEC = "mosquitto_dynamic_security.so"
+_DYNSEC_DIRS = (
+    "/usr/lib/x86_64-linux-gnu",
+    "/usr/lib/aarch64-linux-gnu",
+    "/usr/lib/arm-linux-gnueabihf",
+    "/usr/lib",
+    "/usr/lib64",
+    "/usr/local/lib",
+    "/opt/homebrew/lib",
+    "/opt/homebrew/opt/mosquitto/lib",
+    "/usr/local/opt/mosquitto/lib",
+)
+
+
+def dynsec_plugin() -> Path:
+    """mosquitto's dynamic-security plugin ($AMI_MOSQUITTO_DYNSEC, else where packages put it)."""
+    override = os.environ.get("AMI_MOSQUITTO_DYNSEC")
+    for d in ([override] if override else []) + [f"{d}/{_DYNSEC}" for d in _DYNSEC_DIRS]:
+        if Path(d).is_file():
+            return Path(d)
+    raise ConfigError(
+        f"mosquitto's {_DYNSEC} not found (it comes with mosquitto >= 2.0; "
+        "set AMI_MOSQUITTO_DYNSEC to its path)"
+    )
 
 
 @dataclass(frozen=True)
 class Listener:
-    """Where the broker listens. TLS unless ``ca`` is None (a plain listener).
-
-    ``anonymous``: a plain loopback listener that admits clients without a login
-    and without ACLs, for firmware that cannot log in yet; asked for explicitly.
-    """
+    """Where the broker listens. TLS unless ``ca`` is None (a plain listener)."""
 
     port: int
     host: str = "127.0.0.1"
     ca: Path | None = None
     cert: Path | None = None
     key: Path | None = None
-    anonymous: bool = False
 
     def lines(self) -> list[str]:
         out = [f"listener {self.port} {self.host}"]
@@ -204,7 +301,7 @@ class BrokerFiles:
     def __post_init__(self) -> None:
         object.__setattr__(self, "conf", self.dir / "mosquitto.conf")
         object.__setattr__(self, "passwd", self.dir / "passwd")
-        object.__setattr__(self, "acl", self.dir / "acl")
+        object.__setattr__(self, "acl", self.dir / "acl.json")
 
 
 def mosquitto_conf(
@@ -219,23 +316,17 @@ def mosquitto_conf(
     ``files`` None: an anonymous broker without ACLs (tests that ask for it only).
     """
     user = run_as or pwd.getpwuid(os.getuid()).pw_name
-    listeners = list(listeners)
     out = ['# written by `headend broker config` (protocol/SPEC.md "MQTT")', f"user {user}"]
-    secure: list[str] = []
     if files is None:
         out.append("allow_anonymous true")
     else:
-        secure = [
+        out += [
+            "per_listener_settings false",
             "allow_anonymous false",
             f"password_file {files.passwd}",
-            f"acl_file {files.acl}",
+            f"plugin {dynsec_plugin()}",
+            f"plugin_opt_config_file {files.acl}",
         ]
-    # an anonymous listener needs settings of its own; otherwise they are global
-    per_listener = files is not None and any(li.anonymous for li in listeners)
-    if files is not None:
-        out.append(f"per_listener_settings {'true' if per_listener else 'false'}")
-        if not per_listener:
-            out += secure
     out += [
         f"max_packet_size {MAX_PACKET_SIZE}",
         f"max_queued_messages {MAX_QUEUED_MESSAGES}",
@@ -253,10 +344,8 @@ def mosquitto_conf(
         out += [f"log_type {t}" for t in ("error", "warning", "notice", "information")]
     for listener in listeners:
         out += ["", *listener.lines()]
-        if listener.anonymous:
-            out.append("allow_anonymous true")
-        elif files is not None:  # a listener's setting in mosquitto 2.0
-            out += (secure if per_listener else []) + ["use_username_as_clientid true"]
+        if files is not None:  # a listener's setting in mosquitto 2.0
+            out.append("use_username_as_clientid true")
     return "\n".join(out) + "\n"
 
 
@@ -269,12 +358,12 @@ def write(
     log_path: Path | None = None,
     persistence_dir: Path | None = None,
 ) -> BrokerFiles:
-    """Write mosquitto.conf, passwd and acl (all 0600) into ``directory``."""
+    """Write mosquitto.conf, passwd and acl.json (all 0600) into ``directory``."""
     files = BrokerFiles(directory.resolve())
     try:
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         write_private(files.passwd, password_file(site, master))
-        write_private(files.acl, acl_file(site))
+        write_private(files.acl, json.dumps(acls(site), indent=1) + "\n")
         conf = mosquitto_conf(files, listeners, run_as, log_path, persistence_dir)
         write_private(files.conf, conf)
     except OSError as e:

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from headend.adcs import ondemand, registry, rotation, scheduling, timesync
+from headend.brokerconf import payload_limit
 from headend.context import Ctx
 from headend.errors import InvalidData, UnknownMeter
 from headend.mdms import ingest, routing
@@ -265,7 +266,8 @@ class Core:
         # Real-time subscribers get what is new (a repeated frame publishes nothing).
         if res.intervals_written or res.midnights_written or secs.registers:
             topic = ctx.config.realtime_topic.format(meter=mid)
-            out.publish(topic, ingest.to_json(data))
+            for part in ingest.to_json_parts(data, payload_limit(topic)):
+                out.publish(topic, part)
         self._after_events(meter, secs.events, fresh, up, now_ms, out)
         return out
 

@@ -34,7 +34,7 @@ from headend.errors import StoreError, UnknownMeter
 from headend.outbox import Downlink, Outbox, Publish
 from headend.store import SqlStore, open_store
 from headend.transport.base import Transport, TransportError, Uplink, backoff_s
-from headend.transport.mqtt import LoginRefused, MqttTransport, login_from
+from headend.transport.mqtt import LoginRefused, MqttTransport, TooLarge, login_from
 from headend.transport.serial import SerialTransport
 
 log = logging.getLogger(__name__)
@@ -188,6 +188,10 @@ class Service:
     async def _publish(self, p: Publish) -> bool:
         try:
             await self.mqtt.publish(p.topic, p.payload, p.qos)
+            return True
+        except TooLarge as e:  # held, it would never fit: dropped, said
+            self.send_failures += 1
+            log.warning("%s; dropped", e)
             return True
         except TransportError as e:
             self.send_failures += 1

@@ -6,11 +6,9 @@ log file and port, and is terminated when the context ends.
 Secure by default, as a site's broker (`headend.brokerconf`): TLS 1.2+ with a
 CA of its own (`headend.pki`, in its work dir), no anonymous client, a login
 per meter and per head-end worker derived from the site master key, and the
-ACLs of protocol/SPEC.md "MQTT". ``admit()`` adds identities while it runs
-(mosquitto re-reads its password and ACL files on SIGHUP). ``insecure=True``
-is the plain, anonymous broker of old, for what asks for it explicitly;
-``plain_port=True`` adds a plain loopback listener with the same logins and
-ACLs, for clients that cannot speak TLS yet.
+ACLs of protocol/SPEC.md "MQTT". ``admit()`` adds identities (a running broker
+restarts for them: its ACL plugin reads its file at start only). ``insecure=True``
+is the plain, anonymous broker of old, for what asks for it explicitly.
 """
 
 from __future__ import annotations
@@ -18,8 +16,8 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -77,9 +75,6 @@ class Broker:
         insecure: plain and anonymous (no TLS, no logins, no ACL).
         master: the site master key the logins derive from (default: random).
         meters, workers, recipients: the identities admitted at start.
-        plain_port: also listen without TLS on loopback (same logins and ACLs);
-        anonymous_plain: that plain listener admits anonymous clients without
-            ACLs (for firmware that cannot log in yet; asked for explicitly).
 
     A `hil.supervise.Dependent`: `failure()` says so if mosquitto died on its own.
     """
@@ -97,19 +92,18 @@ class Broker:
         meters: tuple[int, ...] = (),
         workers: tuple[str, ...] = (),
         recipients: tuple[str, ...] = (),
-        plain_port: bool = False,
-        anonymous_plain: bool = False,
+        observers: tuple[str, ...] = (),
     ) -> None:
         self.binary = binary
         self.host = host
         self.port = free_port(host)
         self.insecure = insecure
-        plain = (plain_port or anonymous_plain) and not insecure
-        self.plain_port: int | None = free_port(host) if plain else None
-        self.anonymous_plain = anonymous_plain
         self.master = secrets.token_bytes(32) if master is None else master
         self.site = brokerconf.Site(
-            meters=tuple(meters), workers=tuple(workers), recipients=recipients
+            meters=tuple(meters),
+            workers=tuple(workers),
+            recipients=tuple(recipients),
+            observers=tuple(observers),
         )
         self.workdir = workdir
         self.log_path = workdir / "mosquitto.log"
@@ -138,6 +132,10 @@ class Broker:
         """The MQTT password of a meter (an int or its decimal id) or a named user."""
         return brokerconf.password_of(self.master, str(user))
 
+    def meter_link(self) -> tuple[str, int, Path | None]:
+        """(host, port, CA or None) where a meter (a board, a fleet meter) connects."""
+        return self.host, self.port, self.ca
+
     @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
@@ -151,10 +149,6 @@ class Broker:
                 self.port, self.host, self.pki.ca, self.pki.server_cert, self.pki.server_key
             )
         ]
-        if self.plain_port is not None:
-            listeners.append(
-                brokerconf.Listener(self.plain_port, self.host, anonymous=self.anonymous_plain)
-            )
         files = brokerconf.write(
             self.workdir, self.site, self.master, listeners, None, self.log_path
         )
@@ -166,27 +160,19 @@ class Broker:
         workers: tuple[str, ...] = (),
         recipients: tuple[str, ...] = (),
     ) -> None:
-        """Add identities (logins and ACLs); a running broker reloads them at once."""
+        """Add identities (logins and ACLs); a running broker restarts on its port for them."""
         s = self.site
         self.site = brokerconf.Site(
             meters=tuple(sorted(set(s.meters) | set(meters))),
             workers=tuple(dict.fromkeys((*s.workers, *workers))),
             recipients=tuple(dict.fromkeys((*s.recipients, *recipients))),
+            observers=s.observers,
             notify_topic=s.notify_topic,
             realtime_topic=s.realtime_topic,
         )
-        if self.insecure or not self.running:
-            return
-        self._write_config()
-        assert self._proc is not None
-        mark = self.log().count("Reloading config")
-        self._proc.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        # mosquitto answers SIGHUP between two network loops: wait until it has
-        while self.log().count("Reloading config") <= mark:
-            if time.monotonic() > deadline:
-                raise BrokerError(f"mosquitto did not reload its config:{tail(self.log())}")
-            time.sleep(0.02)
+        if self.running and not self.insecure:
+            # the ACL plugin reads its file at start only: a restart (clients reconnect)
+            self.restart()
 
     def _write_plain_config(self) -> Path:
         conf = self.workdir / "mosquitto.conf"
@@ -257,6 +243,19 @@ class Broker:
         """Stop and start again on the same port (clients see an outage)."""
         self.stop()
         self.start()
+
+
+def client_login(broker: Broker, user: str) -> dict[str, Any]:
+    """aiomqtt.Client keyword arguments to log in to ``broker`` as ``user`` (TLS, CA pinned)."""
+    if broker.insecure:
+        return {"identifier": f"{user}-{secrets.token_hex(4)}"}
+    tls = ssl.create_default_context(cafile=str(broker.pki.ca))
+    return {
+        "identifier": user,
+        "username": user,
+        "password": broker.password(user),
+        "tls_context": tls,
+    }
 
 
 @contextmanager

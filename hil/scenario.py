@@ -64,6 +64,9 @@ def _args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--outage-days", type=float, help="outage: days the link is down")
     p.add_argument("--seed", type=int, default=1, help="random seed (cut instants ...)")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (SQLite, flash, logs)")
+    p.add_argument(
+        "--insecure", action="store_true", help="plain, anonymous MQTT (default: TLS, logins, ACLs)"
+    )
     return p.parse_args(argv)
 
 
@@ -80,6 +83,7 @@ def main(argv: list[str]) -> int:
         outage_days=a.outage_days,
         seed=a.seed,
         keep=a.keep,
+        insecure=a.insecure,
         say=lambda s: print(s, file=out, flush=True),
     )
     try:

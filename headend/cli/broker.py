@@ -1,9 +1,10 @@
 """`headend broker config DIR`: mosquitto.conf, password file and ACL file for a site.
 
-The logins derive from the site master key (the config's ``master_key``), as
+The logins derive from the site master key (the config's ``master_key_file``
+or ``master_key``), as
 the meters and the head-end derive them (SPEC "MQTT"), so no password is typed,
-printed or passed on a command line. Run it again after adding meters;
-mosquitto re-reads the password and ACL files on SIGHUP.
+printed or passed on a command line. Run it again after adding meters,
+then restart mosquitto (its ACL plugin reads acl.json at start).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import argparse
 import json
 from pathlib import Path
 
-from headend.api import DEV_MASTER_KEY, Config, brokerconf, pki
+from headend import masterkey
+from headend.api import Config, brokerconf, pki
 from headend.cli.common import OK, Sub, Usage, add_command
 
 
@@ -22,7 +24,7 @@ def add(sub: Sub, common: argparse.ArgumentParser) -> None:
     c = bsub.add_parser(
         "config",
         parents=[common],
-        help="write DIR/mosquitto.conf, DIR/passwd, DIR/acl (0600) for the site",
+        help="write DIR/mosquitto.conf, DIR/passwd, DIR/acl.json (0600) for the site",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -52,10 +54,11 @@ def add(sub: Sub, common: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
-    if cfg.master_key == DEV_MASTER_KEY and not args.dev:
+    master = masterkey.load(cfg)  # a key file open to others stops here
+    if masterkey.is_dev(master) and not args.dev:
         raise Usage(
-            "refusing the development master key (all zeros): set `master_key` in the "
-            "config file's [headend] table or AMI_MASTER_KEY, or pass --dev for a lab"
+            "refusing the development master key (all zeros): make one with `headend keys "
+            "init PATH` and set `master_key_file` in the config, or pass --dev for a lab"
         )
     if args.pki is None:
         raise Usage(
@@ -83,7 +86,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     out = brokerconf.write(
         args.dir,
         site,
-        bytes.fromhex(cfg.master_key),
+        master,
         listeners,
         args.run_as,
         args.log.resolve() if args.log else None,

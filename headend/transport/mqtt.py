@@ -35,6 +35,8 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from headend import masterkey
+from headend.brokerconf import MAX_PACKET_SIZE, payload_limit
 from headend.config import Config
 from headend.errors import ConfigError
 from headend.secretfile import read_private
@@ -55,6 +57,10 @@ MAX_QUEUED = 1000
 DROP_REPORT_S = 60.0
 # MQTT 5 CONNACK reason codes that no retry can fix (bad login, not authorised, banned)
 _REFUSED = {134, 135, 138, 140}
+
+
+class TooLarge(TransportError):
+    """A message over the broker's packet limit: sending it would get us disconnected."""
 
 
 class LoginRefused(TransportError):
@@ -88,7 +94,7 @@ def login_from(cfg: Config) -> Login:
         elif cfg.mqtt_password:
             password = cfg.mqtt_password
         else:
-            password = mqtt_user_password(bytes.fromhex(cfg.master_key), user)
+            password = mqtt_user_password(masterkey.load(cfg), user)
     tls = None
     if url.tls:
         try:
@@ -259,7 +265,17 @@ class MqttTransport:
         await self.publish(DOWN.format(meter=meter_id), frame)
 
     async def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
-        """Publish on any topic (real-time subscribers, notifications)."""
+        """Publish on any topic (real-time subscribers, notifications).
+
+        Raises:
+            TooLarge: over the broker's packet limit (the broker would cut us off).
+            TransportError: not connected, or the publish failed.
+        """
+        if len(payload) > payload_limit(topic):
+            raise TooLarge(
+                f"publish to {topic}: {len(payload)} bytes, over the broker's "
+                f"{MAX_PACKET_SIZE}-byte packet limit"
+            )
         client = self._client
         if client is None:
             with contextlib.suppress(TimeoutError):

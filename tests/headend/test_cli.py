@@ -238,6 +238,7 @@ def test_d09_cli_events_routes_and_ack(capsys: pytest.CaptureFixture[str], db: s
 
 async def _cli(db: str, broker: str, *argv: str) -> tuple[int, str, str]:
     env = {**os.environ, "AMI_DATABASE": db, "AMI_BROKER": broker, "AMI_SPEED": "600"}
+    env["AMI_INSECURE"] = "1"  # the shared test broker is the plain one
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
