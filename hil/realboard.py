@@ -332,6 +332,10 @@ def self_check(
             say(f"self-check: meter {mid} registered again (frame captured for the head-end)")
     finally:
         line.close()
+    # counters are UTC seconds and up: let the last one fall behind the clock, so
+    # the next run (this process or another) starts above it, not as a replay
+    while time.time() < _last_counter + 1:
+        time.sleep(0.05)
     return res
 
 
