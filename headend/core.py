@@ -155,7 +155,15 @@ class Core:
             )
             with ctx.db.transaction():
                 self.verify(up, fields, now_ms)
-                return self._handle(up, fields, now_ms, clock or (lambda: now_ms))
+                if fields["type"] != "time_sync_request":
+                    return self._handle(up, fields, now_ms)
+                prepared = timesync.prepare(ctx, fields, now_ms)
+            # committed: t3 from here on (the store's fsync is not in the meter's delay)
+            out = Outbox()
+            t3 = clock or (lambda: now_ms)
+            frame = timesync.answer(ctx.downlinks, fields, now_ms, t3, prepared)
+            out.send(fields["meter_id"], frame, up.transport)
+            return out
         except Rejected as e:
             self._reject(up, fields, e.kind, e.reason, str(e), now_ms)
             return Outbox()
@@ -192,9 +200,7 @@ class Core:
         _log.debug("meter %s: %s via %s refused: %s", up.meter_id, what, up.transport, text)
         self.rejections.add(kind, reason, up.meter_id, f"{what} via {up.transport}: {text}", now_ms)
 
-    def _handle(
-        self, up: Uplink, fields: dict[str, Any], now_ms: int, clock: Callable[[], int]
-    ) -> Outbox:
+    def _handle(self, up: Uplink, fields: dict[str, Any], now_ms: int) -> Outbox:
         ctx = self.ctx
         mtype = fields["type"]
         if mtype == "register":
@@ -219,11 +225,6 @@ class Core:
             return Outbox()
         if mtype == "nack":
             return self._nack(meter, body, now_ms)
-        if mtype == "time_sync_request":
-            out = Outbox()
-            frame = timesync.answer(ctx.downlinks, fields, now_ms, clock)
-            out.send(meter.meter_id, frame, up.transport)
-            return out
         if mtype == "key_ack":
             return self._key_ack(meter, body, now_ms)
         ctx.activity.log(

@@ -69,10 +69,21 @@ class Downlinks:
         except UnknownMeter:
             return max(1, now_ms // 1000)
 
+    def current_key(self, meter_id: int) -> bytes:
+        """The key the meter's downlinks are signed with now (its version from the store)."""
+        return self.key(meter_id, self.auth.version(meter_id))
+
     def signed(
-        self, meter_id: int, mtype: str, body: dict[str, Any], now_ms: int, counter: int
+        self,
+        meter_id: int,
+        mtype: str,
+        body: dict[str, Any],
+        now_ms: int,
+        counter: int,
+        key: bytes | None = None,
     ) -> tuple[int, bytes]:
-        """(seq, frame) of one downlink under a counter from `counter`."""
+        """(seq, frame) of one downlink under a counter from `counter` (and ``key``, when
+        the caller looked it up already)."""
         seq = self._next_seq(meter_id)
         fields = {
             "type": mtype,
@@ -82,7 +93,7 @@ class Downlinks:
             "auth": {"counter": counter, "mac": b""},
             "body": body,
         }
-        return seq, encode(fields, key=self.key(meter_id, self.auth.version(meter_id)))
+        return seq, encode(fields, key=key or self.current_key(meter_id))
 
     def frame(
         self, meter_id: int, mtype: str, body: dict[str, Any], now_ms: int

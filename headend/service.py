@@ -85,6 +85,7 @@ class Service:
             self.transports[line.name] = line
         self._held: collections.deque[Publish] = collections.deque(maxlen=MAX_HELD_PUBLISHES)
         self.ready = asyncio.Event()
+        self._sending = asyncio.Lock()
         self.frames = 0
         self.db_failures = 0
         self.send_failures = 0
@@ -204,11 +205,17 @@ class Service:
             return False
 
     async def flush(self, out: Outbox) -> None:
-        """Send an Outbox: frames to meters, then MQTT publications."""
-        for d in out.downlinks:
-            await self._send(d)
-        for p in out.publishes:
-            await self._publish(p)
+        """Send an Outbox: frames to meters, then MQTT publications.
+
+        Outboxes go out whole and in the order the database thread made them (the
+        first to resume takes the lock without yielding), so a meter gets its
+        downlinks in counter order and refuses none as a replay.
+        """
+        async with self._sending:
+            for d in out.downlinks:
+                await self._send(d)
+            for p in out.publishes:
+                await self._publish(p)
 
     async def _retry_held(self) -> None:
         for _ in range(len(self._held)):

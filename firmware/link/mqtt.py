@@ -206,15 +206,30 @@ class Client:
     async def publish(self, topic, payload):
         """Queue a QoS 1 message; it is sent now if connected, else on
         reconnect. Returns its packet id (gone from `inflight` once PUBACKed)."""
-        pid = self._next_pid()
-        self.inflight[pid] = (topic, payload)
+        return await self.publish_all(topic, (payload,), 0)
+
+    async def publish_all(self, topic, payloads, limit=0):
+        """publish() each payload, all written before the first await (limit:
+        while fewer are in flight, 0 = no limit): a handler run meanwhile cannot
+        slip its own between them, so signed frames leave in counter order.
+        Returns the last packet id."""
         w = self.writer
+        pid = 0
+        for payload in payloads:
+            if limit and len(self.inflight) >= limit:
+                break
+            pid = self._next_pid()
+            self.inflight[pid] = (topic, payload)
+            if w is not None:
+                try:
+                    w.write(publish_packet(topic, payload, pid, False))
+                except OSError:
+                    w = None  # the session notices and reconnects; inflight keeps it
         if w is not None:
             try:
-                w.write(publish_packet(topic, payload, pid, False))
                 await w.drain()
             except OSError:
-                pass  # the session notices and reconnects; inflight keeps it
+                pass
         return pid
 
     async def run(self):

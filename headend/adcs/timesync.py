@@ -20,15 +20,26 @@ from headend.outbox import Outbox
 from headend.store.activity import Kind
 
 
-def answer(
-    downlinks: Downlinks, fields: dict[str, Any], t2_ms: int, now_ms: Callable[[], int]
-) -> bytes:
-    """The signed `time_sync_response` to a request that arrived at ``t2_ms``."""
+def prepare(ctx: Ctx, fields: dict[str, Any], t2_ms: int) -> tuple[int, bytes]:
+    """(counter, key) of the answer, inside the request's transaction (UnknownMeter)."""
     mid = fields["meter_id"]
-    counter = downlinks.counter(mid, t2_ms)  # the store first: t3 as late as possible
+    ctx.registry.get(mid)
+    return ctx.downlinks.counter(mid, t2_ms), ctx.downlinks.current_key(mid)
+
+
+def answer(
+    downlinks: Downlinks,
+    fields: dict[str, Any],
+    t2_ms: int,
+    now_ms: Callable[[], int],
+    prepared: tuple[int, bytes],
+) -> bytes:
+    """The signed `time_sync_response`: t3 after the counter is committed, just before the
+    MAC, so neither the store nor its fsync is in the delay the meter measures."""
+    counter, key = prepared
     t3 = now_ms()
     body = {"t1_ms": fields["body"]["t1_ms"], "t2_ms": t2_ms, "t3_ms": t3}
-    return downlinks.signed(mid, "time_sync_response", body, t3, counter)[1]
+    return downlinks.signed(fields["meter_id"], "time_sync_response", body, t3, counter, key)[1]
 
 
 def set_time(ctx: Ctx, meter_id: int, off_s: int, transport: str | None, now_ms: int) -> Outbox:
