@@ -1,9 +1,12 @@
 """Heap of the real firmware on the MicroPython binary (`python -m bench firmware-heap`).
 
 Runs firmware/main.py with hal/unix under `-X heapsize=…` for 2 simulated days
-against a private mosquitto, with a fake head-end that registers the meter,
-acks reads and events, answers time syncs, and sends an authenticated
-read_request every 6 simulated hours (in turn: the previous day, on demand
+against a private mosquitto, secure as a site runs it (TLS with the CA
+pinned, the meter's login and ACL; `--insecure`: plain and anonymous, to see
+what TLS costs), with a fake head-end that verifies every uplink's signature
+(`refused` counts those that fail), registers the meter, acks reads and
+events, answers time syncs, signs every downlink, and sends a read_request
+every 6 simulated hours (in turn: the previous day, on demand
 since midnight, a 45-day period: everything held); the control port injects
 a tamper event every 8 hours. The firmware samples gc.mem_alloc() after
 gc.collect() (`heap_probe`): at idle ticks (steady), with the tick's frames
@@ -50,6 +53,7 @@ KEY = bytes(range(32))
 MID = 4711
 T0 = 1772323200  # 2026-03-01T00:00:00Z
 TARGET = 48 * 1024
+_HEAD = "bench-head"  # the fake head-end's MQTT login
 CSV = DEFAULT_CSV
 
 
@@ -102,33 +106,50 @@ async def _control(port: int, cmd: str) -> str:
 
 
 async def _head_end(broker: Any, stop: asyncio.Event, stats: dict[str, int]) -> None:
+    import ssl
+
     import aiomqtt
 
+    from protocol.auth import verify_frame
+    from protocol.errors import ProtocolError
     from protocol.frame import decode, encode
 
     seq = 0
     counter = 0
+    up_counter = 0
 
-    def frame(mtype: str, body: dict[str, Any], auth: bool = False) -> bytes:
+    def frame(mtype: str, body: dict[str, Any]) -> bytes:
         nonlocal seq, counter
         seq += 1
-        a = None
-        if auth:
-            counter += 1
-            a = {"counter": counter, "mac": b""}
+        counter += 1
+        a = {"counter": counter, "mac": b""}
         f = {"type": mtype, "seq": seq, "meter_id": MID, "timestamp": T0, "auth": a}
         return encode(dict(f, body=body), key=KEY)
 
     down = f"ami/v1/{MID}/down"
-    async with aiomqtt.Client(broker.host, broker.port, identifier="bench-head") as client:
+    login: dict[str, Any] = {}
+    if broker.ca is not None:
+        login = {
+            "username": _HEAD,
+            "password": broker.password(_HEAD),
+            "tls_context": ssl.create_default_context(cafile=str(broker.ca)),
+        }
+    async with aiomqtt.Client(broker.host, broker.port, identifier=_HEAD, **login) as client:
         await client.subscribe(f"ami/v1/{MID}/up", qos=1)
         last_req = 0
         parts: dict[int, set[int]] = {}  # request seq -> parts received
 
         async def serve() -> None:
             nonlocal last_req
+            nonlocal up_counter
             async for msg in client.messages:
-                f = decode(bytes(msg.payload))
+                raw = bytes(msg.payload)
+                f = decode(raw)
+                try:
+                    up_counter = verify_frame(raw, KEY, up_counter)
+                except ProtocolError:  # (an MQTT-level DUP re-send carries an old counter)
+                    stats["refused"] = stats.get("refused", 0) + 1
+                    continue
                 t, body = f["type"], f["body"]
                 stats[t] = stats.get(t, 0) + 1
                 if t == "nack":  # e.g. nack_7_5: a read_request not held
@@ -162,9 +183,8 @@ async def _head_end(broker: Any, stop: asyncio.Event, stats: dict[str, int]) -> 
                     else:  # 45 days: everything held
                         req = {"mode": 0, "start": ts - 45 * 86400, "end": ts, "what": 15}
                     stats["read_request"] = stats.get("read_request", 0) + 1
-                    raw = frame("read_request", req, True)
-                    parts[seq] = set()
-                    await client.publish(down, raw, qos=1)
+                    parts[seq + 1] = set()
+                    await client.publish(down, frame("read_request", req), qos=1)
 
         task = asyncio.create_task(serve())
         await stop.wait()
@@ -178,11 +198,16 @@ async def _run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     ctl = free_port()
     heap = args.heap_kb * 1024 + (image if args.code == "romfs" else 0)
     stats: dict[str, int] = {}
-    with running_broker() as broker:
+    with running_broker(insecure=args.insecure, meters=(MID,), workers=(_HEAD,)) as broker:
+        br: dict[str, Any] = {"host": broker.host, "port": broker.port, "keepalive_s": 30}
+        if broker.ca is not None:  # the login and TLS, as hil.board writes them
+            br["user"] = str(MID)
+            br["password"] = broker.password(MID)
+            br["tls"] = {"ca": str(broker.ca), "server_name": broker.server_name}
         cfg = {
             "meter_id": MID,
             "key": KEY.hex(),
-            "broker": {"host": broker.host, "port": broker.port, "keepalive_s": 30},
+            "broker": br,
             "clock": {"sim_start": T0, "speed": args.speed},
             "control_port": ctl,
             "tick_ms": 50,
@@ -269,6 +294,7 @@ async def _run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "bench": "firmware-heap",
         "interpreter": "micropython unix port (64-bit: objects about 1.6-2x the ESP32's)",
         "code": args.code,
+        "mqtt": "plain, anonymous (--insecure)" if args.insecure else "TLS, CA pinned, login",
         "code_placement": {
             "romfs": "ROMFS image of .mpy run in place; image excluded (flash on the board)",
             "romfs-strict": "ROMFS image of .mpy run in place; image inside the heap",
@@ -305,6 +331,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--heap-kb", type=int, default=100)
     parser.add_argument("--speed", type=int, default=3600, help="simulated s per real s")
     parser.add_argument("--code", choices=("romfs", "romfs-strict", "mpy"), default="romfs")
+    parser.add_argument(
+        "--insecure", action="store_true", help="plain, anonymous MQTT (what TLS costs: compare)"
+    )
     parser.add_argument(
         "--retry-kb", type=int, default=256, help="on MemoryError, measure again with this heap"
     )

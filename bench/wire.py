@@ -3,8 +3,10 @@
 `python -m bench wire` (the reference profile in data/, or --csv FILE) prints one
 JSON line. A meter-day is one read_response frame with the day's 96 × 4
 interval values and flags, the 4 midnight registers, meter id and timestamp,
-CRC'd and HDLC-framed as on the serial line (the bigger of the two links: an
-MQTT message is the frame without the 2 flag bytes and stuffing).
+signed (SPEC "Authentication": counter and MAC), CRC'd and HDLC-framed as on
+the serial line (the bigger of the two links: an MQTT message is the frame
+without the 2 flag bytes and stuffing). `signature_bytes_per_meter_day` is what
+signing adds to that frame, `..._with_ack` also the head-end's signed read_ack.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from protocol.frame import decode, encode
 from protocol.hdlc import stuff
 
 DLMS_AXDR_BYTES_PER_DAY = 3720  # data/README.md, same content in A-XDR
+KEY = bytes(range(32))  # any key: the MAC's size does not depend on it
 BITS_PER_BYTE_8N1 = 10
 
 
@@ -75,15 +78,25 @@ def meter_day_fields(
 
 
 def _frames(
-    days: list[tuple[int, list[list[int]]]], meter: int
+    days: list[tuple[int, list[list[int]]]], meter: int, signed: bool = True
 ) -> list[tuple[dict[str, Any], bytes]]:
     registers = [12_345_678, 2_345_678, 4_567_890, 345_678]  # a few years in service
     out = []
-    for start, values in days:
+    for i, (start, values) in enumerate(days):
         registers = [r + sum(v) for r, v in zip(registers, values, strict=True)]
         fields = meter_day_fields(meter, start, values, registers)
-        out.append((fields, encode(fields)))
+        if signed:  # the day's uplink counter: a few hundred frames a day
+            fields["auth"] = {"counter": 300 * i + 17, "mac": b""}
+        out.append((fields, encode(fields, KEY)))
     return out
+
+
+def _read_ack(counter: int | None) -> bytes:
+    """The head-end's answer to a meter-day (signed, or not: counter None)."""
+    a = None if counter is None else {"counter": counter, "mac": b""}
+    body = {"acked_seq": 1, "upto": 1772323200}
+    f = {"type": "read_ack", "seq": 9, "meter_id": 1001, "timestamp": 1772323200}
+    return stuff(encode(dict(f, auth=a, body=body), KEY))
 
 
 def _median_us(fn: Any, arg: Any, repeat: int) -> float:
@@ -99,8 +112,13 @@ def run(csv_path: Path, repeat: int = 20) -> dict[str, Any]:
     """Measure; return the figures."""
     days = load_days(csv_path)
     frames = _frames(days, meter=1001)
-    roundtrip_ok = all(decode(raw) == dict(f, version=1) for f, raw in frames)
+    roundtrip_ok = all(
+        decode(raw) == dict(f, version=1, auth=decode(raw)["auth"]) for f, raw in frames
+    )
     wire = [len(stuff(raw)) for _, raw in frames]
+    unsigned = [len(stuff(raw)) for _, raw in _frames(days, 1001, signed=False)]
+    sig = (sum(wire) - sum(unsigned)) / len(wire)
+    ack_sig = len(_read_ack(1772323200)) - len(_read_ack(None))
     rng = random.Random(7)
     noisy_wire = [
         len(stuff(raw)) for _, raw in _frames([(s, noisy(v, rng)) for s, v in days], 1001)
@@ -108,12 +126,14 @@ def run(csv_path: Path, repeat: int = 20) -> dict[str, Any]:
     total = sum(wire)
     per_day = total / len(wire)
     noisy_per_day = sum(noisy_wire) / len(noisy_wire)
-    enc = [_median_us(encode, f, repeat) for f, _ in frames]
+    enc = [_median_us(lambda f: encode(f, KEY), f, repeat) for f, _ in frames]
     dec = [_median_us(decode, raw, repeat) for _, raw in frames]
     return {
         "csv": str(csv_path),
         "days": len(days),
         "bytes_per_meter_day": round(per_day, 1),
+        "signature_bytes_per_meter_day": round(sig, 1),
+        "signature_bytes_per_meter_day_with_ack": round(sig + ack_sig, 1),
         "max_bytes_per_meter_day": max(wire),
         "mqtt_bytes_per_meter_day": round(sum(len(r) for _, r in frames) / len(frames), 1),
         "dlms_axdr_ratio": round(DLMS_AXDR_BYTES_PER_DAY / per_day, 2),

@@ -62,10 +62,8 @@ class App:
         """Frames out: to `writer` (a serial reply), else the uplink(s)."""
         up = self.b.uplink
         if writer is None and up != "uart" and self.online(True):
-            for raw in frames:
-                # bounded: a frame the link cannot take now is re-sent by the core
-                if len(self.client.inflight) < _MAX_INFLIGHT:
-                    await self.client.publish(self.topic, raw)
+            # bounded: a frame the link cannot take now is re-sent by the core
+            await self.client.publish_all(self.topic, frames, _MAX_INFLIGHT)
         for w in (writer,) if writer is not None else self.serial_writers if up != "mqtt" else ():
             try:
                 for raw in frames:
@@ -87,8 +85,7 @@ class App:
         if writer is not None:
             await self.send(out, writer)
         elif not self.b.link_forced_down:
-            for raw in out:
-                await self.client.publish(self.topic, raw)
+            await self.client.publish_all(self.topic, out)
 
     async def mqtt(self, on):
         """Start (on) or stop the MQTT link client."""
@@ -96,13 +93,16 @@ class App:
         c = self.client
         if on and b.broker is not None and c is None:
             self.client = mqtt.Client(
-                "meter-%d" % b.meter_id,
+                str(b.meter_id),  # the client id is the login (SPEC "MQTT")
                 b.broker[0],
                 b.broker[1],
                 subscriptions=("ami/v1/%d/" % b.meter_id + "down",),
                 handler=self.receive,
                 keepalive_s=b.keepalive_s,
                 rand=b.rand,
+                user=b.mqtt_user,
+                password=b.mqtt_password,
+                tls=b.tls,
             )
             self.task = asyncio.create_task(self.client.run())
         elif not on and c is not None:

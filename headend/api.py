@@ -11,6 +11,8 @@ change without breaking them:
   programs ask of it: registered meters, on-demand reads (jobs) and their
   results, coverage, intervals, events, schedules, the activity log;
 * keys: `meter_key` (per-meter key from the master key);
+* the broker: `brokerconf` (mosquitto.conf, password and ACL files of a site)
+  and `pki` (its CA and certificates); `write_private` (a 0600 file for a secret);
 * the value types those take and return, and the errors (`HeadendError` root).
 
 A `Headend` is one connection: use it from one thread, and close it (it is a
@@ -23,6 +25,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TypeVar
 
+from headend import brokerconf, pki
 from headend.adcs import ondemand, scheduling
 from headend.clock import Clock
 from headend.config import DEV_MASTER_KEY, Config, load, parse_hhmm
@@ -38,6 +41,7 @@ from headend.errors import (
     UnknownMeter,
 )
 from headend.keys import meter_key
+from headend.secretfile import write_private
 from headend.service import Service
 from headend.store import (
     DayCoverage,
@@ -91,10 +95,13 @@ __all__ = [
     "StoreError",
     "UnknownMeter",
     "Uplink",
+    "brokerconf",
     "load",
     "meter_key",
     "on_service",
     "parse_hhmm",
+    "pki",
+    "write_private",
 ]
 
 T = TypeVar("T")

@@ -27,7 +27,18 @@ class Config:
     """Every setting of the head-end, with its default.
 
     Attributes:
-        broker: MQTT broker URL (``mqtt://host:port``).
+        broker: MQTT broker URL, ``mqtts://user@host:port`` (TLS; port default
+            8883; user default: ``worker``). ``mqtt://host:port`` (plain, and
+            anonymous without a user) only with ``insecure``.
+        mqtt_password_file: a 0600 file holding this worker's MQTT password
+            (refused if others can read it); else ``mqtt_password`` (env
+            AMI_MQTT_PASSWORD, or the 0600 config file); else derived from the
+            master key as the broker config derives it (SPEC "MQTT").
+        mqtt_ca_file: the CA (PEM) that signed the broker's certificate (pinned;
+            empty: the system's CAs).
+        insecure: allow plain ``mqtt://`` (warned in the log).
+        mqtt_max_queued: incoming messages held before the link stops reading
+            from the broker (back-pressure: the broker queues, then the meters).
         database: store URL (``sqlite:///path`` or ``postgresql://…``).
         share_group: MQTT 5 shared-subscription group: workers with the same
             group share the meters' uplinks (``$share/<group>/ami/v1/+/up``).
@@ -38,6 +49,10 @@ class Config:
         report_tz: IANA time zone for reports and exports.
         master_key: hex key from which each meter's key is derived
             (HMAC-SHA256(master, meter id)); the default is for development only.
+        master_key_file: a file holding the master key (``headend keys init``
+            makes one, 0600); when set it wins over ``master_key``, and a file
+            group or others may read is refused.
+        key_retry_s: an unanswered key_set (key rotation) is sent again after this.
         realtime_topic: where ingested data is published for real-time
             subscribers; ``{meter}`` is replaced by the meter id.
         assign_at: local time (report_tz) of the evening placement of
@@ -65,13 +80,20 @@ class Config:
         operator: the recipient that is told about failed reads (H06).
     """
 
-    broker: str = "mqtt://127.0.0.1:1883"
+    broker: str = "mqtts://127.0.0.1:8883"
+    mqtt_password_file: str = ""
+    mqtt_password: str = field(default="", repr=False)  # a secret: never printed
+    mqtt_ca_file: str = ""
+    insecure: bool = False
+    mqtt_max_queued: int = 1000
     database: str = "sqlite:///var/headend.sqlite"
     share_group: str = "headend"
     session_expiry_s: int = 600
     worker: str = "headend-1"
     report_tz: str = "UTC"
     master_key: str = field(default=DEV_MASTER_KEY, repr=False)  # a secret: never printed
+    master_key_file: str = ""
+    key_retry_s: int = 300
     realtime_topic: str = "ami/v1/data/{meter}"
     assign_at: str = "20:00"
     window_start: str = "00:01"
@@ -100,12 +122,11 @@ class Config:
             parse_hhmm(name, getattr(self, name))
         try:
             key = bytes.fromhex(self.master_key)
-        except ValueError as e:
-            raise ConfigError("master_key: expected 64 hex digits") from e
+        except ValueError:
+            raise ConfigError("master_key: expected 64 hex digits") from None
         if len(key) != 32:
             raise ConfigError(f"master_key: expected 32 bytes, got {len(key)}")
-        if not self.broker.startswith("mqtt://"):
-            raise ConfigError(f"broker: expected mqtt://host:port, got {self.broker!r}")
+        self.broker_url  # noqa: B018 - parses it: a bad URL is a ConfigError now
         for name in (
             "group_minutes",
             "group_capacity",
@@ -115,6 +136,8 @@ class Config:
             "notify_retry_s",
             "notify_max_attempts",
             "session_expiry_s",
+            "key_retry_s",
+            "mqtt_max_queued",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: expected > 0, got {getattr(self, name)}")
@@ -139,19 +162,69 @@ class Config:
             raise ConfigError("realtime_topic: expected a topic with {meter} in it")
 
     @property
+    def broker_url(self) -> BrokerUrl:
+        return parse_broker(self.broker, self.insecure)
+
+    @property
     def broker_host_port(self) -> tuple[str, int]:
-        rest = self.broker.removeprefix("mqtt://").rstrip("/")
-        host, _, port = rest.rpartition(":")
-        if not host:
-            return rest, 1883
-        try:
-            return host, int(port)
-        except ValueError as e:
-            raise ConfigError(f"broker: bad port in {self.broker!r}") from e
+        u = self.broker_url
+        return u.host, u.port
+
+    @property
+    def mqtt_user(self) -> str | None:
+        """The login: the URL's user, else the worker name; None: anonymous (insecure only)."""
+        u = self.broker_url
+        if u.user is not None:
+            return u.user
+        return None if not u.tls and self.insecure else self.worker
 
     @property
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.report_tz)
+
+
+@dataclass(frozen=True)
+class BrokerUrl:
+    """``mqtts://user@host:port`` taken apart (never a password: that is not in URLs)."""
+
+    tls: bool
+    host: str
+    port: int
+    user: str | None
+
+
+def parse_broker(url: str, insecure: bool = False) -> BrokerUrl:
+    """Parse the ``broker`` setting; ConfigError if unusable.
+
+    A password in the URL is refused before anything quotes the URL, so no
+    message ever carries it.
+    """
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, hostport = rest.rstrip("/").rpartition("@")
+    if ":" in userinfo:
+        raise ConfigError(
+            "broker: a password in the URL is refused (it would show in process lists and "
+            "logs): use mqtt_password_file or AMI_MQTT_PASSWORD"
+        )
+    if not sep or scheme not in ("mqtts", "mqtt"):
+        raise ConfigError(f"broker: expected mqtts://user@host:port, got {url!r}")
+    if scheme == "mqtt" and not insecure:
+        raise ConfigError(
+            f"broker: {url} is plain MQTT (no TLS): use mqtts://, "
+            "or set insecure = true (--insecure) for a lab"
+        )
+    host, colon, port = hostport.rpartition(":")
+    if not colon:
+        host, port = hostport, ""
+    if not host or "/" in host or (at and not userinfo):
+        raise ConfigError(f"broker: expected mqtts://user@host:port, got {url!r}")
+    try:
+        number = int(port) if port else (8883 if scheme == "mqtts" else 1883)
+    except ValueError as e:
+        raise ConfigError(f"broker: bad port in {url!r}") from e
+    if not 0 < number < 65536:
+        raise ConfigError(f"broker: bad port in {url!r}")
+    return BrokerUrl(scheme == "mqtts", host, number, userinfo if at else None)
 
 
 def parse_hhmm(name: str, value: str) -> time:
@@ -170,6 +243,14 @@ def _coerce(name: str, raw: Any) -> Any:
             return int(raw)
         if kind == "float":
             return float(raw)
+        if kind == "bool":
+            if isinstance(raw, bool):
+                return raw
+            if str(raw).lower() in ("1", "true", "yes", "on"):
+                return True
+            if str(raw).lower() in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
         if kind.startswith("tuple"):
             # serial lines: a list of tables, or (env, flags) URLs separated by commas
             items = raw.split(",") if isinstance(raw, str) else raw

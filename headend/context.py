@@ -1,21 +1,23 @@
 """What every head-end component works with: config, the store's tables, downlinks.
 
 `Downlinks` frames what goes to meters (seq numbers, the persistent
-replay-guard counter, the MAC). The service keeps a second, unsigned one on
-the event loop for time-sync answers, which must not wait behind the database.
+replay-guard counter, the MAC under the key version the store holds).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from headend import masterkey
 from headend.adcs.groups import Window
 from headend.config import Config, parse_hhmm
 from headend.downlink import Downlinks
 from headend.store.activity import ActivityLog
+from headend.store.auth import MeterAuth
 from headend.store.db import Db
 from headend.store.events import Events
 from headend.store.jobs import Jobs
+from headend.store.layouts import Layouts
 from headend.store.readings import Readings
 from headend.store.registry import Registry
 from headend.store.schedules import Schedules
@@ -27,7 +29,7 @@ class Ctx:
     """The shared parts, built once per service (or per CLI command).
 
     One attribute per store table group (`Registry`, `Readings`, `Events`,
-    `Jobs`, `Schedules`, `ActivityLog`), all on the same connection, so a
+    `Jobs`, `Schedules`, `ActivityLog`, `MeterAuth`, `Layouts`), all on the same connection, so a
     component names what it uses (``ctx.jobs.claim(...)``) and one
     ``ctx.db.transaction()`` spans them.
     """
@@ -40,6 +42,8 @@ class Ctx:
     jobs: Jobs
     schedules: Schedules
     activity: ActivityLog
+    auth: MeterAuth
+    layouts: Layouts
     downlinks: Downlinks
     window: Window
 
@@ -53,7 +57,8 @@ class Ctx:
         )
         db = store.db
         registry = Registry(db)
-        downlinks = Downlinks(bytes.fromhex(config.master_key), registry)
+        auth = MeterAuth(db)
+        downlinks = Downlinks(masterkey.load(config), registry, auth)
         return cls(
             config,
             store,
@@ -63,6 +68,8 @@ class Ctx:
             Jobs(db),
             Schedules(db),
             ActivityLog(db),
+            auth,
+            Layouts(db),
             downlinks,
             window,
         )
@@ -77,8 +84,8 @@ class Ctx:
         fresh = Ctx.build(self.config, store)
         self.store, self.registry, self.readings = store, fresh.registry, fresh.readings
         self.events, self.jobs, self.schedules = fresh.events, fresh.jobs, fresh.schedules
-        self.activity = fresh.activity
-        self.downlinks.registry = self.registry
+        self.activity, self.auth, self.layouts = fresh.activity, fresh.auth, fresh.layouts
+        self.downlinks.registry, self.downlinks.auth = self.registry, self.auth
 
     def notify_topic(self, recipient: str) -> str:
         return f"{self.config.notify_topic}/{recipient}"

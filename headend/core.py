@@ -1,33 +1,40 @@
 """The head-end's logic without I/O: an uplink (or a tick) in, an `Outbox` out.
 
-`Core.on_uplink` checks a frame (decodes, meter id of the link against the
-frame's, direction, MAC and counter when signed), then handles it in ONE
-database transaction: registration, data, events, schedule and read answers.
-Anything wrong with the input is logged with the reason in the activity log
-and changes nothing else (the transaction rolls back, the log line is written
-on its own); database failures (`StoreError`) propagate so the service can
-reconnect and retry the frame. `Core.tick` runs the timed work. The service
-runs every Core call on one database thread and sends the Outbox after the
-call returned, that is after the commit.
+`Core.on_uplink` checks a frame (decodes it, meter id of the link against the
+frame's, direction), then in ONE database transaction verifies it (MAC under
+the meter's key, or the pending key during a rotation; the counter advanced
+in the store, which refuses a replay) and handles it: registration, data,
+events, schedule, read and key answers. Nothing is read from the frame's
+body, stored or answered before it verified. A refused frame changes nothing
+(the transaction rolls back) and costs a counter: refusals are counted per
+reason and written once a minute (`Rejections`), never a row per frame, and
+no answer goes to an unverified frame (it would be a signing oracle).
+Database failures (`StoreError`) propagate so the service can reconnect and
+retry the frame. `Core.tick` runs the timed work. The service runs every Core
+call on one database thread and sends the Outbox after the call returned,
+that is after the commit.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
-from headend.adcs import ondemand, registry, scheduling, timesync
+from headend.adcs import ondemand, registry, rotation, scheduling, timesync
+from headend.brokerconf import payload_limit
 from headend.context import Ctx
 from headend.errors import InvalidData, UnknownMeter
-from headend.keys import meter_key
 from headend.mdms import ingest, routing
 from headend.outbox import Outbox
+from headend.rejections import Rejections
 from headend.store import EventRecord, Meter, Source
 from headend.store.activity import Kind
+from headend.store.lifecycles import KeyState
 from headend.transport.base import Uplink
 from protocol.auth import verify_frame
 from protocol.codes import Event, Nack, ReadKind, nack_name, read_kind_name
-from protocol.errors import ProtocolError
+from protocol.errors import BadMac, ProtocolError
 from protocol.frame import decode
 from protocol.schema import MESSAGE_TYPES
 
@@ -42,16 +49,21 @@ UPLINK_TYPES = frozenset(
         "event",
         "time_sync_request",
         "nack",
+        "key_ack",
     }
 )
 
 
 class Rejected(InvalidData):
-    """An uplink that is refused before it is handled (kind = activity kind)."""
+    """An uplink that is refused before it is handled.
 
-    def __init__(self, kind: Kind, reason: str) -> None:
-        super().__init__(reason)
+    ``kind``: activity kind; ``reason``: the short key it is counted under.
+    """
+
+    def __init__(self, kind: Kind, reason: str, text: str) -> None:
+        super().__init__(text)
         self.kind = kind
+        self.reason = reason
 
 
 class Core:
@@ -60,57 +72,105 @@ class Core:
     def __init__(self, ctx: Ctx) -> None:
         self.ctx = ctx
         self.next_assignment_ms: int | None = None
-        self._uplink_counter: dict[int, int] = {}  # last MAC counter of signed uplinks
-        self.rejected = 0
+        self.rejections = Rejections()
+
+    @property
+    def rejected(self) -> int:
+        """Uplinks (and notification acks) refused since start."""
+        return self.rejections.total
 
     # -- uplinks -----------------------------------------------------------------------------
 
     def check(self, up: Uplink) -> dict[str, Any]:
-        """Decode and vet an uplink. Raises Rejected with the reason."""
+        """Decode and vet an uplink (no store, no key). Raises Rejected with the reason."""
         try:
             fields = decode(up.frame)
         except ProtocolError as e:
             raise Rejected(
-                Kind.BAD_FRAME, f"{type(e).__name__}: {e} ({len(up.frame)} bytes)"
+                Kind.BAD_FRAME,
+                type(e).__name__,
+                f"{type(e).__name__}: {e} ({len(up.frame)} bytes)",
             ) from e
         mid = fields["meter_id"]
         if mid != up.meter_id:
             raise Rejected(
-                Kind.REJECTED, f"link says meter {up.meter_id}, frame says meter {mid}: dropped"
+                Kind.REJECTED,
+                "meter id mismatch",
+                f"link says meter {up.meter_id}, frame says meter {mid}: dropped",
             )
         if fields["type"] not in UPLINK_TYPES:
-            raise Rejected(Kind.REJECTED, f"{fields['type']} is not a meter uplink: dropped")
-        if fields["auth"] is not None:  # meters sign nothing today; if they do, check it
-            key = meter_key(bytes.fromhex(self.ctx.config.master_key), mid)
-            try:
-                counter = verify_frame(up.frame, key, self._uplink_counter.get(mid, 0))
-            except ProtocolError as e:
-                raise Rejected(Kind.REJECTED, f"{type(e).__name__}: {e}: dropped") from e
-            self._uplink_counter[mid] = counter
+            raise Rejected(
+                Kind.REJECTED, "not an uplink", f"{fields['type']} is not a meter uplink: dropped"
+            )
         return fields
 
-    def on_uplink(self, up: Uplink, now_ms: int) -> Outbox:
-        """Handle one uplink; the returned frames go out after the commit."""
+    def verify(self, up: Uplink, fields: dict[str, Any], now_ms: int) -> None:
+        """MAC under the meter's key (or the pending one), counter advanced in the store.
+
+        Call it inside the uplink's transaction. Raises Rejected (BadMac, Replay).
+        """
         ctx = self.ctx
+        mid = fields["meter_id"]
+        st = ctx.auth.get(mid)
+        version = st.key_version if st is not None else 0
+        pending = st.pending_version if st is not None and st.state is KeyState.SENT else None
+        try:
+            try:
+                counter = verify_frame(up.frame, ctx.downlinks.key(mid, version))
+                new_key = False
+            except BadMac:
+                if pending is None or fields["auth"] is None:
+                    raise
+                counter = verify_frame(up.frame, ctx.downlinks.key(mid, pending))
+                new_key = True
+        except ProtocolError as e:
+            name = type(e).__name__
+            raise Rejected(Kind.REJECTED, name, f"{name}: {e}: dropped") from e
+        if not ctx.auth.accept_uplink(mid, counter, now_ms):
+            raise Rejected(
+                Kind.REJECTED,
+                "Replay",
+                f"Replay: counter {counter} not newer than the last accepted: dropped",
+            )
+        if new_key:
+            rotation.confirmed(ctx, mid, f"{fields['type']} seq {fields['seq']}", now_ms)
+
+    def on_uplink(self, up: Uplink, now_ms: int, clock: Callable[[], int] | None = None) -> Outbox:
+        """Handle one uplink; the returned frames go out after the commit.
+
+        ``clock`` gives t3 of a time-sync answer (default: ``now_ms``). Never raises
+        for bad input: every refusal is typed and counted.
+        """
+        ctx = self.ctx
+        fields: dict[str, Any] | None = None
         try:
             fields = self.check(up)
-        except Rejected as e:
-            self._reject(up, None, e.kind, str(e), now_ms)
-            return Outbox()
-        mid = fields["meter_id"]
-        _log.debug(
-            "meter %s: %s seq %s, %d bytes via %s",
-            mid,
-            fields["type"],
-            fields["seq"],
-            len(up.frame),
-            up.transport,
-        )
-        try:
+            _log.debug(
+                "meter %s: %s seq %s, %d bytes via %s",
+                fields["meter_id"],
+                fields["type"],
+                fields["seq"],
+                len(up.frame),
+                up.transport,
+            )
             with ctx.db.transaction():
-                return self._handle(up, fields, now_ms)
+                self.verify(up, fields, now_ms)
+                if fields["type"] != "time_sync_request":
+                    return self._handle(up, fields, now_ms)
+                prepared = timesync.prepare(ctx, fields, now_ms)
+            # committed: t3 from here on (the store's fsync is not in the meter's delay)
+            out = Outbox()
+            t3 = clock or (lambda: now_ms)
+            frame = timesync.answer(ctx.downlinks, fields, now_ms, t3, prepared)
+            out.send(fields["meter_id"], frame, up.transport)
+            return out
+        except Rejected as e:
+            self._reject(up, fields, e.kind, e.reason, str(e), now_ms)
+            return Outbox()
         except UnknownMeter:
-            self._reject(up, fields, Kind.UNKNOWN_METER, "meter is not registered", now_ms)
+            assert fields is not None  # raised only after check
+            mid = fields["meter_id"]
+            self._reject(up, fields, Kind.UNKNOWN_METER, "not registered", "not registered", now_ms)
             out = Outbox()
             body = {
                 "nacked_type": MESSAGE_TYPES[fields["type"]],
@@ -119,20 +179,26 @@ class Core:
             }
             out.send(mid, ctx.downlinks.reply(mid, "nack", body, now_ms), up.transport)
             return out
-        except InvalidData as e:
-            self._reject(up, fields, Kind.REJECTED, str(e), now_ms)
-            if fields["type"] == "register":
-                return registry.reject(ctx, mid, up.transport, now_ms)
+        except (InvalidData, ProtocolError) as e:
+            # verified, but the content cannot be taken (or its answer cannot be built)
+            reason = type(e).__name__
+            self._reject(up, fields, Kind.REJECTED, reason, f"{reason}: {e}", now_ms)
+            if fields is not None and fields["type"] == "register":
+                return registry.reject(ctx, fields["meter_id"], up.transport, now_ms)
             return Outbox()
 
     def _reject(
-        self, up: Uplink, fields: dict[str, Any] | None, kind: Kind, reason: str, now_ms: int
+        self,
+        up: Uplink,
+        fields: dict[str, Any] | None,
+        kind: Kind,
+        reason: str,
+        text: str,
+        now_ms: int,
     ) -> None:
-        self.rejected += 1
         what = f"{fields['type']} seq {fields['seq']}" if fields else "frame"
-        text = f"{what} via {up.transport}: {reason}"
-        _log.warning("meter %s: %s", up.meter_id, text)
-        self.ctx.activity.log(now_ms, kind, text, up.meter_id)
+        _log.debug("meter %s: %s via %s refused: %s", up.meter_id, what, up.transport, text)
+        self.rejections.add(kind, reason, up.meter_id, f"{what} via {up.transport}: {text}", now_ms)
 
     def _handle(self, up: Uplink, fields: dict[str, Any], now_ms: int) -> Outbox:
         ctx = self.ctx
@@ -159,11 +225,8 @@ class Core:
             return Outbox()
         if mtype == "nack":
             return self._nack(meter, body, now_ms)
-        if mtype == "time_sync_request":  # normally answered on the loop (see Service)
-            out = Outbox()
-            frame = timesync.answer(ctx.downlinks, fields, now_ms, lambda: now_ms)
-            out.send(meter.meter_id, frame, up.transport)
-            return out
+        if mtype == "key_ack":
+            return self._key_ack(meter, body, now_ms)
         ctx.activity.log(
             now_ms, Kind.REJECTED, f"{mtype}: nothing asked for it: ignored", meter.meter_id
         )
@@ -204,7 +267,8 @@ class Core:
         # Real-time subscribers get what is new (a repeated frame publishes nothing).
         if res.intervals_written or res.midnights_written or secs.registers:
             topic = ctx.config.realtime_topic.format(meter=mid)
-            out.publish(topic, ingest.to_json(data))
+            for part in ingest.to_json_parts(data, payload_limit(topic)):
+                out.publish(topic, part)
         self._after_events(meter, secs.events, fresh, up, now_ms, out)
         return out
 
@@ -259,6 +323,14 @@ class Core:
         )
         return Outbox()
 
+    def _key_ack(self, meter: Meter, body: dict[str, Any], now_ms: int) -> Outbox:
+        # a good key_ack verified under the new key and confirmed the rotation in verify()
+        text = f"key_ack seq {body['acked_seq']}: meter holds key version {body['version']}"
+        if body["status"]:
+            text += f", refused: {nack_name(body['status'])}"
+        self.ctx.activity.log(now_ms, Kind.KEY_ROTATION, text, meter.meter_id)
+        return Outbox()
+
     # -- notification acks -------------------------------------------------------------------
 
     def on_notify_ack(self, topic: str, payload: bytes, now_ms: int) -> None:
@@ -272,8 +344,9 @@ class Core:
             if not routing.acknowledge(self.ctx, did, recipient, now_ms):
                 _log.info("ack of delivery %s from %s: already acked or unknown", did, recipient)
         except InvalidData as e:
-            self.rejected += 1
-            self.ctx.activity.log(now_ms, Kind.REJECTED, f"notification ack on {topic}: {e}")
+            self.rejections.add(
+                Kind.REJECTED, "notification ack", None, f"notification ack on {topic}: {e}", now_ms
+            )
 
     # -- timed work --------------------------------------------------------------------------
 
@@ -292,4 +365,6 @@ class Core:
         out.extend(ondemand.start_jobs(ctx, now_ms))
         out.extend(ondemand.expire(ctx, now_ms))
         out.extend(routing.send_due(ctx, now_ms))
+        out.extend(rotation.send_due(ctx, now_ms))
+        self.rejections.flush(ctx.activity, now_ms)
         return out

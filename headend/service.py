@@ -4,7 +4,9 @@ Tasks: the MQTT transport and every serial line receive uplinks; a ticker
 runs the timed work every ``poll_s`` (real) seconds. Every Core call runs on
 one database thread (the store is synchronous and single-threaded), in order,
 and its `Outbox` is sent afterwards, so nothing is acknowledged to a meter
-before it is committed. Time-sync requests are answered on the loop at once.
+before it is committed. Every frame, a time-sync request included, is
+verified on that thread before anything acts on it; a time-sync answer takes
+its t3 there, after the store gave its counter.
 
 Outages. Transports reconnect by themselves with backoff. A database failure
 (`StoreError`) closes the connection; the call is retried on a new one with
@@ -24,27 +26,21 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
 
-from headend.adcs import timesync
 from headend.clock import Clock
 from headend.config import Config
 from headend.context import Ctx
 from headend.core import Core
-from headend.downlink import Downlinks
 from headend.errors import StoreError, UnknownMeter
 from headend.outbox import Downlink, Outbox, Publish
 from headend.store import SqlStore, open_store
 from headend.transport.base import Transport, TransportError, Uplink, backoff_s
-from headend.transport.mqtt import MqttTransport
+from headend.transport.mqtt import LoginRefused, MqttTransport, TooLarge, login_from
 from headend.transport.serial import SerialTransport
-from protocol.errors import ProtocolError
-from protocol.frame import decode
-from protocol.schema import MESSAGE_TYPES
 
 log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 T = TypeVar("T")
-_TIME_SYNC = MESSAGE_TYPES["time_sync_request"]
 MAX_HELD_PUBLISHES = 10_000
 
 
@@ -64,6 +60,14 @@ class Service:
         self._db_thread = ThreadPoolExecutor(1, thread_name_prefix="headend-db")
         self.core: Core | None = None
         host, port = config.broker_host_port
+        login = login_from(config)
+        if login.tls is None:
+            log.warning(
+                "insecure: plain MQTT to %s:%s (%s), no TLS; a lab only",
+                host,
+                port,
+                f"as {login.user}" if login.user else "anonymous",
+            )
         self.mqtt = MqttTransport(
             host,
             port,
@@ -72,14 +76,16 @@ class Service:
             extra_topics=(f"$share/{config.share_group}/{config.notify_topic}/+/ack",),
             on_other=self._on_other,
             session_expiry_s=config.session_expiry_s,
+            login=login,
+            max_queued=config.mqtt_max_queued,
         )
         self.serials = [SerialTransport(s["url"], int(s.get("baud", 19200))) for s in config.serial]
         self.transports: dict[str, Transport] = {"mqtt": self.mqtt}
         for line in self.serials:
             self.transports[line.name] = line
-        self._time_downlinks = Downlinks(bytes.fromhex(config.master_key), None)
         self._held: collections.deque[Publish] = collections.deque(maxlen=MAX_HELD_PUBLISHES)
         self.ready = asyncio.Event()
+        self._sending = asyncio.Lock()
         self.frames = 0
         self.db_failures = 0
         self.send_failures = 0
@@ -113,6 +119,10 @@ class Service:
 
     def _close(self) -> None:
         if self.core is not None:
+            try:  # the refusals counted since the last minute's row
+                self.core.rejections.flush(self.core.ctx.activity, self.clock.now_ms(), force=True)
+            except Exception as e:  # the database may be what stopped us
+                log.warning("refusal counts not written: %s", e)
             try:
                 self.core.ctx.store.close()
             except Exception as e:
@@ -160,16 +170,7 @@ class Service:
     async def _handle(self, up: Uplink) -> None:
         t2 = self.clock.now_ms()
         self.frames += 1
-        if len(up.frame) > 1 and up.frame[1] == _TIME_SYNC:
-            try:
-                fields = decode(up.frame)
-            except ProtocolError:
-                fields = None  # the Core logs why
-            if fields is not None and fields["meter_id"] == up.meter_id:
-                frame = timesync.answer(self._time_downlinks, fields, t2, self.clock.now_ms)
-                await self._send(Downlink(up.meter_id, frame, up.transport))
-                return
-        out = await self.call(lambda core: core.on_uplink(up, t2))
+        out = await self.call(lambda core: core.on_uplink(up, t2, self.clock.now_ms))
         await self.flush(out)
 
     async def _on_other(self, topic: str, payload: bytes) -> None:
@@ -193,6 +194,10 @@ class Service:
         try:
             await self.mqtt.publish(p.topic, p.payload, p.qos)
             return True
+        except TooLarge as e:  # held, it would never fit: dropped, said
+            self.send_failures += 1
+            log.warning("%s; dropped", e)
+            return True
         except TransportError as e:
             self.send_failures += 1
             log.warning("publish to %s held for retry: %s", p.topic, e)
@@ -200,11 +205,17 @@ class Service:
             return False
 
     async def flush(self, out: Outbox) -> None:
-        """Send an Outbox: frames to meters, then MQTT publications."""
-        for d in out.downlinks:
-            await self._send(d)
-        for p in out.publishes:
-            await self._publish(p)
+        """Send an Outbox: frames to meters, then MQTT publications.
+
+        Outboxes go out whole and in the order the database thread made them (the
+        first to resume takes the lock without yielding), so a meter gets its
+        downlinks in counter order and refuses none as a replay.
+        """
+        async with self._sending:
+            for d in out.downlinks:
+                await self._send(d)
+            for p in out.publishes:
+                await self._publish(p)
 
     async def _retry_held(self) -> None:
         for _ in range(len(self._held)):
@@ -234,6 +245,8 @@ class Service:
                     tg.create_task(s.run(self.deliver))
                 tg.create_task(self._ticker())
                 self.ready.set()
+        except* LoginRefused as group:  # one clear error, not a group of tracebacks
+            raise group.exceptions[0] from None
         finally:
             self.ready.clear()
             await self._on_db(self._close)

@@ -42,6 +42,7 @@ from hil.fleet_time import parse_utc
 from hil.loadprofile import DEFAULT_CSV, ProfileError
 from hil.loadprofile import read as read_profile
 from hil.supervise import ChildDied, Guard
+from protocol.auth import mqtt_password
 
 ROOT = Path(__file__).resolve().parents[1]
 FIRMWARE = ROOT / "firmware"
@@ -98,6 +99,10 @@ class BoardSpec:
     rtc_offset_s: int = 0  # the RTC starts this far off simulated reality (a jump before boot)
     broker: tuple[str, int] | None = None
     keepalive_s: int = 30
+    # the broker login (SPEC "MQTT"): user = the id in decimal; None: derived from the key
+    mqtt_password: str | None = None
+    broker_ca: Path | None = None  # TLS with this CA pinned; None: plain MQTT
+    broker_server_name: str = "localhost"  # the name the server certificate must carry
     master_key: str = DEV_MASTER_KEY
     csv: Path | None = DEFAULT_CSV
     scale_pct: int = 100
@@ -146,6 +151,11 @@ class BoardSpec:
             )
 
     @property
+    def key_v0(self) -> bytes:
+        """The key as provisioned (the MQTT password derives from it, SPEC "MQTT")."""
+        return meter_key(bytes.fromhex(self.master_key), self.meter_id, 0)
+
+    @property
     def key(self) -> bytes:
         """The meter's 32-byte key, derived as the head-end derives it (headend.keys)."""
         return meter_key(bytes.fromhex(self.master_key), self.meter_id)
@@ -171,7 +181,17 @@ class BoardSpec:
         }
         if self.broker is not None:
             host, port = self.broker
-            cfg["broker"] = {"host": host, "port": port, "keepalive_s": self.keepalive_s}
+            ca = self.broker_ca
+            cfg["broker"] = {
+                "host": host,
+                "port": port,
+                "keepalive_s": self.keepalive_s,
+                "user": str(self.meter_id),
+                "password": self.mqtt_password or mqtt_password(self.key_v0),
+                "tls": None
+                if ca is None
+                else {"ca": str(Path(ca).resolve()), "server_name": self.broker_server_name},
+            }
         if self.flat_wh is not None:
             cfg["energy"]["flat_wh"] = list(self.flat_wh)
         elif self.csv is not None:
@@ -592,7 +612,7 @@ class VirtualBoard:
 
 
 def _host_port(text: str) -> tuple[str, int]:
-    host, _, port = text.removeprefix("mqtt://").rpartition(":")
+    host, _, port = text.removeprefix("mqtts://").removeprefix("mqtt://").rpartition(":")
     if not host or not port.isdigit():
         raise argparse.ArgumentTypeError(f"expected host:port, got {text!r}")
     return host, int(port)
@@ -613,7 +633,17 @@ def _args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--speed", type=int, default=1, help="simulated seconds per real second")
     p.add_argument("--start", type=parse_utc, default=None, help="simulated start (UTC s or ISO)")
     p.add_argument("--drift-ppm", type=int, default=0, help="RTC drift (ppm)")
-    p.add_argument("--broker", type=_host_port, default=None, help="MQTT broker host:port")
+    p.add_argument(
+        "--broker", type=_host_port, default=None, help="MQTT broker host:port (TLS with --ca)"
+    )
+    p.add_argument(
+        "--ca", type=Path, default=None, metavar="FILE", help="the broker's CA (PEM): TLS, pinned"
+    )
+    p.add_argument(
+        "--server-name",
+        default="localhost",
+        help="the name the broker's certificate must carry (default localhost)",
+    )
     p.add_argument("--uplink", choices=("mqtt", "uart", "both"), default=None)
     p.add_argument(
         "--energy-csv",
@@ -657,6 +687,8 @@ def _spec(args: argparse.Namespace) -> BoardSpec:
         sim_start=args.start if args.start is not None else SIM_START,
         drift_ppm=args.drift_ppm,
         broker=args.broker,
+        broker_ca=args.ca,
+        broker_server_name=args.server_name,
         master_key=args.master_key,
         csv=args.energy_csv,
         flat_wh=args.flat_wh,
@@ -699,6 +731,8 @@ async def _report(
     print(f"  optical  {board.uart_url}   (HDLC frames, pyserial socket:// URL)")
     print(f"  control  127.0.0.1:{spec.control_port}   (status, step, drift, link, tamper)")
     broker = f"{spec.broker[0]}:{spec.broker[1]}" if spec.broker else "none"
+    if spec.broker:
+        broker += f" as {spec.meter_id}, " + ("TLS" if spec.broker_ca else "plain MQTT")
     print(f"  broker   {broker}; speed {spec.speed}x; Ctrl-C stops")
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):

@@ -62,6 +62,7 @@ def main(argv: list[str]) -> int:
                 keep=args.keep,
                 csv=args.csv,
                 progress_s=args.progress_s,
+                insecure=args.insecure,
             )
         )
     except (ProfileError, ValueError) as e:

@@ -85,7 +85,8 @@ class Fleet:
     """N FleetMeters on one event loop. Args: plans; tb: shared time;
     broker: (host, port); load: the profile; master: key master;
     install: true time of the first installation; tick_s: simulated seconds
-    between two steps of a meter."""
+    between two steps of a meter; tls: (CA file, None, server name), or None
+    for plain MQTT."""
 
     def __init__(
         self,
@@ -98,6 +99,7 @@ class Fleet:
         tick_s: float = 30.0,
         spread_s: int = INSTALL_S,
         push_mask: int = DEFAULT_PUSH_MASK,
+        tls: tuple[str, None, str] | None = None,
     ) -> None:
         self.plans = list(plans)
         self.tb = tb
@@ -114,6 +116,7 @@ class Fleet:
                 self.stats,
                 install + i * spread_s // n,
                 push_mask=push_mask,
+                tls=tls,
             )
             for i, p in enumerate(plans)
         ]
@@ -333,6 +336,7 @@ async def run_fleet(args: argparse.Namespace) -> dict[str, Any]:
         args.tick_s,
         spread_s=args.install_s,
         push_mask=args.push_mask,
+        tls=(str(args.ca.resolve()), None, args.server_name) if args.ca else None,
     )
     hold: asyncio.Event | None = None
     loop = asyncio.get_running_loop()
@@ -383,6 +387,9 @@ def add_run_options(p: argparse.ArgumentParser, progress_s: float) -> None:
     p.add_argument("--profile-mix", default=DEFAULT_MIX, help=f"default {DEFAULT_MIX}")
     p.add_argument("--csv", type=Path, default=DEFAULT_CSV, help="load profile CSV")
     p.add_argument("--progress-s", type=float, default=progress_s, help="real s between progress")
+    p.add_argument(
+        "--insecure", action="store_true", help="plain, anonymous MQTT (default: TLS, logins, ACLs)"
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -394,6 +401,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--meters", type=int, default=100, help="fleet size (default 100)")
     add_run_options(p, progress_s=5.0)
     p.add_argument("--broker", help="host:port of a running broker + head-end (else: own rig)")
+    p.add_argument(
+        "--ca", type=Path, metavar="FILE", help="with --broker: its CA (PEM), TLS (else plain)"
+    )
+    p.add_argument(
+        "--server-name",
+        default="localhost",
+        help="with --ca: the name the broker's certificate must carry (default localhost)",
+    )
     p.add_argument(
         "--real-start",
         type=float,
@@ -472,6 +487,7 @@ def main(argv: list[str]) -> int:
                 install_s=args.install_s,
                 window_end=args.window_end,
                 push_mask=args.push_mask,
+                insecure=args.insecure,
             )
         )
     except ProfileError as e:

@@ -88,6 +88,7 @@ class RunOptions:
     install_s: int = INSTALL_S
     window_end: str = WINDOW_END
     push_mask: int = NO_SYNC_FAILED_PUSH
+    insecure: bool = False  # plain, anonymous MQTT (else TLS, logins, ACLs)
 
 
 class Snapshots:
@@ -261,11 +262,14 @@ class FleetRun:
             keep=o.keep,
             say=lambda s: self.say(f"rig: {s}"),
             sniff=False,
+            admit=tuple(range(o.first_id, o.first_id + o.meters)),
+            insecure=o.insecure,
         ) as rig:
             assert rig.config is not None and rig.broker is not None and rig.service is not None
             tb = rig.clock
             snaps = Snapshots(rig.config.database)
-            fleet = await self._spawn_fleet(tb, rig.broker.host, rig.broker.port)
+            host, port, ca = rig.broker.meter_link()
+            fleet = await self._spawn_fleet(tb, host, port, ca)
             try:
                 if fleet is not None:
                     rig.guard.add(fleet)
@@ -281,7 +285,7 @@ class FleetRun:
             ondemand_stats = await self._ondemand_stats(rig)
         return self._result(ondemand_stats)
 
-    async def _spawn_fleet(self, tb: Clock, host: str, port: int) -> Child | None:
+    async def _spawn_fleet(self, tb: Clock, host: str, port: int, ca: Path | None) -> Child | None:
         o = self.o
         if not o.meters:
             self.fleet_rc = 0
@@ -324,6 +328,8 @@ class FleetRun:
         ]
         for text in o.outages:
             argv += ["--outage", text]
+        if ca is not None:  # the meters log in over TLS (their passwords: from their keys)
+            argv += ["--ca", str(ca)]
         return await Child.spawn(
             "the fleet process (python -m hil fleet)",
             argv,

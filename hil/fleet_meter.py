@@ -40,6 +40,7 @@ from meter.store import Store  # noqa: E402
 
 from headend.api import Clock  # noqa: E402
 from hil.fleet_profile import DAY, LoadProfile, MeterPlan  # noqa: E402
+from protocol.auth import mqtt_password  # noqa: E402
 
 # A fleet meter's flash: 29 blocks of 4 KiB (116 KiB, not the board's 256 KiB):
 # 19 interval blocks keep 46 days at 15 minutes (the capacity it registers).
@@ -81,7 +82,9 @@ class Stats:
 class FleetMeter:
     """Args: plan; tb: the shared simulated clock; load: the reference profile;
     broker: (host, port); key: the meter's 32-byte key; stats: shared counters;
-    install: true time the meter boots; interval_s: its recording interval."""
+    install: true time the meter boots; interval_s: its recording interval;
+    tls: (CA file, None, server name) for TLS, None for plain MQTT. It logs in
+    as its id with its MQTT password (SPEC "MQTT", derived from ``key``)."""
 
     def __init__(
         self,
@@ -95,8 +98,11 @@ class FleetMeter:
         interval_s: int = 900,
         keepalive_s: int = 60,
         push_mask: int = events.DEFAULT_PUSH_MASK,
+        tls: tuple[str, None, str] | None = None,
     ) -> None:
         self.plan = plan
+        self.tls = tls
+        self._password = mqtt_password(key)  # the provisioned key: v0
         self.id = plan.meter_id
         self.tb = tb
         self.load = load
@@ -233,13 +239,16 @@ class FleetMeter:
             return
         host, port = self.broker
         self.client = mqtt.Client(
-            f"meter-{self.id}",
+            str(self.id),  # the broker makes the client id the user name anyway
             host,
             port,
             subscriptions=(self.down_topic,),
             handler=self._on_down,
             keepalive_s=self.keepalive_s,
             rand=lambda: self._rng.getrandbits(16),
+            user=str(self.id),
+            password=self._password,
+            tls=self.tls,
         )
         self._task = asyncio.create_task(self.client.run())
 

@@ -332,6 +332,10 @@ def self_check(
             say(f"self-check: meter {mid} registered again (frame captured for the head-end)")
     finally:
         line.close()
+    # counters are UTC seconds and up: let the last one fall behind the clock, so
+    # the next run (this process or another) starts above it, not as a replay
+    while time.time() < _last_counter + 1:
+        time.sleep(0.05)
     return res
 
 
@@ -351,15 +355,8 @@ def _recv_raw(line: Line, deadline: float) -> bytes | None:
 
 
 def _reply(meter_id: int, key: bytes, mtype: str, body: dict[str, Any]) -> bytes:
-    fields = {
-        "type": mtype,
-        "seq": int(time.time()) & 0xFFFF,
-        "meter_id": meter_id,
-        "timestamp": int(time.time()),
-        "auth": None,
-        "body": body,
-    }
-    return encode(fields)
+    # signed like every downlink (SPEC "Authentication"): the meter refuses an unsigned ack
+    return _request(meter_id, key, mtype, body, int(time.time()) & 0xFFFF)
 
 
 def reset_board(console: str, line: str = "rts", pulse_s: float = 0.2) -> None:

@@ -51,7 +51,7 @@ from headend.api import (
     on_service,
 )
 from hil.board import SIM_START, BoardSpec, VirtualBoard
-from hil.broker import Broker, BrokerError, find_mosquitto, free_port
+from hil.broker import Broker, BrokerError, client_login, find_mosquitto, free_port
 from hil.supervise import Guard, Supervised, TaskDependent
 from hil.wait import WaitTimeout, wait_until
 from protocol.errors import ProtocolError
@@ -60,6 +60,8 @@ from protocol.frame import decode
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 DAY = 86_400
+WORKER = "hil-headend"  # the head-end's login (and client id) on the rig's broker
+SNIFFER = "hil-sniffer"
 
 
 async def cancel_hard(task: asyncio.Task[Any], what: str, tries: int = 20) -> None:
@@ -116,6 +118,7 @@ class Seen:
     meter_id: int
     up: bool
     fields: dict[str, Any]
+    raw: bytes = b""  # the frame as published (a replay re-sends it)
 
     @property
     def type(self) -> str:
@@ -123,10 +126,14 @@ class Seen:
 
 
 class Sniffer:
-    """A plain MQTT subscriber that decodes every meter frame it sees (not a head-end)."""
+    """An MQTT subscriber that decodes every meter frame it sees (not a head-end).
 
-    def __init__(self, host: str, port: int, clock: Clock) -> None:
-        self.host, self.port, self.clock = host, port, clock
+    It logs in as the broker's read-only observer `SNIFFER` (over TLS when the
+    broker has it).
+    """
+
+    def __init__(self, broker: Broker, clock: Clock) -> None:
+        self.broker, self.clock = broker, clock
         self.seen: list[Seen] = []
         self.bad = 0
         self.ready = asyncio.Event()
@@ -136,7 +143,7 @@ class Sniffer:
         while True:
             try:
                 async with aiomqtt.Client(
-                    self.host, self.port, identifier=f"hil-sniffer-{uuid.uuid4().hex[:8]}"
+                    self.broker.host, self.broker.port, **client_login(self.broker, SNIFFER)
                 ) as c:
                     await c.subscribe("ami/v1/+/up", qos=1)
                     await c.subscribe("ami/v1/+/down", qos=1)
@@ -156,7 +163,14 @@ class Sniffer:
             self.bad += 1
             return
         self.seen.append(
-            Seen(time.time(), self.clock.now(), int(parts[2]), parts[3] == "up", fields)
+            Seen(
+                time.time(),
+                self.clock.now(),
+                int(parts[2]),
+                parts[3] == "up",
+                fields,
+                bytes(payload),
+            )
         )
 
     def of(self, mtype: str, meter_id: int | None = None) -> list[Seen]:
@@ -257,6 +271,8 @@ class Rig(Supervised):
         board_options: extra BoardSpec fields, a dict or a function of the board index.
         headend: extra headend Config fields (poll_s, assign_at, ondemand_timeout_s ...).
         latency_s, jitter_s: put a LatencyProxy between the boards and the broker.
+        insecure: a plain, anonymous broker (else TLS, logins and ACLs: hil.broker).
+        admit: more meter ids the broker admits (a fleet's simulated meters).
         keep: keep the temp dir (SQLite file, flash dirs, console logs) and print where.
         say: progress printer (None: quiet).
     """
@@ -273,6 +289,8 @@ class Rig(Supervised):
     workdir: Path | None = None
     say: Callable[[str], None] | None = None
     sniff: bool = True
+    insecure: bool = False
+    admit: tuple[int, ...] = ()  # more meter logins on the broker (a fleet's)
 
     def __post_init__(self) -> None:
         self.board_list: list[VirtualBoard] = []
@@ -308,14 +326,24 @@ class Rig(Supervised):
         if mosq is None:
             raise RigError("mosquitto not found (make setup installs it)")
         (self.dir / "broker").mkdir()
-        self.broker = Broker(mosq, self.dir / "broker")
+        worker = str(self.headend.get("worker", WORKER))
+        master = str(self.headend.get("master_key", DEV_MASTER_KEY))
+        self.broker = Broker(
+            mosq,
+            self.dir / "broker",
+            insecure=self.insecure,
+            master=bytes.fromhex(master),
+            meters=(*range(self.first_id, self.first_id + self.boards), *self.admit),
+            workers=(worker,),
+            observers=(SNIFFER,),
+        )
         try:
             self.broker.start()
         except BrokerError as e:
             raise RigError(str(e)) from e
         self.guard.add(self.broker)
         self._say(f"broker  mosquitto on {self.broker.url}")
-        host, port = self.broker.host, self.broker.port
+        host, port, board_ca = self.broker.meter_link()
         if self.latency_s or self.jitter_s:
             self.proxy = LatencyProxy(host, port, self.latency_s, self.jitter_s)
             await self.proxy.start()
@@ -327,10 +355,12 @@ class Rig(Supervised):
         real_start_ms = time.time_ns() // 1_000_000
         self.clock.follow(float(self.sim_start), real_start_ms / 1000, float(self.speed))
         cfg: dict[str, Any] = {
-            "broker": self.broker.url,
+            "broker": self.broker.url_for(worker),
+            "mqtt_ca_file": str(self.broker.ca or ""),
+            "insecure": self.insecure,
             "database": f"sqlite:///{self.dir / 'headend.sqlite'}",
             "share_group": f"hil{uuid.uuid4().hex[:10]}",
-            "worker": "hil-headend",
+            "worker": worker,
             "speed": float(self.speed),
             "clock_start": self.sim_start,
             "poll_s": 0.05,
@@ -344,7 +374,7 @@ class Rig(Supervised):
         await self._service_ready()
         self._say(f"head-end in-process on {cfg['database']}, clock {self.speed}x")
         if self.sniff:
-            self.sniffer = Sniffer(host, port, self.clock)
+            self.sniffer = Sniffer(self.broker, self.clock)
             await self.sniffer.start()
         bport = self.proxy.port if self.proxy is not None else port
         # the boards start now: day 0 begins for them and the head-end at this instant
@@ -361,6 +391,7 @@ class Rig(Supervised):
                 sim_start=self.sim_start,
                 real_start_ms=real_start_ms,
                 broker=(host, bport),
+                broker_ca=board_ca,
                 master_key=self.config.master_key,
                 **extra,
             )

@@ -13,6 +13,7 @@ board not being cut on purpose) ends the run at once with its last words
   outage     link down 3 days: everything backfilled, the head-end complete (M15, D01)
   schedules  an hourly schedule for a day next to the default read (M11, M14, M15, H07)
   ondemand   100 on-demand reads over a slow link: p80_s, p99_s vs 30/60 s (H05, N02)
+  security   every attack of issue 11 refused, 0 intervals lost, 0 forged values stored (M20, T02)
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from hil.rig import RigError
 from hil.scenarios.common import Options
 from hil.supervise import ChildDied, Stopped, stopped
 
-NAMES = ("powercut", "drift", "outage", "schedules", "ondemand")
+NAMES = ("powercut", "drift", "outage", "schedules", "ondemand", "security")
 
 
 def scenario(name: str) -> Callable[[Options], Awaitable[dict[str, Any]]]:
@@ -64,6 +65,9 @@ def _args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--outage-days", type=float, help="outage: days the link is down")
     p.add_argument("--seed", type=int, default=1, help="random seed (cut instants ...)")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (SQLite, flash, logs)")
+    p.add_argument(
+        "--insecure", action="store_true", help="plain, anonymous MQTT (default: TLS, logins, ACLs)"
+    )
     return p.parse_args(argv)
 
 
@@ -80,6 +84,7 @@ def main(argv: list[str]) -> int:
         outage_days=a.outage_days,
         seed=a.seed,
         keep=a.keep,
+        insecure=a.insecure,
         say=lambda s: print(s, file=out, flush=True),
     )
     try:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import secrets
 import shlex
 import shutil
@@ -37,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from headend.api import Clock
+from headend.api import Clock, write_private
 from hil.board import BoardError, BoardSpec, VirtualBoard
 from hil.broker import Broker, BrokerError, find_mosquitto
 from hil.fleet_time import iso
@@ -60,25 +59,17 @@ class Options:
     boards: int = 3
     speed: int | None = None  # None: 1, or what DIR was made with
     dir: Path | None = None  # None: a temp dir, removed at exit
+    insecure: bool = False  # plain, anonymous MQTT (else TLS, logins, ACLs)
 
 
 # -- the state directory ---------------------------------------------------------------------
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Write ``text`` to a 0600 file (replaced atomically)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def site_key(state: Path) -> str:
     """The directory's site master key (hex), made once, random, in a 0600 file."""
     path = state / "master.key"
     if not path.exists():
-        _write_private(path, secrets.token_hex(32) + "\n")
+        write_private(path, secrets.token_hex(32) + "\n")
     key = path.read_text().strip()
     try:
         ok = len(bytes.fromhex(key)) == 32
@@ -113,9 +104,14 @@ def stack_clock(state: Path, speed: int | None) -> Clock:
 
 
 def headend_toml(broker: Broker, state: Path, key: str, clock: Clock) -> str:
-    """The head-end's config file (it holds the master key: written 0600)."""
+    """The head-end's config file (it holds the master key: written 0600).
+
+    Its MQTT login is WORKER's, the password derived from the master key as the
+    broker's password file has it; TLS with the stack's CA pinned.
+    """
     cfg: dict[str, Any] = {
-        "broker": broker.url,
+        "broker": broker.url_for(WORKER),
+        **({"insecure": True} if broker.insecure else {"mqtt_ca_file": str(broker.ca)}),
         "database": f"sqlite:///{state / 'headend.sqlite'}",
         "master_key": key,
         "worker": WORKER,
@@ -179,13 +175,20 @@ class Stack(Supervised):
         # a fresh broker dir: its log must not say the head-end is there from a past run
         shutil.rmtree(self.state / "broker", ignore_errors=True)
         (self.state / "broker").mkdir()
-        self.broker = Broker(mosq, self.state / "broker")
+        self.broker = Broker(
+            mosq,
+            self.state / "broker",
+            insecure=o.insecure,
+            master=bytes.fromhex(key),
+            meters=tuple(range(FIRST_ID, FIRST_ID + o.boards)),
+            workers=(WORKER,),
+        )
         try:
             self.broker.start()
         except BrokerError as e:
             raise StackError(str(e)) from e
         self.guard.add(self.broker)
-        _write_private(self.config_path, headend_toml(self.broker, self.state, key, clock))
+        write_private(self.config_path, headend_toml(self.broker, self.state, key, clock))
         headend = Path(sys.executable).parent / "headend"
         argv = [str(headend)] if headend.exists() else [sys.executable, "-m", "headend"]
         self.headend = await Child.spawn(
@@ -196,6 +199,7 @@ class Stack(Supervised):
         )
         self.guard.add(self.headend)
         await self._headend_connected()
+        host, port, ca = self.broker.meter_link()
         for i in range(o.boards):
             mid = FIRST_ID + i
             spec = BoardSpec(
@@ -204,7 +208,8 @@ class Stack(Supervised):
                 speed=int(clock.speed),
                 sim_start=int(clock.start),
                 real_start_ms=int(clock.anchor * 1000),
-                broker=(self.broker.host, self.broker.port),
+                broker=(host, port),
+                broker_ca=ca,
                 master_key=key,
                 scale_pct=60 + 25 * i,
             )
@@ -277,8 +282,12 @@ class Stack(Supervised):
         when = "real time" if c.speed == 1 else f"{c.speed:g}x (simulated {iso(c.now())})"
         ids = ", ".join(str(b.meter_id) for b in self.boards) or "none"
         kept = "removed at exit" if self._temp else "kept"
+        b = self.broker
+        how = "plain MQTT, anonymous (--insecure)" if b.insecure else "TLS, logins, ACLs"
         lines = [
-            f"stack: mosquitto on {self.broker.url}",
+            f"stack: mosquitto on {b.url} ({how}; CA {b.ca})"
+            if b.ca
+            else f"stack: mosquitto on {b.url} ({how})",
             f"stack: headend serve --config {self.config_path} (log: {self.state / 'headend.log'})",
             f"stack: {len(self.boards)} virtual board(s) on MicroPython: {ids}; clock: {when}",
             f"stack: state in {self.state} ({kept}); site master key in "
@@ -312,6 +321,11 @@ def parser() -> argparse.ArgumentParser:
         help="simulated seconds per real second (default 1: real time; a kept --dir: its own)",
     )
     p.add_argument("--dir", type=Path, help="keep the state here (default: a temp dir)")
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="plain, anonymous MQTT (default: TLS with the stack's own CA, logins, ACLs)",
+    )
     return p
 
 
@@ -320,7 +334,7 @@ def main(argv: list[str]) -> int:
     if not 0 <= args.boards <= 100 or (args.speed is not None and args.speed < 1):
         print("error: --boards must be 0..100 and --speed >= 1", file=sys.stderr)
         return 2
-    opts = Options(boards=args.boards, speed=args.speed, dir=args.dir)
+    opts = Options(boards=args.boards, speed=args.speed, dir=args.dir, insecure=args.insecure)
     try:
         run(lambda: serve(opts))
     except StackError as e:

@@ -1,9 +1,21 @@
-"""Authentication of downlink commands and downloads.
+"""Authentication of every frame, both ways, and of optical downloads; key derivation.
 
 A frame's MAC is the first 16 bytes of HMAC-SHA256(key, header ‖ payload ‖
 counter); truncation to 128 bits follows RFC 2104 §5 and saves airtime. A
 counter that only grows is the replay guard: the receiver persists the last
-one it accepted per sender.
+one it accepted per sender and direction (SPEC.md, "Authentication").
+
+Every secret is derived from the site master key with HMAC-SHA256 under its
+own label, so one leaked derived value reveals nothing else:
+
+- meter key v0 = HMAC(master, "ami-meter-key" ‖ id u32); version n > 0 appends
+  n as u16 (a rotated key, `headend keys rotate`);
+- a meter's MQTT password = hex of the first 16 bytes of HMAC(key v0,
+  "ami-mqtt-password"), provisioned beside the key, so it survives rotations;
+- any other MQTT user's (head-end workers) = hex of the first 16 bytes of
+  HMAC(master, "ami-mqtt-user" ‖ UTF-8 name);
+- key_set carries the new key XOR HMAC(old key, "ami-key-wrap" ‖ version u16),
+  inside a frame MACed with the old key.
 """
 
 from __future__ import annotations
@@ -16,6 +28,43 @@ from protocol.errors import BadMac, Replay
 
 MAC_LEN = 16
 KEY_LEN = 32
+COUNTER_MAX = 0xFFFFFFFF
+
+_METER_KEY = b"ami-meter-key"
+_MQTT_PASSWORD = b"ami-mqtt-password"
+_MQTT_USER = b"ami-mqtt-user"
+_KEY_WRAP = b"ami-key-wrap"
+
+
+def _hmac(key: bytes, msg: bytes) -> bytes:
+    return hmac.new(key, msg, hashlib.sha256).digest()
+
+
+def meter_key(master: bytes, meter_id: int, version: int = 0) -> bytes:
+    """The 32-byte key of one meter at one key version (0: as provisioned)."""
+    msg = _METER_KEY + struct.pack(">I", meter_id)
+    return _hmac(master, msg + struct.pack(">H", version) if version else msg)
+
+
+def mqtt_password(key_v0: bytes) -> str:
+    """A meter's MQTT password (32 hex digits), from its provisioned key."""
+    return _hmac(key_v0, _MQTT_PASSWORD)[:16].hex()
+
+
+def mqtt_user_password(master: bytes, user: str) -> str:
+    """The MQTT password of a named non-meter user (a head-end worker)."""
+    return _hmac(master, _MQTT_USER + user.encode())[:16].hex()
+
+
+def wrap_key(old_key: bytes, new_key: bytes, version: int) -> bytes:
+    """The key_set body's `wrapped`: new key XOR a pad only the old key's holder can make."""
+    pad = _hmac(old_key, _KEY_WRAP + struct.pack(">H", version))
+    return bytes(a ^ b for a, b in zip(new_key, pad, strict=True))
+
+
+def unwrap_key(old_key: bytes, wrapped: bytes, version: int) -> bytes:
+    """Inverse of `wrap_key` (XOR is its own inverse)."""
+    return wrap_key(old_key, wrapped, version)
 
 
 def frame_mac(key: bytes, signed: bytes, counter: int) -> bytes:
@@ -29,13 +78,14 @@ def download_mac(key: bytes, nonce: bytes, operator: int) -> bytes:
     return hmac.new(key, nonce + struct.pack(">H", operator), hashlib.sha256).digest()
 
 
-def verify_frame(raw: bytes, key: bytes, last_counter: int) -> int:
-    """Check an authenticated frame's MAC and counter; return the counter.
+def verify_frame(raw: bytes, key: bytes, last_counter: int | None = None) -> int:
+    """Check an authenticated frame's MAC (and counter); return the counter.
 
     Args:
         raw: the whole frame as received (header … CRC), already decoded once.
         key: the meter's key.
-        last_counter: the last counter accepted from this sender.
+        last_counter: the last counter accepted from this sender; None skips the
+            replay check (the caller checks it atomically in its store).
 
     Raises:
         BadMac: the frame carries no MAC, or a wrong one.
@@ -48,6 +98,6 @@ def verify_frame(raw: bytes, key: bytes, last_counter: int) -> int:
         raise BadMac("frame is not authenticated", "AUTH flag", "none")
     if not hmac.compare_digest(frame_mac(key, signed, counter), mac):
         raise BadMac("MAC does not match the meter key", "valid MAC", mac.hex())
-    if counter <= last_counter:
+    if last_counter is not None and counter <= last_counter:
         raise Replay("counter not newer than the last accepted", f"> {last_counter}", counter)
     return counter

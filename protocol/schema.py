@@ -71,6 +71,8 @@ MESSAGE_TYPES: dict[str, int] = {
     "download_auth": 0x11,
     "download_data": 0x12,
     "nack": 0x13,
+    "key_set": 0x14,
+    "key_ack": 0x15,
 }
 TYPE_NAMES = {code: name for name, code in MESSAGE_TYPES.items()}
 
@@ -264,6 +266,8 @@ BODIES: dict[str, Any] = {
     "download_auth": Struct("operator" / Int16ub, "mac" / Bytes(32)),
     "download_data": Struct("part" / Int8ub, "parts" / Int8ub, "sections" / Sections),
     "nack": Struct("nacked_type" / Int8ub, "nacked_seq" / Int16ub, "reason" / Int8ub),
+    "key_set": Struct("version" / Int16ub, "wrapped" / Bytes(32)),
+    "key_ack": Struct("acked_seq" / Int16ub, "version" / Int16ub, "status" / Int8ub),
 }
 
 Signed = Struct(

@@ -57,12 +57,14 @@ def missing(reason: str) -> NoReturn:
 def mqtt_broker() -> Iterator[Broker]:
     """A private mosquitto on a free 127.0.0.1 port, shared by the session.
 
+    Plain and anonymous (``insecure``): the head-end's logic under test, not
+    the broker's security, which tests/hil/test_m20_t02_broker.py proves.
     Has .host, .port, .url and restart(); a test that stops it must restore it.
     """
     if find_mosquitto() is None:
         missing("mosquitto not installed: run `make setup` (or apt-get install mosquitto)")
     try:
-        with running_broker() as broker:
+        with running_broker(insecure=True) as broker:
             yield broker
     except BrokerError as e:
         missing(str(e))
@@ -73,7 +75,7 @@ def mqtt_broker_private() -> Iterator[Broker]:
     """A broker of the test's own, for outage tests that must not disturb others."""
     if find_mosquitto() is None:
         missing("mosquitto not installed: run `make setup` (or apt-get install mosquitto)")
-    with running_broker() as broker:
+    with running_broker(insecure=True) as broker:
         yield broker
 
 

@@ -1,5 +1,6 @@
 """firmware/main.py with hal/unix on the real MicroPython binary, against a private
-mosquitto; the test plays the head-end with protocol.frame over aiomqtt.
+mosquitto run as a site runs it (TLS, logins, ACLs); the test plays the head-end
+with protocol.frame over aiomqtt, signing every downlink and verifying every uplink.
 
 The board is `hil.board.VirtualBoard` (the harness the rig, fleet and demo use):
 a power cut is a kill -9 of the MicroPython process, a power-up starts it again.
@@ -8,7 +9,8 @@ a power cut is a kill -9 of the MicroPython process, a power-up starts it again.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import ssl
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,24 +20,43 @@ import pytest
 from hil.board import BoardSpec, VirtualBoard
 from hil.rig import cancel_hard
 from hil.wait import WaitTimeout, wait_until
+from protocol.auth import verify_frame
+from protocol.errors import ProtocolError
 from protocol.frame import decode, encode
-from tests.support.broker import Broker
+from tests.support.broker import Broker, BrokerError, find_mosquitto, running_broker
 
 MID = 4711
 DAY = 86400
 T0 = 1772323200  # 2026-03-01T00:00:00Z
 
 pytestmark = pytest.mark.mpy
+HEAD = "head-test"  # the test head-end's MQTT login
+
+
+@pytest.fixture
+def secure_broker() -> Iterator[Broker]:
+    """A broker of the test's own, secure as `make run` starts it: TLS, the
+    meter's and the head-end's logins and ACLs."""
+    if find_mosquitto() is None:
+        pytest.skip("mosquitto not installed")
+    try:
+        with running_broker(meters=(MID,), workers=(HEAD,)) as broker:
+            yield broker
+    except BrokerError as e:
+        pytest.fail(str(e))
 
 
 def _spec(tmp: Path, broker: Broker, sim_start: int) -> BoardSpec:
-    """One meter at 1200x: 15 simulated minutes are 0.75 s; the day's read at 00:30."""
+    """One meter at 1200x: 15 simulated minutes are 0.75 s; the day's read at 00:30.
+    It logs in with its provisioned password and pins the broker's CA."""
     return BoardSpec(
         MID,
         tmp / "flash",
         speed=1200,
         sim_start=sim_start,
         broker=(broker.host, broker.port),
+        mqtt_password=broker.password(MID),
+        broker_ca=broker.ca,
         keepalive_s=10,
         flat_wh=(100, 0, 30, 0),
         tick_ms=20,
@@ -56,7 +77,8 @@ async def _until_status(
 
 
 class HeadEnd:
-    """A minimal head-end: acks register/reads/events, answers time sync, signs requests."""
+    """A minimal head-end: acks register/reads/events, answers time sync, signs
+    every downlink, verifies every uplink's MAC and counter (SPEC "Authentication")."""
 
     def __init__(self, broker: Broker, key: bytes, ack_reads: bool = True) -> None:
         self.broker = broker
@@ -65,11 +87,13 @@ class HeadEnd:
         self.got: list[dict[str, Any]] = []
         self.seq = 0
         self.counter = 0
+        self.up_counter = 0  # the last uplink counter accepted
+        self.refused: list[dict[str, Any]] = []  # uplinks that did not verify
         self.client: aiomqtt.Client | None = None
         self.subscribed = asyncio.Event()
 
     def frame(
-        self, mtype: str, body: dict[str, Any], auth: bool = False, key: bytes | None = None
+        self, mtype: str, body: dict[str, Any], auth: bool = True, key: bytes | None = None
     ) -> bytes:
         self.seq += 1
         a = None
@@ -84,14 +108,27 @@ class HeadEnd:
         await self.client.publish(f"ami/v1/{MID}/down", raw, qos=1)
 
     async def run(self) -> None:
+        assert self.broker.ca is not None
         async with aiomqtt.Client(
-            self.broker.host, self.broker.port, identifier="head-test"
+            self.broker.host,
+            self.broker.port,
+            identifier=HEAD,
+            username=HEAD,
+            password=self.broker.password(HEAD),
+            tls_context=ssl.create_default_context(cafile=str(self.broker.ca)),
+            tls_insecure=False,
         ) as client:
             self.client = client
             await client.subscribe(f"ami/v1/{MID}/up", qos=1)
             self.subscribed.set()
             async for msg in client.messages:
-                f = decode(bytes(msg.payload))  # type: ignore[arg-type]
+                raw = bytes(msg.payload)  # type: ignore[arg-type]
+                f = decode(raw)
+                try:  # a repeat at the MQTT layer (DUP) carries an old counter: dropped
+                    self.up_counter = verify_frame(raw, self.key, self.up_counter)
+                except ProtocolError:
+                    self.refused.append(f)
+                    continue
                 self.got.append(f)
                 t, body = f["type"], f["body"]
                 if t == "register":
@@ -162,9 +199,9 @@ def _run(scenario: Scenario, spec: BoardSpec, broker: Broker) -> None:
 
 
 def test_m17_m12_registration_and_scheduled_read_over_mqtt(
-    tmp_path: Path, mqtt_broker_private: Broker
+    tmp_path: Path, secure_broker: Broker
 ) -> None:
-    spec = _spec(tmp_path, mqtt_broker_private, T0 - 2 * 3600)  # 22:00
+    spec = _spec(tmp_path, secure_broker, T0 - 2 * 3600)  # 22:00
 
     async def scenario(board: VirtualBoard, head: HeadEnd) -> None:
         regs = await head.wait(lambda: head.of("register"), "a register frame")
@@ -181,19 +218,19 @@ def test_m17_m12_registration_and_scheduled_read_over_mqtt(
         assert all(fl & ~0x04 == 0 for _, fl in iv)  # (partial only if booted mid-interval)
         assert (await board.status())["registered"] is True
 
-    _run(scenario, spec, mqtt_broker_private)
+    _run(scenario, spec, secure_broker)
 
 
 def test_m13_m20_on_demand_read_authenticated_forged_nacked(
-    tmp_path: Path, mqtt_broker_private: Broker
+    tmp_path: Path, secure_broker: Broker
 ) -> None:
-    spec = _spec(tmp_path, mqtt_broker_private, T0 + 3600)
+    spec = _spec(tmp_path, secure_broker, T0 + 3600)
 
     async def scenario(board: VirtualBoard, head: HeadEnd) -> None:
         await head.wait(lambda: head.of("register"), "a register frame")
         await _until_status(board, "03:00 on the meter", lambda st: st["now"] >= T0 + 3 * 3600)
         req = {"mode": 2, "start": 0, "end": 0, "what": 15}
-        good = head.frame("read_request", req, auth=True)
+        good = head.frame("read_request", req)
         good_seq = head.seq  # (acks the head-end sends move head.seq on)
         await head.send(good)
         resp = await head.wait(
@@ -202,7 +239,7 @@ def test_m13_m20_on_demand_read_authenticated_forged_nacked(
         )
         assert resp[0]["body"]["kind"] == 1
         assert intervals(resp)[0][0] == T0 + 3600  # since midnight (recording began at 01:00)
-        forged = head.frame("read_request", req, auth=True, key=b"\x01" * 32)
+        forged = head.frame("read_request", req, key=b"\x01" * 32)
         forged_seq = head.seq
         await head.send(forged)
         nack = await head.wait(
@@ -217,13 +254,13 @@ def test_m13_m20_on_demand_read_authenticated_forged_nacked(
         )
         assert nack[0]["body"]["reason"] == 4
 
-    _run(scenario, spec, mqtt_broker_private)
+    _run(scenario, spec, secure_broker)
 
 
 def test_m05_power_cut_kill_9_and_restart_lose_no_closed_interval(
-    tmp_path: Path, mqtt_broker_private: Broker
+    tmp_path: Path, secure_broker: Broker
 ) -> None:
-    spec = _spec(tmp_path, mqtt_broker_private, T0 + 3600)
+    spec = _spec(tmp_path, secure_broker, T0 + 3600)
 
     async def scenario(board: VirtualBoard, head: HeadEnd) -> None:
         before = await _until_status(
@@ -242,7 +279,7 @@ def test_m05_power_cut_kill_9_and_restart_lose_no_closed_interval(
         assert after["last"][0] >= before["last"][0]
         await _until_status(board, "05:00 on the meter", lambda st: st["now"] >= T0 + 5 * 3600)
         req = {"mode": 0, "start": T0 + 3600, "end": T0 + 5 * 3600, "what": 1}
-        raw = head.frame("read_request", req, auth=True)
+        raw = head.frame("read_request", req)
         req_seq = head.seq
         await head.send(raw)
 
@@ -264,15 +301,15 @@ def test_m05_power_cut_kill_9_and_restart_lose_no_closed_interval(
         pushed = [e["code"] for f in head.of("event") for e in f["body"]["events"]]
         assert 1 in pushed and 2 in pushed  # power down / up pushed
 
-    _run(scenario, spec, mqtt_broker_private)
+    _run(scenario, spec, secure_broker)
 
 
 def test_m10_tamper_from_control_port_is_pushed_and_uart_link_answers(
-    tmp_path: Path, mqtt_broker_private: Broker
+    tmp_path: Path, secure_broker: Broker
 ) -> None:
     from protocol.hdlc import Deframer, stuff
 
-    spec = _spec(tmp_path, mqtt_broker_private, T0 + 3600)
+    spec = _spec(tmp_path, secure_broker, T0 + 3600)
 
     async def scenario(board: VirtualBoard, head: HeadEnd) -> None:
         await board.tamper()
@@ -283,7 +320,7 @@ def test_m10_tamper_from_control_port_is_pushed_and_uart_link_answers(
         # the optical/serial port: the same frames, HDLC-framed
         await _until_status(board, "02:00 on the meter", lambda st: st["now"] >= T0 + 2 * 3600)
         r, w = await asyncio.open_connection("127.0.0.1", spec.uart_port)
-        req = head.frame("read_request", {"mode": 2, "start": 0, "end": 0, "what": 3}, True)
+        req = head.frame("read_request", {"mode": 2, "start": 0, "end": 0, "what": 3})
         req_seq = head.seq
         w.write(b"\x00noise" + stuff(req))
         await w.drain()
@@ -297,4 +334,29 @@ def test_m10_tamper_from_control_port_is_pushed_and_uart_link_answers(
         assert f["type"] == "read_response" and f["body"]["request_seq"] == req_seq
         w.close()
 
-    _run(scenario, spec, mqtt_broker_private)
+    _run(scenario, spec, secure_broker)
+
+
+def test_m20_t02_refused_login_is_reported_and_retried_never_a_crash(
+    tmp_path: Path, secure_broker: Broker
+) -> None:
+    bad = "0" * 32
+    spec = _spec(tmp_path, secure_broker, T0 + 3600)
+    spec.mqtt_password = bad
+
+    async def scenario(board: VirtualBoard, head: HeadEnd) -> None:
+        log = spec.flash_dir / "console.log"
+        await wait_until(
+            lambda: "CONNACK" in log.read_text(errors="replace"), 20, "the refusal in the log"
+        )
+        st = await _until_status(board, "an hour on", lambda st: st["now"] >= T0 + 2 * 3600)
+        assert st["mqtt"] is False and st["errors"] == 0  # recording on, no crash
+        assert head.got == []
+        text = log.read_text(errors="replace")
+        assert "Traceback" not in text and bad not in text  # the password is never printed
+        # and retried, with backoff (0.5 s doubling): the broker saw several attempts
+        await wait_until(
+            lambda: secure_broker.log().count("not authorised") >= 3, 20, "3 attempts refused"
+        )
+
+    _run(scenario, spec, secure_broker)

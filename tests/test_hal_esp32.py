@@ -484,3 +484,58 @@ R["after_boot"] = list(st2.intervals())
     power_failed = 0x01
     assert all(iv[2] & power_failed for iv in r["after_boot"][len(expected) :])
     assert len(r["after_boot"]) > len(expected)
+
+
+@pytest.mark.req("M20")
+def test_m20_secrets_come_from_nvs_not_board_json(tmp_path: Path) -> None:
+    """Key, MQTT password, CA and Wi-Fi credentials as provisioned in NVS
+    (encrypted on a product, README "Secrets"); board.json holds none."""
+    (tmp_path / "board.json").write_text(
+        json.dumps(
+            {
+                "meter_id": 4711,
+                "broker": {"host": "10.0.0.2", "port": 8883, "tls": {"server_name": "mqtt.site"}},
+            }
+        )
+    )
+    key = bytes(range(100, 132))
+    r = run_board(
+        f"""
+ns = esp32.NVS("ami")
+ns.set_blob("key", {key!r})
+ns.set_blob("mqtt_pw", b"0123456789abcdef0123456789abcdef")
+ns.set_blob("ca", b"0\\x82\\x01\\x9dDER")
+ns.set_blob("wifi_ssid", b"meter-net")
+ns.set_blob("wifi_key", b"s3cret")
+ns.commit()
+b = hal.Board(D)
+R = {{"key": b.key.hex(), "user": b.mqtt_user, "pw": b.mqtt_password,
+      "tls": [b.tls[0], b.tls[1].hex(), b.tls[2]], "wlan": network.sim_log}}
+""",
+        tmp_path,
+    )
+    assert r["key"] == key.hex()
+    assert r["user"] == "4711" and r["pw"] == "0123456789abcdef0123456789abcdef"
+    assert r["tls"] == [None, b"0\x82\x01\x9dDER".hex(), "mqtt.site"]  # the CA pinned as bytes
+    assert r["wlan"] == [["active", 0, True], ["connect", 0, "meter-net", "s3cret"]]
+
+
+@pytest.mark.req("M20")
+def test_m20_without_nvs_entries_board_json_is_the_fallback(tmp_path: Path) -> None:
+    r = run_board(
+        """
+b = hal.Board(D)
+R = {"key": b.key.hex(), "user": b.mqtt_user, "pw": b.mqtt_password, "tls": b.tls}
+""",
+        write_cfg(
+            tmp_path,
+            broker={
+                "host": "h",
+                "port": 8883,
+                "password": "ab" * 16,
+                "tls": {"ca": "/ca.der", "server_name": "h.site"},
+            },
+        ),
+    )
+    assert r["key"] == KEY.hex() and r["user"] == "4711" and r["pw"] == "ab" * 16
+    assert r["tls"] == ["/ca.der", None, "h.site"]

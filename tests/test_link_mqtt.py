@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
+from headend import pki
+from hil.broker import find_mosquitto, running_broker
 from hil.wait import wait_until
 from tests.support.broker import Broker
-from tests.support.mpy import run_mpy
+from tests.support.mpy import FIRMWARE, micropython_binary, run_mpy
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "firmware"))
 from link.mqtt import Client  # noqa: E402
@@ -149,3 +155,106 @@ asyncio.run(main())
     out = run_mpy(code, timeout=30)
     assert "acked True" in out
     assert "got [b'loop']" in out
+
+
+# -- login and TLS (SPEC "MQTT"), against the broker as a site runs it ----------
+
+# One script for both interpreters: each case connects, and says how it ended.
+_LOGIN_TLS = """
+import asyncio
+from link.mqtt import Client
+
+def ms(n):
+    return asyncio.sleep_ms(n) if hasattr(asyncio, "sleep_ms") else asyncio.sleep(n / 1000)
+
+async def case(name, user, password, tls, admit_after=None):
+    c = Client(user, HOST, PORT, keepalive_s=5, user=user, password=password, tls=tls)
+    t = asyncio.create_task(c.run())
+    for i in range(150):  # 15 s at most
+        if c.connected.is_set() or (admit_after is None and c.error and i > 20):
+            break
+        if admit_after is not None and c.error and not admitted:
+            admitted.append(1)
+            print("admit", admit_after)  # the test admits it now
+        await ms(100)
+    ok = c.connected.is_set()
+    if ok:
+        pid = await c.publish("ami/v1/%s/up" % user, b"x")
+        for _ in range(100):
+            if pid not in c.inflight:
+                break
+            await ms(50)
+        ok = pid not in c.inflight
+    print(name, "connected" if ok else "refused", repr(c.error))
+    await c.stop()
+    t.cancel()
+
+admitted = []
+
+async def main():
+    await case("good", "1001", PW, (CA, None, "localhost"))
+    await case("bad_password", "1001", "0" * 32, (CA, None, "localhost"))
+    await case("wrong_ca", "1001", PW, (OTHER_CA, None, "localhost"))
+    await case("wrong_name", "1001", PW, (CA, None, "meter.example"))
+    await case("plain_to_tls", "1001", PW, None)
+    await case("later", "1002", PW2, (CA, None, "localhost"), admit_after="1002")
+
+asyncio.run(main())
+"""
+
+
+def _run_admitting(interpreter: str, code: str, broker: Broker) -> dict[str, str]:
+    """The script on one interpreter, firmware/ on its path, its output by case;
+    an `admit ID` line from it admits that meter on the broker at once."""
+    import subprocess
+
+    argv = [sys.executable, "-u"]
+    env = dict(os.environ)
+    if interpreter == "micropython":
+        argv = [micropython_binary(), "-X", "heapsize=2M"]
+        env["MICROPYPATH"] = ":".join([str(FIRMWARE), ".frozen", "~/.micropython/lib"])
+    prelude = f"import sys\nsys.path.insert(0, {str(FIRMWARE)!r})\n"
+    got = {}
+    with subprocess.Popen([*argv, "-c", prelude + code], stdout=subprocess.PIPE, env=env) as proc:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = raw.decode()
+            if line.startswith("admit "):
+                broker.admit(meters=(int(line.split()[1]),))
+            elif line.split():
+                got[line.split()[0]] = line
+        assert proc.wait(timeout=60) == 0
+    return got
+
+
+@pytest.fixture(scope="module")
+def secure_broker() -> Iterator[Broker]:
+    """TLS, logins and ACLs, as `make run` starts it; meter 1001 admitted, 1002 not yet."""
+    if find_mosquitto() is None:
+        pytest.skip("mosquitto not installed")
+    with running_broker(meters=(1001,)) as b:
+        yield b
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("interpreter", ["micropython", "cpython"])
+def test_m20_t02_login_tls_pinned_ca_server_name_and_refusals_retried(
+    secure_broker: Broker, interpreter: str, tmp_path: Path
+) -> None:
+    b = secure_broker
+    pki.init(tmp_path / "other-pki")
+    code = (
+        f"HOST, PORT = {b.host!r}, {b.port}\n"
+        f"PW, PW2 = {b.password(1001)!r}, {b.password(1002)!r}\n"
+        f"CA, OTHER_CA = {str(b.ca)!r}, {str(pki.Pki(tmp_path / 'other-pki').ca)!r}\n" + _LOGIN_TLS
+    )
+    got = _run_admitting(interpreter, code, b)
+    assert got["good"].startswith("good connected None")
+    # a refused login is reported (CONNACK 5: not authorised) and retried, never a crash
+    assert "refused" in got["bad_password"] and "CONNACK" in got["bad_password"]
+    assert "0" * 32 not in "".join(got.values())  # the password is never printed
+    assert "refused" in got["wrong_ca"]  # a broker the pinned CA did not sign
+    assert "refused" in got["wrong_name"]  # the certificate does not name it
+    assert "refused" in got["plain_to_tls"]
+    # refused while unknown, then admitted: the backoff retries get it in
+    assert got["later"].startswith("later connected None"), got["later"]

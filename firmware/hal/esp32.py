@@ -3,9 +3,12 @@
 # machine.Counter (PCNT), machine.Pin.irq, esp32.Partition, machine.UART,
 # network.WLAN. Wiring, partitions and limits: firmware/README.md.
 #
-# The board's config (id, key hex, Wi-Fi, broker, pins) is the JSON file
-# /board.json on the board's filesystem, with the same keys as the virtual
-# board's (hal/UNIX.md) plus "wifi" and "pins".
+# The board's config (id, broker, pins) is the JSON file /board.json on the
+# board's filesystem, with the same keys as the virtual board's (hal/UNIX.md)
+# plus "wifi" and "pins". The secrets (the meter key, the MQTT password, the
+# broker's CA, the Wi-Fi credentials) are read from NVS, namespace "ami", which
+# flash encryption + NVS encryption keep off the readable flash (firmware/
+# README.md "Secrets"); board.json's copies are a development fallback only.
 import json
 import os
 import time
@@ -36,6 +39,7 @@ DEFAULT_DIR = ""
 _EPOCH = tu.epoch_shift(time.gmtime(0)[0])  # the one conversion: 2000 or 1970 epoch
 _PARTITION_LABEL = "meter"  # a data partition of >= 256 KiB (README: partitions)
 _MAX_CH = const(4)
+_NVS_NAMESPACE = "ami"  # key, mqtt_pw, ca, wifi_ssid, wifi_key (README "Secrets")
 
 # Pulse inputs for the pin-IRQ fallback: counts live in a preallocated array;
 # the ISR only increments and sets a flag (no allocation: "Writing interrupt
@@ -68,6 +72,18 @@ def _make_isr(ch):
 _IDENT = ("interval_s", "utc_offset_min", "push_mask", "meter_multiplier", "read_offset_s")
 
 
+def _nvs(ns, name, size):
+    """The bytes of NVS blob `name` (at most `size`), or None if it is not there."""
+    if ns is None:
+        return None
+    buf = bytearray(size)
+    try:
+        n = ns.get_blob(name, buf)
+    except OSError:  # ESP_ERR_NVS_NOT_FOUND (or too long: not ours)
+        return None
+    return bytes(buf[:n])
+
+
 class Board:
     NAME = NAME
 
@@ -77,10 +93,23 @@ class Board:
             cfg = json.load(f)  # read once into attributes (not kept: heap)
         self._ident = {k: cfg[k] for k in _IDENT if k in cfg}
         self.meter_id = cfg["meter_id"]
-        self.key = bytes.fromhex(cfg["key"])
-        br = cfg.get("broker")
+        try:
+            ns = esp32.NVS(_NVS_NAMESPACE)
+        except OSError:  # no NVS partition: board.json only
+            ns = None
+        key = _nvs(ns, "key", 32)
+        self.key = key if key else bytes.fromhex(cfg["key"])
+        br = cfg.get("broker") or {}
         self.broker = (br["host"], br["port"]) if br else None
-        self.keepalive_s = (br or {}).get("keepalive_s", 60)
+        self.keepalive_s = br.get("keepalive_s", 60)
+        pw = _nvs(ns, "mqtt_pw", 64)
+        self.mqtt_password = pw.decode() if pw else br.get("password")
+        # the login is the meter id (SPEC "MQTT"); none without a password
+        self.mqtt_user = br.get("user", str(self.meter_id)) if self.mqtt_password else None
+        t = br.get("tls") or {}
+        ca = _nvs(ns, "ca", 2048)  # DER (or PEM) of the CA the broker's certificate is under
+        name = t.get("server_name", br.get("host"))
+        self.tls = (None, ca, name) if ca else (t["ca"], None, name) if t.get("ca") else None
         self.uplink = cfg.get("uplink", "mqtt" if br else "uart")
         self.tick_ms = cfg.get("tick_ms", 1000)
         self.control_port = 0  # no control port on a real board
@@ -114,11 +143,14 @@ class Board:
         u = pins.get("uart", {"id": 2, "tx": 17, "rx": 16, "baud": 19200})
         self.uart = machine.UART(u["id"], baudrate=u["baud"], tx=u["tx"], rx=u["rx"])
         self._wlan = None
-        w = cfg.get("wifi")
-        if w:
+        w = cfg.get("wifi") or {}
+        ssid = _nvs(ns, "wifi_ssid", 32)
+        ssid = ssid.decode() if ssid else w.get("ssid")
+        if ssid:
+            wkey = _nvs(ns, "wifi_key", 64)
             self._wlan = network.WLAN(network.WLAN.IF_STA)
             self._wlan.active(True)
-            self._wlan.connect(w["ssid"], w["key"])
+            self._wlan.connect(ssid, wkey.decode() if wkey else w.get("key"))
 
     def ident(self):
         """Keyword arguments for meter.Ident (defaults of a fresh install)."""

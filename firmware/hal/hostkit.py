@@ -67,12 +67,16 @@ class Board:
 
 
 class Head:
-    """A head-end: signs downlinks, decodes uplinks, optionally acks everything."""
+    """A head-end: signs every downlink, verifies and decodes uplinks (MAC under
+    the meter's key, or the previous one until the meter used the new one),
+    optionally acks everything; `rotate` sends key_set (SPEC "Authentication")."""
+
+    last_counter = 0  # the downlink counter, shared by every Head
 
     def __init__(
         self,
         key=KEY,
-        counter=0,
+        counter=None,
         ack_reads=True,
         ack_events=True,
         ack_register=True,
@@ -82,22 +86,30 @@ class Head:
     ):
         self.keep = keep  # keep decoded uplinks in .got (long runs: False)
         self.key = key
+        self.old_key = None  # accepted for uplinks until one arrives under `key`
+        self.version = 0
+        self.counters = []  # the counter of every uplink decoded, in order
         self.offset_ms = offset_ms  # official time minus meter time
         self.sync = sync
-        self.counter = counter
+        # one downlink counter for every Head (a head-end keeps it per meter in
+        # its store): a new Head never replays an old one's counters
+        if counter is not None:
+            Head.last_counter = counter
         self.seq = 100
         self.ack_reads = ack_reads
         self.ack_events = ack_events
         self.ack_register = ack_register
         self.got = []  # decoded uplinks, in order
 
-    def frame(self, mtype, body, auth=False, key=None, counter=None, now=T0, meter_id=MID):
+    def frame(self, mtype, body, auth=True, key=None, counter=None, now=T0, meter_id=MID):
+        """A downlink, signed (auth False: without the trailer) with `key` or
+        the current key (the previous one while the meter has not used the new)."""
         self.seq = (self.seq + 1) & 0xFFFF
         a = None
         if auth:
             if counter is None:
-                self.counter += 1
-                counter = self.counter
+                Head.last_counter += 1
+                counter = Head.last_counter
             a = {"counter": counter, "mac": b""}
         return wire.encode(
             {
@@ -108,11 +120,34 @@ class Head:
                 "auth": a,
                 "body": body,
             },
-            key or self.key,
+            key or self.old_key or self.key,
         )
 
+    def rotate(self, version, new_key, now=T0):
+        """key_set: the new key wrapped under the current one, signed with it;
+        uplinks are accepted under both until one arrives under the new key."""
+        from meter import auth
+
+        old = self.old_key or self.key
+        pad = auth.unwrap_key(old, bytes(32), version)  # XOR is its own inverse
+        wrapped = bytes(a ^ b for a, b in zip(new_key, pad))
+        raw = self.frame("key_set", {"version": version, "wrapped": wrapped}, now=now)
+        self.old_key = old
+        self.key = new_key
+        self.version = version
+        return raw
+
     def decode(self, raw):
-        f = wire.decode(raw)
+        """Verify (BadMac: no trailer or a MAC under neither key) and decode an uplink."""
+        try:
+            f = wire.decode(raw, self.key)
+            if self.old_key is not None:
+                self.old_key = None  # the meter uses the new key: the old one is done
+        except wire.BadMac:
+            if self.old_key is None:
+                raise
+            f = wire.decode(raw, self.old_key)
+        self.counters.append(f["auth"]["counter"])
         if self.keep:
             self.got.append(f)
         return f

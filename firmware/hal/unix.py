@@ -122,12 +122,18 @@ class Board:
             cfg = json.load(f)
         self.meter_id = cfg["meter_id"]
         self.key = bytes.fromhex(cfg["key"])
-        br = cfg.get("broker")
+        br = cfg.get("broker") or {}
         self.broker = (br["host"], br["port"]) if br else None
-        self.keepalive_s = (br or {}).get("keepalive_s", 30)
+        self.keepalive_s = br.get("keepalive_s", 30)
+        # the login (absent: anonymous) and TLS (absent or null: plain), only
+        # for --insecure runs without; the password as provisioned (SPEC "MQTT")
+        self.mqtt_user = br.get("user")
+        self.mqtt_password = br.get("password")
+        t = br.get("tls")
+        self.tls = (t["ca"], None, t.get("server_name", br["host"])) if t else None
         self.uart_port = cfg.get("uart_port", 0)
         self.control_port = cfg.get("control_port", 0)
-        self.uplink = cfg.get("uplink", "mqtt" if br else "uart")
+        self.uplink = cfg.get("uplink", "mqtt" if self.broker else "uart")
         self.tick_ms = cfg.get("tick_ms", 100)
         self.heap_probe = cfg.get("heap_probe", False)
         self.link_forced_down = False

@@ -2,7 +2,9 @@
 #
 # QoS 1 publish and subscribe, keepalive, persistent session (clean session
 # off, so the broker keeps our subscription and queued downlinks while we are
-# away), reconnect with exponential backoff and jitter. Packet building and
+# away), reconnect with exponential backoff and jitter; a login (user name and
+# password) and TLS with the CA pinned and the server name checked (SPEC
+# "MQTT": the `ssl` module, on the unix port and the ESP32 alike). Packet building and
 # parsing are pure functions; `Client` is the small asyncio shell around them.
 # Delivery: an outgoing QoS 1 message stays in `inflight` until its PUBACK and
 # is re-sent with DUP after every reconnect; an incoming QoS 1 message is
@@ -12,7 +14,8 @@
 # one coroutine per connection reads every packet (a frame per nested
 # coroutine costs heap), no asyncio.Event. A refusing broker or a malformed
 # packet is a ValueError naming the packet and the value; the session ends as
-# on a link failure.
+# on a link failure. Why a session failed (a refused login, a certificate that
+# does not verify) is printed once per change of reason, the board's log.
 import asyncio
 from collections import OrderedDict  # a plain dict keeps no order on MicroPython
 
@@ -64,11 +67,47 @@ def _packet(flags, body):
     return bytes([flags]) + remaining_length(len(body)) + body
 
 
-def connect_packet(client_id, keepalive_s):
-    # protocol level 4 (3.1.1), connect flags 0: clean session off (the broker
-    # keeps our subscription and queue), no will, no user name or password
-    var = _str("MQTT") + bytes([4, 0]) + keepalive_s.to_bytes(2, "big")
-    return _packet(_CONNECT << 4, var + _str(client_id))
+def connect_packet(client_id, keepalive_s, user=None, password=None):
+    # protocol level 4 (3.1.1), connect flags: clean session off (the broker
+    # keeps our subscription and queue), no will; user name and password if given
+    flags = (0x80 if user is not None else 0) | (0x40 if password is not None else 0)
+    var = _str("MQTT") + bytes([4, flags]) + keepalive_s.to_bytes(2, "big")
+    body = var + _str(client_id)
+    if user is not None:
+        body += _str(user)
+    if password is not None:
+        body += _str(password)
+    return _packet(_CONNECT << 4, body)
+
+
+def tls_context(cafile=None, cadata=None):
+    """A TLS client context that trusts only the given CA (a PEM or DER file,
+    or its bytes): certificate required; the server name is checked at the
+    handshake (open_connection's server_hostname)."""
+    try:
+        import tls  # MicroPython's C module: its `ssl` wrapper would cost 1 KB of heap
+    except ImportError:  # CPython
+        import ssl as tls
+
+    if cadata is None:
+        with open(cafile, "rb") as f:
+            cadata = f.read()
+    if cadata[:5] == b"-----":
+        # MicroPython's mbedtls is built without PEM: the first certificate as DER
+        from binascii import a2b_base64
+
+        lines = cadata.split(b"\n")
+        end = 1
+        while end < len(lines) and not lines[end].startswith(b"-----"):
+            end += 1
+        cadata = a2b_base64(b"".join(lines[1:end]))
+    ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
+    ctx.verify_mode = tls.CERT_REQUIRED
+    if hasattr(ctx, "check_hostname"):  # CPython (checks the name by default)
+        ctx.load_verify_locations(cadata=cadata)
+    else:  # MicroPython: positional only
+        ctx.load_verify_locations(cadata)
+    return ctx
 
 
 def publish_packet(topic, payload, pid, dup):
@@ -117,7 +156,10 @@ class Client:
     """Args: client_id, host, port, subscriptions (topics, QoS 1), handler
     (async callable (topic, payload) for incoming messages), keepalive_s, rand
     (callable -> int, its low 16 bits jitter the reconnect delay; default: no
-    jitter). `connected.is_set()` while a session is up, as on an asyncio.Event."""
+    jitter), user and password (the login; None: anonymous), tls (None: plain;
+    else (cafile, cadata, server_name): the CA pinned, one of cafile/cadata).
+    `connected.is_set()` while a session is up, as on an asyncio.Event;
+    `error` says why the last session failed (None once connected)."""
 
     def __init__(
         self,
@@ -128,8 +170,15 @@ class Client:
         handler=None,
         keepalive_s=60,
         rand=None,
+        user=None,
+        password=None,
+        tls=None,
     ):
         self.client_id = client_id
+        self.user = user
+        self._password = password  # never printed
+        self.tls = tls
+        self.error = None
         self.host = host
         self.port = port
         self.subscriptions = tuple(subscriptions)
@@ -157,15 +206,30 @@ class Client:
     async def publish(self, topic, payload):
         """Queue a QoS 1 message; it is sent now if connected, else on
         reconnect. Returns its packet id (gone from `inflight` once PUBACKed)."""
-        pid = self._next_pid()
-        self.inflight[pid] = (topic, payload)
+        return await self.publish_all(topic, (payload,), 0)
+
+    async def publish_all(self, topic, payloads, limit=0):
+        """publish() each payload, all written before the first await (limit:
+        while fewer are in flight, 0 = no limit): a handler run meanwhile cannot
+        slip its own between them, so signed frames leave in counter order.
+        Returns the last packet id."""
         w = self.writer
+        pid = 0
+        for payload in payloads:
+            if limit and len(self.inflight) >= limit:
+                break
+            pid = self._next_pid()
+            self.inflight[pid] = (topic, payload)
+            if w is not None:
+                try:
+                    w.write(publish_packet(topic, payload, pid, False))
+                except OSError:
+                    w = None  # the session notices and reconnects; inflight keeps it
         if w is not None:
             try:
-                w.write(publish_packet(topic, payload, pid, False))
                 await w.drain()
             except OSError:
-                pass  # the session notices and reconnects; inflight keeps it
+                pass
         return pid
 
     async def run(self):
@@ -174,8 +238,16 @@ class Client:
         while not self._stop:
             writer = pinger = None  # pinger: the session's, once CONNACKed
             try:
-                reader, writer = await asyncio.open_connection(self.host, self.port)
-                writer.write(connect_packet(self.client_id, self.keepalive_s))
+                t = self.tls
+                if t:
+                    reader, writer = await asyncio.open_connection(
+                        self.host, self.port, ssl=tls_context(t[0], t[1]), server_hostname=t[2]
+                    )
+                else:
+                    reader, writer = await asyncio.open_connection(self.host, self.port)
+                writer.write(
+                    connect_packet(self.client_id, self.keepalive_s, self.user, self._password)
+                )
                 await writer.drain()
                 self.idle = 0  # keepalive periods since the last packet (_pinger)
                 while True:
@@ -198,7 +270,8 @@ class Client:
                     ptype = head >> 4
                     if pinger is None:  # the session's first packet
                         if ptype != _CONNACK or len(body) != 2 or body[1] != 0:
-                            raise ValueError("CONNACK", body)
+                            # 4 bad user name or password, 5 not authorised: retried
+                            raise ValueError("CONNACK", body[1] if len(body) == 2 else body)
                         if self.subscriptions and not body[0] & 1:  # no session present
                             writer.write(subscribe_packet(self._next_pid(), self.subscriptions))
                         for pid in self.inflight:  # resend in order what the broker never acked
@@ -206,6 +279,7 @@ class Client:
                             writer.write(publish_packet(topic, payload, pid, True))
                         await writer.drain()
                         self.writer = writer
+                        self.error = None
                         attempt = 0
                         pinger = asyncio.create_task(self._pinger(writer, asyncio.current_task()))
                     elif ptype == _PUBLISH:
@@ -226,8 +300,13 @@ class Client:
                 task = asyncio.current_task()
                 if hasattr(task, "uncancel"):  # CPython >= 3.11 counts cancellations
                     task.uncancel()
-            except (OSError, ValueError, EOFError, asyncio.TimeoutError):
-                pass  # the link failed: reconnect
+            except (OSError, ValueError, EOFError, asyncio.TimeoutError) as e:
+                # the link failed: reconnect. Say why once (a refused login, a
+                # certificate that does not verify): the board's log
+                why = repr(e)
+                if why != self.error and not self._stop:
+                    self.error = why
+                    print("mqtt:", why)
             finally:
                 if pinger is not None:
                     pinger.cancel()

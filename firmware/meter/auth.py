@@ -1,8 +1,11 @@
 # Authentication: HMAC-SHA256 (RFC 2104) from hashlib.sha256, since MicroPython
-# has no hmac module; frame MACs (first 16 bytes) and the download challenge.
+# has no hmac module; frame MACs (first 16 bytes), signing a frame in place
+# (seal: every uplink, SPEC "Authentication"), key_set unwrapping and the
+# download challenge.
 import hashlib
 import struct
 
+from meter.crc import crc16
 from meter.errors import BadMac, MalformedPayload, Replay
 
 try:
@@ -62,6 +65,30 @@ def frame_mac(key, signed, counter):
     h = bytearray(signed)
     h.extend(struct.pack(">I", counter))
     return hmac_sha256(key, h)[:_MAC_LEN]
+
+
+def seal(buf, n, key, counter):
+    """Sign a frame in place: buf holds header (AUTH flag set) and payload in
+    buf[:n] and has 22 bytes after them; writes counter, MAC and CRC there."""
+    if type(counter) is not int or not 0 <= counter <= 0xFFFFFFFF:
+        raise MalformedPayload("auth counter out of range", "0 <= n < 2**32", counter)
+    mv = memoryview(buf)
+    struct.pack_into(">I", buf, n, counter)
+    # header || payload || counter are contiguous: MAC them in place
+    buf[n + 4 : n + 4 + _MAC_LEN] = hmac_sha256(key, mv[0 : n + 4])[:_MAC_LEN]
+    n += 4 + _MAC_LEN
+    struct.pack_into(">H", buf, n, crc16(mv[0:n]))
+
+
+def unwrap_key(key, wrapped, version):
+    """The new key of a key_set: wrapped XOR HMAC(current key, "ami-key-wrap" || version u16)."""
+    msg = bytearray(b"ami-key-wrap")
+    msg.extend(struct.pack(">H", version))
+    pad = hmac_sha256(key, msg)
+    out = bytearray(_KEY_LEN)
+    for i in range(_KEY_LEN):
+        out[i] = wrapped[i] ^ pad[i]
+    return bytes(out)
 
 
 def download_mac(key, nonce, operator):

@@ -59,8 +59,12 @@ def drop_cold():
 # config/state keys in the store's config log
 _K_CONFIG = const(1)  # interval, offset, push mask, multiplier, registered, pending interval
 _K_SCHEDULES = const(2)  # Schedules.to_bytes()
-_K_COUNTER = const(3)  # last accepted auth counter
+_K_COUNTER = const(3)  # last accepted downlink auth counter
 _K_EVENT_ACK = const(4)  # seq of the newest acknowledged pushed event
+_K_UP_CEILING = const(5)  # no uplink counter above it has been used
+_K_KEY = const(6)  # version u16, key, previous key while a rotation is unconfirmed
+_CEILING_STEP = const(64)  # uplink counters per ceiling write (SPEC)
+_U32 = const(0xFFFFFFFF)
 _CONFIG_FMT = const(">HhIHBH")
 
 _WINDOW = const(2)  # read parts in flight, unacknowledged, per read
@@ -135,7 +139,12 @@ class Meter:
         self.store = store
         self.ident = ident
         self.meter_id = ident.meter_id
-        self.key = ident.key
+        self.key = ident.key  # the current key: every uplink is signed with it
+        self.key_version = 0
+        self.old_key = None  # accepted for downlinks while a rotation is unconfirmed
+        self.up_next = 1  # the next uplink counter
+        self.up_ceiling = 0  # persisted: counters up to it may have been used
+        self.refused_at = None  # when refused input was last answered (once a minute)
         self.rand = rand or (lambda: 0x9E3779B9)
         self._set_clock = set_clock
         self.interval_s = ident.interval_s
@@ -176,6 +185,25 @@ class Meter:
         self.store.put_config(_K_SCHEDULES, self.sched.to_bytes())
         self._sched_next = list(self.sched.next_at)
 
+    def save_key(self):
+        # one record: a cut leaves the old or the new key, never neither or a mix
+        blob = struct.pack(">H", self.key_version) + self.key
+        self.store.put_config(_K_KEY, blob + self.old_key if self.old_key else blob)
+
+    def counter(self):
+        """A fresh uplink counter. The ceiling is on flash before a counter
+        above the old one is used, so a restart never reuses one (SPEC)."""
+        c = self.up_next
+        if c > self.up_ceiling:
+            if c > _U32:
+                raise ValueError("counter", c)  # 2**32 frames: the key must change
+            top = c + _CEILING_STEP
+            top = top if top < _U32 else _U32
+            self.store.put_config(_K_UP_CEILING, struct.pack(">I", top))
+            self.up_ceiling = top
+        self.up_next = c + 1
+        return c
+
     # -- boot ------------------------------------------------------------------
 
     def boot(self, now):
@@ -200,6 +228,14 @@ class Meter:
             self.pending_interval = pend if pend in tu.INTERVALS else 0
         blob = st.get_config(_K_COUNTER)
         self.last_counter = struct.unpack(">I", blob)[0] if blob else None
+        blob = st.get_config(_K_UP_CEILING)
+        self.up_ceiling = struct.unpack(">I", blob)[0] if blob else 0
+        self.up_next = self.up_ceiling + 1
+        blob = st.get_config(_K_KEY)
+        if blob:  # a rotated key (key_set) wins over the provisioned one
+            self.key_version = struct.unpack_from(">H", blob)[0]
+            self.key = blob[2:34]
+            self.old_key = blob[34:66] if len(blob) >= 66 else None
         off = self.utc_offset_s
         blob = st.get_config(_K_SCHEDULES)
         self.sched = None
@@ -281,8 +317,9 @@ class Meter:
     # -- frames ----------------------------------------------------------------
 
     def frame(self, out, mtype, body, now, seq=None):
-        """Encode one uplink into out (a list); returns its seq: the next one,
-        or `seq` for a repeat (the head-end treats a repeat as idempotent)."""
+        """Encode one uplink into out (a list), signed with a fresh counter;
+        returns its seq: the next one, or `seq` for a repeat (the head-end
+        treats a repeat as idempotent; the counter is new all the same)."""
         if seq is None:
             seq = self._seq = (self._seq + 1) & 0xFFFF
         wire = cold("wire")
@@ -292,9 +329,10 @@ class Meter:
                 "seq": seq,
                 "meter_id": self.meter_id,
                 "timestamp": now,
-                "auth": None,
+                "auth": {"counter": self.counter()},
                 "body": body,
-            }
+            },
+            self.key,
         )
         self.frames_sent += 1
         self.ev.message_sent(wire.type_code(mtype), now)
@@ -424,6 +462,8 @@ class Meter:
                     self.rec.totals(),
                     rd.ev_from,
                     rd.ev_to,
+                    self.key,
+                    self.counter(),
                     self.probe,
                 )
             )

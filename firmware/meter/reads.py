@@ -29,9 +29,8 @@ except ImportError:
 import struct
 from array import array
 
-from meter import blocks
+from meter import auth, blocks
 from meter import timeutil as tu
-from meter.crc import crc16
 from meter.errors import BadLength, MalformedPayload
 
 WHAT_INTERVALS = const(1)
@@ -47,6 +46,8 @@ _NCH = const(4)  # channels of a stored interval
 # frame layout (SPEC; wire.py): header, read_response payload, CRC
 _HEADER = const(">BBBHIIH")
 _HEADER_LEN = const(15)
+_FLAG_AUTH = const(1)
+_TRAILER = const(22)  # auth counter u32, MAC[16], CRC u16
 _MAX_PAYLOAD = const(4096)
 _READ_RESPONSE = const(8)  # type code
 _SEC_CLOCK = const(1)  # section tags
@@ -250,9 +251,12 @@ def frame(
     registers,
     ev_from,
     ev_to,
+    key,
+    counter,
     probe=None,
 ):
-    """The read_response frame (bytearray) of part number p (part: its plan tuple).
+    """The read_response frame (bytearray) of part number p (part: its plan tuple),
+    signed with key and counter.
 
     Byte-identical to wire.encode of the same body; sized first, then written
     into one bytearray of the frame's size. probe(1), if given, is called
@@ -268,12 +272,11 @@ def frame(
         raise BadLength("payload over maximum", "no more than %d" % _MAX_PAYLOAD, n)
     if ns > 0xFF:
         raise MalformedPayload("too many sections", "no more than 255", ns)
-    buf = bytearray(_HEADER_LEN + n + 2)
-    struct.pack_into(_HEADER, buf, 0, 1, _READ_RESPONSE, 0, seq, meter_id, now, n)
+    buf = bytearray(_HEADER_LEN + n + _TRAILER)
+    struct.pack_into(_HEADER, buf, 0, 1, _READ_RESPONSE, _FLAG_AUTH, seq, meter_id, now, n)
     struct.pack_into(">HBBBB", buf, _HEADER_LEN, request_seq, kind, p, parts, ns)
     _sections(buf, _HEADER_LEN + 6, *args)
-    n += _HEADER_LEN
-    struct.pack_into(">H", buf, n, crc16(memoryview(buf)[:n]))
+    auth.seal(buf, _HEADER_LEN + n, key, counter)
     if probe is not None:
         probe(1)
     return buf

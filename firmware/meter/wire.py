@@ -64,7 +64,9 @@ _MSGS = const(
     "download_challenge nonce:n|"
     "download_auth operator:H mac:m|"
     "download_data part:B parts:B sections:X|"
-    "nack nacked_type:B nacked_seq:H reason:B"
+    "nack nacked_type:B nacked_seq:H reason:B|"
+    "key_set version:H wrapped:m|"
+    "key_ack acked_seq:H version:H status:B"
 )
 _SECS = const(
     "clock time:I|registers at:I values:[V|midnight day:I values:[V|intervals =K|"
@@ -75,10 +77,11 @@ _SUBS = const(
     "O slot:B action:B start:I end:I period_s:I offset_s:I what:B|E code:B time:I data:I"
 )
 _KINDS = const("BHIQbhiVSKX")
-_NMSGS = const(19)
+_NMSGS = const(21)
 _NSECS = const(7)
-# downlink commands the meter must only accept with a valid MAC
-AUTH_REQUIRED = ("config_set", "schedule_set", "read_request", "time_set")
+# the only frames that go without the auth trailer (SPEC "Authentication"):
+# the optical probe's, authenticated by the download challenge
+UNSIGNED = ("download_open", "download_auth")
 
 # Compiled field kinds: an int (the index in _KINDS), or a tuple
 # (_STRUCT, [(name, type), ...]), (_LIST8, item), (_LISTV, item), (_BYTES, n).
@@ -319,7 +322,8 @@ def decode(data, key=None, last_counter=None):
 
     Checks in SPEC.md's order; any byte string gives fields or a ProtocolError
     subclass (a non-bytes argument is a TypeError). With key, also verifies
-    the MAC (BadMac; an AUTH_REQUIRED type without a trailer is BadMac too);
+    the MAC (BadMac; a frame without a trailer is BadMac too, unless its
+    type is one of UNSIGNED);
     with last_counter, rejects counter <= last_counter (Replay), after the MAC.
     """
     if type(data) not in (bytes, bytearray, memoryview):
@@ -374,7 +378,7 @@ def decode(data, key=None, last_counter=None):
                 "counter > %d" % last_counter,
                 fauth["counter"],
             )
-    elif key is not None and name in AUTH_REQUIRED:
+    elif key is not None and name not in UNSIGNED:
         raise BadMac("%s must be authenticated" % name, "the AUTH flag", "no AUTH flag")
     return {
         "version": _VERSION,
@@ -526,10 +530,10 @@ def encode(fields, key=None):
         fields["timestamp"],
         plen,
     )
+    n = len(out)
     if fauth is not None:
-        counter = fauth["counter"]
-        mac = auth.frame_mac(key, out, counter)  # checks counter range
-        out.extend(struct.pack(">I", counter))
-        out.extend(mac)
-    out.extend(struct.pack(">H", crc16(out)))
+        out.extend(bytes(_AUTH_LEN + _CRC_LEN))
+        auth.seal(out, n, key, fauth["counter"])  # checks the counter's range
+    else:
+        out.extend(struct.pack(">H", crc16(out)))
     return bytes(out)

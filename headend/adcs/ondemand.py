@@ -64,7 +64,7 @@ def acknowledge(ctx: Ctx, job_id: int, now_ms: int) -> bool:
 def _attempt(ctx: Ctx, job: Job, now_ms: int, out: Outbox, why: str | None) -> None:
     mid = job.spec.meter_id
     meter = ctx.registry.get(mid)
-    seq, frame = ctx.downlinks.frame(mid, "read_request", job.spec.wire(), now_ms, auth=True)
+    seq, frame = ctx.downlinks.frame(mid, "read_request", job.spec.wire(), now_ms)
     deadline = now_ms + ctx.config.ondemand_timeout_s * 1000
     try:
         ctx.jobs.sent(job.job_id, seq, now_ms, deadline)

@@ -129,7 +129,7 @@ def _send(ctx: Ctx, sched: Schedule, now_ms: int, event: ScheduleEvent, out: Out
     spec = sched.spec
     meter = ctx.registry.get(spec.meter_id)
     seq, frame = ctx.downlinks.frame(
-        spec.meter_id, "schedule_set", {"slots": [spec.wire()]}, now_ms, auth=True
+        spec.meter_id, "schedule_set", {"slots": [spec.wire()]}, now_ms
     )
     try:
         ctx.schedules.sent(spec.meter_id, spec.slot, seq, now_ms, event)

@@ -2,10 +2,11 @@
 
 A meter's `time_sync_request` (t1) is answered with t1, t2 (when it arrived)
 and t3 (when the answer leaves) from the head-end `Clock`; the meter takes t4
-and works out offset and delay itself (SPEC "Conversations"). Answers are
-built on the event loop, not behind the database, so queueing does not add to
-the round trip the meter measures. A meter that reports its clock more than
-120 s off (event 4 clock_out_of_sync) gets an authenticated `time_set`.
+and works out offset and delay itself (SPEC "Conversations"). The answer is
+signed like every downlink: its counter comes from the store, so t3 is taken
+after the counter, just before the MAC, and the store's time is not in the
+delay the meter measures against t3. A meter that reports its clock more than
+120 s off (event 4 clock_out_of_sync) gets a `time_set`.
 """
 
 from __future__ import annotations
@@ -19,24 +20,36 @@ from headend.outbox import Outbox
 from headend.store.activity import Kind
 
 
+def prepare(ctx: Ctx, fields: dict[str, Any], t2_ms: int) -> tuple[int, bytes]:
+    """(counter, key) of the answer, inside the request's transaction (UnknownMeter)."""
+    mid = fields["meter_id"]
+    ctx.registry.get(mid)
+    return ctx.downlinks.counter(mid, t2_ms), ctx.downlinks.current_key(mid)
+
+
 def answer(
-    downlinks: Downlinks, fields: dict[str, Any], t2_ms: int, now_ms: Callable[[], int]
+    downlinks: Downlinks,
+    fields: dict[str, Any],
+    t2_ms: int,
+    now_ms: Callable[[], int],
+    prepared: tuple[int, bytes],
 ) -> bytes:
-    """The `time_sync_response` to a request that arrived at ``t2_ms``."""
+    """The signed `time_sync_response`: t3 after the counter is committed, just before the
+    MAC, so neither the store nor its fsync is in the delay the meter measures."""
+    counter, key = prepared
     t3 = now_ms()
     body = {"t1_ms": fields["body"]["t1_ms"], "t2_ms": t2_ms, "t3_ms": t3}
-    return downlinks.reply(fields["meter_id"], "time_sync_response", body, t3)
+    return downlinks.signed(fields["meter_id"], "time_sync_response", body, t3, counter, key)[1]
 
 
 def set_time(ctx: Ctx, meter_id: int, off_s: int, transport: str | None, now_ms: int) -> Outbox:
-    """An authenticated `time_set` to the head-end's time, logged."""
+    """A `time_set` to the head-end's time, logged."""
     out = Outbox()
-    seq, frame = ctx.downlinks.frame(meter_id, "time_set", {"utc_ms": now_ms}, now_ms, auth=True)
+    seq, frame = ctx.downlinks.frame(meter_id, "time_set", {"utc_ms": now_ms}, now_ms)
     ctx.activity.log(
         now_ms,
         Kind.TIME_SET,
-        f"meter reported its clock {off_s} s off (event 4): authenticated time_set seq {seq} "
-        f"to {now_ms} ms",
+        f"meter reported its clock {off_s} s off (event 4): time_set seq {seq} to {now_ms} ms",
         meter_id,
     )
     out.send(meter_id, frame, transport)

@@ -9,9 +9,12 @@
     headend events list|ack|routes ...    events, acknowledgements, routing (D09)
     headend log [--tail N] [--follow]     the activity log, newest last
     headend export ID --start --end       intervals as CSV/JSON in a time zone
+    headend pki init DIR                  the broker's CA and certificates (TLS)
+    headend broker config DIR             mosquitto.conf, passwords, ACLs for the site
+    headend keys init|show ID|rotate ID   the master key file, meters' key versions (M20)
 
 One module per command group (`serve`, `db`, `meters`, `read`, `schedule`,
-`groups`, `events`, `log`, `export`), each with ``add(sub, common)`` (its
+`groups`, `events`, `log`, `export`, `pki`, `broker`, `keys`), each with ``add(sub, common)`` (its
 arguments) and ``run(args, config) -> exit code``; what they share is in
 `common`. Every command takes --config FILE, --database URL, --broker URL
 (or AMI_* env), --json; exit codes in `common`. Bad input is one line on
@@ -24,7 +27,20 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from headend.cli import db, events, export, groups, log, meters, read, schedule, serve
+from headend.cli import (
+    broker,
+    db,
+    events,
+    export,
+    groups,
+    keys,
+    log,
+    meters,
+    pki,
+    read,
+    schedule,
+    serve,
+)
 from headend.cli.common import (
     EPILOG,
     FAILED,
@@ -34,11 +50,17 @@ from headend.cli.common import (
     Usage,
     common_options,
     config_from,
-    redact,
 )
-from headend.errors import ConfigError, HeadendError, InvalidData, UnknownMeter
+from headend.errors import (
+    ConfigError,
+    HeadendError,
+    IllegalTransition,
+    InvalidData,
+    UnknownMeter,
+)
+from headend.redact import redact
 
-COMMANDS = (serve, db, meters, read, schedule, groups, events, log, export)
+COMMANDS = (serve, db, meters, read, schedule, groups, events, log, export, pki, broker, keys)
 INTERRUPTED = 130
 
 
@@ -66,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = config_from(args)
         code: int = args.run(args, cfg)
         return code
-    except (Usage, ConfigError, InvalidData, UnknownMeter) as e:
+    except (Usage, ConfigError, InvalidData, UnknownMeter, IllegalTransition) as e:
         print(say, one_line(e), file=sys.stderr)
         return USAGE
     except (Failed, HeadendError) as e:
@@ -84,8 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def one_line(e: Exception) -> str:
-    """An error as one line (drivers write several), URL passwords as ``***``."""
-    return " ".join(redact(w) if "://" in w else w for w in str(e).split())
+    """An error as one line (drivers write several), secrets as ``***`` (`redact`)."""
+    return redact(" ".join(str(e).split()))
 
 
 if __name__ == "__main__":

@@ -129,6 +129,7 @@ def config_from(args: argparse.Namespace) -> Config:
     overrides = {
         "database": args.database,
         "broker": args.broker,
+        "insecure": getattr(args, "insecure", None),
         **{k: v for k, v in getattr(args, "overrides", {}).items() if v is not None},
     }
     return load(args.config, **overrides)
@@ -281,7 +282,15 @@ def common_options() -> argparse.ArgumentParser:
     g.add_argument(
         "--database", metavar="URL", help="sqlite:///path or postgresql://... (AMI_DATABASE)"
     )
-    g.add_argument("--broker", metavar="URL", help="mqtt://host:port (AMI_BROKER)")
+    g.add_argument(
+        "--broker", metavar="URL", help="mqtts://user@host:port (AMI_BROKER; TLS, port 8883)"
+    )
+    g.add_argument(
+        "--insecure",
+        action="store_const",
+        const=True,
+        help="allow a plain mqtt:// broker (no TLS; a lab only; AMI_INSECURE)",
+    )
     g.add_argument("--json", action="store_true", help="machine-readable JSON output")
     g.add_argument("-v", "--verbose", action="store_true", help="more logging")
     return p

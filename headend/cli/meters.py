@@ -1,12 +1,13 @@
-"""`headend meters list|show ID`: registered meters."""
+"""`headend meters list|show ID|accept-layout ID`: registered meters."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
+from headend.adcs import registry
 from headend.api import Config, Headend
-from headend.cli.common import OK, Sub, add_command, dash, emit, open_headend, table, when
+from headend.cli.common import OK, Sub, add_command, dash, emit, now_ms, open_headend, table, when
 from headend.mdms.ingest import iso
 
 
@@ -16,6 +17,12 @@ def add(sub: Sub, common: argparse.ArgumentParser) -> None:
     msub.add_parser("list", help="all meters (group, link, registration)", parents=[common])
     ms = msub.add_parser("show", help="one meter: channels, links, schedules", parents=[common])
     ms.add_argument("meter", type=int)
+    ma = msub.add_parser(
+        "accept-layout",
+        help="apply the channel layout a meter's held register asks for (the operator's call)",
+        parents=[common],
+    )
+    ma.add_argument("meter", type=int)
     p.set_defaults(run=run)
 
 
@@ -49,6 +56,17 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     with open_headend(cfg) as he:
         if args.action == "show":
             return _show(args, he)
+        if args.action == "accept-layout":
+            m = registry.accept_layout(he.ctx, args.meter, now_ms())
+            emit(
+                args,
+                _meter(he, m.meter_id),
+                lambda: (
+                    f"meter {m.meter_id}: {len(m.channels)} channel layout accepted; "
+                    "its next register is acknowledged"
+                ),
+            )
+            return OK
         meters = [_meter(he, mid) for mid in he.meters()]
     emit(
         args,
@@ -85,9 +103,20 @@ def _show(args: argparse.Namespace, he: Headend) -> int:
         {"slot": s.spec.slot, "state": s.state.value, "source": s.source}
         for s in he.schedules(args.meter)
     ]
+    held = he.ctx.layouts.get(args.meter)
+    d["layout_held"] = (
+        None if held is None else {"channels": held[0].get("channels"), "since": when(held[2])}
+    )
 
     def human() -> str:
-        head = {k: v for k, v in d.items() if k not in ("channels", "links", "schedules")}
+        head = {
+            k: v for k, v in d.items() if k not in ("channels", "links", "schedules", "layout_held")
+        }
+        if d["layout_held"] is not None:
+            head["layout_held"] = (
+                f"{len(d['layout_held']['channels'] or [])} channel(s) since "
+                f"{d['layout_held']['since']}: `headend meters accept-layout {args.meter}`"
+            )
         if head["read_offset_s"] is None:
             head["read_offset_s"] = "- (not in a read group yet)"
         if head["transport"] is None:

@@ -8,8 +8,10 @@ import contextlib
 import logging
 import signal
 
-from headend.api import DEV_MASTER_KEY, Config, Service
+from headend import masterkey
+from headend.api import Config, Service
 from headend.cli.common import OK, Sub, Usage, add_command, redact, sqlite_path
+from headend.redact import install
 
 
 def add(sub: Sub, common: argparse.ArgumentParser) -> None:
@@ -42,16 +44,18 @@ def add(sub: Sub, common: argparse.ArgumentParser) -> None:
 def _logging(verbose: bool) -> None:
     """INFO: registrations, job outcomes, link trouble; -v: also every frame and job step."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    install(logging.getLogger())  # no secret in any line, whoever logs it
     logging.getLogger().setLevel(logging.WARNING)  # libraries: only what goes wrong
     logging.getLogger("headend").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
-    if cfg.master_key == DEV_MASTER_KEY and not args.dev:
+    dev = masterkey.is_dev(masterkey.load(cfg))  # a key file open to others stops here
+    if dev and not args.dev:
         raise Usage(
-            "refusing the development master key (all zeros): set `master_key` (64 hex "
-            "digits) in the config file's [headend] table or in AMI_MASTER_KEY, "
-            "or pass --dev for a lab"
+            "refusing the development master key (all zeros): make one with `headend keys "
+            "init PATH` and set `master_key_file` in the config file's [headend] table "
+            "(or AMI_MASTER_KEY_FILE), or pass --dev for a lab"
         )
     path = sqlite_path(cfg.database)
     if path is not None:  # the default lives in ./var/
@@ -64,7 +68,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         redact(cfg.database),
         lines,
         cfg.speed,
-        " (development master key)" if cfg.master_key == DEV_MASTER_KEY else "",
+        " (development master key)" if dev else "",
     )
 
     async def serve() -> None:

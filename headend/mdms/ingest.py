@@ -150,3 +150,18 @@ def merge_result(previous: str | None, part: dict[str, Any]) -> str:
 def to_json(data: dict[str, Any]) -> bytes:
     """Compact UTF-8 JSON of an `engineering` dict (what real-time subscribers get)."""
     return json.dumps(data, separators=(",", ":")).encode()
+
+
+def to_json_parts(data: dict[str, Any], limit: int) -> list[bytes]:
+    """`to_json` in messages of at most ``limit`` bytes where it can: the intervals
+    split in halves (a day of them is over the broker's 8 KiB packet limit). Each
+    part keeps meter, source and channels; the rest rides with the first."""
+    whole = to_json(data)
+    ivs = data.get("intervals", [])
+    if len(whole) <= limit or len(ivs) < 2:
+        return [whole]
+    half = len(ivs) // 2
+    head = {**data, "intervals": ivs[:half]}
+    tail: dict[str, Any] = {k: data[k] for k in ("meter", "source", "channels") if k in data}
+    tail["intervals"] = ivs[half:]
+    return to_json_parts(head, limit) + to_json_parts(tail, limit)

@@ -40,6 +40,11 @@ class Kind(enum.StrEnum):
     BAD_FRAME = "bad_frame"
     UNKNOWN_METER = "unknown_meter"
     REJECTED = "rejected"
+    LAYOUT_HELD = "layout_held"
+    LAYOUT_ACCEPTED = "layout_accepted"
+    KEY_ROTATION = "key_rotation"
+    KEY_SENT = "key_sent"
+    KEY_CONFIRMED = "key_confirmed"
     STORE_FAILED = "store_failed"
 
 

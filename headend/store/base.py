@@ -178,6 +178,10 @@ class IntervalBlock:
         n = len(self.flags)
         if not 1 <= n <= U16_MAX:
             raise InvalidData(f"count: expected 1..{U16_MAX} intervals, got {n}")
+        if self.start + n * self.interval_s > U32_MAX:  # read_ack's upto is a u32
+            raise InvalidData(
+                f"block ends at {self.start + n * self.interval_s}, after 2**32 - 1 s"
+            )
         if not self.channels:
             raise InvalidData("a block needs at least one channel")
         if not _ints(self.flags) or min(self.flags) < 0 or max(self.flags) > U8_MAX:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from headend.store.base import EventRecord
-from headend.store.db import Db, Row, opt
+from headend.store.db import Db, Row, chunks, opt
 from headend.store.readings import SOURCES
 from headend.store.records import Delivery, DeliveryState, Route, check_recipient
 from headend.store.registry import require
@@ -65,22 +65,24 @@ class Events:
     def ids(
         self, meter_id: int, keys: Sequence[tuple[int, int, int]]
     ) -> dict[tuple[int, int, int], int]:
-        """(time, code, data) -> event_id for stored events of a meter."""
+        """(time, code, data) -> event_id for stored events of a meter.
+
+        Exact lookups on the event's identity (the UNIQUE index): the cost follows
+        ``len(keys)``, not how many events the meter has or how far apart they lie.
+        """
         out: dict[tuple[int, int, int], int] = {}
-        if not keys:
-            return out
-        lo = min(k[0] for k in keys)
-        hi = max(k[0] for k in keys)
-        want = set(keys)
+        want = sorted(set(keys))
         with self.db.transaction(write=False):
-            for eid, t, c, d in self.db.query(
-                "SELECT event_id, time, code, data FROM meter_event "
-                "WHERE meter_id = ? AND time >= ? AND time <= ?",
-                (meter_id, lo, hi),
-            ):
-                k = (int(t), int(c), int(d))
-                if k in want:
-                    out[k] = int(eid)
+            for chunk in chunks(want, max(1, self.db.chunk_rows // 4)):
+                # the meter id in every term: each is one lookup of the whole UNIQUE key
+                # (with it factored out, SQLite scans all of the meter's events)
+                one = "(meter_id = ? AND time = ? AND code = ? AND data = ?)"
+                for eid, t, c, d in self.db.query(
+                    "SELECT event_id, time, code, data FROM meter_event "
+                    f"WHERE {' OR '.join([one] * len(chunk))}",
+                    [v for k in chunk for v in (meter_id, *k)],
+                ):
+                    out[(int(t), int(c), int(d))] = int(eid)
         return out
 
     def recent(

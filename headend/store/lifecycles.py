@@ -216,3 +216,31 @@ SCHEDULE: Lifecycle[ScheduleState, ScheduleEvent] = Lifecycle(
         ScheduleState.CANCELLED: _WRITE,
     },
 )
+
+# -- key rotations (M20) --------------------------------------------------------------------
+
+
+class KeyState(enum.StrEnum):
+    """Where a meter's key is: current only, or a new version on its way."""
+
+    CURRENT = "current"  # one key; uplinks only under it
+    QUEUED = "queued"  # an operator asked for a new version; no key_set sent yet
+    SENT = "sent"  # key_set out (repeated until answered); uplinks under both keys
+
+
+class KeyEvent(enum.StrEnum):
+    ROTATE = "rotate"  # `headend keys rotate`: the next version is pending
+    SEND = "send"  # a key_set goes out (first or repeat)
+    CONFIRM = "confirm"  # an uplink (key_ack or any) verified under the new key
+
+
+KEY: Lifecycle[KeyState, KeyEvent] = Lifecycle(
+    "key",
+    KeyState,
+    KeyState.CURRENT,
+    {
+        KeyState.CURRENT: {KeyEvent.ROTATE: KeyState.QUEUED},
+        KeyState.QUEUED: {KeyEvent.SEND: KeyState.SENT},
+        KeyState.SENT: {KeyEvent.SEND: KeyState.SENT, KeyEvent.CONFIRM: KeyState.CURRENT},
+    },
+)

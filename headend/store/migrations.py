@@ -219,6 +219,36 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX delivery_due ON delivery (state, next_ms)",
         ),
     ),
+    Migration(
+        3,
+        "signed uplinks: uplink counters, key versions and rotations, pending layouts",
+        (
+            # One row per meter once a frame of it verified (SPEC "Authentication"):
+            # the last accepted uplink counter (only grows, one conditional UPDATE), the
+            # key version in use and a rotation in progress (lifecycle KEY).
+            """CREATE TABLE meter_auth (
+                meter_id BIGINT PRIMARY KEY,
+                up_counter BIGINT NOT NULL,
+                key_version INTEGER NOT NULL,
+                key_since_ms BIGINT NOT NULL,
+                state TEXT NOT NULL,
+                pending_version INTEGER,
+                requested_ms BIGINT,
+                sent_ms BIGINT,
+                attempts INTEGER NOT NULL,
+                seqs TEXT NOT NULL
+            )""",
+            "CREATE INDEX meter_auth_state ON meter_auth (state, sent_ms)",
+            # A register whose channel layout differs from the registered one waits
+            # here for `headend meters accept-layout`.
+            """CREATE TABLE pending_layout (
+                meter_id BIGINT PRIMARY KEY REFERENCES meter (meter_id) ON DELETE CASCADE,
+                register TEXT NOT NULL,
+                transport TEXT,
+                received_ms BIGINT NOT NULL
+            )""",
+        ),
+    ),
 )
 
 

@@ -30,6 +30,7 @@ class Options:
     outage_days: float | None = None
     seed: int = 1
     keep: bool = False
+    insecure: bool = False  # plain, anonymous MQTT (else TLS, logins, ACLs)
     board: dict[str, Any] = field(default_factory=dict)  # extra BoardSpec fields of every board
     say: Callable[[str], None] = field(default=lambda s: print(s, file=sys.stderr, flush=True))
 

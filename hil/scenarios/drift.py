@@ -52,7 +52,13 @@ async def run(opts: Options) -> dict[str, Any]:
         }
 
     async with Rig(
-        boards=3, speed=speed, sim_start=start, board_options=board, keep=opts.keep, say=opts.say
+        boards=3,
+        speed=speed,
+        sim_start=start,
+        board_options=board,
+        keep=opts.keep,
+        insecure=opts.insecure,
+        say=opts.say,
     ) as rig:
         p = Progress(rig, opts.say)
         a, b, c = rig.meter_ids

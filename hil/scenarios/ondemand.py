@@ -45,6 +45,7 @@ async def run(opts: Options) -> dict[str, Any]:
         jitter_s=latency / 2,
         board_options=opts.board,
         keep=opts.keep,
+        insecure=opts.insecure,
         say=opts.say,
     ) as rig:
         p = Progress(rig, opts.say)

@@ -38,6 +38,7 @@ async def run(opts: Options) -> dict[str, Any]:
         sim_start=T0 - 7200,
         board_options=opts.board,
         keep=opts.keep,
+        insecure=opts.insecure,
         say=opts.say,
     ) as rig:
         p = Progress(rig, opts.say)

@@ -143,6 +143,7 @@ async def run(opts: Options) -> dict[str, Any]:
         speed=speed,
         sim_start=T0 - 3600,  # boots at 23:00 the day before: day 0 is recorded whole
         keep=opts.keep,
+        insecure=opts.insecure,
         say=opts.say,
         headend={"ondemand_timeout_s": 3600},
         board_options=opts.board,

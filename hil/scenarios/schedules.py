@@ -57,6 +57,7 @@ async def run(opts: Options) -> dict[str, Any]:
         sim_start=T0 + 18 * H,
         board_options=opts.board,
         keep=opts.keep,
+        insecure=opts.insecure,
         say=opts.say,
     ) as rig:
         p = Progress(rig, opts.say)

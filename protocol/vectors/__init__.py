@@ -12,7 +12,7 @@ from typing import Any
 
 DIR = Path(__file__).resolve().parent
 FILES = ("frames.jsonl", "blocks.jsonl", "hdlc.jsonl")
-_BYTES_KEYS = ("nonce", "mac")
+_BYTES_KEYS = ("nonce", "mac", "wrapped")
 
 
 def to_json(obj: Any) -> Any:
@@ -27,7 +27,7 @@ def to_json(obj: Any) -> Any:
 
 
 def from_json(obj: Any) -> Any:
-    """JSON form → canonical fields (fields named nonce/mac back to bytes)."""
+    """JSON form → canonical fields (fields named nonce/mac/wrapped back to bytes)."""
     if isinstance(obj, dict):
         return {
             k: bytes.fromhex(v) if k in _BYTES_KEYS and isinstance(v, str) else from_json(v)

@@ -9,6 +9,7 @@ import random
 import struct
 from typing import Any
 
+from protocol.auth import meter_key, verify_frame, wrap_key
 from protocol.blocks import encode_channel
 from protocol.crc import crc16
 from protocol.errors import ProtocolError
@@ -17,6 +18,8 @@ from protocol.hdlc import Deframer, stuff
 from protocol.vectors import to_json
 
 KEY = bytes(range(32))
+# key_set's body: version 1 of meter 1001's key under the all-KEY master, wrapped under KEY
+_WRAPPED = wrap_key(KEY, meter_key(KEY, 1001, 1), 1)
 T0 = 1711929600  # 2024-04-01T00:00:00Z, the reference profile's first interval
 U32 = 0xFFFFFFFF
 
@@ -249,6 +252,47 @@ def _positive() -> list[tuple[str, dict[str, Any]]]:
         ),
         ("nack", _msg("nack", {"nacked_type": 7, "nacked_seq": 5, "reason": 5})),
         ("max_ids", _msg("register_ack", {"status": 255}, seq=65535, meter=U32)),
+        # issue 11: every frame signed (SPEC "Authentication"), key rotation
+        ("key_set", _msg("key_set", {"version": 1, "wrapped": _WRAPPED}, auth=T0 + 7)),
+        ("key_ack", _msg("key_ack", {"acked_seq": 9, "version": 1, "status": 0}, auth=65)),
+        ("key_ack_refused", _msg("key_ack", {"acked_seq": 9, "version": 0, "status": 7}, auth=66)),
+        (
+            "register_signed",
+            _msg(
+                "register",
+                {
+                    "fw_version": "ami-fw 0.4.0",
+                    "interval_s": 900,
+                    "capacity_days": 136,
+                    "utc_offset_min": 0,
+                    "meter_multiplier": 1,
+                    "channels": _CHANNELS,
+                },
+                auth=1,
+            ),
+        ),
+        (
+            "read_response_signed",
+            _msg(
+                "read_response",
+                {"request_seq": 0, "kind": 0, "part": 0, "parts": 1, "sections": sections},
+                auth=2,
+            ),
+        ),
+        ("event_signed", _msg("event", {"events": events[:3]}, auth=3)),
+        ("time_sync_request_signed", _msg("time_sync_request", {"t1_ms": T0 * 1000}, auth=4)),
+        ("nack_signed", _msg("nack", {"nacked_type": 3, "nacked_seq": 7, "reason": 4}, auth=U32)),
+        ("read_ack_signed", _msg("read_ack", {"acked_seq": 2, "upto": T0}, auth=T0 + 1)),
+        ("event_ack_signed", _msg("event_ack", {"acked_seq": 3}, auth=T0 + 2)),
+        ("register_ack_signed", _msg("register_ack", {"status": 0}, auth=T0 + 3)),
+        (
+            "time_sync_response_signed",
+            _msg(
+                "time_sync_response",
+                {"t1_ms": T0 * 1000, "t2_ms": T0 * 1000 + 40, "t3_ms": T0 * 1000 + 45},
+                auth=T0 + 4,
+            ),
+        ),
     ]
 
 
@@ -320,6 +364,38 @@ def _negative(good: bytes, authed: bytes) -> list[tuple[str, bytes]]:
     ]
 
 
+def _refused(rows: list[dict[str, Any]]) -> list[tuple[str, bytes, int | None]]:
+    """Frames a receiver holding KEY refuses: (name, raw, last accepted counter).
+
+    Unsigned downlinks (every type but download_open/download_auth must be
+    signed), a MAC under another key, a MAC that does not cover a changed
+    byte, and a replayed counter."""
+    by = {r["name"]: bytes.fromhex(r["hex"]) for r in rows}
+    other = meter_key(KEY, 1001, 2)
+    key_set = _msg("key_set", {"version": 1, "wrapped": _WRAPPED}, auth=T0 + 7)
+    signed = by["read_ack_signed"]
+    return [
+        (
+            "unsigned_config_set",
+            encode(_msg("config_set", {"items": [{"key": 4, "value": 1000}]})),
+            None,
+        ),
+        ("unsigned_register_ack", by["register_ack"], None),
+        ("unsigned_read_ack", encode(_msg("read_ack", {"acked_seq": 2, "upto": T0})), None),
+        ("unsigned_event_ack", encode(_msg("event_ack", {"acked_seq": 3})), None),
+        ("unsigned_time_set", encode(_msg("time_set", {"utc_ms": T0 * 1000})), None),
+        ("unsigned_key_set", encode(dict(key_set, auth=None)), None),
+        ("key_set_other_key", encode(key_set, key=other), None),
+        (
+            "mac_not_covering_change",
+            _recrc(signed[:9] + b"\x00" + signed[10:-2] + b"\x00\x00"),
+            None,
+        ),
+        ("replayed_counter", signed, T0 + 1),
+        ("older_counter", signed, T0 + 5),
+    ]
+
+
 def _block_frame(count: int, nch: int, runs: bytes, channels: bytes) -> bytes:
     body = struct.pack(">IHHB", T0, 900, count, nch) + runs + channels
     payload = b"\x00\x00\x00\x00\x01\x01\x04" + bytes([len(body)]) + body
@@ -351,6 +427,17 @@ def frame_rows() -> list[dict[str, Any]]:
             rows.append({"name": "bad_" + name, "hex": raw.hex(), "error": type(e).__name__})
         else:
             raise AssertionError(f"negative vector {name} decoded")  # generator bug, not input
+    for name, raw, last in _refused(rows):
+        row = {"name": "refused_" + name, "hex": raw.hex(), "key": KEY.hex()}
+        if last is not None:
+            row["last_counter"] = last
+        try:
+            decode(raw)
+            verify_frame(raw, KEY, last)
+        except ProtocolError as e:
+            rows.append(dict(row, error=type(e).__name__))
+        else:
+            raise AssertionError(f"refused vector {name} verified")  # generator bug, not input
     return rows
 
 

@@ -1,6 +1,8 @@
-# Host stand-in for the ESP32 port's `esp32` module: only esp32.Partition, as
-# the MicroPython v1.28 docs define it (find, info, readblocks/writeblocks with
-# and without offset, ioctl of the extended block-device protocol). It stands
+# Host stand-in for the ESP32 port's `esp32` module: esp32.Partition, as the
+# MicroPython v1.28 docs define it (find, info, readblocks/writeblocks with
+# and without offset, ioctl of the extended block-device protocol), and
+# esp32.NVS (set_blob/get_blob/erase_key/commit; get_blob of a missing key
+# raises OSError as ESP_ERR_NVS_NOT_FOUND does; sim_nvs holds the namespaces). It stands
 # in for hardware on the host only (tests/test_hal_esp32.py); never firmware.
 #
 # The partition table is the one firmware/README.md ("Flash layout") asks for.
@@ -102,3 +104,30 @@ def sim_new_table(meter_blocks=64):
 
 sim_table = []
 sim_new_table()
+
+
+sim_nvs = {}  # namespace -> {key: bytes}, committed or not (no power cuts here)
+
+
+class NVS:
+    def __init__(self, namespace):
+        self._d = sim_nvs.setdefault(namespace, {})
+
+    def set_blob(self, key, value):
+        self._d[key] = bytes(value)
+
+    def get_blob(self, key, buffer):
+        v = self._d.get(key)
+        if v is None:
+            raise OSError(-0x1102)  # ESP_ERR_NVS_NOT_FOUND
+        if len(v) > len(buffer):
+            raise OSError(-0x1109)  # ESP_ERR_NVS_INVALID_LENGTH
+        buffer[: len(v)] = v
+        return len(v)
+
+    def erase_key(self, key):
+        if self._d.pop(key, None) is None:
+            raise OSError(-0x1102)
+
+    def commit(self):
+        pass

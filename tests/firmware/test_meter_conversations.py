@@ -34,7 +34,7 @@ def test_m11_m12_default_daily_read_sends_previous_day():
     assert day1[0]["meter_id"] == MID
     assert any(sections(f, "events") for f in day1)
     for f in day1:  # every part fits
-        assert len(wire.encode(f)) <= wire.MAX_FRAME
+        assert len(wire.encode(f, KEY)) <= wire.MAX_FRAME
 
 
 def test_m19_default_read_time_is_remotely_programmable():
@@ -138,7 +138,7 @@ def test_m13_on_demand_read_answers_current_state():
     b.boot()
     h = Head()
     b.run(5 * 3600 + 300, step=60, head=h)
-    req = h.frame("read_request", {"mode": 2, "start": 0, "end": 0, "what": 15}, True)
+    req = h.frame("read_request", {"mode": 2, "start": 0, "end": 0, "what": 15})
     rs = [h.decode(r) for r in b.m.receive(req, b.now)]
     assert rs and all(r["body"]["request_seq"] == h.seq and r["body"]["kind"] == 1 for r in rs)
     for r in rs:
@@ -253,44 +253,127 @@ def test_m20_forged_and_replayed_commands_nacked_logged_nothing_applied():
     b.run(600, head=h)
     bad = Head(key=b"\x55" * 32)
     for f, reason in (
-        (bad.frame("config_set", {"items": [{"key": 3, "value": 2}]}, True), 3),
-        (h.frame("config_set", {"items": [{"key": 3, "value": 2}]}), 3),  # unsigned
-        (bad.frame("read_request", {"mode": 2, "start": 0, "end": 0, "what": 15}, True), 3),
-        (bad.frame("schedule_set", {"slots": [_slot(1, T0, 3600, 0)]}, True), 3),
-        (bad.frame("time_set", {"utc_ms": 0}, True), 3),
+        (bad.frame("config_set", {"items": [{"key": 3, "value": 2}]}), 3),
+        (h.frame("config_set", {"items": [{"key": 3, "value": 2}]}, False), 3),  # unsigned
+        (h.frame("event_ack", {"acked_seq": 1}, False), 3),  # acks too
+        (h.frame("read_ack", {"acked_seq": 1, "upto": 0}, False), 3),
+        (h.frame("register_ack", {"status": 0}, False), 3),
+        (bad.frame("read_request", {"mode": 2, "start": 0, "end": 0, "what": 15}), 3),
+        (bad.frame("schedule_set", {"slots": [_slot(1, T0, 3600, 0)]}), 3),
+        (bad.frame("time_set", {"utc_ms": 0}), 3),
     ):
+        b.now += 60  # refused input is answered once a minute
         r = h.decode(b.m.receive(f, b.now)[0])
         assert r["type"] == "nack" and r["body"]["reason"] == reason
     assert b.m.push_mask == events.DEFAULT_PUSH_MASK and b.m.sched.slots[1] is None
     assert b.steps == []
-    good = h.frame("config_set", {"items": [{"key": 4, "value": 3}]}, True)
+    good = h.frame("config_set", {"items": [{"key": 4, "value": 3}]})
     assert h.decode(b.m.receive(good, b.now)[0])["type"] == "config_ack"
+    b.now += 60
     replay = h.decode(b.m.receive(good, b.now)[0])
     assert replay["type"] == "nack" and replay["body"]["reason"] == 4
-    old = h.frame("config_set", {"items": [{"key": 4, "value": 9}]}, True, counter=1)
+    b.now += 60
+    old = h.frame("config_set", {"items": [{"key": 4, "value": 9}]}, counter=1)
     assert h.decode(b.m.receive(old, b.now)[0])["body"]["reason"] == 4
     assert b.m.multiplier == 3
-    assert len(events_of(b.reboot_store(), events.AUTH_FAILED)) == 7
+    assert len(events_of(b.reboot_store(), events.AUTH_FAILED)) == 10
     # the counter is persisted: after a reboot the old frame is still a replay
     b.boot()
     assert h.decode(b.m.receive(good, b.now)[0])["body"]["reason"] == 4
     assert b.m.multiplier == 3
 
 
+def test_m20_a_flood_of_refused_frames_costs_no_flash_and_one_answer_a_minute():
+    b = Board()
+    b.boot()
+    h = Head()
+    b.run(600, head=h)
+    bad = Head(key=b"\x55" * 32)
+    good = h.frame("event_ack", {"acked_seq": 1})
+    b.m.receive(good, b.now)
+    forged = bad.frame("config_set", {"items": [{"key": 4, "value": 1000}]})
+    torn = bytearray(good)
+    torn[-1] ^= 0xFF
+    writes = b.flash.ops
+    answers = []
+    for i in range(600):  # 10 frames a second for a minute
+        raw = (forged, good, bytes(torn))[i % 3]
+        answers += b.m.receive(raw, b.now + i // 10)
+    assert len(answers) == 1 and h.decode(answers[0])["body"]["reason"] == 3
+    # one event 13 and one message_sent (+ the nack's counter ceiling at most)
+    assert b.flash.ops - writes <= 3
+    assert b.m.multiplier == 1
+    assert len(events_of(b.reboot_store(), events.AUTH_FAILED)) == 1
+    answers = b.m.receive(forged, b.now + 60)  # the next minute: answered again
+    assert h.decode(answers[0])["body"]["reason"] == 3
+
+
+def test_m20_every_field_checked_before_anything_is_persisted():
+    b = Board()
+    b.boot()
+    h = Head()
+    b.run(600, head=h)
+    ops = b.flash.ops
+    last = b.m.last_counter
+    for mtype, body, reply in (
+        # 2**32 s is past every u32 timestamp: refused, the clock stays
+        ("time_set", {"utc_ms": (1 << 32) * 1000}, "nack"),
+        ("time_set", {"utc_ms": (1 << 64) - 1}, "nack"),
+        ("config_set", {"items": [{"key": 4, "value": 2}, {"key": 1, "value": 700}]}, "config_ack"),
+        ("config_set", {"items": [{"key": 2, "value": 30}]}, "config_ack"),
+        ("config_set", {"items": [{"key": 99, "value": 0}]}, "config_ack"),
+        ("schedule_set", {"slots": [_slot(1, T0, 3600, 0), _slot(9, T0, 3600, 0)]}, "schedule_ack"),
+        ("schedule_set", {"slots": [_slot(2, T0, 3600, 0, what=15, action=7)]}, "schedule_ack"),
+        ("key_set", {"version": 0, "wrapped": bytes(32)}, "key_ack"),
+    ):
+        if mtype == "key_set":
+            b.m.key_version = 3  # a lower version than held is refused
+        r = h.decode(b.m.receive(h.frame(mtype, body), b.now)[0])
+        b.m.key_version = 0
+        assert r["type"] == reply, (mtype, body)
+        assert r["body"].get("reason", r["body"].get("status")) == 7, (mtype, body)
+    # nothing changed, on flash or in RAM: not even the counter (only the
+    # replies' message_sent events and the uplink counter ceiling were written)
+    assert b.m.last_counter == last
+    assert b.m.multiplier == 1 and b.m.interval_s == 900 and b.m.utc_offset_s == 0
+    assert b.m.sched.slots[1] is None and b.steps == []
+    st = b.reboot_store()
+    assert events_of(st, events.CONFIG_CHANGED) == [] == events_of(st, events.CLOCK_ADJUSTED)
+    assert len(events_of(st, 16)) >= 8 and b.flash.ops - ops < 40  # 16: message_sent
+    b.boot()
+    assert b.m.last_counter == last and b.m.key_version == 0
+    b.run(3600, head=h)  # and records on
+    assert b.m.store.last_interval()[0] == T0 + 2700  # [T0 + 2700, T0 + 3600) closed
+
+
 def test_m20_other_meters_and_noise_are_ignored_or_nacked():
     b = Board()
     b.boot()
     h = Head()
-    other = h.frame("read_request", {"mode": 2, "start": 0, "end": 0, "what": 15}, True, meter_id=1)
+    other = h.frame("read_request", {"mode": 2, "start": 0, "end": 0, "what": 15}, meter_id=1)
     assert b.m.receive(other, b.now) == []
     assert b.m.receive(b"\x7e\x00garbage", b.now) == []
     f = bytearray(h.frame("event_ack", {"acked_seq": 1}))
     f[-1] ^= 0xFF
     r = h.decode(b.m.receive(bytes(f), b.now)[0])
     assert r["type"] == "nack" and r["body"]["reason"] == 1
-    assert KEY  # (the key never leaves the meter: not in any uplink)
-    for g in h.got:
-        assert g["auth"] is None
+
+
+def test_m20_every_uplink_signed_with_a_fresh_counter_repeats_too():
+    b = Board()
+    b.boot()
+    h = Head(ack_reads=False, ack_events=False)
+    b.run(2 * DAY, step=300, head=h)  # reads and events repeated, never acked
+    assert KEY not in b"".join(wire.encode(g, KEY) for g in h.got)  # never sent
+    assert all(g["auth"] is not None for g in h.got)  # h.decode verified each MAC
+    assert h.counters == sorted(set(h.counters))  # strictly increasing: none reused
+    seqs = [g["seq"] for g in h.of("read_response")]
+    assert len(seqs) > len(set(seqs))  # repeats keep their seq, with a new counter
+    # a restart continues above every counter used (the persisted ceiling)
+    top = h.counters[-1]
+    b.boot()
+    b.run(600, head=h)
+    assert h.counters[-1] > top and h.counters == sorted(set(h.counters))
 
 
 def test_m13_m20_conversations_hold_across_cold_module_drops():
@@ -322,7 +405,7 @@ def _conversations_across_drops():
     b.run(3 * 3600, step=300, head=h)
     core.drop_cold()
     assert not [n for n in ("meter.wire", "meter.reads", "meter.errors") if n in sys.modules]
-    req = h.frame("read_request", {"mode": 2, "start": 0, "end": 0, "what": 15}, True)
+    req = h.frame("read_request", {"mode": 2, "start": 0, "end": 0, "what": 15})
     rs = [h.decode(r) for r in b.m.receive(req, b.now)]
     assert rs and rs[0]["type"] == "read_response" and "meter.wire" in sys.modules
     core.drop_cold()
@@ -334,11 +417,55 @@ def _conversations_across_drops():
     assert [r[0] for r in intervals_of(rs)] == [T0 + DAY + 900 * i for i in range(12)]
     core.drop_cold()
     body = {"mode": 2, "start": 0, "end": 0, "what": 15}
-    bad = Head(key=b"\x55" * 32).frame("read_request", body, True)
+    bad = Head(key=b"\x55" * 32).frame("read_request", body)
     nack = h.decode(b.m.receive(bad, b.now)[0])
     assert nack["type"] == "nack" and nack["body"]["reason"] == 3  # auth_failed, not a crash
     core.drop_cold()
-    ok = h.frame("read_request", body, True)
+    ok = h.frame("read_request", body)
     torn = ok[:-1] + bytes([ok[-1] ^ 0xFF])  # a decode error raised by a re-imported codec
-    nack = h.decode(b.m.receive(torn, b.now)[0])
+    nack = h.decode(b.m.receive(torn, b.now + 60)[0])
     assert nack["type"] == "nack" and nack["body"]["reason"] == 1  # bad_crc
+
+
+K1 = bytes(range(64, 96))  # the rotated key (version 1)
+
+
+def test_m20_key_rotation_dance():
+    b = Board()
+    b.boot()
+    h = Head()
+    b.run(600, head=h)
+    ack = h.decode(b.m.receive(h.rotate(1, K1), b.now)[0])  # key_set signed with KEY
+    # key_ack signed with the new key: h.decode tried K1 first, so it is confirmed
+    assert ack["type"] == "key_ack" and ack["body"]["version"] == 1 and ack["body"]["status"] == 0
+    assert h.old_key is None and b.m.key == K1 and b.m.key_version == 1
+    # until a downlink under the new key arrives the old one is still accepted
+    assert b.m.receive(h.frame("event_ack", {"acked_seq": 0}, key=KEY), b.now) == []
+    assert b.m.old_key == KEY
+    b.boot()  # (kept across a restart)
+    assert b.m.key == K1 and b.m.old_key == KEY
+    # a repeated key_set (the head-end missed the ack) is acked again, under K1
+    again = h.frame("key_set", {"version": 1, "wrapped": bytes(32)}, key=KEY)
+    ack = h.decode(b.m.receive(again, b.now)[0])
+    assert ack["type"] == "key_ack" and ack["body"]["acked_seq"] == h.seq
+    assert ack["body"]["version"] == 1 and ack["body"]["status"] == 0
+    assert b.m.key == K1
+    # the first downlink under K1 ends the old key's life, for good
+    assert b.m.receive(h.frame("event_ack", {"acked_seq": 0}), b.now) == []
+    assert b.m.old_key is None
+    b.boot()
+    assert b.m.key == K1 and b.m.key_version == 1 and b.m.old_key is None
+    b.now += 60
+    nack = h.decode(b.m.receive(h.frame("event_ack", {"acked_seq": 0}, key=KEY), b.now)[0])
+    assert nack["type"] == "nack" and nack["body"]["reason"] == 3
+    # an older version than held is refused; nothing changes
+    b.now += 60
+    old = h.frame("key_set", {"version": 0, "wrapped": bytes(32)})
+    ack = h.decode(b.m.receive(old, b.now)[0])
+    assert ack["type"] == "key_ack" and ack["body"]["status"] == 7 and ack["body"]["version"] == 1
+    assert b.m.key == K1
+    # uplinks go on under K1 (h.decode verifies with it), and a second rotation works
+    b.run(3600, head=h)
+    k2 = bytes(range(200, 232))
+    ack = h.decode(b.m.receive(h.rotate(2, k2), b.now)[0])
+    assert ack["body"]["version"] == 2 and b.m.key == k2 and b.m.old_key == K1

@@ -2,7 +2,7 @@
 # reboot recovery. Runs on CPython (pytest) and MicroPython (mpy_runner.py).
 from hal import norflash
 from meter import events, recorder, wire
-from meter_kit import DAY, T0, Board, Head, events_of, intervals_of
+from meter_kit import DAY, KEY, T0, Board, Head, events_of, intervals_of
 from scratch import Scratch
 
 
@@ -80,7 +80,7 @@ def test_m02_keeps_45_days_at_5_minutes_oldest_overwritten():
         nxt = []
         for r in raw:
             f = wire.decode(r)  # not kept: 45 days of decoded frames fill a small heap
-            assert len(r) <= wire.MAX_FRAME and wire.encode(f) == bytes(r)
+            assert len(r) <= wire.MAX_FRAME and wire.encode(f, KEY) == bytes(r)
             seen.append(f["body"]["part"])
             for iv in intervals_of([f]):  # parts go out in order
                 assert iv[0] == t

@@ -52,3 +52,12 @@ def test_backoff_grows_caps_and_jitters():
     assert mqtt.backoff_ms(30, 0) == 30000
     seen = set(mqtt.backoff_ms(4, r) for r in (0, 1000, 30000, 65535))
     assert len(seen) == 4
+
+
+def test_m20_connect_packet_carries_the_login():
+    p = mqtt.connect_packet("1001", 60, "1001", "0123456789abcdef0123456789abcdef")
+    assert p[0] == 0x10 and p[1] == len(p) - 2
+    assert p[9] == 0x80 | 0x40  # user name and password flags; clean session still off
+    assert p[12:] == b"\x00\x041001" + b"\x00\x041001" + b"\x00\x20" + b"0123456789abcdef" * 2
+    anon = mqtt.connect_packet("1001", 60)
+    assert anon[9] == 0 and anon[12:] == b"\x00\x041001"

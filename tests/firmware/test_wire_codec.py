@@ -92,6 +92,8 @@ BODIES = {
     "download_auth": {"operator": 42, "mac": auth.download_mac(KEY, NONCE, 42)},
     "download_data": {"part": 2, "parts": 3, "sections": SECTIONS[3:]},
     "nack": {"nacked_type": 3, "nacked_seq": 9, "reason": 4},
+    "key_set": {"version": 65535, "wrapped": bytes(range(1, 33))},
+    "key_ack": {"acked_seq": 7, "version": 1, "status": 0},
 }
 
 
@@ -277,10 +279,10 @@ def test_crc_checked_before_type_and_flags():
 
 
 def test_unknown_type():
-    for code in (0x00, 0x14, 0x7F, 0xFF):
+    for code in (0x00, 0x16, 0x7F, 0xFF):
         _raises(UnknownMessageType, wire.decode, _raw(code, b""))
     # type is checked before the reserved flags
-    _raises(UnknownMessageType, wire.decode, _raw(0x14, b"", flags=0x02))
+    _raises(UnknownMessageType, wire.decode, _raw(0x16, b"", flags=0x02))
 
 
 def test_reserved_flags():
@@ -551,12 +553,12 @@ def _load(name):
 
 
 def _from_json(obj, key=None):
-    """JSON form -> canonical fields: values of keys nonce and mac are hex."""
+    """JSON form -> canonical fields: values of keys nonce, mac and wrapped are hex."""
     if type(obj) is dict:
         return {k: _from_json(v, k) for k, v in obj.items()}
     if type(obj) is list:
         return [_from_json(v) for v in obj]
-    if key in ("nonce", "mac") and type(obj) is str:
+    if key in ("nonce", "mac", "wrapped") and type(obj) is str:
         return bytes.fromhex(obj)
     return obj
 

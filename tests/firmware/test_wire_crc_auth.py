@@ -197,25 +197,55 @@ def test_bad_mac_is_checked_before_replay():
     _raises(BadMac, wire.decode, frame, b"\x01" * 32, 100)
 
 
-def test_auth_required_types_without_trailer_are_bad_mac_with_key():
+def test_m20_every_type_but_the_probes_without_trailer_is_bad_mac_with_key():
     f = _config_set()
     f["auth"] = None
     frame = wire.encode(f)
     assert wire.decode(frame)["auth"] is None
     _raises(BadMac, wire.decode, frame, KEY)
     _raises(BadMac, auth.verify_frame, frame, KEY)
-    # an uplink type needs no MAC, so a key does not make it fail
-    ack = wire.encode(
+    # every frame is signed (SPEC "Authentication"): acks and uplinks too
+    for name, body in (
+        ("register_ack", {"status": 0}),
+        ("read_ack", {"acked_seq": 1, "upto": 0}),
+        ("event", {"events": []}),
+        ("key_ack", {"acked_seq": 1, "version": 1, "status": 0}),
+    ):
+        raw = wire.encode(
+            {"type": name, "seq": 1, "meter_id": 1, "timestamp": 0, "auth": None, "body": body}
+        )
+        _raises(BadMac, wire.decode, raw, KEY)
+    # only the optical probe's download_open/download_auth go without
+    raw = wire.encode(
         {
-            "type": "register_ack",
+            "type": "download_open",
             "seq": 1,
             "meter_id": 1,
             "timestamp": 0,
             "auth": None,
-            "body": {"status": 0},
+            "body": {"operator": 7},
         }
     )
-    assert wire.decode(ack, KEY)["body"] == {"status": 0}
+    assert wire.decode(raw, KEY)["body"] == {"operator": 7}
+
+
+def test_m20_seal_signs_in_place_as_encode_does():
+    f = _config_set(77)
+    raw = wire.encode(f, KEY)
+    n = len(raw) - 22
+    buf = bytearray(raw[:n]) + bytearray(22)
+    auth.seal(buf, n, KEY, 77)
+    assert bytes(buf) == raw and auth.verify_frame(buf, KEY, 76) == 77
+    _raises(MalformedPayload, auth.seal, buf, n, KEY, 1 << 32)
+
+
+def test_m20_unwrap_key_inverts_the_wrap():
+    new = bytes(range(100, 132))
+    pad = auth.unwrap_key(KEY, bytes(32), 3)
+    wrapped = bytes(a ^ b for a, b in zip(new, pad))
+    assert auth.unwrap_key(KEY, wrapped, 3) == new
+    assert auth.unwrap_key(KEY, wrapped, 4) != new  # the version is bound in
+    assert auth.unwrap_key(bytes(32), wrapped, 3) != new  # only the current key unwraps
 
 
 def test_encode_auth_needs_key_and_valid_counter():

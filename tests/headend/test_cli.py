@@ -104,11 +104,11 @@ def test_d01_cli_help_everywhere() -> None:
 def test_d01_cli_db_init_and_version(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/new/dir/h.db"
     code, out, _ = run(capsys, "db", "init", "--database", url)
-    assert code == 0 and "applied migration(s) [1, 2]" in out
+    assert code == 0 and "applied migration(s) [1, 2, 3]" in out
     code, out, _ = run(capsys, "db", "migrate", "--database", url, "--json")
-    assert json.loads(out) == {"applied": [], "version": 2}
+    assert json.loads(out) == {"applied": [], "version": 3}
     code, out, _ = run(capsys, "db", "version", "--database", url)
-    assert out.strip() == "schema version 2 (this head-end: 2)"
+    assert out.strip() == "schema version 3 (this head-end: 3)"
 
 
 def test_d01_cli_meters_list_show_json_and_usage_errors(
@@ -238,6 +238,7 @@ def test_d09_cli_events_routes_and_ack(capsys: pytest.CaptureFixture[str], db: s
 
 async def _cli(db: str, broker: str, *argv: str) -> tuple[int, str, str]:
     env = {**os.environ, "AMI_DATABASE": db, "AMI_BROKER": broker, "AMI_SPEED": "600"}
+    env["AMI_INSECURE"] = "1"  # the shared test broker is the plain one
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

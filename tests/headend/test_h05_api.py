@@ -45,6 +45,6 @@ def test_h05_api_refuses_a_database_at_another_schema_and_creates_none(tmp_path:
         api.Headend.open(f"sqlite:///{tmp_path}/none.db")
     assert not (tmp_path / "none.db").exists()
     sqlite3.connect(tmp_path / "empty.db").close()
-    with pytest.raises(api.SchemaError, match="schema version 0, expected 2") as e:
+    with pytest.raises(api.SchemaError, match="schema version 0, expected 3") as e:
         api.Headend.open(f"sqlite:///{tmp_path}/empty.db")
-    assert (e.value.have, e.value.want) == (0, 2)
+    assert (e.value.have, e.value.want) == (0, 3)

@@ -20,6 +20,7 @@ import pytest
 
 from headend.config import load
 from hil.wait import wait_until_sync
+from protocol.auth import meter_key, mqtt_password, mqtt_user_password
 from tests.hil.procs import ROOT, HilRun
 
 pytestmark = [pytest.mark.mpy, pytest.mark.usefixtures("rig_parts")]
@@ -84,7 +85,10 @@ def test_stack_registers_boards_answers_the_printed_commands_and_stops_on_sigter
                 follow.kill()
                 follow.communicate()
         (tail,) = [c for c in cmds if c[0] == "tail"]
-        assert "headend: serving: broker mqtt://127.0.0.1:" in Path(tail[-1]).read_text()
+        assert (
+            "headend: serving: broker mqtts://stack-headend@127.0.0.1:"
+            in Path(tail[-1]).read_text()
+        )
         # the head-end is its own process, on the boards' clock, with a random site key
         config = Path(_find(cmds, "log")[-1])
         cfg = load(config)
@@ -126,3 +130,46 @@ def test_stack_dir_is_kept_on_ctrl_c_and_runs_again_at_its_own_speed(tmp_path: P
     again = _sh([sys.executable, "-m", "hil", "stack", "--dir", str(state), "--speed", "60"])
     assert again.returncode == 2 and "runs at 1x" in again.stderr, again.stderr
     assert (state / "master.key").read_text() == key
+
+
+# files that hold secrets on purpose (0600): everything else a run writes is grepped
+_SECRET_FILES = {"master.key", "headend.toml", "board.json", "passwd", "acl.json"}
+
+
+@pytest.mark.req("T02")
+def test_t02_no_secret_in_any_log_or_output_of_a_stack_run(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    run = HilRun(tmp_path, "stack", "--boards", "2", "--speed", "60", "--dir", str(state))
+    outputs: list[str] = []
+    try:
+        cmds = _printed(run)
+        outputs.append(_until_ok(_find(cmds, "meters", "list"), r"2 meter\(s\)", 60))
+        outputs.append(_until_ok(_find(cmds, "read", "1001"), r"\n[1-9][0-9]* interval\(s\)", 90))
+        for argv in (_find(cmds, "log"), [*_find(cmds, "meters", "list"), "-v"]):
+            done = _sh([a for a in argv if a != "--follow"])
+            outputs += [done.stdout, done.stderr]
+        helps = [_sh([cmds[0][0], *c, "--help"]) for c in (["serve"], ["broker", "config"])]
+        outputs += [h.stdout + h.stderr for h in helps]
+        run.signal(signal.SIGTERM)
+        run.wait_exit()
+    finally:
+        run.kill_all()
+    master = bytes.fromhex((state / "master.key").read_text().strip())
+    secrets = {
+        "master key": master.hex(),
+        "head-end MQTT password": mqtt_user_password(master, "stack-headend"),
+    }
+    for mid in (1001, 1002):
+        key = meter_key(master, mid)
+        secrets[f"meter {mid} key"] = key.hex()
+        secrets[f"meter {mid} MQTT password"] = mqtt_password(key)
+    logs = {"stack output": run.output, **{f"cli {i}": o for i, o in enumerate(outputs)}}
+    for path in sorted(state.rglob("*")):
+        if path.is_file() and path.name not in _SECRET_FILES and path.suffix != ".bin":
+            logs[str(path.relative_to(state))] = path.read_text(errors="replace")
+    # the positive control: the logs are the real ones, with real traffic in them
+    assert "as stack-headend" in logs["broker/mosquitto.log"]
+    assert "registered" in logs["headend.log"]
+    for what, secret in secrets.items():
+        for name, text in logs.items():
+            assert secret.lower() not in text.lower(), f"{what} in {name}"

@@ -1,9 +1,13 @@
 """A protocol-level fake meter for head-end tests, over MQTT or a serial line.
 
-It speaks the wire protocol exactly (`protocol.frame`), checks the MAC and
-counter of signed downlinks like a meter (nack 3/4 otherwise), and answers as
-SPEC "Conversations" says: register until acked, schedule_ack, read_response
-to read_request, read_ack/event_ack handling, time sync. Energy is a
+It speaks the wire protocol exactly (`protocol.frame`): it signs every uplink
+with its key and a fresh counter per transmission (a repeat keeps its seq,
+not its counter), checks the MAC and counter of every downlink like a meter
+(nack 3/4 otherwise, the frame ignored), takes a key_set (SPEC
+"Authentication": the new key unwrapped, key_ack under it, the old key taken
+for downlinks until the first one under the new), and answers as SPEC
+"Conversations" says: register until acked, schedule_ack, read_response to
+read_request, read_ack/event_ack handling, time sync. Energy is a
 deterministic function of time, so a test can state what the head-end must
 have stored. Knobs make it misbehave on purpose (drop acks, ignore reads,
 nack reads).
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import struct
 import uuid
 from collections.abc import Awaitable, Callable
@@ -28,13 +33,17 @@ import aiomqtt
 from headend.clock import Clock
 from headend.keys import meter_key
 from hil.rig import cancel_hard
-from protocol.auth import verify_frame
-from protocol.errors import ProtocolError
+from protocol.auth import unwrap_key, verify_frame
+from protocol.errors import BadMac, ProtocolError
 from protocol.frame import decode, encode
 from protocol.hdlc import Deframer, stuff
 from protocol.schema import MESSAGE_TYPES
 
 DAY = 86_400
+# Uplink counters: one sequence for every fake meter of the test process, so a
+# meter made again for the same id (a "power cut") still counts up, as a meter
+# that persists its counter ceiling does.
+_UP_COUNTERS = itertools.count(1)
 Handler = Callable[[bytes], Awaitable[None]]
 
 
@@ -176,16 +185,23 @@ class FakeMeter:
     rejected: list[str] = field(default_factory=list)
     acks: dict[int, dict[str, Any]] = field(default_factory=dict)  # our seq -> the ack
     last_counter: int = 0
+    key_version: int = 0
+    key_acks: int = 0  # key_acks sent
     clock_offset_ms: int | None = None
     tries: int = 0  # frames sent until acknowledged, repeats included
     _seq: int = 0
     _register_seq: int = -1
+    _key: bytes | None = None
+    _old_key: bytes | None = None  # taken for downlinks until one arrives under the new key
     _task: asyncio.Task[None] | None = None
     _got: asyncio.Condition = field(default_factory=asyncio.Condition)
 
     @property
     def key(self) -> bytes:
-        return meter_key(self.master, self.meter_id)
+        """The key it signs with (v0, or the one the last key_set gave)."""
+        if self._key is None:
+            self._key = meter_key(self.master, self.meter_id)
+        return self._key
 
     def now(self) -> int:
         return int(self.clock.now()) + self.skew_s
@@ -204,6 +220,7 @@ class FakeMeter:
     # -- sending -------------------------------------------------------------------------------
 
     def frame(self, mtype: str, body: dict[str, Any], seq: int | None = None) -> tuple[int, bytes]:
+        """(seq, frame) signed with a fresh counter; ``seq`` None takes the next one."""
         if seq is None:
             self._seq = self._seq % 0xFFFF + 1
             seq = self._seq
@@ -212,10 +229,10 @@ class FakeMeter:
             "seq": seq,
             "meter_id": self.meter_id,
             "timestamp": self.now(),
-            "auth": None,
+            "auth": {"counter": next(_UP_COUNTERS), "mac": b""},
             "body": body,
         }
-        return seq, encode(fields)
+        return seq, encode(fields, key=self.key)
 
     async def send(self, mtype: str, body: dict[str, Any]) -> int:
         seq, raw = self.frame(mtype, body)
@@ -229,13 +246,15 @@ class FakeMeter:
     async def send_until_acked(
         self, mtype: str, body: dict[str, Any], every: float = 0.5, timeout: float = 15.0
     ) -> dict[str, Any]:
-        """Send (the same frame, same seq) until it is acknowledged, like a meter."""
+        """Send (the same seq, a fresh counter each time) until acknowledged, like a meter."""
         seq, raw = self.frame(mtype, body)
         if mtype == "register":
             self._register_seq = seq
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout
         while loop.time() < end:
+            if self.tries:
+                raw = self.frame(mtype, body, seq)[1]
             self.tries += 1
             # a send into a dying connection may hang until the client's own timeout
             with contextlib.suppress(ConnectionError, TimeoutError, aiomqtt.MqttError):
@@ -326,13 +345,31 @@ class FakeMeter:
     # -- receiving -----------------------------------------------------------------------------
 
     def _verify(self, raw: bytes, fields: dict[str, Any]) -> int:
-        """0 if the signed downlink is good, else the nack reason (3 auth_failed, 4 replay)."""
+        """0 if the downlink is signed and new, else the nack reason (3 auth_failed, 4 replay)."""
         try:
-            self.last_counter = verify_frame(raw, self.key, self.last_counter)
+            try:
+                self.last_counter = verify_frame(raw, self.key, self.last_counter)
+                self._old_key = None  # the head-end signs with the new key: the old one is done
+            except BadMac:
+                if self._old_key is None:
+                    raise
+                self.last_counter = verify_frame(raw, self._old_key, self.last_counter)
         except ProtocolError as e:
             self.rejected.append(f"{fields['type']}: {type(e).__name__}")
             return 4 if type(e).__name__ == "Replay" else 3
         return 0
+
+    async def _key_set(self, fields: dict[str, Any]) -> None:
+        body = fields["body"]
+        version = body["version"]
+        if version > self.key_version:
+            new = unwrap_key(self.key, body["wrapped"], version)
+            self._old_key, self._key, self.key_version = self.key, new, version
+        status = 0 if version == self.key_version else 7
+        self.key_acks += 1
+        await self.send(
+            "key_ack", {"acked_seq": fields["seq"], "version": self.key_version, "status": status}
+        )
 
     async def _nack(self, fields: dict[str, Any], reason: int) -> None:
         await self.send(
@@ -361,6 +398,11 @@ class FakeMeter:
 
     async def _answer(self, raw: bytes, fields: dict[str, Any]) -> None:
         mtype, body = fields["type"], fields["body"]
+        reason = self._verify(raw, fields)
+        if reason:
+            if mtype != "nack":
+                await self._nack(fields, reason)
+            return
         if mtype in ("register_ack", "read_ack", "event_ack"):
             # register_ack names no seq: it answers the (latest) register frame
             ref = body.get("acked_seq", self._register_seq)
@@ -371,11 +413,9 @@ class FakeMeter:
             t4 = self.now_ms()
             b = body
             self.clock_offset_ms = ((b["t2_ms"] - b["t1_ms"]) + (b["t3_ms"] - t4)) // 2
+        elif mtype == "key_set":
+            await self._key_set(fields)
         elif mtype in ("schedule_set", "read_request", "time_set", "config_set"):
-            reason = self._verify(raw, fields)
-            if reason:
-                await self._nack(fields, reason)
-                return
             if mtype == "schedule_set":
                 if self.drop_schedule_sets > 0:
                     self.drop_schedule_sets -= 1

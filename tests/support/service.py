@@ -44,6 +44,8 @@ def make_config(broker_url: str, database: str, **kw: Any) -> Config:
         "poll_s": 0.05,
         "assign_at": "20:00",
         "notify_retry_s": 60,
+        # the shared test broker is the plain one (hil.broker insecure=True)
+        "insecure": broker_url.startswith("mqtt://"),
     }
     base.update(kw)
     return Config(**base)

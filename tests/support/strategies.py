@@ -123,6 +123,10 @@ BODIES: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     ),
     "download_data": st.fixed_dictionaries({"part": u8, "parts": u8, "sections": sections}),
     "nack": st.fixed_dictionaries({"nacked_type": u8, "nacked_seq": u16, "reason": u8}),
+    "key_set": st.fixed_dictionaries(
+        {"version": u16, "wrapped": st.binary(min_size=32, max_size=32)}
+    ),
+    "key_ack": st.fixed_dictionaries({"acked_seq": u16, "version": u16, "status": u8}),
 }
 assert set(BODIES) == set(MESSAGE_TYPES)  # a new message type needs a strategy
 

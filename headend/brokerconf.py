@@ -1,0 +1,371 @@
+"""The mosquitto configuration of a site: mosquitto.conf, password file, ACLs.
+
+What protocol/SPEC.md "MQTT" asks of the broker, written out:
+
+- no anonymous client; one login per meter (its id in decimal, password
+  `protocol.auth.mqtt_password` of its provisioned key), per head-end worker and
+  per notification recipient (`mqtt_user_password(master, name)`);
+- ACLs (``acl.json``, mosquitto's dynamic-security plugin: see `acls` for why
+  not its acl_file): a meter publishes only ``ami/v1/<id>/up`` and reads only
+  ``ami/v1/<id>/down``; a worker reads every ``up`` (so it may join the shared
+  subscription ``$share/<group>/ami/v1/+/up``, which nobody else can) and the
+  recipients' acks, and writes every ``down``, the notifications and the
+  real-time topic; a recipient reads its notifications and writes its acks;
+- the client id is the user name (`use_username_as_clientid`): nobody can
+  knock another identity off the broker with its client id;
+- packets over 8 KiB are refused (the largest frame is far smaller) and the
+  per-client queues are bounded;
+- a TLS 1.2+ listener; a plain one (same logins and ACLs) only when asked for.
+
+The password file is mosquitto_passwd's ``$7$`` format (PBKDF2-HMAC-SHA512,
+12-byte salt, base64): ``user:$7$<iterations>$<salt>$<hash>``, made here with
+hashlib so no mosquitto_passwd run (and no password on its command line) is
+needed. Every file is written 0600: the password file's hashes of 128-bit
+random-looking passwords are not crackable, but nobody else needs them.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import pwd
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from headend.errors import ConfigError
+from headend.secretfile import write_private
+from protocol.auth import meter_key, mqtt_password, mqtt_user_password
+
+PBKDF2_ITERATIONS = 101  # mosquitto_passwd's own default (PW_DEFAULT_ITERATIONS)
+SALT_LEN = 12  # mosquitto's SALT_LEN
+MAX_PACKET_SIZE = 8192  # SPEC "MQTT": 8 KiB, more than the largest frame
+_PUBLISH_OVERHEAD = 16  # fixed header, topic length, packet id, properties length
+MAX_QUEUED_MESSAGES = 1000  # per client, QoS 1 held for a slow or absent client
+MAX_INFLIGHT_MESSAGES = 20
+METER_ID_MAX = 0xFFFFFFFF
+UP = "ami/v1/{}/up"
+DOWN = "ami/v1/{}/down"
+
+
+def payload_limit(topic: str) -> int:
+    """The largest payload the broker takes on ``topic`` (its packet limit less the header);
+    a client that sends more is disconnected."""
+    return MAX_PACKET_SIZE - _PUBLISH_OVERHEAD - len(topic.encode())
+
+
+def password_hash(
+    password: str, salt: bytes | None = None, iterations: int = PBKDF2_ITERATIONS
+) -> str:
+    """The ``$7$`` hash mosquitto checks a password against."""
+    salt = secrets.token_bytes(SALT_LEN) if salt is None else salt
+    dk = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
+    b64 = base64.b64encode
+    return f"$7${iterations}${b64(salt).decode()}${b64(dk).decode()}"
+
+
+def check_name(name: str, what: str) -> str:
+    """A non-meter user name: no MQTT wildcard, separator or ACL-file syntax; not a meter id."""
+    if (
+        not name
+        or name.isdigit()
+        or any(c in name for c in "/+#:$%\x00")
+        or any(c.isspace() for c in name)
+        or len(name) > 64
+    ):
+        raise ConfigError(
+            f"{what}: expected a name without spaces, '/', '+', '#', ':', '$', '%' that is "
+            f"not a number (meters log in with their id), got {name!r}"
+        )
+    return name
+
+
+def parse_meters(text: str) -> tuple[int, ...]:
+    """``1001-1003,2000`` -> (1001, 1002, 1003, 2000), sorted, without repeats."""
+    ids: set[int] = set()
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        lo, _, hi = part.partition("-")
+        try:
+            a, b = int(lo), int(hi or lo)
+        except ValueError as e:
+            raise ConfigError(f"meters: expected ids or ranges like 1001-1003, got {part!r}") from e
+        if not 0 <= a <= b <= METER_ID_MAX or b - a >= 1_000_000:
+            raise ConfigError(f"meters: {part!r} is not a range of meter ids (0..2^32-1)")
+        ids.update(range(a, b + 1))
+    return tuple(sorted(ids))
+
+
+def _topic_prefix(template: str) -> str:
+    """``ami/v1/data/{meter}`` -> ``ami/v1/data/+`` (the ACL's form of a per-meter topic)."""
+    return template.replace("{meter}", "+")
+
+
+@dataclass(frozen=True)
+class Site:
+    """Who may use the broker, and how.
+
+    Attributes:
+        meters: meter ids admitted (each logs in as its id).
+        workers: head-end worker user names (each its own login and client id).
+        recipients: notification recipients (`headend events routes`).
+        observers: read-only logins that see every meter frame both ways (the
+            HIL rig's sniffer; a site has none).
+        notify_topic, realtime_topic: the head-end's settings of the same names.
+    """
+
+    meters: tuple[int, ...] = ()
+    workers: tuple[str, ...] = ("headend",)
+    recipients: tuple[str, ...] = ()
+    observers: tuple[str, ...] = ()
+    notify_topic: str = "ami/v1/notify"
+    realtime_topic: str = "ami/v1/data/{meter}"
+
+    def __post_init__(self) -> None:
+        for m in self.meters:
+            if not 0 <= m <= METER_ID_MAX:
+                raise ConfigError(f"meter id {m} out of range")
+        for w in self.workers:
+            check_name(w, "worker")
+        for r in self.recipients:
+            check_name(r, "recipient")
+        for o in self.observers:
+            check_name(o, "observer")
+        named = [*self.workers, *self.recipients, *self.observers]
+        if len(set(named)) != len(named):
+            raise ConfigError(f"a name is given twice among {named}")
+
+    def logins(self, master: bytes) -> Iterable[tuple[str, str]]:
+        """(user, password) of every identity, derived from the site master key."""
+        for user in (*map(str, self.meters), *self.workers, *self.recipients, *self.observers):
+            yield user, password_of(master, user)
+
+
+def password_of(master: bytes, user: str) -> str:
+    """The MQTT password of a login: a meter's (its decimal id) or a named user's."""
+    if user.isdigit():
+        return mqtt_password(meter_key(master, int(user), 0))
+    return mqtt_user_password(master, user)
+
+
+def password_file(site: Site, master: bytes) -> str:
+    """The password file's text (mosquitto_passwd format)."""
+    return "".join(f"{user}:{password_hash(pw)}\n" for user, pw in site.logins(master))
+
+
+def _allow(kind: str, *topics: str) -> list[dict[str, object]]:
+    return [{"acltype": kind, "topic": t, "allow": True} for t in topics]
+
+
+def _role(name: str, acls: list[dict[str, object]]) -> dict[str, object]:
+    return {"rolename": name, "acls": acls}
+
+
+def acls(site: Site) -> dict[str, object]:
+    """The ACLs, as mosquitto's dynamic-security plugin reads them (its JSON config).
+
+    Why not mosquitto's ``acl_file``: in mosquitto 2.0 it never refuses a
+    subscription, it only filters deliveries. An outsider could then join the
+    head-end's shared subscription and be dealt its share of the uplinks, which
+    the ACL then drops: the head-end never sees them. The plugin refuses the
+    SUBSCRIBE itself. Logins stay in the password file (the plugin's clients
+    carry no password, so it defers authentication to that file).
+
+    Each identity: ``publishClientSend`` (may publish), ``subscribe*`` (may
+    subscribe), ``publishClientReceive`` (is delivered); everything else denied.
+    """
+    notify = site.notify_topic
+    up_all, down_all = UP.format("+"), DOWN.format("+")
+    roles = [
+        _role(
+            "worker",
+            _allow("subscribePattern", up_all, f"$share/+/{up_all}")
+            + _allow("subscribePattern", f"{notify}/+/ack", f"$share/+/{notify}/+/ack")
+            + _allow("publishClientReceive", up_all, f"{notify}/+/ack")
+            + _allow(
+                "publishClientSend", down_all, f"{notify}/+", _topic_prefix(site.realtime_topic)
+            ),
+        ),
+        _role(
+            "observer",
+            _allow("subscribePattern", up_all, down_all)
+            + _allow("publishClientReceive", up_all, down_all),
+        ),
+    ]
+    clients: list[dict[str, object]] = []
+
+    def client(user: str, role: str) -> None:
+        clients.append({"username": user, "roles": [{"rolename": role}]})
+
+    for w in site.workers:
+        client(w, "worker")
+    for o in site.observers:
+        client(o, "observer")
+    for r in site.recipients:
+        mine, ack = f"{notify}/{r}", f"{notify}/{r}/ack"
+        roles.append(
+            _role(
+                f"recipient-{r}",
+                _allow("subscribeLiteral", mine)
+                + _allow("publishClientReceive", mine)
+                + _allow("publishClientSend", ack),
+            )
+        )
+        client(r, f"recipient-{r}")
+    for m in site.meters:
+        up, down = UP.format(m), DOWN.format(m)
+        roles.append(
+            _role(
+                f"meter-{m}",
+                _allow("subscribeLiteral", down)
+                + _allow("publishClientReceive", down)
+                + _allow("publishClientSend", up),
+            )
+        )
+        client(str(m), f"meter-{m}")
+    return {
+        "defaultACLAccess": {
+            "publishClientSend": False,
+            "publishClientReceive": False,
+            "subscribe": False,
+            "unsubscribe": True,
+        },
+        "clients": clients,
+        "groups": [],
+        "roles": roles,
+    }
+
+
+_DYNSEC = "mosquitto_dynamic_security.so"
+_DYNSEC_DIRS = (
+    "/usr/lib/x86_64-linux-gnu",
+    "/usr/lib/aarch64-linux-gnu",
+    "/usr/lib/arm-linux-gnueabihf",
+    "/usr/lib",
+    "/usr/lib64",
+    "/usr/local/lib",
+    "/opt/homebrew/lib",
+    "/opt/homebrew/opt/mosquitto/lib",
+    "/usr/local/opt/mosquitto/lib",
+)
+
+
+def dynsec_plugin() -> Path:
+    """mosquitto's dynamic-security plugin ($AMI_MOSQUITTO_DYNSEC, else where packages put it)."""
+    override = os.environ.get("AMI_MOSQUITTO_DYNSEC")
+    for d in ([override] if override else []) + [f"{d}/{_DYNSEC}" for d in _DYNSEC_DIRS]:
+        if Path(d).is_file():
+            return Path(d)
+    raise ConfigError(
+        f"mosquitto's {_DYNSEC} not found (it comes with mosquitto >= 2.0; "
+        "set AMI_MOSQUITTO_DYNSEC to its path)"
+    )
+
+
+@dataclass(frozen=True)
+class Listener:
+    """Where the broker listens. TLS unless ``ca`` is None (a plain listener)."""
+
+    port: int
+    host: str = "127.0.0.1"
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+
+    def lines(self) -> list[str]:
+        out = [f"listener {self.port} {self.host}"]
+        if self.ca is not None:
+            out += [
+                f"cafile {self.ca}",
+                f"certfile {self.cert}",
+                f"keyfile {self.key}",
+                "tls_version tlsv1.2",  # the minimum (mosquitto >= 2.0): 1.2 and 1.3
+                "require_certificate false",  # clients log in with passwords
+            ]
+        return out
+
+
+@dataclass(frozen=True)
+class BrokerFiles:
+    """The paths of one generated configuration."""
+
+    dir: Path
+    conf: Path = field(init=False)
+    passwd: Path = field(init=False)
+    acl: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "conf", self.dir / "mosquitto.conf")
+        object.__setattr__(self, "passwd", self.dir / "passwd")
+        object.__setattr__(self, "acl", self.dir / "acl.json")
+
+
+def mosquitto_conf(
+    files: BrokerFiles | None,
+    listeners: Iterable[Listener],
+    run_as: str | None = None,
+    log_path: Path | None = None,
+    persistence_dir: Path | None = None,
+) -> str:
+    """mosquitto.conf's text. ``run_as``: mosquitto's ``user`` (who reads these 0600 files).
+
+    ``files`` None: an anonymous broker without ACLs (tests that ask for it only).
+    """
+    user = run_as or pwd.getpwuid(os.getuid()).pw_name
+    out = ['# written by `headend broker config` (protocol/SPEC.md "MQTT")', f"user {user}"]
+    if files is None:
+        out.append("allow_anonymous true")
+    else:
+        out += [
+            "per_listener_settings false",
+            "allow_anonymous false",
+            f"password_file {files.passwd}",
+            f"plugin {dynsec_plugin()}",
+            f"plugin_opt_config_file {files.acl}",
+        ]
+    out += [
+        f"max_packet_size {MAX_PACKET_SIZE}",
+        f"max_queued_messages {MAX_QUEUED_MESSAGES}",
+        f"max_inflight_messages {MAX_INFLIGHT_MESSAGES}",
+        "connection_messages true",
+        # Nagle's algorithm would hold a small reply for the peer's delayed ACK (~40 ms)
+        "set_tcp_nodelay true",
+    ]
+    if persistence_dir is None:
+        out.append("persistence false")
+    else:
+        out += ["persistence true", f"persistence_location {persistence_dir}/"]
+    if log_path is not None:
+        out.append(f"log_dest file {log_path}")
+        out += [f"log_type {t}" for t in ("error", "warning", "notice", "information")]
+    for listener in listeners:
+        out += ["", *listener.lines()]
+        if files is not None:  # a listener's setting in mosquitto 2.0
+            out.append("use_username_as_clientid true")
+    return "\n".join(out) + "\n"
+
+
+def write(
+    directory: Path,
+    site: Site,
+    master: bytes,
+    listeners: Iterable[Listener],
+    run_as: str | None = None,
+    log_path: Path | None = None,
+    persistence_dir: Path | None = None,
+) -> BrokerFiles:
+    """Write mosquitto.conf, passwd and acl.json (all 0600) into ``directory``."""
+    files = BrokerFiles(directory.resolve())
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_private(files.passwd, password_file(site, master))
+        write_private(files.acl, json.dumps(acls(site), indent=1) + "\n")
+        conf = mosquitto_conf(files, listeners, run_as, log_path, persistence_dir)
+        write_private(files.conf, conf)
+    except OSError as e:
+        raise ConfigError(f"{directory}: cannot write the broker configuration: {e}") from e
+    return files

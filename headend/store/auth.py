@@ -1,0 +1,173 @@
+"""Per-meter authentication state: the uplink replay guard and the key version.
+
+Table ``meter_auth`` (schema v3). A row exists only for a meter a frame of
+which verified under its key (or that an operator asked to rotate), so junk
+with made-up meter ids leaves nothing behind. ``up_counter`` is the last
+accepted uplink counter: `accept_uplink` advances it with one conditional
+UPDATE that succeeds only for a greater counter, so of two workers racing
+with the same frame exactly one wins, and a replay stays refused after a
+restart. A key rotation is the `KEY` lifecycle (`lifecycles.py`): queued by
+the operator, sent (repeated) by the service, confirmed by the first uplink
+under the new key. Every method is one transaction (re-entrant).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from headend.errors import InvalidData
+from headend.store.db import Db, Row, add_seq, opt, seqs
+from headend.store.lifecycles import KEY, KeyEvent, KeyState
+from headend.store.registry import require
+
+_COLS = (
+    "meter_id, up_counter, key_version, key_since_ms, state, pending_version, requested_ms, "
+    "sent_ms, attempts, seqs"
+)
+#: key versions are u16 on the wire (key_set)
+MAX_VERSION = 0xFFFF
+
+
+@dataclass(frozen=True, slots=True)
+class AuthState:
+    """A meter's authentication state (never key material: keys are derived)."""
+
+    meter_id: int
+    up_counter: int
+    key_version: int
+    key_since_ms: int
+    state: KeyState
+    pending_version: int | None
+    requested_ms: int | None
+    sent_ms: int | None
+    attempts: int
+    seqs: tuple[int, ...]
+
+
+def _state(r: Row) -> AuthState:
+    return AuthState(
+        int(r[0]),
+        int(r[1]),
+        int(r[2]),
+        int(r[3]),
+        KeyState(r[4]),
+        opt(r[5]),
+        opt(r[6]),
+        opt(r[7]),
+        int(r[8]),
+        seqs(r[9]),
+    )
+
+
+class MeterAuth:
+    """The meter_auth table over one `Db`."""
+
+    def __init__(self, db: Db) -> None:
+        self.db = db
+
+    def get(self, meter_id: int) -> AuthState | None:
+        """The meter's state; None when nothing of it ever verified (key version 0)."""
+        with self.db.transaction(write=False):
+            rows = self.db.query(f"SELECT {_COLS} FROM meter_auth WHERE meter_id = ?", (meter_id,))
+        return _state(rows[0]) if rows else None
+
+    def version(self, meter_id: int) -> int:
+        """The key version both directions use now (0 until a rotation is confirmed)."""
+        with self.db.transaction(write=False):
+            rows = self.db.query(
+                "SELECT key_version FROM meter_auth WHERE meter_id = ?", (meter_id,)
+            )
+        return int(rows[0][0]) if rows else 0
+
+    def _insert(self, meter_id: int, counter: int, now_ms: int) -> bool:
+        rows = self.db.query(
+            f"INSERT INTO meter_auth ({_COLS}) VALUES (?, ?, 0, ?, ?, NULL, NULL, NULL, 0, '') "
+            "ON CONFLICT (meter_id) DO NOTHING RETURNING meter_id",
+            (meter_id, counter, now_ms, KEY.start.value),
+        )
+        return bool(rows)
+
+    def accept_uplink(self, meter_id: int, counter: int, now_ms: int) -> bool:
+        """Take ``counter`` as the meter's newest uplink counter; False if it is not
+        greater than the last accepted one (a replay). Call it only for a verified frame."""
+        sql = "UPDATE meter_auth SET up_counter = ? WHERE meter_id = ? AND up_counter < ?"
+        with self.db.transaction():
+            if self.db.execute(sql, (counter, meter_id, counter)):
+                return True
+            if self._insert(meter_id, counter, now_ms):
+                return True
+            # the row exists (or another worker just made it): the conditional update decides
+            return bool(self.db.execute(sql, (counter, meter_id, counter)))
+
+    def rotate(self, meter_id: int, now_ms: int) -> int:
+        """Queue a rotation to the next key version; returns it.
+
+        Raises UnknownMeter, IllegalTransition (a rotation is under way), InvalidData
+        (no version left).
+        """
+        with self.db.transaction():
+            require(self.db, meter_id)
+            self._insert(meter_id, 0, now_ms)
+            version = self.version(meter_id) + 1
+            if version > MAX_VERSION:
+                raise InvalidData(f"meter {meter_id}: no key version left (u16)")
+            KEY.fire(
+                self.db,
+                "meter_auth",
+                {"meter_id": meter_id},
+                KeyEvent.ROTATE,
+                f"meter {meter_id}'s key",
+                ", pending_version = ?, requested_ms = ?, sent_ms = NULL, attempts = 0, seqs = ''",
+                (version, now_ms),
+            )
+        return version
+
+    def due(self, now_ms: int, retry_ms: int, limit: int = 100) -> list[AuthState]:
+        """Rotations whose key_set must go out now: queued ones, and sent ones unanswered
+        for ``retry_ms``."""
+        with self.db.transaction(write=False):
+            rows = self.db.query(
+                f"SELECT {_COLS} FROM meter_auth WHERE {KEY.sql_where(KeyEvent.SEND)} "
+                "AND (sent_ms IS NULL OR sent_ms <= ?) ORDER BY meter_id LIMIT ?",
+                (now_ms - retry_ms, limit),
+            )
+        return [_state(r) for r in rows]
+
+    def rotating(self) -> list[AuthState]:
+        """Every meter with a rotation queued or under way."""
+        with self.db.transaction(write=False):
+            rows = self.db.query(
+                f"SELECT {_COLS} FROM meter_auth WHERE {KEY.sql_where(KeyEvent.SEND)} "
+                "ORDER BY meter_id"
+            )
+        return [_state(r) for r in rows]
+
+    def sent(self, meter_id: int, seq: int, now_ms: int) -> None:
+        """Record one key_set sent. Raises IllegalTransition if no rotation is under way."""
+        with self.db.transaction():
+            rows = self.db.query("SELECT seqs FROM meter_auth WHERE meter_id = ?", (meter_id,))
+            if not rows:
+                raise InvalidData(f"no key state of meter {meter_id}")
+            KEY.fire(
+                self.db,
+                "meter_auth",
+                {"meter_id": meter_id},
+                KeyEvent.SEND,
+                f"meter {meter_id}'s key",
+                ", sent_ms = ?, attempts = attempts + 1, seqs = ?",
+                (now_ms, add_seq(rows[0][0], seq)),
+            )
+
+    def confirm(self, meter_id: int, now_ms: int) -> int:
+        """An uplink verified under the pending key: it becomes the key. Returns its version."""
+        with self.db.transaction():
+            KEY.fire(
+                self.db,
+                "meter_auth",
+                {"meter_id": meter_id},
+                KeyEvent.CONFIRM,
+                f"meter {meter_id}'s key",
+                ", key_version = pending_version, pending_version = NULL, key_since_ms = ?",
+                (now_ms,),
+            )
+            return self.version(meter_id)

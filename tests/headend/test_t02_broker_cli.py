@@ -1,0 +1,166 @@
+"""`headend pki init` and `headend broker config`, then the real mosquitto on what they wrote.
+
+The operator's path of README "A board, the head-end and the CLI by hand": the
+files are private, mosquitto starts on them, the site's logins work over TLS
+with the CA pinned, anything else is refused; bad input is one line, exit 2.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from headend import masterkey
+from headend.api import meter_key
+from hil.broker import find_mosquitto, free_port
+from hil.wait import wait_until_sync
+from protocol.auth import mqtt_password, mqtt_user_password
+from tests.conftest import missing
+from tests.support.mqttpeer import Peer
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def headend(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "headend", *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if not k.startswith("AMI_")},
+    )
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    key = tmp_path / "master.key"
+    assert headend("keys", "init", str(key)).returncode == 0
+    (tmp_path / "headend.toml").write_text(
+        f'[headend]\nbroker = "mqtts://headend@127.0.0.1:8883"\nmaster_key_file = "{key}"\n'
+    )
+    return tmp_path
+
+
+@pytest.fixture
+def mosquitto(site: Path) -> Iterator[tuple[int, Path]]:
+    """pki init + broker config + mosquitto -c: (port, CA)."""
+    binary = find_mosquitto()
+    if binary is None:
+        missing("mosquitto not installed: run `make setup` (or apt-get install mosquitto)")
+    port = free_port()
+    made = headend("pki", "init", str(site / "pki"))
+    assert made.returncode == 0, made.stderr
+    conf = headend(
+        "broker", "config", str(site / "broker"), "--pki", str(site / "pki"),
+        "--port", str(port), "--meters", "1001-1002,1005", "--recipient", "ops",
+        "--log", str(site / "mosquitto.log"), "--config", str(site / "headend.toml"),
+    )  # fmt: skip
+    assert conf.returncode == 0, conf.stderr
+    assert "3 meter(s), worker(s) headend, recipient(s) ops" in conf.stdout
+    proc = subprocess.Popen(
+        [binary, "-c", str(site / "broker" / "mosquitto.conf")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_until_sync(
+            lambda: (
+                "running" in (site / "mosquitto.log").read_text()
+                if (site / "mosquitto.log").exists()
+                else proc.poll() is not None
+            ),
+            10,
+            "mosquitto running",
+        )
+        assert proc.poll() is None, (site / "mosquitto.log").read_text()
+        yield port, site / "pki" / "ca.pem"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.mark.req("T02")
+def test_t02_pki_and_broker_config_files_are_private_and_the_ca_is_kept(site: Path) -> None:
+    first = headend("pki", "init", str(site / "pki"))
+    assert first.returncode == 0 and "wrote" in first.stdout
+    ca = (site / "pki" / "ca.pem").read_bytes()
+    again = headend("pki", "init", str(site / "pki"))
+    assert again.returncode == 0 and "all there already" in again.stdout
+    assert (site / "pki" / "ca.pem").read_bytes() == ca  # the meters' pinned CA survives
+    conf = headend(
+        "broker", "config", str(site / "broker"), "--pki", str(site / "pki"),
+        "--meters", "1001", "--config", str(site / "headend.toml"),
+    )  # fmt: skip
+    assert conf.returncode == 0, conf.stderr
+    for name in ("pki/ca.key", "pki/server.key", "broker/mosquitto.conf", "broker/passwd"):
+        assert (site / name).stat().st_mode & 0o077 == 0, name
+    assert (site / "broker" / "acl.json").stat().st_mode & 0o077 == 0
+    master = masterkey.read(site / "master.key")
+    text = first.stdout + again.stdout + conf.stdout + conf.stderr
+    text += (site / "broker" / "passwd").read_text()  # hashes only
+    for secret in (master.hex(), mqtt_password(meter_key(master, 1001))):
+        assert secret not in text
+
+
+@pytest.mark.req("T02", "M20")
+def test_t02_the_generated_config_admits_the_site_and_nobody_else(
+    site: Path, mosquitto: tuple[int, Path]
+) -> None:
+    port, ca = mosquitto
+    master = masterkey.read(site / "master.key")
+
+    def login(user: str, password: str) -> Peer:
+        return Peer("127.0.0.1", port, user, password, ca).connect()
+
+    peers = {
+        "meter 1005": login("1005", mqtt_password(meter_key(master, 1005))),
+        "worker": login("headend", mqtt_user_password(master, "headend")),
+        "recipient": login("ops", mqtt_user_password(master, "ops")),
+        "meter not admitted": login("1003", mqtt_password(meter_key(master, 1003))),
+        "stranger": login("eve", mqtt_user_password(master, "eve")),
+    }
+    try:
+        assert [k for k, p in peers.items() if p.accepted] == ["meter 1005", "worker", "recipient"]
+        assert peers["recipient"].subscribe("ami/v1/+/up")[0].is_failure
+        assert not peers["recipient"].subscribe("ami/v1/notify/ops")[0].is_failure
+        assert not peers["worker"].subscribe("$share/headend/ami/v1/+/up")[0].is_failure
+    finally:
+        for p in peers.values():
+            p.close()
+
+
+@pytest.mark.req("T02")
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--meters", "1001-x"], "meters: expected ids or ranges"),
+        (["--meters", "5-1"], "is not a range of meter ids"),
+        (["--worker", "12"], "not a number"),
+        (["--worker", "a/b"], "without spaces"),
+        ([], "--pki DIR is needed"),
+    ],
+)
+def test_t02_broker_config_bad_input_is_one_line(site: Path, args: list[str], says: str) -> None:
+    pki = [] if not args else ["--pki", str(site / "pki")]
+    if pki:
+        assert headend("pki", "init", str(site / "pki")).returncode == 0
+    out = headend(
+        "broker", "config", str(site / "b"), *pki, *args, "--config", str(site / "headend.toml")
+    )
+    assert out.returncode == 2 and len(out.stderr.splitlines()) == 1, out.stderr
+    assert says in out.stderr and "Traceback" not in out.stderr
+    assert not (site / "b" / "passwd").exists()
+
+
+@pytest.mark.req("T02")
+def test_t02_broker_config_refuses_the_development_key(tmp_path: Path) -> None:
+    assert headend("pki", "init", str(tmp_path / "pki")).returncode == 0
+    out = headend("broker", "config", str(tmp_path / "b"), "--pki", str(tmp_path / "pki"))
+    assert out.returncode == 2 and "development master key" in out.stderr
+    assert "00" * 32 not in out.stderr
