@@ -662,10 +662,11 @@ def _args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--scale-pct", type=int, default=100, help="this meter's scale of the profile")
     p.add_argument("--tick-ms", type=int, default=0, help="real ms per tick (0: from the speed)")
     p.add_argument("--interval", type=int, default=900, help="interval length of a fresh install")
-    key = p.add_mutually_exclusive_group()
-    key.add_argument("--master-key", default=DEV_MASTER_KEY, help="hex master key (dev default)")
-    key.add_argument(
-        "--master-key-file", type=Path, help="a file holding the site's hex master key"
+    p.add_argument(
+        "--master-key-file",
+        type=Path,
+        help="a file holding the site's hex master key (default: the all-zero dev key); "
+        "a file, never the key itself on the command line",
     )
     p.add_argument("--console-port", type=int, default=0, help="REPL TCP port (0: free)")
     p.add_argument("--uart-port", type=int, default=0, help="optical/serial TCP port (0: free)")
@@ -673,6 +674,19 @@ def _args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--every", type=float, default=5.0, help="real seconds between status lines")
     p.add_argument("--echo", action="store_true", help="print what the board prints")
     return p.parse_args(argv)
+
+
+def master_key(path: Path | None) -> bytes:
+    """The site master key from a file (None: the all-zero dev key). Raises ValueError."""
+    if path is None:
+        return bytes.fromhex(DEV_MASTER_KEY)
+    try:
+        key = bytes.fromhex(path.read_text().strip())
+        if len(key) == 32:
+            return key
+    except (OSError, ValueError):
+        pass
+    raise ValueError(f"--master-key-file {path}: expected a readable file holding 64 hex digits")
 
 
 def _when(t: int) -> str:
@@ -754,18 +768,11 @@ async def _report(
 
 def main(argv: list[str]) -> int:
     args = _args(argv)
-    if args.master_key_file is not None:
-        try:
-            args.master_key = args.master_key_file.read_text().strip()
-            if len(bytes.fromhex(args.master_key)) != 32:
-                raise ValueError
-        except (OSError, ValueError):
-            print(
-                f"error: --master-key-file {args.master_key_file}: expected a readable file "
-                "holding 64 hex digits",
-                file=sys.stderr,
-            )
-            return 2
+    try:
+        args.master_key = master_key(args.master_key_file).hex()
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         spec = _spec(args)
     except ValueError as e:  # BoardSpec's own checks (id, speed ...)

@@ -31,7 +31,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from headend.api import DEV_MASTER_KEY, Clock, parse_hhmm
+from headend.api import Clock, parse_hhmm
+from hil.board import master_key
 from hil.fleet_meter import DEFAULT_PUSH_MASK, NO_SYNC_FAILED_PUSH, FleetMeter, Stats, key_for
 from hil.fleet_profile import (
     DAY,
@@ -331,7 +332,7 @@ async def run_fleet(args: argparse.Namespace) -> dict[str, Any]:
         tb,
         (host or "127.0.0.1", int(port)),
         LoadProfile(args.csv),
-        bytes.fromhex(args.master_key),
+        master_key(args.master_key_file),
         start,
         args.tick_s,
         spread_s=args.install_s,
@@ -424,7 +425,12 @@ def parser() -> argparse.ArgumentParser:
         help="take meter ID offline over [FROM, TO) (UTC); repeatable",
     )
     p.add_argument("--first-id", type=int, default=FIRST_ID)
-    p.add_argument("--master-key", default=DEV_MASTER_KEY, help="the head-end's master key")
+    p.add_argument(
+        "--master-key-file",
+        type=Path,
+        help="a file holding the site's hex master key (default: the all-zero dev key); "
+        "a file, never the key itself on the command line",
+    )
     p.add_argument(
         "--push-mask",
         type=lambda x: int(x, 0),

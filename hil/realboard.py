@@ -36,6 +36,7 @@ from typing import Any
 import serial
 
 from headend.api import DEV_MASTER_KEY, JobState, Uplink, meter_key
+from hil.board import master_key
 from hil.rig import Rig, RigError
 from hil.supervise import ChildDied, Stopped, run, stopped
 from protocol.errors import ProtocolError
@@ -517,7 +518,11 @@ def _args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--port", help="pyserial URL of the protocol line (default: wiring [rig] port)")
     p.add_argument("--wiring", type=Path, default=DEFAULT_WIRING, help="wiring TOML")
     p.add_argument("--meter-id", type=int, help="the board's meter id (default: wiring)")
-    p.add_argument("--master-key", default=DEV_MASTER_KEY, help="hex master key")
+    p.add_argument(
+        "--master-key-file",
+        type=Path,
+        help="a file holding the site's hex master key (default: the all-zero dev key)",
+    )
     p.add_argument("--timeout", type=float, default=10.0, help="self-check answer timeout (s)")
     p.add_argument("--reads", type=int, default=10, help="ondemand: reads")
     p.add_argument("--cuts", type=int, default=5, help="powercut: resets")
@@ -533,6 +538,11 @@ def main(argv: list[str]) -> int:
     stream = sys.stderr if args.json else sys.stdout
     args.say = lambda s: print(s, file=stream, flush=True)
     result: dict[str, Any]
+    try:
+        args.master_key = master_key(args.master_key_file).hex()
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         wiring = load_wiring(args.wiring)
         port = args.port or wiring.port
