@@ -12,11 +12,11 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
-import stat
 from pathlib import Path
 
 from headend.config import DEV_MASTER_KEY, Config
 from headend.errors import ConfigError
+from headend.secretfile import read_private
 
 KEY_LEN = 32
 
@@ -36,18 +36,7 @@ def create(path: Path) -> None:
 
 def read(path: Path) -> bytes:
     """The key in ``path``. Raises ConfigError (missing, group/world-readable, malformed)."""
-    try:
-        mode = path.stat().st_mode
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise ConfigError(
-                f"master key file {path} is open to group or others (mode "
-                f"{stat.S_IMODE(mode):04o}): run `chmod 600 {path}`"
-            )
-        text = path.read_text(encoding="ascii").strip()
-    except OSError as e:
-        raise ConfigError(f"master key file {path}: {e.strerror}") from None
-    except UnicodeError:
-        text = ""
+    text = read_private(path, "master key file")
     try:
         key = bytes.fromhex(text)
     except ValueError:

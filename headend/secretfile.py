@@ -30,7 +30,7 @@ def read_private(path: Path, what: str) -> str:
         mode = path.stat().st_mode
         if stat.S_IMODE(mode) & 0o077:
             raise ConfigError(
-                f"{what} {path} is readable by others (mode {stat.S_IMODE(mode):04o}): "
+                f"{what} {path} is open to group or others (mode {stat.S_IMODE(mode):04o}): "
                 f"chmod 600 {path}"
             )
         text = path.read_text(encoding="utf-8").strip()

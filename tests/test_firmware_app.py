@@ -23,6 +23,7 @@ from hil.wait import WaitTimeout, wait_until
 from protocol.auth import verify_frame
 from protocol.errors import ProtocolError
 from protocol.frame import decode, encode
+from tests.conftest import missing
 from tests.support.broker import Broker, BrokerError, find_mosquitto, running_broker
 
 MID = 4711
@@ -38,7 +39,7 @@ def secure_broker() -> Iterator[Broker]:
     """A broker of the test's own, secure as `make run` starts it: TLS, the
     meter's and the head-end's logins and ACLs."""
     if find_mosquitto() is None:
-        pytest.skip("mosquitto not installed")
+        missing("mosquitto not installed")
     try:
         with running_broker(meters=(MID,), workers=(HEAD,)) as broker:
             yield broker

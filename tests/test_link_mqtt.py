@@ -13,6 +13,7 @@ import pytest
 from headend import pki
 from hil.broker import find_mosquitto, running_broker
 from hil.wait import wait_until
+from tests.conftest import missing
 from tests.support.broker import Broker
 from tests.support.mpy import FIRMWARE, micropython_binary, run_mpy
 
@@ -231,7 +232,7 @@ def _run_admitting(interpreter: str, code: str, broker: Broker) -> dict[str, str
 def secure_broker() -> Iterator[Broker]:
     """TLS, logins and ACLs, as `make run` starts it; meter 1001 admitted, 1002 not yet."""
     if find_mosquitto() is None:
-        pytest.skip("mosquitto not installed")
+        missing("mosquitto not installed")
     with running_broker(meters=(1001,)) as b:
         yield b
 
