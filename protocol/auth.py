@@ -3,7 +3,9 @@
 A frame's MAC is the first 16 bytes of HMAC-SHA256(key, header ‖ payload ‖
 counter); truncation to 128 bits follows RFC 2104 §5 and saves airtime. A
 counter that only grows is the replay guard: the receiver persists the last
-one it accepted per sender and direction (SPEC.md, "Authentication").
+one it accepted per sender and direction (SPEC.md, "Authentication"). The
+head-end takes uplinks through a sliding window (`window_accept`, as IPsec
+and DTLS do): MQTT may hand over in-flight frames out of order.
 
 Every secret is derived from the site master key with HMAC-SHA256 under its
 own label, so one leaked derived value reveals nothing else:
@@ -15,7 +17,12 @@ own label, so one leaked derived value reveals nothing else:
 - any other MQTT user's (head-end workers) = hex of the first 16 bytes of
   HMAC(master, "ami-mqtt-user" ‖ UTF-8 name);
 - key_set carries the new key XOR HMAC(old key, "ami-key-wrap" ‖ version u16),
-  inside a frame MACed with the old key.
+  inside a frame MACed with the old key;
+- an operator's optical-probe key K_op = HMAC(meter key, "ami-probe-key" ‖
+  operator u16): the meter derives it from its current key, the head-end
+  issues it to the operator's probe, so the meter key never leaves the
+  head-end nor crosses the optical link (download_challenge, download_data
+  and the download file are MACed with K_op).
 """
 
 from __future__ import annotations
@@ -29,11 +36,16 @@ from protocol.errors import BadMac, Replay
 MAC_LEN = 16
 KEY_LEN = 32
 COUNTER_MAX = 0xFFFFFFFF
+REPLAY_WINDOW = 64  # uplink counters below the highest that may still arrive late
+_WINDOW_MASK = (1 << REPLAY_WINDOW) - 1
 
 _METER_KEY = b"ami-meter-key"
 _MQTT_PASSWORD = b"ami-mqtt-password"
 _MQTT_USER = b"ami-mqtt-user"
 _KEY_WRAP = b"ami-key-wrap"
+_PROBE_KEY = b"ami-probe-key"
+#: operator ids are u16 on the wire (download_open, download_auth)
+MAX_OPERATOR = 0xFFFF
 
 
 def _hmac(key: bytes, msg: bytes) -> bytes:
@@ -65,6 +77,13 @@ def wrap_key(old_key: bytes, new_key: bytes, version: int) -> bytes:
 def unwrap_key(old_key: bytes, wrapped: bytes, version: int) -> bytes:
     """Inverse of `wrap_key` (XOR is its own inverse)."""
     return wrap_key(old_key, wrapped, version)
+
+
+def probe_key(key: bytes, operator: int) -> bytes:
+    """K_op: the 32-byte optical-probe key of ``operator`` for the meter holding ``key``."""
+    if not 0 <= operator <= MAX_OPERATOR:
+        raise ValueError(f"operator: expected 0..{MAX_OPERATOR}, got {operator}")
+    return _hmac(key, _PROBE_KEY + struct.pack(">H", operator))
 
 
 def frame_mac(key: bytes, signed: bytes, counter: int) -> bytes:
@@ -101,3 +120,22 @@ def verify_frame(raw: bytes, key: bytes, last_counter: int | None = None) -> int
     if last_counter is not None and counter <= last_counter:
         raise Replay("counter not newer than the last accepted", f"> {last_counter}", counter)
     return counter
+
+
+def window_accept(high: int, seen: int, counter: int) -> tuple[int, int] | None:
+    """The uplink replay window after taking ``counter``; None if it is a replay.
+
+    The window is the highest counter accepted, ``high``, and ``seen``, a
+    `REPLAY_WINDOW`-bit map of ``high - REPLAY_WINDOW + 1 .. high``: bit ``i`` set
+    when counter ``high - i`` was accepted (bit 0 is ``high`` itself). A counter
+    above ``high`` slides the window up; one inside it is taken once; one below it
+    is refused (it cannot be told from a replay).
+    """
+    if counter > high:
+        shift = counter - high
+        moved = ((seen << shift) | 1) & _WINDOW_MASK if shift < REPLAY_WINDOW else 1
+        return counter, moved
+    age = high - counter
+    if age >= REPLAY_WINDOW or seen >> age & 1:
+        return None
+    return high, seen | (1 << age)

@@ -151,3 +151,32 @@ BODIES: dict[str, Callable[[bytes], dict[str, Any]]] = {
     "read_response": read_response,
     "download_data": download_data,
 }
+
+
+# -- encoding the small fixed bodies (the head-end's acks, one per uplink) -------------------
+
+# type -> (struct of the body, its field names in order)
+SMALL_BODIES: dict[str, tuple[struct.Struct, tuple[str, ...]]] = {
+    "register_ack": (struct.Struct(">B"), ("status",)),
+    "read_ack": (struct.Struct(">HI"), ("acked_seq", "upto")),
+    "event_ack": (struct.Struct(">H"), ("acked_seq",)),
+    "schedule_ack": (struct.Struct(">HB"), ("acked_seq", "status")),
+    "nack": (struct.Struct(">BHB"), ("nacked_type", "nacked_seq", "reason")),
+}
+
+
+def small_body(mtype: str, body: Any) -> bytes | None:
+    """The payload of a fixed-size body, or None when this path does not apply (another
+    type, other keys, a value that is not a plain int in range): the schema builds it
+    then, with its own errors. Tests prove equal bytes to the schema's."""
+    spec = SMALL_BODIES.get(mtype)
+    if spec is None or not isinstance(body, dict) or len(body) != len(spec[1]):
+        return None
+    st, names = spec
+    try:
+        values = [body[n] for n in names]
+        if any(type(v) is not int for v in values):
+            return None
+        return st.pack(*values)
+    except (KeyError, struct.error):
+        return None

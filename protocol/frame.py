@@ -35,6 +35,7 @@ from protocol.schema import (
     FLAG_AUTH,
     HEADER_LEN,
     MAX_PAYLOAD,
+    MESSAGE_TYPES,
     TYPE_NAMES,
     VERSION,
     Frame,
@@ -156,6 +157,36 @@ def decode(raw: bytes) -> Fields:
     }
 
 
+def _encode_small(obj: Fields, auth: Any, key: bytes | None) -> bytes | None:
+    """A signed frame with a fixed-size body (acks) by `struct`, or None (use the schema).
+
+    The schema's interpreter costs ~200 us a frame, and the head-end signs an ack
+    for every uplink; tests prove the bytes equal to the schema path's.
+    """
+    if auth is None or key is None or not isinstance(auth, dict):
+        return None
+    payload = fast.small_body(obj["type"], obj.get("body"))
+    counter = auth.get("counter")
+    if payload is None or type(counter) is not int:
+        return None
+    try:
+        head = _HEADER.pack(
+            VERSION,
+            MESSAGE_TYPES[obj["type"]],
+            FLAG_AUTH,
+            obj["seq"],
+            obj["meter_id"],
+            obj["timestamp"],
+            len(payload),
+        )
+        tail = struct.pack(">I", counter)
+    except (KeyError, TypeError, struct.error):
+        return None  # the schema path says what is wrong
+    signed = head + payload
+    data = signed + tail + frame_mac(key, signed, counter)
+    return data + struct.pack(">H", crc16(data))
+
+
 def encode(fields: Fields, key: bytes | None = None) -> bytes:
     """Build one frame from canonical fields; sign it when `fields["auth"]` is set.
 
@@ -174,6 +205,9 @@ def encode(fields: Fields, key: bytes | None = None) -> bytes:
         raise UnsupportedVersion("cannot encode version", VERSION, obj["version"])
     if obj.get("type") not in TYPE_NAMES.values():
         raise UnknownMessageType("cannot encode message type", "a type name", obj.get("type"))
+    fast_raw = _encode_small(obj, auth, key)
+    if fast_raw is not None:
+        return fast_raw
     try:
         if auth is not None:
             if key is None:

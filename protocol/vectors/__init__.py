@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 DIR = Path(__file__).resolve().parent
-FILES = ("frames.jsonl", "blocks.jsonl", "hdlc.jsonl")
+FILES = ("frames.jsonl", "blocks.jsonl", "hdlc.jsonl", "keys.jsonl")
 _BYTES_KEYS = ("nonce", "mac", "wrapped")
 
 

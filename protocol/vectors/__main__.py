@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from protocol.vectors import DIR, dumps
-from protocol.vectors.cases import blocks_rows, frame_rows, hdlc_rows
+from protocol.vectors.cases import blocks_rows, frame_rows, hdlc_rows, key_rows
 
 
 def generate() -> dict[str, str]:
@@ -20,6 +20,7 @@ def generate() -> dict[str, str]:
         "frames.jsonl": dumps(frame_rows()),
         "blocks.jsonl": dumps(blocks_rows()),
         "hdlc.jsonl": dumps(hdlc_rows()),
+        "keys.jsonl": dumps(key_rows()),
     }
 
 

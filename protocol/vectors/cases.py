@@ -9,7 +9,7 @@ import random
 import struct
 from typing import Any
 
-from protocol.auth import meter_key, verify_frame, wrap_key
+from protocol.auth import download_mac, meter_key, probe_key, verify_frame, wrap_key
 from protocol.blocks import encode_channel
 from protocol.crc import crc16
 from protocol.errors import ProtocolError
@@ -484,6 +484,29 @@ def hdlc_rows() -> list[dict[str, Any]]:
                 "stream": stream.hex(),
                 "frames": [f.hex() for f in got],
                 "errors": d.errors,
+            }
+        )
+    return rows
+
+
+def key_rows() -> list[dict[str, Any]]:
+    """Optical-probe keys (K_op) and download_auth MACs, for the firmware's twin."""
+    rows = []
+    for name, key, operator in (
+        ("probe_key_op_1", KEY, 1),
+        ("probe_key_op_0", KEY, 0),
+        ("probe_key_op_max", meter_key(KEY, 1001, 1), 0xFFFF),
+    ):
+        k_op = probe_key(key, operator)
+        nonce = bytes(range(0xA0, 0xB0))
+        rows.append(
+            {
+                "name": name,
+                "meter_key": key.hex(),
+                "operator": operator,
+                "probe_key": k_op.hex(),
+                "nonce": nonce.hex(),
+                "download_mac": download_mac(k_op, nonce, operator).hex(),
             }
         )
     return rows
