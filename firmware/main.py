@@ -6,15 +6,16 @@
 # Tasks: tick (every tick_ms: drain energy, core.tick, send what is due),
 # pulses (drain the counters between ticks), mqtt (the link client:
 # ami/v1/<id>/down -> core.receive -> replies on ami/v1/<id>/up), serial
-# (HDLC-framed frames on the optical/serial port, same conversations) and,
-# on the virtual board, control (line commands for the HIL supervisor).
+# (HDLC-framed frames on the serial port, same conversations), optical (the
+# IEC 62056-21 port: readout, binary mode, the probe's download) and, on the
+# virtual board, control (line commands for the HIL supervisor).
 # Only this file and hal/ read clocks. Nothing unacknowledged is forgotten:
 # the core re-sends until the head-end's application ack; the link only has
 # to carry frames (QoS 1) while it is up. Few tasks and methods on purpose:
 # each costs heap (firmware README, "Heap").
-import asyncio
 import gc
 import sys
+import time
 
 try:
     from micropython import const
@@ -24,11 +25,18 @@ except ImportError:
         return x
 
 
+from link import loop as asyncio  # asyncio's subset, lighter (README "Heap")
 from link import mqtt
 from meter import store
 from meter import meter as core
 
 _MAX_INFLIGHT = const(8)  # frames handed to MQTT and not yet PUBACKed
+_TR_MS = const(200)  # IEC 62056-21: the meter answers 200 ms after the request at the earliest
+_SIGN_ON_BAUD = const(300)
+_OPTICAL_FRAME = const(300)  # the probe's frames are short (download_auth: 53 bytes)
+_CHAR_MS = const(1500)  # optical.feed's timeouts: how long to wait for a byte
+_BINARY_IDLE_MS = const(5000)
+_BINARY = const(2)  # optical link state: binary mode
 
 
 class App:
@@ -41,7 +49,11 @@ class App:
         self.serial_writers = []
         self.peak = 0
         self.steady = 0  # 0: not sampled yet
+        self.ctl = 0  # control connections open: the bench's instrument, not the meter's state
         self.errors = 0
+        # optical dialogues in progress (the cold modules stay), and with
+        # heap_probe the heap with a download part live and between parts
+        self.optical = [0, 0, 0]
         # the uplink topic; the downlink's is "...down" (literals under 11
         # characters are interned names, not heap strings: README, "Heap")
         self.topic = "ami/v1/%d/" % board.meter_id + "up"
@@ -131,6 +143,98 @@ class App:
             except OSError:
                 pass
 
+    async def serve_optical(self, reader, writer):
+        """The optical port (SPEC "Optical port", meter/optical.py): IEC
+        62056-21 sign-on and readout; in binary mode HDLC frames, and the
+        probe's download part by part, the tick task running in between."""
+        b = self.b
+        op = self.optical
+        link = core.cold("optical").new()
+        buf = bytearray(64)
+        mv = memoryview(buf)
+        de = None
+        rate = _SIGN_ON_BAUD
+        busy = False
+        try:
+            while True:
+                st = link[0]
+                wait = _BINARY_IDLE_MS if st == _BINARY else _CHAR_MS if st or link[1] else 0
+                n = -1
+                if wait:  # a timeout (wait_for's task) only while a dialogue runs
+                    n = await asyncio.wait_for_ms(reader.readinto(buf), wait)
+                    if n is None:
+                        n = -1  # timed out
+                else:
+                    n = await reader.readinto(buf)
+                if not n:
+                    break  # the probe closed the link
+                out, new = core.cold("optical").feed(
+                    link, mv[:n] if n > 0 else None, time.ticks_ms(), self.m, b.now()
+                )
+                if out:
+                    await asyncio.sleep_ms(_TR_MS)
+                if new:
+                    rate = new
+                    b.set_baud(writer, rate, 8 if link[0] == _BINARY else 7)
+                if out:
+                    writer.write(out)
+                    await writer.drain()
+                    # on the wire only after its 10 bits a byte (a UART's drain
+                    # returns with them in its FIFO): then the baud may change
+                    # and the timers run
+                    await asyncio.sleep_ms(len(out) * 10000 // rate)
+                    link[2] = time.ticks_ms()
+                out = None
+                if link[0] != _BINARY:
+                    de = None
+                elif n > 0:
+                    if de is None:  # binary mode from this chunk on: what came
+                        # after the option select is a frame already (the
+                        # deframer drops the IEC bytes: no flag among them)
+                        de = core.cold("hdlc").Deframer(_OPTICAL_FRAME)
+                    for raw in de.feed(mv[:n]):
+                        ms = b.now_ms()
+                        try:
+                            for f in core.cold("optical").receive(
+                                self.m, link, raw, ms // 1000, ms
+                            ):
+                                writer.write(core.cold("hdlc").frame(f))
+                            while True:  # a granted download: every part
+                                await writer.drain()  # the tick task runs between parts
+                                if self.m.probe is not None:
+                                    a = self.sample(1)
+                                    op[2] = a if a > op[2] else op[2]
+                                f = core.cold("optical").part(self.m, link, b.now())
+                                if f is None:
+                                    break
+                                writer.write(core.cold("hdlc").frame(f))
+                                if self.m.probe is not None:
+                                    a = self.sample(1)  # with a part live
+                                    op[1] = a if a > op[1] else op[1]
+                                f = None
+                        except OSError:
+                            raise  # the link dropped: ended below, nothing kept
+                        except Exception as e:  # a core bug must not stop the meter
+                            link[7] = -1  # the download ends
+                            self.errors += 1
+                            sys.print_exception(e)
+                    link[2] = time.ticks_ms()
+                if not link[0] and rate != _SIGN_ON_BAUD:
+                    rate = _SIGN_ON_BAUD
+                    b.set_baud(writer, rate, 7)
+                if busy != bool(link[0]):
+                    busy = not busy
+                    op[0] += 1 if busy else -1
+        except OSError:
+            pass
+        finally:
+            if busy:
+                op[0] -= 1
+            try:
+                writer.close()
+            except OSError:
+                pass
+
     # -- tasks ------------------------------------------------------------------
 
     async def pulses(self):
@@ -148,7 +252,7 @@ class App:
         print("meter %d booted at %d (%s)" % (b.meter_id, b.now(), b.NAME))
         await self.mqtt(True)
         asyncio.create_task(self.pulses())
-        await b.serial_ports(self.serve_serial)
+        await b.serial_ports(self.serve_serial, self.serve_optical)
         if b.control_port:
             await asyncio.start_server(self.control, "127.0.0.1", b.control_port)
         print("ready")
@@ -166,10 +270,11 @@ class App:
                 self.errors += 1
                 sys.print_exception(e)
                 frames = []
-            if not frames and not self.m.reads:
+            busy = self.optical[0]
+            if not frames and not self.m.reads and not busy:
                 core.drop_cold()  # idle: the codec's functions leave the heap
             if probe:
-                self.sample(frames)
+                self.sample(frames or busy)
             if frames:
                 await self.send(frames)
             frames = None
@@ -181,7 +286,7 @@ class App:
         a = gc.mem_alloc()
         if a > self.peak:
             self.peak = a
-        if not live:
+        if not live and not self.ctl:
             self.steady = (self.steady * 7 + a) // 8 if self.steady else a
         return a
 
@@ -190,6 +295,7 @@ class App:
         import json
 
         b = self.b
+        self.ctl += 1
         try:
             while True:
                 line = await reader.readline()
@@ -212,7 +318,14 @@ class App:
                     a = self.sample()
                     f = gc.mem_free()
                     reply = json.dumps(
-                        {"alloc": a, "free": f, "peak": self.peak, "steady": self.steady}
+                        {
+                            "alloc": a,
+                            "free": f,
+                            "peak": self.peak,
+                            "steady": self.steady,
+                            "optical_peak": self.optical[1],
+                            "download_heap": self.optical[2],
+                        }
                     )
                 elif cmd == "step":
                     b.anchor(b.now_ms() + int(arg) * 1000)
@@ -233,6 +346,8 @@ class App:
                 await writer.drain()
         except OSError:
             pass
+        finally:
+            self.ctl -= 1
         writer.close()
 
 

@@ -1,6 +1,7 @@
 # ESP32 board HAL (MicroPython v1.28, ESP32 GENERIC 4 MiB). Cannot run on the
 # host: compiled with mpy-cross and written to the v1.28 docs of machine.RTC,
-# machine.Counter (PCNT), machine.Pin.irq, esp32.Partition, machine.UART,
+# machine.Counter (PCNT), machine.Pin.irq, esp32.Partition, machine.UART
+# (the optical port; a serial line if configured),
 # network.WLAN. Wiring, partitions and limits: firmware/README.md.
 #
 # The board's config (id, broker, pins) is the JSON file /board.json on the
@@ -11,16 +12,12 @@
 # README.md "Secrets"); board.json's copies are a development fallback only.
 import json
 import os
+import sys
 import time
 
 import esp32
 import machine
 import network
-
-try:
-    import asyncio
-except ImportError:
-    import uasyncio as asyncio
 
 try:
     from micropython import const
@@ -32,6 +29,7 @@ except ImportError:
 
 import micropython
 
+from link import loop as asyncio
 from meter import timeutil as tu
 
 NAME = "esp32"
@@ -69,7 +67,14 @@ def _make_isr(ch):
     return isr
 
 
-_IDENT = ("interval_s", "utc_offset_min", "push_mask", "meter_multiplier", "read_offset_s")
+_IDENT = (
+    "interval_s",
+    "utc_offset_min",
+    "push_mask",
+    "meter_multiplier",
+    "read_offset_s",
+    "channels",  # [kind, unit, multiplier, scaler] each, one pulse input each (provision)
+)
 
 
 def _nvs(ns, name, size):
@@ -139,9 +144,16 @@ class Board:
             for i, p in enumerate(self.pulse_pins):
                 pin = machine.Pin(p, machine.Pin.IN, machine.Pin.PULL_UP)
                 pin.irq(trigger=machine.Pin.IRQ_FALLING, handler=_make_isr(i))
-        # optical port
-        u = pins.get("uart", {"id": 2, "tx": 17, "rx": 16, "baud": 19200})
-        self.uart = machine.UART(u["id"], baudrate=u["baud"], tx=u["tx"], rx=u["rx"])
+        # the optical port (IEC 62056-21 head): 300 baud 7E1 until a probe
+        # asks for more (set_baud); a serial HDLC line only if "uart" is set
+        o = pins.get("optical", {"id": 2, "tx": 17, "rx": 16})
+        self.optical = machine.UART(
+            o["id"], baudrate=300, bits=7, parity=0, stop=1, tx=o["tx"], rx=o["rx"]
+        )
+        u = pins.get("uart")
+        self.uart = None
+        if u:
+            self.uart = machine.UART(u["id"], baudrate=u["baud"], tx=u["tx"], rx=u["rx"])
         self._wlan = None
         w = cfg.get("wifi") or {}
         ssid = _nvs(ns, "wifi_ssid", 32)
@@ -202,10 +214,28 @@ class Board:
 
     # -- ports --------------------------------------------------------------------
 
-    async def serial_ports(self, handler):
-        """The optical port: one HDLC stream over the UART."""
-        s = asyncio.StreamReader(self.uart)
-        asyncio.create_task(handler(s, asyncio.StreamWriter(self.uart, {})))
+    async def serial_ports(self, handler, optical=None):
+        """The serial line (pins "uart"), if any: one HDLC stream over its UART;
+        the optical port: its UART, served again whenever a dialogue ends."""
+        if self.uart is not None:
+            s = asyncio.StreamReader(self.uart)
+            asyncio.create_task(handler(s, asyncio.StreamWriter(self.uart, {})))
+        if optical:
+            asyncio.create_task(self._serve(optical))
+
+    async def _serve(self, optical):
+        u = self.optical
+        while True:
+            try:
+                await optical(asyncio.StreamReader(u), asyncio.StreamWriter(u, {}))
+            except Exception as e:  # e.g. closing a UART: the port stays served
+                sys.print_exception(e)
+            self.set_baud(u, 300, 7)
+
+    def set_baud(self, stream, speed, bits):
+        """The optical UART's baud rate and framing: 7 bits even parity (IEC
+        62056-21 sign-on and readout) or 8N1 (binary mode)."""
+        self.optical.init(baudrate=speed, bits=bits, parity=0 if bits == 7 else None, stop=1)
 
     def rand(self):
         return int.from_bytes(os.urandom(4), "big")

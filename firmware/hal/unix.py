@@ -2,7 +2,7 @@
 #
 # Everything a supervisor sets lives in <flash_dir>/board.json (UNIX.md):
 # meter id and key, broker, simulated clock, energy profile, flash file,
-# UART and control TCP ports. The simulated RTC survives power cuts (the
+# serial, optical and control TCP ports. The simulated RTC survives power cuts (the
 # process being killed) the way a battery-backed RTC does: its anchor is in
 # <flash_dir>/rtc.json and it keeps counting from real time while "off".
 # Integers only: times are int ms, energy int Wh with the remainder carried.
@@ -11,7 +11,6 @@
 # flash is a small file-backed NOR device that keeps neither an image nor its
 # erase counters in RAM (hal/norflash.py, with power-cut injection, stays
 # host-side).
-import asyncio
 import json
 import os
 import sys
@@ -25,13 +24,16 @@ except ImportError:
         return x
 
 
+from link import loop as asyncio
 from meter import timeutil as tu
 
 _PROFILE_STEP = const(900)  # the CSV's interval
 _PPM = const(1000000)
 _CHUNK = const(256)  # erases write 0xFF in chunks
 DEFAULT_DIR = "var/board"
-_IDENT = const(("interval_s", "utc_offset_min", "push_mask", "meter_multiplier", "read_offset_s"))
+_IDENT = const(
+    ("interval_s", "utc_offset_min", "push_mask", "meter_multiplier", "read_offset_s", "channels")
+)
 
 
 def _exists(p):
@@ -132,6 +134,7 @@ class Board:
         t = br.get("tls")
         self.tls = (t["ca"], None, t.get("server_name", br["host"])) if t else None
         self.uart_port = cfg.get("uart_port", 0)
+        self.optical = cfg.get("optical_port", 0)
         self.control_port = cfg.get("control_port", 0)
         self.uplink = cfg.get("uplink", "mqtt" if self.broker else "uart")
         self.tick_ms = cfg.get("tick_ms", 100)
@@ -140,7 +143,7 @@ class Board:
         # energy: a flat load (Wh per 15 minutes per channel), or the load
         # profile (CSV) repeating; one of them is required
         en = cfg.get("energy", {})
-        n = en.get("channels", 4)
+        n = en.get("channels", len(cfg.get("channels") or ()) or 4)  # one per meter channel
         self.scale_pct = en.get("scale_pct", 100)
         self._frac = [0] * n  # remainder in Wh x 900 x 100
         self._last = None
@@ -312,10 +315,16 @@ class Board:
 
     # -- ports ----------------------------------------------------------------------
 
-    async def serial_ports(self, handler):
-        """The optical/serial port: a TCP server, one HDLC stream per connection."""
+    async def serial_ports(self, handler, optical=None):
+        """The serial port (one HDLC stream per connection) and the optical port
+        (IEC 62056-21, one probe per connection): TCP servers, if configured."""
         if self.uart_port:
             await asyncio.start_server(handler, "127.0.0.1", self.uart_port)
+        if self.optical and optical:
+            await asyncio.start_server(optical, "127.0.0.1", self.optical)
+
+    def set_baud(self, stream, speed, bits):
+        """A UART's baud rate (speed) and framing (bits 7: 7E1, 8: 8N1); nothing to do on TCP."""
 
     def rand(self):
         return int.from_bytes(os.urandom(4), "big")

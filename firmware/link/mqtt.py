@@ -1,4 +1,4 @@
-# MQTT 3.1.1 client for the meter (MicroPython asyncio; also runs on CPython).
+# MQTT 3.1.1 client for the meter (link/loop on MicroPython; asyncio on CPython).
 #
 # QoS 1 publish and subscribe, keepalive, persistent session (clean session
 # off, so the broker keeps our subscription and queued downlinks while we are
@@ -16,8 +16,13 @@
 # packet is a ValueError naming the packet and the value; the session ends as
 # on a link failure. Why a session failed (a refused login, a certificate that
 # does not verify) is printed once per change of reason, the board's log.
-import asyncio
+import sys
 from collections import OrderedDict  # a plain dict keeps no order on MicroPython
+
+if sys.implementation.name == "micropython":
+    from link import loop as asyncio  # asyncio's subset, lighter (README "Heap")
+else:  # CPython: the tests and tools
+    import asyncio
 
 try:
     from micropython import const

@@ -1,7 +1,7 @@
 # Authentication: HMAC-SHA256 (RFC 2104) from hashlib.sha256, since MicroPython
 # has no hmac module; frame MACs (first 16 bytes), signing a frame in place
-# (seal: every uplink, SPEC "Authentication"), key_set unwrapping and the
-# download challenge.
+# (seal: every uplink, SPEC "Authentication"), key_set unwrapping, the
+# optical probe's key K_op and the download challenge.
 import hashlib
 import struct
 
@@ -89,6 +89,16 @@ def unwrap_key(key, wrapped, version):
     for i in range(_KEY_LEN):
         out[i] = wrapped[i] ^ pad[i]
     return bytes(out)
+
+
+def probe_key(key, operator):
+    """K_op, the optical probe key of `operator` (u16): HMAC-SHA256(key,
+    "ami-probe-key" || operator u16); the meter derives it from its current key."""
+    if type(operator) is not int or not 0 <= operator <= 0xFFFF:
+        raise MalformedPayload("operator out of range", "0 <= n < 65536", operator)
+    msg = bytearray(b"ami-probe-key")
+    msg.extend(struct.pack(">H", operator))
+    return hmac_sha256(key, msg)
 
 
 def download_mac(key, nonce, operator):

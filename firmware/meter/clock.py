@@ -124,7 +124,11 @@ class SyncState:
         return self.next_at
 
     def due(self, now):
-        return self.t1_ms is None and self.next_at is not None and now >= self.next_at
+        if self.t1_ms is not None or self.next_at is None or now < self.next_at:
+            return False
+        # A stalled loop can come late, near a boundary: wait for the allowed part (M06).
+        r = (now - tu.day_start(now, self.utc_offset_s)) % self.interval_s
+        return _MARGIN_S <= r <= self.interval_s - _MARGIN_S
 
     def sent(self, now, t1_ms):
         """A time_sync_request carrying t1_ms was sent at `now`."""

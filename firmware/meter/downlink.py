@@ -82,7 +82,7 @@ def receive(m, raw, now, now_ms=None):
     body = f["body"]
     code = wire.type_code(mtype)
     if mtype in wire.UNSIGNED:
-        # M18 (optical download) is not part of this firmware yet
+        # the probe's frames: only on the optical port (optical.py), never here
         _refuse(m, out, code, seq, _NACK_UNKNOWN_TYPE, now)
         return out
     # the MAC under the current key, or the previous one while a rotation is

@@ -1,11 +1,12 @@
 # Event log logic (M10): codes, push mask, push queue with retry until acked.
 #
 # The persistent log (the store) is the source of truth. EventLog writes every
-# event to a duck-typed sink:
-#   sink.append_event(code, time, data) -> seq (int, increasing)
-#   sink.events(since_seq) -> iterator of (seq, code, time, data) in seq order
-# EventLog only reads seqs >= the one it wants, so the sink may treat
-# `since_seq` as inclusive or exclusive. Events whose code is in the push mask
+# event to it, with the store's event contract (firmware/meter/store.py):
+#   store.append_event(code, time, data_bytes) -> seq (int, increasing)
+#   store.events(since_seq) -> iterator of (seq, time, code, data_bytes) in seq order
+# (data is a u32 on the wire, stored as 4 bytes BE). EventLog only reads seqs
+# >= the one it wants, so the store may treat `since_seq` as inclusive or
+# exclusive; it hands out rows as (seq, code, time, data). Events whose code is in the push mask
 # also go to a bounded RAM queue and are pushed until an event_ack names a
 # frame seq that carried them. If the RAM queue is full, later events are
 # re-read from the sink once it drains: nothing is forgotten.
@@ -84,28 +85,11 @@ def retry_delay(attempt, rand):
     return d - half + rand % (half + 1)
 
 
-class StoreSink:
-    """Adapts a store whose event rows carry data as bytes, in the order
-    (seq, time_s, code, data_bytes) (firmware/meter/store.py as written), to the
-    sink contract above. Event data is a u32 on the wire, stored as 4 bytes BE.
-    """
-
-    def __init__(self, store):
-        self.store = store
-
-    def append_event(self, code, time, data):
-        return self.store.append_event(code, time, data.to_bytes(4, "big"))
-
-    def events(self, since_seq):
-        for seq, time, code, data in self.store.events(since_seq):
-            yield (seq, code, time, int.from_bytes(data, "big"))
-
-
 class EventLog:
-    """Event logging and pushing over a persistence sink."""
+    """Event logging and pushing over the store."""
 
-    def __init__(self, sink, push_mask):
-        self.sink = sink
+    def __init__(self, store, push_mask):
+        self.sink = store
         self.set_push_mask(push_mask)
         self._queue = []  # (seq, code, time, data) waiting for an ack, oldest first
         self._reload_from = 0  # > 0: events from this seq on overflowed the queue
@@ -126,7 +110,7 @@ class EventLog:
             raise ValueError("code", code)
         if not isinstance(data, int) or not 0 <= data <= _U32:
             raise ValueError("data", data)
-        seq = self.sink.append_event(code, now, data)
+        seq = self.sink.append_event(code, now, data.to_bytes(4, "big"))
         if self.push_mask >> code & 1:
             if self._reload_from or len(self._queue) >= _QUEUE_CAP:
                 if not self._reload_from:
@@ -146,7 +130,7 @@ class EventLog:
 
     def since(self, seq):
         """Every persisted event with seq >= `seq` (for reads and downloads)."""
-        for row in self.sink.events(seq - 1):
+        for row in self._rows(seq):
             if row[0] >= seq:
                 yield row
 
@@ -213,13 +197,18 @@ class EventLog:
             self._queue = []
             self._reload()
 
+    def _rows(self, seq):
+        # the store's rows from about `seq` on, as (seq, code, time, data int)
+        for s, t, code, data in self.sink.events(seq - 1):
+            yield (s, code, t, int.from_bytes(data, "big"))
+
     def _reload(self):
         # Refill the RAM queue from the sink after an overflow.
         start = self._reload_from
         if not start:
             return
         self._reload_from = 0
-        for row in self.sink.events(start - 1):
+        for row in self._rows(start):
             if row[0] < start or not self.push_mask >> row[1] & 1:
                 continue
             if len(self._queue) >= _QUEUE_CAP:

@@ -35,7 +35,9 @@ _FW_VERSION = const("ami-fw 0.3.0")
 # a few times a day. They run from flash; their function objects take heap
 # only while in use: cold() imports one, the app calls drop_cold() when the
 # meter is idle (firmware README, "Heap").
-_COLD = const(("downlink", "reads", "wire", "auth", "blocks", "ivblock", "crc", "hdlc", "errors"))
+_COLD = const(
+    ("downlink", "reads", "wire", "auth", "blocks", "ivblock", "crc", "hdlc", "errors", "optical")
+)
 _KIND_SCHEDULED = const(0)  # read_response kind (SPEC)
 
 
@@ -84,52 +86,33 @@ _CHANNELS = const(
 )
 
 
-class Ident:
-    """What the meter is: id, key, defaults for a fresh install."""
-
-    def __init__(
-        self,
+def Ident(
+    meter_id,
+    key,
+    interval_s=900,
+    utc_offset_min=0,
+    push_mask=events.DEFAULT_PUSH_MASK,
+    meter_multiplier=1,
+    read_offset_s=schedules.DEFAULT_READ_OFFSET_S,
+    channels=_CHANNELS,
+    fw_version=_FW_VERSION,
+):
+    """What the meter is: id, key, defaults for a fresh install, checked; a
+    tuple in this order for Meter() (a class would cost 0.5 KB of heap)."""
+    tu.check_interval(interval_s)
+    tu.check_utc_offset(utc_offset_min * 60)
+    events.check_push_mask(push_mask)
+    return (
         meter_id,
         key,
-        interval_s=900,
-        utc_offset_min=0,
-        push_mask=events.DEFAULT_PUSH_MASK,
-        meter_multiplier=1,
-        read_offset_s=schedules.DEFAULT_READ_OFFSET_S,
-        channels=_CHANNELS,
-        fw_version=_FW_VERSION,
-    ):
-        self.meter_id = meter_id
-        self.key = key
-        self.interval_s = tu.check_interval(interval_s)
-        self.utc_offset_min = utc_offset_min
-        tu.check_utc_offset(utc_offset_min * 60)
-        self.push_mask = events.check_push_mask(push_mask)
-        self.meter_multiplier = meter_multiplier
-        self.read_offset_s = read_offset_s
-        self.channels = channels
-        self.fw_version = fw_version
-
-
-class Read:
-    """A read response in progress: its plan and which parts are acknowledged."""
-
-    def __init__(self, slot, kind, request_seq, start, end, what, ev_from, ev_to, parts):
-        self.slot = slot  # 0-3, or _ON_DEMAND_SLOT
-        self.kind = kind
-        self.request_seq = request_seq
-        self.start = start
-        self.end = end
-        self.what = what
-        self.ev_from = ev_from
-        self.ev_to = ev_to
-        self.parts = parts
-        self.next_part = 0  # first part never sent
-        self.out = {}  # frame seq -> part index, sent and not acknowledged
-        self.acked = 0  # parts acknowledged
-        self.attempt = 0  # sends of the oldest unacknowledged part
-        self.next_try = 0
-        self.dead = False  # failed: dropped at the next reap
+        interval_s,
+        utc_offset_min,
+        push_mask,
+        meter_multiplier,
+        read_offset_s,
+        channels,
+        fw_version,
+    )
 
 
 class Meter:
@@ -137,9 +120,18 @@ class Meter:
 
     def __init__(self, store, ident, rand=None, set_clock=None):
         self.store = store
-        self.ident = ident
-        self.meter_id = ident.meter_id
-        self.key = ident.key  # the current key: every uplink is signed with it
+        (
+            self.meter_id,
+            self.key,  # the current key: every uplink is signed with it
+            self.interval_s,
+            off_min,
+            self.push_mask,
+            self.multiplier,
+            self.read_offset_s,
+            self.channels,  # (kind, unit, multiplier, scaler) each
+            self.fw_version,
+        ) = ident
+        self.utc_offset_s = off_min * 60
         self.key_version = 0
         self.old_key = None  # accepted for downlinks while a rotation is unconfirmed
         self.up_next = 1  # the next uplink counter
@@ -147,10 +139,6 @@ class Meter:
         self.refused_at = None  # when refused input was last answered (once a minute)
         self.rand = rand or (lambda: 0x9E3779B9)
         self._set_clock = set_clock
-        self.interval_s = ident.interval_s
-        self.utc_offset_s = ident.utc_offset_min * 60
-        self.push_mask = ident.push_mask
-        self.multiplier = ident.meter_multiplier
         self.registered = False
         self.pending_interval = 0
         self.last_counter = None
@@ -245,15 +233,13 @@ class Meter:
             except schedules.ScheduleError:
                 self.sched = None  # unreadable: back to the default read
         if self.sched is None:
-            self.sched = schedules.Schedules(self.interval_s, off, self.ident.read_offset_s)
+            self.sched = schedules.Schedules(self.interval_s, off, self.read_offset_s)
         self._sched_next = list(self.sched.next_at)
-        self.ev = events.EventLog(events.StoreSink(st), self.push_mask)
+        self.ev = events.EventLog(st, self.push_mask)
         blob = st.get_config(_K_EVENT_ACK)
         self.ev.resume((struct.unpack(">I", blob)[0] if blob else 0) + 1)
         self.sync = clock.SyncState(self.interval_s, off)
-        self.rec = recorder.Recorder(
-            self.interval_s, len(self.ident.channels), off, list(st.registers())
-        )
+        self.rec = recorder.Recorder(self.interval_s, len(self.channels), off, list(st.registers()))
         last = st.last_interval()
         if first_boot:
             self.save_config()
@@ -293,8 +279,9 @@ class Meter:
 
     def _store_closed(self, closed, now):
         st = self.store
-        new = closed.new_interval
+        new = self.rec.switched
         if new:
+            self.rec.switched = 0
             # the recorder switched at a boundary: persist first (boot reads it)
             self.interval_s = new
             self.pending_interval = 0
@@ -316,10 +303,11 @@ class Meter:
 
     # -- frames ----------------------------------------------------------------
 
-    def frame(self, out, mtype, body, now, seq=None):
+    def frame(self, out, mtype, body, now, seq=None, key=None):
         """Encode one uplink into out (a list), signed with a fresh counter;
         returns its seq: the next one, or `seq` for a repeat (the head-end
-        treats a repeat as idempotent; the counter is new all the same)."""
+        treats a repeat as idempotent; the counter is new all the same).
+        key: the meter key, or an optical probe's K_op (optical.py)."""
         if seq is None:
             seq = self._seq = (self._seq + 1) & 0xFFFF
         wire = cold("wire")
@@ -332,7 +320,7 @@ class Meter:
                 "auth": {"counter": self.counter()},
                 "body": body,
             },
-            self.key,
+            key or self.key,
         )
         self.frames_sent += 1
         self.ev.message_sent(wire.type_code(mtype), now)
@@ -356,10 +344,10 @@ class Meter:
         ev = self.ev
         if not self.registered and online and now >= self.reg_next:
             chans = []
-            for kind, unit, mult, scaler in self.ident.channels:
+            for kind, unit, mult, scaler in self.channels:
                 chans.append({"kind": kind, "unit": unit, "multiplier": mult, "scaler": scaler})
             body = {
-                "fw_version": self.ident.fw_version,
+                "fw_version": self.fw_version,
                 "interval_s": self.interval_s,
                 # days of intervals the store keeps at the current interval length
                 "capacity_days": self.store.capacity()[0] // (_DAY // self.interval_s + 2),
@@ -422,7 +410,7 @@ class Meter:
             ev_to,
             self.store.next_event_seq() - 1,
         )
-        rd = Read(slot, kind, req, start, end, what, start, ev_to, parts)
+        rd = cold("reads").Read(slot, kind, req, start, end, what, start, ev_to, parts)
         self.reads.append(rd)
         return rd
 

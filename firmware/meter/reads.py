@@ -41,7 +41,7 @@ _EVENTS_PER_PART = const(200)  # 9 bytes each: 1.8 KB
 _MAX_PARTS = const(255)
 _DAY = const(86400)
 _PART_IV = const(96)  # intervals per part at most
-_CHUNK = const(32)  # intervals per IntervalBlock at most (one channel group)
+_CHUNK = const(32)  # intervals per IntervalBlock at most (one channel group); downloads: _PART_IV
 _NCH = const(4)  # channels of a stored interval
 # frame layout (SPEC; wire.py): header, read_response payload, CRC
 _HEADER = const(">BBBHIIH")
@@ -49,7 +49,8 @@ _HEADER_LEN = const(15)
 _FLAG_AUTH = const(1)
 _TRAILER = const(22)  # auth counter u32, MAC[16], CRC u16
 _MAX_PAYLOAD = const(4096)
-_READ_RESPONSE = const(8)  # type code
+_READ_RESPONSE = const(8)  # type codes
+_DOWNLOAD_DATA = const(0x12)
 _SEC_CLOCK = const(1)  # section tags
 _SEC_REGISTERS = const(2)
 _SEC_MIDNIGHT = const(3)
@@ -158,9 +159,9 @@ def _block(buf, p, s0, ln, k, cols, flags):
         p += 1
         i = j
     for c in range(_NCH):
-        n = blocks.put_channel(None, 0, cols, c * _CHUNK, k)
+        n = blocks.put_channel(None, 0, cols, c * len(flags), k)
         p = blocks.put_varint(buf, p, n)
-        p = blocks.put_channel(buf, p, cols, c * _CHUNK, k) if buf is not None else p + n
+        p = blocks.put_channel(buf, p, cols, c * len(flags), k) if buf is not None else p + n
     return p
 
 
@@ -207,7 +208,7 @@ def _sections(
             k = s0 = ln = 0
             for rec in store.intervals(a, b):
                 s, rl, fl, vals = rec
-                if k and (k == _CHUNK or rl != ln or s != s0 + ln * k):
+                if k and (k == len(flags) or rl != ln or s != s0 + ln * k):
                     p = _head(buf, p, _SEC_INTERVALS, _block(None, 0, s0, ln, k, cols, flags))
                     p = _block(buf, p, s0, ln, k, cols, flags)
                     ns += 1
@@ -217,7 +218,7 @@ def _sections(
                     ln = rl
                 flags[k] = fl
                 for c in range(_NCH):
-                    cols[c * _CHUNK + k] = vals[c]
+                    cols[c * len(flags) + k] = vals[c]
                 k += 1
             if k:
                 p = _head(buf, p, _SEC_INTERVALS, _block(None, 0, s0, ln, k, cols, flags))
@@ -254,6 +255,7 @@ def frame(
     key,
     counter,
     probe=None,
+    payload=None,
 ):
     """The read_response frame (bytearray) of part number p (part: its plan tuple),
     signed with key and counter.
@@ -261,22 +263,60 @@ def frame(
     Byte-identical to wire.encode of the same body; sized first, then written
     into one bytearray of the frame's size. probe(1), if given, is called
     with everything the build holds still live (the bench's heap peak).
+    payload: (count, bytes) of whole sections to append: a download_data
+    frame (optical.py; no request_seq or kind) instead.
     """
     # small pieces: a fragmented heap has no room for one large block
-    cols = array("I", bytes(4 * _NCH * _CHUNK))
-    flags = bytearray(_CHUNK)
+    # a download's blocks are a whole part (fewer bytes on a slow optical line)
+    n = _CHUNK if payload is None else _PART_IV
+    cols = array("I", bytes(4 * _NCH * n))
+    flags = bytearray(n)
     args = (part, p == 0, what, store, events, now, registers, ev_from, ev_to, cols, flags)
-    n, ns = _sections(None, _HEADER_LEN + 6, *args)
+    pre = _HEADER_LEN + (6 if payload is None else 3)
+    n, ns = _sections(None, pre, *args)
+    if payload is not None:
+        n += len(payload[1])
+        ns += payload[0]
     n -= _HEADER_LEN
     if n > _MAX_PAYLOAD:
         raise BadLength("payload over maximum", "no more than %d" % _MAX_PAYLOAD, n)
     if ns > 0xFF:
         raise MalformedPayload("too many sections", "no more than 255", ns)
     buf = bytearray(_HEADER_LEN + n + _TRAILER)
-    struct.pack_into(_HEADER, buf, 0, 1, _READ_RESPONSE, _FLAG_AUTH, seq, meter_id, now, n)
-    struct.pack_into(">HBBBB", buf, _HEADER_LEN, request_seq, kind, p, parts, ns)
-    _sections(buf, _HEADER_LEN + 6, *args)
+    mtype = _READ_RESPONSE if payload is None else _DOWNLOAD_DATA
+    struct.pack_into(_HEADER, buf, 0, 1, mtype, _FLAG_AUTH, seq, meter_id, now, n)
+    if payload is None:
+        struct.pack_into(">HBBBB", buf, _HEADER_LEN, request_seq, kind, p, parts, ns)
+    else:  # download_data: part, parts, sections
+        buf[_HEADER_LEN] = p
+        buf[_HEADER_LEN + 1] = parts
+        buf[_HEADER_LEN + 2] = ns
+    q = _sections(buf, pre, *args)[0]
+    if payload is not None:
+        buf[q : q + len(payload[1])] = payload[1]
     auth.seal(buf, _HEADER_LEN + n, key, counter)
     if probe is not None:
         probe(1)
     return buf
+
+
+class Read:
+    """A read response in progress: its plan and which parts are acknowledged
+    (here, a cold module: the class is on the heap only while reads run)."""
+
+    def __init__(self, slot, kind, request_seq, start, end, what, ev_from, ev_to, parts):
+        self.slot = slot  # 0-3, or 255 (on demand: no slot)
+        self.kind = kind
+        self.request_seq = request_seq
+        self.start = start
+        self.end = end
+        self.what = what
+        self.ev_from = ev_from
+        self.ev_to = ev_to
+        self.parts = parts
+        self.next_part = 0  # first part never sent
+        self.out = {}  # frame seq -> part index, sent and not acknowledged
+        self.acked = 0  # parts acknowledged
+        self.attempt = 0  # sends of the oldest unacknowledged part
+        self.next_try = 0
+        self.dead = False  # failed: dropped at the next reap

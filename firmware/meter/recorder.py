@@ -3,9 +3,9 @@
 # Holds the per-channel cumulative registers, the accumulators and status
 # flags of the interval in progress, and closes intervals exactly on their
 # boundaries (aligned to local standard midnight, never adjusted for DST).
-# Every call that can close intervals returns a Closed iterator of records
-# (start, interval_s, flags, values); it never allocates per record beyond
-# the tuple it yields, however long the gap.
+# Every call that can close intervals returns an iterable of records
+# (start, interval_s, flags, values): () when none, else a generator that
+# never allocates per record beyond the tuple it yields, however long the gap.
 #
 # App loop contract, each pass: rec.add(drained_counts); for r in rec.tick(now):
 # store r; then drain rec.midnight_due(). Before stepping the clock call
@@ -52,52 +52,16 @@ _MAX_CHANNELS = const(8)
 _DAY = const(86400)
 
 
-class Closed:
-    """Records closed by one call: an optional head record, then a run.
-
-    Iterating yields (start, interval_s, flags, values) in start order; len()
-    gives how many remain. The run covers the starts in [start, end): length
-    interval_s before `switch`, new_interval from it on, each with `flags` and
-    `values`. `new_interval` is the interval length that took effect during
-    this call (0 if none): the app logs event 15 for it.
-    """
-
-    def __init__(self, head=None, start=0, end=0, flags=0, interval_s=0, switch=0, values=()):
-        self.head = head
-        self.start = start  # start of the next run record
-        self.end = end
-        self.flags = flags
-        self.interval_s = interval_s
-        self.switch = switch
-        self.values = values
-        self.new_interval = 0
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        h = self.head
-        if h is not None:
-            self.head = None
-            return h
-        s = self.start
-        if s >= self.end:
-            raise StopIteration
-        n = self.interval_s if s < self.switch else self.new_interval
-        self.start = s + n
-        return (s, n, self.flags, self.values)
-
-    def __len__(self):
-        n = 0 if self.head is None else 1
-        s, to = self.start, self.end
-        if s < to:
-            mid = self.switch if self.switch < to else to
-            if s < mid:
-                n += (mid - s) // self.interval_s
-                s = mid
-            if s < to:
-                n += (to - s) // self.new_interval
-        return n
+def _records(head, frm, to, flags, old, switch, new, values):
+    # The records one call closed: `head`, then a run over the starts in
+    # [frm, to): length `old` before `switch`, `new` from it on, each with
+    # `flags` and `values`, as (start, interval_s, flags, values). A generator,
+    # not a list: after an outage the run is up to 45 days long.
+    yield head
+    while frm < to:
+        n = old if frm < switch else new
+        yield (frm, n, flags, values)
+        frm += n
 
 
 class Recorder:
@@ -127,6 +91,9 @@ class Recorder:
         self.pending_interval = None
         self.last_midnight = None  # last local midnight whose register was returned
         self._midnight = None  # (latest local midnight crossed, registers then), not returned
+        # the interval length that took effect in a call's records (0: none);
+        # the caller logs event 15 for it and sets it back to 0
+        self.switched = 0
 
     # -- inputs --------------------------------------------------------------
 
@@ -158,12 +125,12 @@ class Recorder:
         self.flags = flags | (PARTIAL if now != s else 0)
         self.now = now
         self.last_midnight = tu.day_start(s, self.utc_offset_s)
-        return Closed()
+        return ()
 
     # -- time passing --------------------------------------------------------
 
     def tick(self, now):
-        """Close every interval whose end is <= now. Returns Closed records.
+        """Close every interval whose end is <= now. Returns the closed records.
 
         Ticking is expected at least once per interval; if a tick crosses two
         or more boundaries, see the module header (late tick rule). A `now`
@@ -176,7 +143,7 @@ class Recorder:
             self.flags |= CLOCK_ADJUSTED
         if now < self.start_s + self.interval_s:
             self.now = now
-            return Closed()
+            return ()
         return self._close(now, 0, 0, True)
 
     def _close(self, now, run_flags, new_flags, late):
@@ -209,11 +176,11 @@ class Recorder:
             if pend and frm < pend[1]:
                 frm = tu.floor_to(frm, old, off)
         switch = pend[1] if pend else new_start
-        out = Closed(head, frm, new_start, run_flags, old, switch, (0,) * len(acc))
+        out = _records(head, frm, new_start, run_flags, old, switch, new, (0,) * len(acc))
         if new != old:
             self.interval_s = new
             self.pending_interval = None
-            out.new_interval = new
+            self.switched = new
         self.start_s = new_start
         self.flags = new_flags
         self.now = now
@@ -223,14 +190,14 @@ class Recorder:
         return out
 
     def clock_step(self, old_now, new_now):
-        """The clock was stepped from old_now to new_now. Returns Closed records.
+        """The clock was stepped from old_now to new_now. Returns the closed records.
 
         Call tick(old_now) first (ValueError otherwise). Forward across
         boundaries closes them (see module header); backward never emits or
         re-opens a record: the interval in progress is held open and flagged.
         """
         if self.start_s is None:
-            return Closed()
+            return ()
         end = self.start_s + self.interval_s
         if old_now >= end:
             raise ValueError("tick first", old_now)
@@ -238,7 +205,7 @@ class Recorder:
             if new_now != old_now:
                 self.flags |= CLOCK_ADJUSTED
             self.now = new_now
-            return Closed()
+            return ()
         new_len = self.interval_s
         pend = self.pending_interval
         if pend and new_now >= pend[1]:
@@ -283,7 +250,7 @@ class Recorder:
         if now < d + self.interval_s:
             if now < d:  # clock behind the newest record: hold (never doubled)
                 self.flags |= CLOCK_ADJUSTED
-            return Closed()
+            return ()
         up = 0 if tu.is_boundary(now, self.interval_s, off) else POWER_FAILED | PARTIAL
         return self._close(now, POWER_FAILED | INVALID, up, False)
 
@@ -293,8 +260,8 @@ class Recorder:
         It takes effect at the first boundary of the current length that is
         also a boundary of the new one, at or after the end of the interval in
         progress (and after now): at most one hour away. Returns None if it
-        changes nothing (a pending change is then cancelled). The Closed batch
-        in which it takes effect carries new_interval.
+        changes nothing (a pending change is then cancelled). The call whose
+        records it takes effect in sets `switched` to it.
         """
         tu.check_interval(interval_s)
         if self.start_s is None:
