@@ -8,7 +8,7 @@ One line per registration, send, ack, retry, failure, bad frame... (table
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from headend.store.db import Db, marks, opt
@@ -46,6 +46,20 @@ class Kind(enum.StrEnum):
     KEY_SENT = "key_sent"
     KEY_CONFIRMED = "key_confirmed"
     STORE_FAILED = "store_failed"
+    PROBE_KEY_ISSUED = "probe_key_issued"
+    MANUAL_UPLOAD = "manual_upload"
+    UPLOAD_REFUSED = "upload_refused"
+    DAILY_CHECK = "daily_check"
+    MISSING_FOUND = "missing_found"
+    RECOVERY_DONE = "recovery_done"
+    RECOVERY_FAILED = "recovery_failed"
+    TROUBLE_OPENED = "trouble_opened"
+    TROUBLE_CLOSED = "trouble_closed"
+    OFFSCHEDULE_MISSING = "offschedule_missing"
+    OFFSCHEDULE_RECOVERED = "offschedule_recovered"
+    OFFSCHEDULE_FAILED = "offschedule_failed"
+    SCHEDULE_VERIFY = "schedule_verify"
+    REBALANCE = "rebalance"
 
 
 class ActivityLog:
@@ -53,6 +67,9 @@ class ActivityLog:
 
     def __init__(self, db: Db) -> None:
         self.db = db
+        # while `holding`: lines logged, written by `write_held` (one statement for a
+        # batch of uplinks, in its transaction)
+        self._held: list[tuple[int, str, str, int | None, str | None]] | None = None
 
     def log(
         self,
@@ -63,11 +80,54 @@ class ActivityLog:
         ref: str | None = None,
     ) -> None:
         """Append one line."""
+        if self._held is not None:
+            self._held.append((at_ms, str(kind), detail, meter_id, ref))
+            return
         with self.db.transaction():
             self.db.execute(
                 "INSERT INTO activity (at_ms, meter_id, kind, detail, ref) VALUES (?, ?, ?, ?, ?)",
                 (at_ms, meter_id, str(kind), detail, ref),
             )
+
+    def log_many(self, rows: Iterable[tuple[int, Kind, str, int | None, str | None]]) -> None:
+        """Append lines (at_ms, kind, detail, meter_id, ref) in one statement per batch."""
+        batch = [(at, str(k), d, m, r) for at, k, d, m, r in rows]
+        if self._held is not None:
+            self._held += batch
+        elif batch:
+            self._insert(batch)
+
+    def _insert(self, batch: list[tuple[int, str, str, int | None, str | None]]) -> None:
+        with self.db.transaction():
+            self.db.executemany(
+                "INSERT INTO activity (at_ms, kind, detail, meter_id, ref) VALUES (?, ?, ?, ?, ?)",
+                batch,
+            )
+
+    # -- held lines: a batch of uplinks writes its lines in one statement ---------------------
+
+    def hold(self) -> None:
+        """Keep the lines logged from now on until `write_held` (or `drop_held`)."""
+        self._held = []
+
+    def mark(self) -> int:
+        """How many lines are held (for `drop_to`)."""
+        return len(self._held) if self._held is not None else 0
+
+    def drop_to(self, mark: int) -> None:
+        """Forget the lines held since ``mark`` (their savepoint was rolled back)."""
+        if self._held is not None:
+            del self._held[mark:]
+
+    def write_held(self) -> None:
+        """Write the held lines (inside the batch's transaction) and stop holding."""
+        held, self._held = self._held, None
+        if held:
+            self._insert(held)
+
+    def drop_held(self) -> None:
+        """Stop holding; the held lines are dropped (their transaction failed)."""
+        self._held = None
 
     def lines(
         self,

@@ -13,12 +13,14 @@ under the new key. Every method is one transaction (re-entrant).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from headend.errors import InvalidData
-from headend.store.db import Db, Row, add_seq, opt, seqs
+from headend.errors import InvalidData, StoreError
+from headend.store.db import Db, Row, add_seq, chunks, marks, opt, seqs
 from headend.store.lifecycles import KEY, KeyEvent, KeyState
 from headend.store.registry import require
+from protocol.auth import window_accept
 
 _COLS = (
     "meter_id, up_counter, key_version, key_since_ms, state, pending_version, requested_ms, "
@@ -26,6 +28,16 @@ _COLS = (
 )
 #: key versions are u16 on the wire (key_set)
 MAX_VERSION = 0xFFFF
+_SIGN = 1 << 63  # up_window: an unsigned 64-bit map in a signed BIGINT
+_CAS_TRIES = 100  # compare-and-set rounds lost to other workers before giving up
+
+
+def _to_db(window: int) -> int:
+    return window - (_SIGN << 1) if window & _SIGN else window
+
+
+def _from_db(value: int) -> int:
+    return value + (_SIGN << 1) if value < 0 else value
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +71,15 @@ def _state(r: Row) -> AuthState:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class AuthRow:
+    """A meter's auth row as read once for a batch of its uplinks (`MeterAuth.get_many`):
+    its state and its replay window (highest accepted counter, map); None: no row."""
+
+    state: AuthState | None
+    window: tuple[int, int] | None
+
+
 class MeterAuth:
     """The meter_auth table over one `Db`."""
 
@@ -71,6 +92,20 @@ class MeterAuth:
             rows = self.db.query(f"SELECT {_COLS} FROM meter_auth WHERE meter_id = ?", (meter_id,))
         return _state(rows[0]) if rows else None
 
+    def get_many(self, meter_ids: Iterable[int]) -> dict[int, AuthRow]:
+        """Every meter of ``meter_ids`` -> its `AuthRow`, in one query per chunk (not per
+        meter); a meter without a row maps to an empty one."""
+        out = dict.fromkeys(meter_ids, AuthRow(None, None))
+        with self.db.transaction(write=False):
+            for chunk in chunks(sorted(out), self.db.chunk_rows):
+                for r in self.db.query(
+                    f"SELECT {_COLS}, up_window FROM meter_auth "
+                    f"WHERE meter_id IN ({marks(len(chunk))})",
+                    chunk,
+                ):
+                    out[int(r[0])] = AuthRow(_state(r), (int(r[1]), _from_db(int(r[10]))))
+        return out
+
     def version(self, meter_id: int) -> int:
         """The key version both directions use now (0 until a rotation is confirmed)."""
         with self.db.transaction(write=False):
@@ -80,24 +115,55 @@ class MeterAuth:
         return int(rows[0][0]) if rows else 0
 
     def _insert(self, meter_id: int, counter: int, now_ms: int) -> bool:
+        """A first row: ``counter`` accepted (the window holds it alone)."""
         rows = self.db.query(
-            f"INSERT INTO meter_auth ({_COLS}) VALUES (?, ?, 0, ?, ?, NULL, NULL, NULL, 0, '') "
+            f"INSERT INTO meter_auth ({_COLS}, up_window) "
+            "VALUES (?, ?, 0, ?, ?, NULL, NULL, NULL, 0, '', 1) "
             "ON CONFLICT (meter_id) DO NOTHING RETURNING meter_id",
             (meter_id, counter, now_ms, KEY.start.value),
         )
         return bool(rows)
 
-    def accept_uplink(self, meter_id: int, counter: int, now_ms: int) -> bool:
-        """Take ``counter`` as the meter's newest uplink counter; False if it is not
-        greater than the last accepted one (a replay). Call it only for a verified frame."""
-        sql = "UPDATE meter_auth SET up_counter = ? WHERE meter_id = ? AND up_counter < ?"
+    def window(self, meter_id: int) -> tuple[int, int] | None:
+        """(highest accepted uplink counter, map of the window below it); None: no row."""
+        with self.db.transaction(write=False):
+            rows = self.db.query(
+                "SELECT up_counter, up_window FROM meter_auth WHERE meter_id = ?", (meter_id,)
+            )
+        return (int(rows[0][0]), _from_db(int(rows[0][1]))) if rows else None
+
+    def accept_uplink(
+        self, meter_id: int, counter: int, now_ms: int, known: AuthRow | None = None
+    ) -> bool:
+        """Take uplink ``counter`` into the meter's replay window; False if it was seen
+        already or is older than the window (a replay). Call it only for a verified frame.
+
+        Read, then compare-and-set: an UPDATE that finds the row changed by another
+        worker meanwhile changes nothing, and the window is read again. ``known``:
+        the row as read earlier in this transaction (`get_many`), the first round's
+        read (the compare-and-set still checks it).
+        """
+        cas = (
+            "UPDATE meter_auth SET up_counter = ?, up_window = ? "
+            "WHERE meter_id = ? AND up_counter = ? AND up_window = ?"
+        )
         with self.db.transaction():
-            if self.db.execute(sql, (counter, meter_id, counter)):
-                return True
-            if self._insert(meter_id, counter, now_ms):
-                return True
-            # the row exists (or another worker just made it): the conditional update decides
-            return bool(self.db.execute(sql, (counter, meter_id, counter)))
+            for i in range(_CAS_TRIES):
+                now = known.window if i == 0 and known is not None else self.window(meter_id)
+                if now is None:
+                    if self._insert(meter_id, counter, now_ms):
+                        return True
+                    continue  # another worker made the row meanwhile
+                high, seen = now
+                moved = window_accept(high, seen, counter)
+                if moved is None:
+                    return False
+                args = (moved[0], _to_db(moved[1]), meter_id, high, _to_db(seen))
+                if self.db.execute(cas, args):
+                    return True
+        raise StoreError(
+            f"meter {meter_id}: uplink window still contended after {_CAS_TRIES} tries"
+        )
 
     def rotate(self, meter_id: int, now_ms: int) -> int:
         """Queue a rotation to the next key version; returns it.

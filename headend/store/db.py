@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 Row = tuple[Any, ...]
@@ -27,6 +28,10 @@ class Db(ABC):
     for_update: str = ""
     #: rows per multi-row statement
     chunk_rows: int = 500
+    #: appended to a SELECT of rows a worker claims (inside a write transaction): rows
+    #: another worker's transaction holds are passed over, not waited for. Nothing on
+    #: SQLite, whose write transaction holds the whole database.
+    skip_locked: str = ""
 
     def rows_source(
         self, types: Sequence[str], rows: Sequence[Sequence[Any]]
@@ -42,6 +47,28 @@ class Db(ABC):
     @abstractmethod
     def transaction(self, write: bool = True) -> Any:
         """Context manager: one transaction (re-entrant: inner calls join the outer)."""
+
+    _depth = 0  # transactions entered and not left (the backends keep it)
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """A transaction, or inside one a savepoint: if its body raises, what the body
+        wrote is undone and the outer transaction goes on without it (several
+        uplinks, one commit: `headend.core.Core.on_uplinks`)."""
+        if not self._depth:
+            with self.transaction():
+                yield
+            return
+        self._depth += 1
+        try:
+            with self._nested():
+                yield
+        finally:
+            self._depth -= 1
+
+    @abstractmethod
+    def _nested(self) -> Any:
+        """Context manager: a savepoint inside the current transaction (see `savepoint`)."""
 
     @abstractmethod
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
@@ -62,6 +89,11 @@ class Db(ABC):
     @abstractmethod
     def lock_schema(self) -> None:
         """Inside a write transaction: serialise schema changes between workers."""
+
+    def lock(self, name: str) -> None:
+        """Inside a write transaction: serialise the holders of lock ``name`` between
+        workers. Default: nothing to do (SQLite's write transaction holds the database)."""
+        return None
 
     @abstractmethod
     def close(self) -> None:

@@ -195,6 +195,27 @@ class Events:
                 (now_ms, job_id),
             )
 
+    def open_of_job(self, job_id: int) -> int:
+        """How many of a job's deliveries are still unacknowledged (expired ones too)."""
+        with self.db.transaction(write=False):
+            rows = self.db.query(
+                "SELECT COUNT(*) FROM delivery WHERE job_id = ? AND state <> 'acked'", (job_id,)
+            )
+        return int(rows[0][0])
+
+    def delivery_counts(self) -> dict[str, int]:
+        """Deliveries per state (`DeliveryState` values; absent states count 0), and
+        ``retrying``: the unacked ones already sent at least once (the operator page)."""
+        with self.db.transaction(write=False):
+            rows = self.db.query("SELECT state, COUNT(*) FROM delivery GROUP BY state")
+            retry = self.db.query(
+                f"SELECT COUNT(*) FROM delivery WHERE state IN {_OPEN} AND attempts > 0"
+            )
+        counts = {s.value: 0 for s in DeliveryState}
+        counts.update({str(s): int(n) for s, n in rows})
+        counts["retrying"] = int(retry[0][0])
+        return counts
+
     def get(self, delivery_id: int) -> Delivery | None:
         with self.db.transaction(write=False):
             rows = self.db.query(

@@ -10,7 +10,7 @@ Every method is one transaction (re-entrant).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from headend.errors import IllegalTransition, InvalidData
@@ -24,8 +24,14 @@ from protocol.codes import ReadMode
 _COLS = (
     "job_id, meter_id, mode, start_s, end_s, what, source, requester, state, worker, seqs, "
     "attempts, parts, parts_seen, created_ms, sent_ms, deadline_ms, done_ms, latency_ms, "
-    "requester_ack_ms, result, trouble"
+    "requester_ack_ms, result, trouble, priority"
 )
+#: Job priorities (D13): routine work (system recovery) is claimed before ad hoc work.
+ROUTINE = 0
+AD_HOC = 1
+#: Of the jobs a claim may start, this share (at least one of two or more places) is kept
+#: for waiting ad hoc work, so a long routine queue (mass recovery) never starves it.
+AD_HOC_SHARE = 0.1
 
 
 def _job(r: Row) -> Job:
@@ -50,6 +56,7 @@ def _job(r: Row) -> Job:
         opt(r[19]),
         r[20],
         r[21],
+        int(r[22]),
     )
 
 
@@ -71,15 +78,22 @@ class Jobs:
             self.db, "job", {"job_id": job_id}, event, f"job {job_id}", sets, params, guard
         )
 
-    def enqueue(self, spec: ReadSpec, requester: str, now_ms: int) -> int:
-        """Queue an on-demand read; returns the job id. The service picks it up."""
+    def enqueue(self, spec: ReadSpec, requester: str, now_ms: int, priority: int = AD_HOC) -> int:
+        """Queue an on-demand read; returns the job id. The service picks it up.
+
+        ``priority``: `ROUTINE` (claimed first) or `AD_HOC`.
+        """
         check_recipient(requester)
+        if priority not in (ROUTINE, AD_HOC):
+            raise InvalidData(
+                f"priority: expected {ROUTINE} routine or {AD_HOC} ad hoc, got {priority!r}"
+            )
         with self.db.transaction():
             require(self.db, spec.meter_id)
             rows = self.db.query(
                 "INSERT INTO job (meter_id, mode, start_s, end_s, what, source, requester, state, "
-                "worker, seqs, attempts, parts, parts_seen, created_ms) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, '', 0, 0, '', ?) RETURNING job_id",
+                "worker, seqs, attempts, parts, parts_seen, created_ms, priority) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, '', 0, 0, '', ?, ?) RETURNING job_id",
                 (
                     spec.meter_id,
                     int(spec.mode),
@@ -90,6 +104,7 @@ class Jobs:
                     requester,
                     JOB.start.value,
                     now_ms,
+                    priority,
                 ),
             )
         return int(rows[0][0])
@@ -112,30 +127,65 @@ class Jobs:
             )
         return [_job(r) for r in rows]
 
-    def claim(self, worker: str, now_ms: int, limit: int = 100) -> list[Job]:
+    def claim(
+        self,
+        worker: str,
+        now_ms: int,
+        limit: int = 100,
+        max_in_flight: int | None = None,
+        rate_per_s: int | None = None,
+        second_ms: int = 1000,
+    ) -> list[Job]:
         """Take queued jobs for this worker (each job is claimed by one worker only).
 
-        A job queued with ``created_ms`` 0 (by a CLI that cannot know a simulated
-        service clock) is stamped with ``now_ms`` here.
+        The throttle (H09, N05, D13) is here, for every worker at once: at most
+        ``max_in_flight`` jobs out (state sent, any worker) and at most ``rate_per_s``
+        started in the last second (``second_ms`` of the service clock: one wall-clock
+        second, however fast a simulated clock runs). Routine jobs go first,
+        but a share of what may start (`AD_HOC_SHARE`, at least one) is kept for ad
+        hoc jobs that wait. A job queued with ``created_ms`` 0 (by a CLI that cannot
+        know a simulated service clock) is stamped with ``now_ms`` here.
         """
         claimed: list[Job] = []
+        throttled = max_in_flight is not None or rate_per_s is not None
         with self.db.transaction():
-            for (jid,) in self.db.query(
-                f"SELECT job_id FROM job WHERE {JOB.sql_where(JobEvent.CLAIM)} "
-                "ORDER BY job_id LIMIT ?",
-                (limit,),
-            ):
+            if throttled:  # one claimer at a time: the throttle holds across workers
+                self.db.lock("job claim")
+            room = limit
+            if max_in_flight is not None:
+                out = self.db.query("SELECT COUNT(*) FROM job WHERE state = 'sent'")[0][0]
+                room = min(room, max_in_flight - int(out))
+            if rate_per_s is not None:
+                started = self.db.query(
+                    "SELECT COUNT(*) FROM job WHERE sent_ms > ? AND sent_ms <= ?",
+                    (now_ms - second_ms, now_ms),
+                )[0][0]
+                room = min(room, rate_per_s - int(started))
+            if room <= 0:
+                return []
+            queued = [
+                row
+                for op in ("=", "<>")
+                for row in self.db.query(
+                    f"SELECT job_id, priority FROM job WHERE {JOB.sql_where(JobEvent.CLAIM)} "
+                    f"AND priority {op} ? ORDER BY priority, job_id LIMIT ?{self.db.skip_locked}",
+                    (ROUTINE, room),
+                )
+            ]
+            for jid in pick(queued, room):
                 try:
                     self._fire(
-                        int(jid),
+                        jid,
                         JobEvent.CLAIM,
-                        ", worker = ?, created_ms = CASE WHEN created_ms = 0 THEN ? "
-                        "ELSE created_ms END",
-                        (worker, now_ms),
+                        # deadline: a job claimed by a worker that dies before sending it
+                        # is overdue, and taken over (`overdue`)
+                        ", worker = ?, deadline_ms = ?, created_ms = CASE WHEN created_ms = 0 "
+                        "THEN ? ELSE created_ms END",
+                        (worker, now_ms, now_ms),
                     )
                 except IllegalTransition:
                     continue  # another worker claimed it first
-                claimed.append(self.get(int(jid)))
+                claimed.append(self.get(jid))
         return claimed
 
     def sent(self, job_id: int, seq: int, now_ms: int, deadline_ms: int) -> None:
@@ -201,12 +251,28 @@ class Jobs:
             (now_ms, now_ms, trouble),
         )
 
-    def overdue(self, worker: str, now_ms: int) -> list[Job]:
-        """This worker's jobs whose answer is overdue (retried or failed now)."""
-        with self.db.transaction(write=False):
+    def overdue(self, worker: str, now_ms: int, takeover_ms: int | None = None) -> list[Job]:
+        """This worker's jobs whose answer is overdue (retried or failed now).
+
+        ``takeover_ms``: first the jobs of other workers overdue by more than that
+        (their worker died: a live one retries or fails its own within a tick) are
+        queued again if their request never went out, else taken over by this worker;
+        each by one worker (rows another worker holds are passed over)."""
+        with self.db.transaction(write=takeover_ms is not None):
+            if takeover_ms is not None:
+                # a job taken over is due now: it is this worker's for a lease again
+                take = "worker = ?, deadline_ms = ?"
+                for sets, sent in ((JOB.sql_set(JobEvent.REQUEUE), "="), (take, ">")):
+                    params: list[Any] = [worker, now_ms] if sent == ">" else []
+                    self.db.execute(
+                        f"UPDATE job SET {sets} WHERE job_id IN (SELECT job_id FROM job WHERE "
+                        f"{JOB.sql_where(JobEvent.FAIL)} AND attempts {sent} 0 AND worker <> ? "
+                        f"AND deadline_ms <= ? ORDER BY job_id LIMIT 1000{self.db.skip_locked})",
+                        [*params, worker, now_ms - takeover_ms],
+                    )
             rows = self.db.query(
                 f"SELECT {_COLS} FROM job WHERE {JOB.sql_where(JobEvent.FAIL)} AND worker = ? "
-                "AND deadline_ms <= ? ORDER BY job_id",
+                "AND attempts > 0 AND deadline_ms <= ? ORDER BY job_id",
                 (worker, now_ms),
             )
         return [_job(r) for r in rows]
@@ -229,3 +295,15 @@ class Jobs:
             (now_ms,),
             " AND requester_ack_ms IS NULL",
         )
+
+
+def pick(queued: Sequence[Row], room: int) -> list[int]:
+    """Which of the queued (job_id, priority) rows, in (priority, job_id) order, to start:
+    routine first, but of two places or more ``max(1, room * AD_HOC_SHARE)`` go to ad hoc
+    jobs if any wait (a single place goes to routine work)."""
+    routine = [int(j) for j, p in queued if int(p) == ROUTINE]
+    ad_hoc = [int(j) for j, p in queued if int(p) != ROUTINE]
+    share = max(1, int(room * AD_HOC_SHARE)) if room >= 2 else 0
+    keep = min(len(ad_hoc), share)
+    take = routine[: room - keep]
+    return sorted(take + ad_hoc[: room - len(take)])

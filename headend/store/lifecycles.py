@@ -244,3 +244,104 @@ KEY: Lifecycle[KeyState, KeyEvent] = Lifecycle(
         KeyState.SENT: {KeyEvent.SEND: KeyState.SENT, KeyEvent.CONFIRM: KeyState.CURRENT},
     },
 )
+
+# -- missing meter-days and their recovery (D02-D05) ----------------------------------------
+
+
+class MissingState(enum.StrEnum):
+    """Where a missing or incomplete meter-day is on its way back."""
+
+    MISSING = "missing"  # found by the daily check (or a failed read): a read is due
+    RECOVERING = "recovering"  # a recovery read (job) naming the day is out
+    PARTIAL = "partial"  # a read brought some of the day, not all (re-read within the attempts)
+    RECOVERED = "recovered"  # complete: by a recovery read, or the scheduled data came by itself
+    UNSUCCESSFUL = "unsuccessful"  # the attempts ran out and nothing came back
+
+
+class MissingEvent(enum.StrEnum):
+    REQUEST = "request"  # a recovery read naming the day is queued (one attempt)
+    COMPLETE = "complete"  # the day is complete in the store, however the data came
+    SOME = "some"  # the read ended with part of the day
+    NONE = "none"  # the read failed, nothing new: due again after the retry delay
+    GIVE_UP = "give_up"  # the read failed, no attempt left
+
+
+MISSING: Lifecycle[MissingState, MissingEvent] = Lifecycle(
+    "missing day",
+    MissingState,
+    MissingState.MISSING,
+    {
+        MissingState.MISSING: {
+            MissingEvent.REQUEST: MissingState.RECOVERING,
+            MissingEvent.COMPLETE: MissingState.RECOVERED,
+        },
+        MissingState.RECOVERING: {
+            MissingEvent.COMPLETE: MissingState.RECOVERED,
+            MissingEvent.SOME: MissingState.PARTIAL,
+            MissingEvent.NONE: MissingState.MISSING,
+            MissingEvent.GIVE_UP: MissingState.UNSUCCESSFUL,
+        },
+        MissingState.PARTIAL: {
+            MissingEvent.REQUEST: MissingState.RECOVERING,
+            MissingEvent.COMPLETE: MissingState.RECOVERED,
+        },
+        MissingState.RECOVERED: {},
+        MissingState.UNSUCCESSFUL: {MissingEvent.COMPLETE: MissingState.RECOVERED},
+    },
+)
+
+# -- trouble reports (D06) ------------------------------------------------------------------
+
+
+class TroubleState(enum.StrEnum):
+    """A meter's trouble report: outstanding, or closed because data flows again."""
+
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class TroubleEvent(enum.StrEnum):
+    CLOSE = "close"  # a complete day arrived after the report opened
+
+
+TROUBLE: Lifecycle[TroubleState, TroubleEvent] = Lifecycle(
+    "trouble report",
+    TroubleState,
+    TroubleState.OPEN,
+    {
+        TroubleState.OPEN: {TroubleEvent.CLOSE: TroubleState.CLOSED},
+        TroubleState.CLOSED: {},
+    },
+)
+
+# -- missed reads of non-default schedules (D07) --------------------------------------------
+
+
+class GapState(enum.StrEnum):
+    """A non-default schedule's read that did not arrive within its grace."""
+
+    OPEN = "open"  # detected; recovery reads queued every offschedule_retry_s
+    RECOVERED = "recovered"  # the data is in (by a recovery read or the meter's next read)
+    FAILED = "failed"  # still missing after the last attempt
+
+
+class GapEvent(enum.StrEnum):
+    RETRY = "retry"  # another recovery read queued
+    RECOVER = "recover"
+    FAIL = "fail"
+
+
+GAP: Lifecycle[GapState, GapEvent] = Lifecycle(
+    "off-schedule gap",
+    GapState,
+    GapState.OPEN,
+    {
+        GapState.OPEN: {
+            GapEvent.RETRY: GapState.OPEN,
+            GapEvent.RECOVER: GapState.RECOVERED,
+            GapEvent.FAIL: GapState.FAILED,
+        },
+        GapState.RECOVERED: {},
+        GapState.FAILED: {},
+    },
+)

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from headend.errors import SchemaError
+from headend.store import partitions
 from headend.store.db import Db
 
 _DIALECT = {
@@ -41,10 +42,13 @@ class Migration:
     version: int
     name: str
     statements: tuple[str, ...]
+    #: run after ``statements`` on PostgreSQL only (verbatim: no placeholders)
+    postgres: tuple[str, ...] = ()
 
     def render(self, dialect: str) -> list[str]:
         """The statements for ``dialect`` ("sqlite" or "postgres")."""
-        return [s.format_map(_DIALECT[dialect]) for s in self.statements]
+        own = [s.format_map(_DIALECT[dialect]) for s in self.statements]
+        return own + list(self.postgres) if dialect == "postgres" else own
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -247,6 +251,278 @@ MIGRATIONS: tuple[Migration, ...] = (
                 transport TEXT,
                 received_ms BIGINT NOT NULL
             )""",
+        ),
+    ),
+    Migration(
+        4,
+        "uplink replay window: the counters below the highest that were accepted",
+        (
+            # Bit i: counter up_counter - i accepted (SPEC "Authentication"). A row of
+            # v3 kept only the highest: every counter below it counts as seen.
+            "ALTER TABLE meter_auth ADD COLUMN up_window BIGINT NOT NULL DEFAULT -1",
+        ),
+    ),
+    Migration(
+        5,
+        "optical probe keys issued (M18, M20, D12)",
+        (
+            # One row per probe key issued (`headend keys probe-key`): an upload is
+            # accepted only from an operator holding a key for that meter and version.
+            # Never the key itself: it is derived again from the master key.
+            """CREATE TABLE probe_key (
+                meter_id BIGINT NOT NULL REFERENCES meter (meter_id) ON DELETE CASCADE,
+                operator INTEGER NOT NULL,
+                key_version INTEGER NOT NULL,
+                issued_ms BIGINT NOT NULL,
+                PRIMARY KEY (meter_id, operator, key_version)
+            )""",
+        ),
+    ),
+    Migration(
+        6,
+        "missing data: missing meter-days and their recovery, daily checks, job priority",
+        (
+            # One row per (meter, day) ever found missing or incomplete (D02-D05): the
+            # history, never deleted. state: lifecycle MISSING (lifecycles.py).
+            """CREATE TABLE missing_day (
+                meter_id BIGINT NOT NULL REFERENCES meter (meter_id) ON DELETE CASCADE,
+                day BIGINT NOT NULL,
+                expected INTEGER NOT NULL,
+                present INTEGER NOT NULL,
+                found_ms BIGINT NOT NULL,
+                kind TEXT NOT NULL,
+                state TEXT NOT NULL,
+                attempts INTEGER NOT NULL,
+                failures INTEGER NOT NULL,
+                job_id BIGINT,
+                next_ms BIGINT NOT NULL,
+                resolved_ms BIGINT,
+                pathway TEXT,
+                PRIMARY KEY (meter_id, day)
+            )""",
+            "CREATE INDEX missing_day_state ON missing_day (state, next_ms)",
+            "CREATE INDEX missing_day_found ON missing_day (found_ms)",
+            # One row per collection day: the daily check is claimed once by one worker.
+            """CREATE TABLE daily_check (
+                day BIGINT PRIMARY KEY,
+                started_ms BIGINT NOT NULL,
+                finished_ms BIGINT,
+                worker TEXT NOT NULL,
+                meters INTEGER NOT NULL,
+                missing_meters INTEGER NOT NULL,
+                missing_days INTEGER NOT NULL
+            )""",
+            # 0 routine (system recovery) is claimed before 1 ad hoc (CLI, API) (D13).
+            "ALTER TABLE job ADD COLUMN priority INTEGER NOT NULL DEFAULT 1",
+            "CREATE INDEX job_claim ON job (state, priority, job_id)",
+            "CREATE INDEX job_sent ON job (sent_ms)",  # the throttle's reads per second
+        ),
+    ),
+    Migration(
+        7,
+        "trouble reports, timed runs, read arrivals, off-schedule checks, rebalancing",
+        (
+            # One row per timed job and period (a local day, a week): the worker that
+            # inserts it runs the job; the others see the row and skip (D06, H03).
+            """CREATE TABLE timed_run (
+                job TEXT NOT NULL,
+                period BIGINT NOT NULL,
+                worker TEXT NOT NULL,
+                claimed_ms BIGINT NOT NULL,
+                done_ms BIGINT,
+                result TEXT,
+                PRIMARY KEY (job, period)
+            )""",
+            # D06: lifecycle TROUBLE; at most one open report per meter (the partial
+            # unique index refuses a second one, whichever worker tries).
+            """CREATE TABLE trouble (
+                trouble_id {id},
+                meter_id BIGINT NOT NULL REFERENCES meter (meter_id) ON DELETE CASCADE,
+                opened_ms BIGINT NOT NULL,
+                reason TEXT NOT NULL,
+                days TEXT NOT NULL,
+                state TEXT NOT NULL,
+                closed_ms BIGINT,
+                closed_why TEXT
+            )""",
+            "CREATE UNIQUE INDEX trouble_open ON trouble (meter_id) WHERE state = 'open'",
+            "CREATE INDEX trouble_state ON trouble (state, opened_ms)",
+            # the daily run asks "has this meter an open report?" for every meter
+            "CREATE INDEX trouble_meter ON trouble (meter_id, state)",
+            # H03: when each meter's first scheduled read of a local day arrived
+            # (``day``: days since 1970-01-01 in the meter's local standard time;
+            # ``at_s``: UTC s). Written once per meter and day.
+            """CREATE TABLE read_arrival (
+                meter_id BIGINT NOT NULL REFERENCES meter (meter_id) ON DELETE CASCADE,
+                day BIGINT NOT NULL,
+                at_s BIGINT NOT NULL,
+                PRIMARY KEY (meter_id, day)
+            ) {without_rowid}""",
+            "CREATE INDEX read_arrival_day ON read_arrival (day)",
+            # D07: a non-default schedule's read that did not arrive (lifecycle GAP).
+            """CREATE TABLE offschedule_gap (
+                meter_id BIGINT NOT NULL REFERENCES meter (meter_id) ON DELETE CASCADE,
+                slot INTEGER NOT NULL,
+                due_s BIGINT NOT NULL,
+                start_s BIGINT NOT NULL,
+                state TEXT NOT NULL,
+                detected_ms BIGINT NOT NULL,
+                attempts INTEGER NOT NULL,
+                next_ms BIGINT NOT NULL,
+                jobs TEXT NOT NULL,
+                closed_ms BIGINT,
+                PRIMARY KEY (meter_id, slot, due_s)
+            )""",
+            "CREATE INDEX offschedule_gap_state ON offschedule_gap (state, next_ms)",
+            # D07 looks at the non-default slots of a population whose slot 0 is everywhere.
+            "CREATE INDEX schedule_slot ON schedule (slot)",
+            # H03: each analysis (per group figures as JSON) and the meters it moved.
+            """CREATE TABLE rebalance_run (
+                run_id {id},
+                at_ms BIGINT NOT NULL,
+                first_day BIGINT NOT NULL,
+                days INTEGER NOT NULL,
+                analysis TEXT NOT NULL,
+                moved INTEGER NOT NULL
+            )""",
+            """CREATE TABLE rebalance_move (
+                run_id BIGINT NOT NULL REFERENCES rebalance_run (run_id) ON DELETE CASCADE,
+                meter_id BIGINT NOT NULL REFERENCES meter (meter_id) ON DELETE CASCADE,
+                from_grp INTEGER NOT NULL,
+                to_grp INTEGER NOT NULL,
+                from_offset_s INTEGER NOT NULL,
+                to_offset_s INTEGER NOT NULL,
+                why TEXT NOT NULL,
+                PRIMARY KEY (run_id, meter_id)
+            )""",
+        ),
+    ),
+    Migration(
+        8,
+        "leases of timed runs (the daily check among them); interval data by month (PG)",
+        (
+            # A claimed run holds a lease until expires_ms (NULL once done); a worker
+            # that died leaves it to expire and another takes the run over (attempts+1).
+            "ALTER TABLE timed_run ADD COLUMN expires_ms BIGINT",
+            "ALTER TABLE timed_run ADD COLUMN attempts INTEGER NOT NULL DEFAULT 1",
+            # the daily check is claimed through timed_run now; daily_check keeps its
+            # totals. A check started and never finished is left to be taken over.
+            """INSERT INTO timed_run (job, period, worker, claimed_ms, done_ms, result,
+                                      expires_ms, attempts)
+               SELECT 'daily_check', day, worker, started_ms, finished_ms,
+                      CASE WHEN finished_ms IS NULL THEN NULL
+                           ELSE CAST(missing_days AS TEXT) || ' meter-days missing' END,
+                      CASE WHEN finished_ms IS NULL THEN 0 END, 1
+               FROM daily_check WHERE true  -- SQLite: an upsert after SELECT needs a WHERE
+               ON CONFLICT (job, period) DO NOTHING""",
+            "CREATE INDEX timed_run_open ON timed_run (job, expires_ms) WHERE done_ms IS NULL",
+        ),
+        postgres=partitions.CONVERT,
+    ),
+    Migration(
+        9,
+        "exports: routine export schedules and their runs; usage validation results",
+        (
+            # D11: a routine export: what, which meters, format, zone, when, where.
+            """CREATE TABLE export_schedule (
+                name TEXT PRIMARY KEY,
+                meters TEXT NOT NULL,
+                what TEXT NOT NULL,
+                fmt TEXT NOT NULL,
+                tz TEXT NOT NULL,
+                at_hhmm TEXT NOT NULL,
+                every_days INTEGER NOT NULL,
+                days INTEGER NOT NULL,
+                destination TEXT NOT NULL,
+                enabled INTEGER NOT NULL,
+                created_ms BIGINT NOT NULL
+            )""",
+            # One row per schedule and period: the worker that inserts it runs the export;
+            # a failed run is retried (attempts, next_ms) by whichever worker takes it back.
+            # An ad-hoc run of a schedule (priority 1, period = the request's ms) is queued
+            # by the CLI and run by the service after routine work (D13).
+            """CREATE TABLE export_run (
+                name TEXT NOT NULL REFERENCES export_schedule (name) ON DELETE CASCADE,
+                period BIGINT NOT NULL,
+                priority INTEGER NOT NULL,
+                start_s BIGINT NOT NULL,
+                end_s BIGINT NOT NULL,
+                state TEXT NOT NULL,
+                worker TEXT,
+                attempts INTEGER NOT NULL,
+                started_ms BIGINT NOT NULL,
+                next_ms BIGINT,
+                done_ms BIGINT,
+                bytes BIGINT,
+                rows_n BIGINT,
+                target TEXT,
+                error TEXT,
+                PRIMARY KEY (name, period)
+            )""",
+            "CREATE INDEX export_run_state ON export_run (state, priority, next_ms)",
+            # D14: the latest result of each check per meter and billing period.
+            """CREATE TABLE validation_result (
+                meter_id BIGINT NOT NULL REFERENCES meter (meter_id) ON DELETE CASCADE,
+                start_s BIGINT NOT NULL,
+                end_s BIGINT NOT NULL,
+                check_name TEXT NOT NULL,
+                status TEXT NOT NULL,
+                detail TEXT NOT NULL,
+                at_ms BIGINT NOT NULL,
+                PRIMARY KEY (meter_id, start_s, end_s, check_name)
+            )""",
+            "CREATE INDEX validation_result_status ON validation_result (status, at_ms)",
+        ),
+    ),
+    Migration(
+        10,
+        "HTTP API: operator API keys and sessions, portal parties, their use and request log",
+        (
+            # Keys and session tokens are stored as sha256 hex digests only.
+            """CREATE TABLE api_key (
+                name TEXT PRIMARY KEY,
+                key_hash TEXT NOT NULL UNIQUE,
+                created_ms BIGINT NOT NULL,
+                revoked_ms BIGINT
+            )""",
+            """CREATE TABLE api_session (
+                token_hash TEXT PRIMARY KEY,
+                key_name TEXT NOT NULL REFERENCES api_key (name) ON DELETE CASCADE,
+                expires_ms BIGINT NOT NULL
+            )""",
+            # T01-T05: a third party, its key, its meter set ("1,2,10-20") and limits;
+            # version grows on every change so a cache can tell it is stale.
+            """CREATE TABLE party (
+                name TEXT PRIMARY KEY,
+                key_hash TEXT NOT NULL UNIQUE,
+                meters TEXT NOT NULL,
+                rate_per_min INTEGER NOT NULL,
+                daily_quota INTEGER NOT NULL,
+                created_ms BIGINT NOT NULL,
+                revoked_ms BIGINT,
+                version BIGINT NOT NULL
+            )""",
+            # T05: on-demand requests per party, for the rate limit and the daily quota.
+            """CREATE TABLE party_use (
+                party TEXT NOT NULL REFERENCES party (name) ON DELETE CASCADE,
+                at_ms BIGINT NOT NULL
+            )""",
+            "CREATE INDEX party_use_at ON party_use (party, at_ms)",
+            # T04: every portal request; T06: dropped by log_retention_days only.
+            """CREATE TABLE portal_log (
+                log_id {id},
+                at_ms BIGINT NOT NULL,
+                party TEXT NOT NULL,
+                method TEXT NOT NULL,
+                target TEXT NOT NULL,
+                status INTEGER NOT NULL,
+                bytes BIGINT NOT NULL,
+                duration_ms BIGINT NOT NULL,
+                request_id TEXT NOT NULL,
+                sent_rows BIGINT
+            )""",
+            "CREATE INDEX portal_log_at ON portal_log (at_ms)",
+            "CREATE INDEX portal_log_party ON portal_log (party, at_ms)",
         ),
     ),
 )

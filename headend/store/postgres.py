@@ -36,6 +36,7 @@ class PostgresDb(Db):
 
     dialect = "postgres"
     for_update = " FOR UPDATE OF i"
+    skip_locked = " FOR UPDATE SKIP LOCKED"
     chunk_rows = 5000
 
     def rows_source(
@@ -95,6 +96,14 @@ class PostgresDb(Db):
         finally:
             self._depth = 0
 
+    @contextmanager
+    def _nested(self) -> Iterator[None]:
+        try:
+            with self._conn.transaction():  # psycopg nests it as a savepoint
+                yield
+        except psycopg.Error as exc:
+            raise StoreError(f"PostgreSQL: {exc}") from exc
+
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Run one statement; returns the row count."""
         with self._errors():
@@ -124,6 +133,12 @@ class PostgresDb(Db):
     def lock_schema(self) -> None:
         """Transaction-level advisory lock on the current schema's name."""
         self.query("SELECT pg_advisory_xact_lock(hashtext(current_schema()))")
+
+    def lock(self, name: str) -> None:
+        """Transaction-level advisory lock on ``name`` in the current schema."""
+        self.query(
+            "SELECT pg_advisory_xact_lock(hashtext(current_schema() || CAST(? AS TEXT)))", (name,)
+        )
 
     def close(self) -> None:
         """Close the connection."""

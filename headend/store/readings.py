@@ -14,7 +14,7 @@ per (meter, time, code, data)); their queries, routes and deliveries are in
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from headend.errors import InvalidData, UnknownMeter
@@ -36,6 +36,25 @@ from headend.store.registry import Layout, layouts, require
 SOURCES = {int(s): s for s in Source}
 
 
+def windows(
+    days: Sequence[tuple[int, int, bytes]], first: int, end: int, step: int
+) -> list[DayCoverage]:
+    """Coverage of the days [first + k * DAY_S, ...) before ``end`` from a meter's day
+    rows (day, interval_s, srcs) overlapping them; ``step`` is its interval now."""
+    out: list[DayCoverage] = []
+    for w in range(first, end, DAY_S):
+        present = 0
+        for u, rstep, srcs in days:
+            if u <= w - DAY_S or u >= w + DAY_S:
+                continue
+            lo = -(-(max(w, u) - u) // rstep)
+            hi = -(-(min(w + DAY_S, u + DAY_S) - u) // rstep)
+            if hi > lo:
+                present += (hi - lo) - srcs.count(0, lo, hi)
+        out.append(DayCoverage(w, DAY_S // step, present))
+    return out
+
+
 class Readings:
     """Interval data, midnight registers and the events of a read, over one `Db`."""
 
@@ -47,8 +66,12 @@ class Readings:
         blocks: Sequence[BlockIngest] = (),
         midnights: Sequence[MidnightRegister] = (),
         events: Sequence[EventRecord] = (),
+        known: Mapping[int, Layout] | None = None,
     ) -> IngestResult:
         """Store blocks, midnight registers and events in ONE transaction (idempotent).
+
+        ``known``: layouts of the items' meters as read in this transaction (a batch
+        of uplinks reads them once); the others are looked up.
 
         Raises:
             UnknownMeter: an item names a meter that is not registered.
@@ -63,12 +86,14 @@ class Readings:
             ids = {b.meter_id for b in blocks}
             ids.update(m.meter_id for m in midnights)
             ids.update(e.meter_id for e in events)
-            known = layouts(self.db, ids)
-            unknown = sorted(ids - known.keys())
+            have = dict(known or {})
+            if not ids <= have.keys():
+                have.update(layouts(self.db, ids - have.keys()))
+            unknown = sorted(ids - have.keys())
             if unknown:
                 raise UnknownMeter(unknown[0])
-            written, kept, inserted, updated = self._ingest_blocks(blocks, known)
-            n_mid = self._ingest_midnights(midnights, known)
+            written, kept, inserted, updated = self._ingest_blocks(blocks, have)
+            n_mid = self._ingest_midnights(midnights, have)
             n_ev = self._ingest_events(events)
         return IngestResult(written, kept, inserted, updated, n_mid, n_ev)
 
@@ -191,7 +216,19 @@ class Readings:
         return len(written)
 
     def _ingest_events(self, events: Sequence[EventRecord]) -> int:
-        n = 0
+        return len(self._insert_events(events))
+
+    def add_events(self, events: Sequence[EventRecord]) -> dict[tuple[int, int, int, int], int]:
+        """Store events of registered meters (idempotent, inside the caller's transaction:
+        it holds their `Meter`s); returns (meter, time, code, data) -> event_id of those
+        that are new, from the insert itself (no look before or after)."""
+        with self.db.transaction():
+            rows = self._insert_events(events)
+        return {(int(m), int(t), int(c), int(d)): int(e) for e, m, t, c, d in rows}
+
+    def _insert_events(self, events: Sequence[EventRecord]) -> list[Row]:
+        """(event_id, meter_id, time, code, data) of the events inserted (not there before)."""
+        out: list[Row] = []
         types = ("bigint", "bigint", "int", "bigint", "int", "int", "bigint")
         for chunk in chunks(events, self.db.chunk_rows):
             source, params = self.db.rows_source(
@@ -201,15 +238,14 @@ class Readings:
                     for e in chunk
                 ],
             )
-            n += len(
-                self.db.query(
-                    "INSERT INTO meter_event (meter_id, time, code, data, seq, source, "
-                    f"received_at) {source} "
-                    "ON CONFLICT (meter_id, time, code, data) DO NOTHING RETURNING event_id",
-                    params,
-                )
+            out += self.db.query(
+                "INSERT INTO meter_event (meter_id, time, code, data, seq, source, "
+                f"received_at) {source} "
+                "ON CONFLICT (meter_id, time, code, data) DO NOTHING "
+                "RETURNING event_id, meter_id, time, code, data",
+                params,
             )
-        return n
+        return out
 
     # -- queries -----------------------------------------------------------------------------
 
@@ -254,19 +290,7 @@ class Readings:
             off = off_min * 60
             first = (start + off) // DAY_S * DAY_S - off
             rows = self._day_rows("day, interval_s, srcs", meter_id, first, end)
-        days = [(int(d), int(s), bytes(b)) for d, s, b in rows]
-        out: list[DayCoverage] = []
-        for w in range(first, end, DAY_S):
-            present = 0
-            for u, rstep, srcs in days:
-                if u <= w - DAY_S or u >= w + DAY_S:
-                    continue
-                lo = -(-(max(w, u) - u) // rstep)
-                hi = -(-(min(w + DAY_S, u + DAY_S) - u) // rstep)
-                if hi > lo:
-                    present += (hi - lo) - srcs.count(0, lo, hi)
-            out.append(DayCoverage(w, DAY_S // step, present))
-        return out
+        return windows([(int(d), int(s), bytes(b)) for d, s, b in rows], first, end, step)
 
     def midnight_registers(self, meter_id: int, start: int, end: int) -> list[MidnightRegister]:
         """Midnight registers with ``start <= day < end``, ascending."""

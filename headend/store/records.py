@@ -179,6 +179,7 @@ class Job:
     requester_ack_ms: int | None
     result: str | None
     trouble: str | None
+    priority: int = 1  # 0 routine (system recovery), 1 ad hoc (CLI, API): store.jobs
 
     @property
     def closed(self) -> bool:

@@ -7,7 +7,7 @@ Tables ``meter`` + ``meter_channel`` (schema v1), ``auth_counter``,
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from headend.errors import StoreError, UnknownMeter
 from headend.store.base import U32_MAX, Channel, Meter
@@ -94,36 +94,72 @@ class Registry:
 
     def get(self, meter_id: int) -> Meter:
         """The meter's registration. Raises `UnknownMeter`."""
+        meter = self.get_many((meter_id,)).get(meter_id)
+        if meter is None:
+            raise UnknownMeter(meter_id)
+        return meter
+
+    def get_many(self, meter_ids: Iterable[int]) -> dict[int, Meter]:
+        """meter id -> registration of the registered meters among ``meter_ids``: two
+        queries per chunk (meters, their channels), not two per meter."""
         db = self.db
+        out: dict[int, Meter] = {}
         with db.transaction(write=False):
-            rows = db.query(
-                "SELECT fw_version, interval_s, capacity_days, utc_offset_min, meter_multiplier, "
-                "registered_at, read_group, transport, key_id FROM meter WHERE meter_id = ?",
-                (meter_id,),
+            for chunk in chunks(sorted(set(meter_ids)), db.chunk_rows):
+                where = f"WHERE meter_id IN ({marks(len(chunk))})"
+                rows = db.query(
+                    "SELECT meter_id, fw_version, interval_s, capacity_days, utc_offset_min, "
+                    "meter_multiplier, registered_at, read_group, transport, key_id "
+                    f"FROM meter {where}",
+                    chunk,
+                )
+                chans: dict[int, list[Channel]] = {int(r[0]): [] for r in rows}
+                for mid, k, u, m, s in db.query(
+                    "SELECT meter_id, kind, unit, multiplier, scaler FROM meter_channel "
+                    f"{where} ORDER BY meter_id, idx",
+                    chunk,
+                ):
+                    chans[int(mid)].append(Channel(ChannelKind(k), Unit(u), int(m), int(s)))
+                for mid, fw, interval_s, cap, off, mult, reg, group, transport, key_id in rows:
+                    out[int(mid)] = Meter(
+                        meter_id=int(mid),
+                        fw_version=fw,
+                        interval_s=int(interval_s),
+                        utc_offset_min=int(off),
+                        meter_multiplier=int(mult),
+                        channels=tuple(chans[int(mid)]),
+                        registered_at=int(reg),
+                        capacity_days=int(cap),
+                        read_group=group,
+                        transport=transport,
+                        key_id=key_id,
+                    )
+        return out
+
+    def search(
+        self, meter_id: int | None, read_groups: Sequence[str] | None, no_group: bool, limit: int
+    ) -> tuple[list[Meter], int]:
+        """The first ``limit`` meters by id that match, and how many match: one id
+        (None: any), in one of ``read_groups`` or (``no_group``) in none (None: any
+        group). A few queries however many meters there are."""
+        where: list[str] = []
+        params: list[object] = []
+        if meter_id is not None:
+            where.append("meter_id = ?")
+            params.append(meter_id)
+        if read_groups is not None:
+            either = [f"read_group IN ({marks(len(read_groups))})"] if read_groups else []
+            either += ["read_group IS NULL"] if no_group else []
+            where.append(f"({' OR '.join(either) or '1 = 0'})")
+            params.extend(read_groups)
+        cond = f" WHERE {' AND '.join(where)}" if where else ""
+        with self.db.transaction(write=False):
+            total = int(self.db.query(f"SELECT COUNT(*) FROM meter{cond}", params)[0][0])
+            ids = self.db.query(
+                f"SELECT meter_id FROM meter{cond} ORDER BY meter_id LIMIT {int(limit)}", params
             )
-            if not rows:
-                raise UnknownMeter(meter_id)
-            chans = db.query(
-                "SELECT kind, unit, multiplier, scaler FROM meter_channel "
-                "WHERE meter_id = ? ORDER BY idx",
-                (meter_id,),
-            )
-        fw, interval_s, cap, off, mult, reg, group, transport, key_id = rows[0]
-        return Meter(
-            meter_id=meter_id,
-            fw_version=fw,
-            interval_s=int(interval_s),
-            utc_offset_min=int(off),
-            meter_multiplier=int(mult),
-            channels=tuple(
-                Channel(ChannelKind(k), Unit(u), int(m), int(s)) for k, u, m, s in chans
-            ),
-            registered_at=int(reg),
-            capacity_days=int(cap),
-            read_group=group,
-            transport=transport,
-            key_id=key_id,
-        )
+            found = self.get_many(int(r[0]) for r in ids)
+        return [found[i] for i in sorted(found)], total
 
     def ids(self) -> list[int]:
         """Ids of all registered meters, ascending."""
@@ -136,15 +172,16 @@ class Registry:
 
     # -- replay-guard counter ----------------------------------------------------------------
 
-    def next_counter(self, meter_id: int, floor: int = 0) -> int:
+    def next_counter(self, meter_id: int, floor: int = 0, registered: bool = False) -> int:
         """The next downlink counter of a meter: atomic, strictly increasing, persistent.
 
         ``floor`` (e.g. the current UTC second) raises a counter that is behind
         it, so a head-end whose database was restored from an old backup still
-        sends counters newer than the ones the meter last accepted.
+        sends counters newer than the ones the meter last accepted. ``registered``: the
+        caller read the meter's registration in this transaction (not checked again).
         """
         with self.db.transaction():
-            if not self.exists(meter_id):
+            if not registered and not self.exists(meter_id):
                 raise UnknownMeter(meter_id)
             rows = self.db.query(
                 "INSERT INTO auth_counter (meter_id, counter) VALUES (?, ?) "
@@ -190,6 +227,19 @@ class Registry:
                 )
             }
 
+    def members(self, since_ms: int) -> dict[int, tuple[int, int]]:
+        """meter -> (group, read offset s) of the meters in a read group since ``since_ms``
+        or before."""
+        with self.db.transaction(write=False):
+            return {
+                int(m): (int(g), int(o))
+                for m, g, o in self.db.query(
+                    "SELECT meter_id, grp, read_offset_s FROM group_member "
+                    "WHERE grp IS NOT NULL AND since_ms <= ?",
+                    (since_ms,),
+                )
+            }
+
     def group_of(self, meter_id: int) -> tuple[int | None, int | None]:
         """(group, read offset s) of a meter; (None, None) when unscheduled or unknown."""
         with self.db.transaction(write=False):
@@ -213,8 +263,13 @@ class Registry:
 
     # -- links (H08) -------------------------------------------------------------------------
 
-    def link_seen(self, meter_id: int, transport: str, now_ms: int) -> str | None:
-        """Record a frame from a meter on a link; returns the previous link if it changed."""
+    def link_seen(
+        self, meter_id: int, transport: str, now_ms: int, meter: Meter | None = None
+    ) -> str | None:
+        """Record a frame from a meter on a link; returns the previous link if it changed.
+
+        ``meter``: its registration as read in this transaction (its link not read again).
+        """
         with self.db.transaction():
             self.db.execute(
                 "INSERT INTO meter_link (meter_id, transport, first_seen_ms, last_seen_ms, frames) "
@@ -222,7 +277,11 @@ class Registry:
                 "last_seen_ms = excluded.last_seen_ms, frames = meter_link.frames + 1",
                 (meter_id, transport, now_ms, now_ms),
             )
-            rows = self.db.query("SELECT transport FROM meter WHERE meter_id = ?", (meter_id,))
+            rows = (
+                [(meter.transport,)]
+                if meter is not None
+                else self.db.query("SELECT transport FROM meter WHERE meter_id = ?", (meter_id,))
+            )
             before = rows[0][0] if rows else None
             if rows and before != transport:
                 self.db.execute(

@@ -88,11 +88,23 @@ class Schedules:
                 SCHEDULE.next(ScheduleState(state), write, _what(spec.meter_id, spec.slot))
 
     def find(
-        self, meter_id: int | None = None, states: Iterable[ScheduleState] = ()
+        self,
+        meter_id: int | None = None,
+        states: Iterable[ScheduleState] = (),
+        sent_by_ms: int | None = None,
+        limit: int | None = None,
+        claim: bool = False,
     ) -> list[Schedule]:
-        """Schedule rows, by meter and slot; optionally one meter and some states."""
+        """Schedule rows, by meter and slot; optionally one meter, some states, and
+        only those sent at or before ``sent_by_ms`` (the ack timeout's scan: every
+        tick, so never all of a large fleet's schedules), at most ``limit``.
+        ``claim`` (inside the caller's write transaction): lock the rows, passing
+        over those another worker is sending (`Db.skip_locked`)."""
         where: list[str] = []
         params: list[Any] = []
+        if sent_by_ms is not None:
+            where.append("sent_ms <= ?")
+            params.append(sent_by_ms)
         if meter_id is not None:
             where.append("meter_id = ?")
             params.append(meter_id)
@@ -101,9 +113,24 @@ class Schedules:
             where.append(f"state IN ({marks(len(st))})")
             params += st
         clause = ("WHERE " + " AND ".join(where)) if where else ""
+        if limit is not None:
+            clause += " ORDER BY meter_id, slot LIMIT ?"
+            params.append(limit)
+        else:
+            clause += " ORDER BY meter_id, slot"
+        with self.db.transaction(write=claim):
+            rows = self.db.query(
+                f"SELECT {_COLS} FROM schedule {clause}{self.db.skip_locked if claim else ''}",
+                params,
+            )
+        return [_schedule(r) for r in rows]
+
+    def non_default(self) -> list[Schedule]:
+        """Non-default schedule rows (slot > 0, not a cancel), by meter and slot (D07)."""
         with self.db.transaction(write=False):
             rows = self.db.query(
-                f"SELECT {_COLS} FROM schedule {clause} ORDER BY meter_id, slot", params
+                f"SELECT {_COLS} FROM schedule WHERE slot > 0 AND cancel = 0 "
+                "ORDER BY meter_id, slot"
             )
         return [_schedule(r) for r in rows]
 

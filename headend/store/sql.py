@@ -11,8 +11,10 @@ those through `headend.context.Ctx`; `SqlStore` keeps the backend-neutral
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
+from headend.store import partitions
 from headend.store.base import (
     BlockIngest,
     DayCoverage,
@@ -45,6 +47,7 @@ class SqlStore:
                 migrations.migrate(db)
             else:
                 migrations.check_version(db)
+            partitions.ensure(db, int(time.time()))  # the months ahead (PostgreSQL)
         except BaseException:
             db.close()
             raise

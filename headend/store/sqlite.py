@@ -106,6 +106,21 @@ class SqliteDb(Db):
             self._conn.rollback()
             raise StoreError(f"SQLite: commit failed: {exc}") from exc
 
+    @contextmanager
+    def _nested(self) -> Iterator[None]:
+        name = f"sp{self._depth}"
+        with self._errors():
+            self._conn.execute(f"SAVEPOINT {name}")
+        try:
+            yield
+        except BaseException:
+            with self._errors():
+                self._conn.execute(f"ROLLBACK TO {name}")
+                self._conn.execute(f"RELEASE {name}")
+            raise
+        with self._errors():
+            self._conn.execute(f"RELEASE {name}")
+
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Run one statement; returns the row count."""
         with self._errors():
