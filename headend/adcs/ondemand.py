@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from typing import Any
 
 from headend.context import Ctx
@@ -24,10 +25,17 @@ from headend.mdms.ingest import merge_result
 from headend.mdms.routing import notify
 from headend.outbox import Outbox
 from headend.store.activity import Kind
+from headend.store.jobs import AD_HOC
 from headend.store.records import Job, ReadSpec
 from protocol.codes import READ_FINAL_NACKS, ReadMode, nack_name
 
 log = logging.getLogger(__name__)
+
+#: Requesters inside the head-end that settle their jobs from the store (recovery: the
+#: missing-day table, its exception report tells the operator; d07: the off-schedule
+#: gaps): no result or trouble deliveries for their jobs, which in a mass recovery
+#: would be thousands unacknowledged.
+INTERNAL = frozenset({"recovery", "d07"})
 
 
 def describe(spec: ReadSpec) -> str:
@@ -38,10 +46,16 @@ def describe(spec: ReadSpec) -> str:
     return f"read of [{spec.start}, {spec.end})"
 
 
-def request_read(ctx: Ctx, spec: ReadSpec, requester: str, now_ms: int) -> int:
-    """Queue a read for the service; returns the job id. Raises UnknownMeter, InvalidData."""
+def request_read(
+    ctx: Ctx, spec: ReadSpec, requester: str, now_ms: int, *, priority: int = AD_HOC
+) -> int:
+    """Queue a read for the service; returns the job id. Raises UnknownMeter, InvalidData.
+
+    ``priority``: `AD_HOC` (CLI, API: the default) or `ROUTINE` (system work such as
+    recovery), which the throttle starts first (`Jobs.claim`).
+    """
     with ctx.db.transaction():
-        job_id = ctx.jobs.enqueue(spec, requester, now_ms)
+        job_id = ctx.jobs.enqueue(spec, requester, now_ms, priority)
         ctx.activity.log(
             now_ms,
             Kind.READ_QUEUED,
@@ -78,13 +92,24 @@ def _attempt(ctx: Ctx, job: Job, now_ms: int, out: Outbox, why: str | None) -> N
         text = f"job {job.job_id}: {why}; retry as seq {seq} (attempt {n})"
         ctx.activity.log(now_ms, Kind.READ_RETRY, text, mid, str(job.job_id))
     log.debug("meter %s: %s", mid, text)
-    out.send(mid, frame, meter.transport)
+    # undelivered when the answer's time is up, the request is dropped by the broker: a
+    # meter back after an outage is not sent a pile of requests nobody waits for
+    expiry = math.ceil(ctx.config.ondemand_timeout_s / ctx.config.speed)
+    out.send(mid, frame, meter.transport, expiry)
 
 
 def start_jobs(ctx: Ctx, now_ms: int) -> Outbox:
     """Claim queued jobs for this worker and send their first read_request."""
     out = Outbox()
-    for job in ctx.jobs.claim(ctx.config.worker, now_ms):
+    cfg = ctx.config
+    for job in ctx.jobs.claim(
+        cfg.worker,
+        now_ms,
+        max_in_flight=cfg.read_max_in_flight,
+        rate_per_s=cfg.read_rate_per_s,
+        # the broker and the head-end feel wall-clock seconds (a simulated clock runs faster)
+        second_ms=max(1000, round(1000 * cfg.speed)),
+    ):
         log.debug("meter %s: job %s claimed by %s", job.spec.meter_id, job.job_id, job.worker)
         with ctx.db.transaction():
             _attempt(ctx, job, now_ms, out, None)
@@ -97,7 +122,9 @@ def on_part(ctx: Ctx, job: Job, body: dict[str, Any], data: dict[str, Any], now_
     if int(body["part"]) in job.parts_seen:
         return  # a repeated part (QoS 1 redelivery, a meter repeat): stored once, counted once
     try:
-        job = ctx.jobs.part(job.job_id, int(body["part"]), parts, merge_result(job.result, data))
+        # an internal requester reads the store, not the job's result: none is accumulated
+        result = "{}" if job.requester in INTERNAL else merge_result(job.result, data)
+        job = ctx.jobs.part(job.job_id, int(body["part"]), parts, result)
         if len(job.parts_seen) < parts:
             return
         ctx.jobs.complete(job.job_id, now_ms)
@@ -113,6 +140,8 @@ def on_part(ctx: Ctx, job: Job, body: dict[str, Any], data: dict[str, Any], now_
         job.spec.meter_id,
         str(job.job_id),
     )
+    if job.requester in INTERNAL:
+        return
     notify(
         ctx,
         job.requester,
@@ -137,6 +166,8 @@ def _fail(ctx: Ctx, job: Job, trouble: str, now_ms: int) -> None:
     mid = job.spec.meter_id
     log.info("meter %s: job %s failed: %s", mid, job.job_id, trouble)
     ctx.activity.log(now_ms, Kind.READ_FAILED, f"job {job.job_id}: {trouble}", mid, str(job.job_id))
+    if job.requester in INTERNAL:
+        return
     body = {"job": job.job_id, "state": "failed", "meter": mid, "trouble": trouble}
     notify(ctx, job.requester, "read", body, now_ms, job_id=job.job_id)
     if ctx.config.operator != job.requester:
@@ -171,7 +202,7 @@ def expire(ctx: Ctx, now_ms: int) -> Outbox:
     """H06: retry a job with no valid answer in time, or fail it and notify."""
     out = Outbox()
     timeout = ctx.config.ondemand_timeout_s
-    for job in ctx.jobs.overdue(ctx.config.worker, now_ms):
+    for job in ctx.jobs.overdue(ctx.config.worker, now_ms, ctx.config.lease_s * 1000):
         with ctx.db.transaction():
             why = f"no valid answer within {timeout} s"
             if job.parts_seen:

@@ -21,6 +21,7 @@ from headend.store.activity import Kind
 from headend.store.base import DAY_S
 from headend.store.lifecycles import SCHEDULE, ScheduleEvent
 from headend.store.records import Schedule, ScheduleSpec
+from headend.timetext import parse_clock, parse_duration
 from protocol.codes import SCHEDULE_TRANSIENT_NACKS, nack_name
 
 ASSIGNMENT = "system:evening-assignment"
@@ -41,6 +42,16 @@ def check_spec(spec: ScheduleSpec, meter: Meter) -> None:
             f"period {spec.period_s} s: a non-default schedule reads more than once a day "
             f"(period < 86400 s); the daily read is slot 0"
         )
+
+
+def spec_of(
+    meter_id: int, slot: int, every: str, at: str, start: int, end: int, what: int
+) -> ScheduleSpec:
+    """The slot ``headend schedule set`` and ``POST /api/v1/schedules`` describe: ``every``
+    a duration (900, 15m, 1h), ``at`` HH:MM from local midnight or a duration into the
+    period, start and end UTC s (0: now, ongoing). Raises InvalidData."""
+    offset = parse_clock(at) if ":" in at else parse_duration(at)
+    return ScheduleSpec(meter_id, slot, parse_duration(every), offset, start, end, what)
 
 
 def describe(spec: ScheduleSpec) -> str:
@@ -159,8 +170,10 @@ def _send(ctx: Ctx, sched: Schedule, now_ms: int, event: ScheduleEvent, out: Out
 def send_pending(ctx: Ctx, now_ms: int, limit: int = 1000) -> Outbox:
     """Send every pending schedule (one schedule_set per slot)."""
     out = Outbox()
-    for sched in ctx.schedules.find(states=SCHEDULE.allowed(ScheduleEvent.SEND))[:limit]:
-        with ctx.db.transaction():
+    with ctx.db.transaction():  # one commit for them all (an evening assignment: thousands)
+        # rows locked by a worker sending them are passed over (PostgreSQL): nothing twice
+        pending = SCHEDULE.allowed(ScheduleEvent.SEND)
+        for sched in ctx.schedules.find(states=pending, limit=limit, claim=True):
             _send(ctx, sched, now_ms, ScheduleEvent.SEND, out)
     return out
 
@@ -169,10 +182,19 @@ def check_acks(ctx: Ctx, now_ms: int) -> Outbox:
     """H02: a schedule without ack after the timeout is flagged, logged and re-sent."""
     out = Outbox()
     due = now_ms - ctx.config.schedule_ack_timeout_s * 1000
-    for sched in ctx.schedules.find(states=SCHEDULE.allowed(ScheduleEvent.RESEND)):
-        if sched.sent_ms is not None and sched.sent_ms <= due:
-            with ctx.db.transaction():
-                _send(ctx, sched, now_ms, ScheduleEvent.RESEND, out)
+    with ctx.db.transaction():  # one commit for them all
+        for sched in ctx.schedules.find(
+            states=SCHEDULE.allowed(ScheduleEvent.RESEND), sent_by_ms=due, claim=True
+        ):
+            _send(ctx, sched, now_ms, ScheduleEvent.RESEND, out)
+    return out
+
+
+def resend(ctx: Ctx, sched: Schedule, now_ms: int) -> Outbox:
+    """Re-send a schedule that is out without an answer now (flagged), not at the timeout."""
+    out = Outbox()
+    with ctx.db.transaction():
+        _send(ctx, sched, now_ms, ScheduleEvent.RESEND, out)
     return out
 
 

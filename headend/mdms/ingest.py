@@ -9,7 +9,9 @@ multiplier x 10^scaler x meter multiplier), never floats.
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -26,8 +28,10 @@ from headend.store import (
 from protocol.codes import event_name
 
 
+@functools.lru_cache(maxsize=8192)
 def iso(t: int) -> str:
-    """UTC seconds as ISO 8601 with a Z."""
+    """UTC seconds as ISO 8601 with a Z (cached: every meter's intervals share their
+    boundaries, so a night's reads format the same few hundred instants)."""
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -90,8 +94,17 @@ def _channels(meter: Meter) -> list[dict[str, Any]]:
     ]
 
 
+def _column(meter: Meter, c: int, values: Sequence[int]) -> list[str]:
+    """A channel's raw values as exact engineering strings, the common scales fast."""
+    sc = meter.scale(c)
+    if sc.scaler == 0:
+        f = sc.factor
+        return list(map(str, values)) if f == 1 else [str(v * f) for v in values]
+    return [str(sc.engineering(v)) for v in values]
+
+
 def _eng(meter: Meter, values: tuple[int, ...] | list[int]) -> list[str]:
-    return [str(meter.scale(c).engineering(v)) for c, v in enumerate(values)]
+    return [_column(meter, c, (v,))[0] for c, v in enumerate(values)]
 
 
 def engineering(meter: Meter, secs: Sections, source: Source) -> dict[str, Any]:
@@ -99,6 +112,7 @@ def engineering(meter: Meter, secs: Sections, source: Source) -> dict[str, Any]:
     intervals = []
     for b in secs.blocks:
         blk = b.block
+        cols = [_column(meter, c, ch) for c, ch in enumerate(blk.channels)]
         for i in range(blk.count):
             start = blk.start + i * blk.interval_s
             intervals.append(
@@ -106,7 +120,7 @@ def engineering(meter: Meter, secs: Sections, source: Source) -> dict[str, Any]:
                     "start": iso(start),
                     "end": iso(start + blk.interval_s),
                     "flags": blk.flags[i],
-                    "values": _eng(meter, [ch[i] for ch in blk.channels]),
+                    "values": [col[i] for col in cols],
                 }
             )
     out: dict[str, Any] = {
@@ -165,3 +179,55 @@ def to_json_parts(data: dict[str, Any], limit: int) -> list[bytes]:
     tail: dict[str, Any] = {k: data[k] for k in ("meter", "source", "channels") if k in data}
     tail["intervals"] = ivs[half:]
     return to_json_parts(head, limit) + to_json_parts(tail, limit)
+
+
+def realtime_parts(meter: Meter, secs: Sections, source: Source, limit: int) -> list[bytes]:
+    """``to_json_parts(engineering(meter, secs, source), limit)``, built faster.
+
+    Every scheduled read is published, so this runs once per uplink: the
+    intervals are formatted as text once (their JSON is fixed: ASCII times and
+    decimal strings need no escaping) and the parts are cut by counting their
+    lengths, instead of building dicts and encoding the whole and each half.
+    Tests prove the bytes equal.
+    """
+    ivs: list[str] = []
+    for b in secs.blocks:
+        blk = b.block
+        cols = [_column(meter, c, ch) for c, ch in enumerate(blk.channels)]
+        step = blk.interval_s
+        times = _bounds(blk.start, step, blk.count)
+        rows = map('","'.join, zip(*cols, strict=True))  # a block has >= 1 channel
+        # flags are exact ints (IntervalBlock checks): their text is their JSON
+        ivs += [
+            f'{{"start":"{a}","end":"{b}","flags":{f},"values":["{v}"]}}'
+            for a, b, f, v in zip(times, times[1:], blk.flags, rows, strict=False)
+        ]
+    rest = engineering(
+        meter,
+        Sections(secs.blocks[:0], secs.midnights, secs.events, secs.registers, secs.clock),
+        source,
+    )
+    text = to_json(rest).decode()
+    cut = text.index(_EMPTY_INTERVALS)
+    prefix, suffix = text[:cut], text[cut + len(_EMPTY_INTERVALS) :]
+    return _cut(prefix, suffix, ivs, limit)
+
+
+_EMPTY_INTERVALS = '"intervals":[]'
+
+
+@functools.lru_cache(maxsize=256)
+def _bounds(start: int, step: int, count: int) -> tuple[str, ...]:
+    """The ISO times of a block's interval starts and its last end (the meters of a
+    night send the same few blocks' bounds: formatted once for them all)."""
+    return tuple(iso(start + i * step) for i in range(count + 1))
+
+
+def _cut(prefix: str, suffix: str, ivs: list[str], limit: int) -> list[bytes]:
+    """The halving of `to_json_parts` on pre-encoded intervals (the tail part keeps only
+    meter, source and channels: the prefix, closed by ``}``)."""
+    size = len(prefix) + len('"intervals":[]') + sum(map(len, ivs)) + max(0, len(ivs) - 1)
+    if size + len(suffix) <= limit or len(ivs) < 2:
+        return [f'{prefix}"intervals":[{",".join(ivs)}]{suffix}'.encode()]
+    half = len(ivs) // 2
+    return _cut(prefix, suffix, ivs[:half], limit) + _cut(prefix, "}", ivs[half:], limit)

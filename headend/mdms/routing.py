@@ -9,39 +9,65 @@ are created in the same transaction as the events, once per (event,
 recipient), so a re-pushed event is never routed twice.
 
 The same deliveries carry on-demand read results to their requester and
-trouble notices to the operator (H05, H06).
+trouble notices to the operator (H05, H06). Every message fits the broker's
+packet limit (a bigger one would never arrive: the broker refuses it): a
+result too big for one is split when it is queued into parts, one delivery
+each, sent and acked on its own. Each says ``part`` and ``parts`` (1 of 1 when
+whole) and carries the job and the meter; its ``data`` holds every key of the
+result, with a run of the intervals, midnight registers and events, in order.
+The recipient joins the parts of a job in part order; a re-sent part keeps
+its delivery id, so it is told from a new one. The job counts as acknowledged
+when its requester acked every part.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from headend.brokerconf import payload_limit
 from headend.context import Ctx
 from headend.errors import InvalidData
 from headend.mdms.ingest import iso
 from headend.outbox import Outbox
 from headend.store import EventRecord
 from headend.store.activity import Kind
-from headend.store.records import check_recipient
+from headend.store.records import Route, check_recipient
 from protocol.codes import event_name
 
+log = logging.getLogger(__name__)
 
-def store_events(ctx: Ctx, meter_id: int, events: list[EventRecord], now_ms: int) -> list[int]:
+#: the lists of a result's ``data`` that a split spreads over its parts
+SPLIT = ("intervals", "midnight", "events")
+#: what `send_due` adds to a stored payload, at its longest (the topic aside)
+_ENVELOPE = len(',"delivery":9223372036854775807,"attempt":2147483647,"ack_topic":"/ack"')
+#: `part` and `parts` in a payload, at their longest
+_PART_KEYS = len(',"part":999999,"parts":999999')
+
+
+def store_events(
+    ctx: Ctx,
+    meter_id: int,
+    events: list[EventRecord],
+    now_ms: int,
+    routes: Callable[[], Sequence[Route]] | None = None,
+) -> list[int]:
     """Store events (inside the caller's transaction) and route the new ones.
 
     Returns the codes of the events that were new (a repeat is stored once).
+    ``routes``: gives the routes (a batch of uplinks reads them once); default: read.
     """
     if not events:
         return []
-    keys = [(e.time, e.code, e.data) for e in events]
-    before = ctx.events.ids(meter_id, keys)
-    ctx.readings.ingest(events=events)
-    ids = ctx.events.ids(meter_id, keys)
-    fresh = {k: ids[k] for k in keys if k not in before and k in ids}
+    # the insert says which are new (a repeat inserts nothing); the meter is registered:
+    # every caller holds its `Meter`
+    new = ctx.readings.add_events(events)
+    fresh = {(t, c, d): eid for (_, t, c, d), eid in new.items()}
     if not fresh:
         return []
-    routes = ctx.events.routes()
+    now_routes = routes() if routes is not None else ctx.events.routes()
     sent_to: set[str] = set()
     for (t, code, data), eid in sorted(fresh.items()):
         payload = json.dumps(
@@ -57,7 +83,7 @@ def store_events(ctx: Ctx, meter_id: int, events: list[EventRecord], now_ms: int
             },
             separators=(",", ":"),
         )
-        for r in routes:
+        for r in now_routes:
             if r.code in (0, code):
                 ctx.events.add_delivery(r.recipient, "event", payload, now_ms, event_id=eid)
                 sent_to.add(r.recipient)
@@ -80,9 +106,50 @@ def notify(
     now_ms: int,
     job_id: int | None = None,
 ) -> int | None:
-    """Queue a message (a read result, a trouble notice) for a recipient."""
-    payload = json.dumps({"kind": kind, **body}, separators=(",", ":"))
-    return ctx.events.add_delivery(recipient, kind, payload, now_ms, job_id=job_id)
+    """Queue a message (a read result, a trouble notice) for a recipient, in as many
+    parts (deliveries) as the broker's packet limit asks for. Returns the first's id."""
+    topic = ctx.notify_topic(recipient)
+    room = payload_limit(topic) - len(topic) - _ENVELOPE - _PART_KEYS
+    parts = split({"kind": kind, **body}, room)
+    ids = [
+        ctx.events.add_delivery(
+            recipient,
+            kind,
+            _compact({**part, "part": n, "parts": len(parts)}),
+            now_ms,
+            job_id=job_id,
+        )
+        for n, part in enumerate(parts, 1)
+    ]
+    return ids[0]
+
+
+def _compact(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"))
+
+
+def split(message: dict[str, Any], room: int) -> list[dict[str, Any]]:
+    """``message`` as messages of at most ``room`` bytes of compact JSON where it can:
+    the `SPLIT` lists of its ``data`` spread over them in order, greedily, every other
+    key in each. An item too big alone makes a part too big (`send_due` says so)."""
+    data = message.get("data")
+    if len(_compact(message)) <= room or not isinstance(data, dict):
+        return [message]
+    empty = {**message, "data": {**data, **{k: [] for k in SPLIT if k in data}}}
+    free = room - len(_compact(empty))
+    parts: list[dict[str, list[Any]]] = []
+    runs: dict[str, list[Any]] = {}
+    used = 0
+    for key in SPLIT:
+        for item in data.get(key, ()):
+            size = len(_compact(item)) + 1  # its comma
+            if used and used + size > free:
+                parts.append(runs)
+                runs, used = {}, 0
+            runs.setdefault(key, []).append(item)
+            used += size
+    parts.append(runs)
+    return [{**empty, "data": {**empty["data"], **runs}} for runs in parts]
 
 
 def send_due(ctx: Ctx, now_ms: int) -> Outbox:
@@ -97,9 +164,19 @@ def send_due(ctx: Ctx, now_ms: int) -> Outbox:
             "attempt": d.attempts + 1,
             "ack_topic": f"{topic}/ack",
         }
-        last = d.attempts + 1 >= cfg.notify_max_attempts
+        raw = _compact(message).encode()
+        fits = len(raw) <= payload_limit(topic)
+        last = d.attempts + 1 >= cfg.notify_max_attempts or not fits
         with ctx.db.transaction():
             ctx.events.sent(d.delivery_id, now_ms, now_ms + cfg.notify_retry_s * 1000, last)
+            if not fits:  # the broker would refuse it every time: said, not re-sent
+                text = (
+                    f"delivery {d.delivery_id} ({d.kind}) to {d.recipient}: {len(raw)} bytes, "
+                    f"over the broker's limit of {payload_limit(topic)} on {topic}; not sent"
+                )
+                log.error("%s", text)
+                ctx.activity.log(now_ms, Kind.DELIVERY_EXPIRED, text, _meter_of(d.payload))
+                continue
             if last:
                 ctx.activity.log(
                     now_ms,
@@ -108,7 +185,7 @@ def send_due(ctx: Ctx, now_ms: int) -> Outbox:
                     f"{d.attempts + 1} times without an ack; giving up",
                     _meter_of(d.payload),
                 )
-        out.publish(topic, json.dumps(message, separators=(",", ":")).encode())
+        out.publish(topic, raw)
     return out
 
 
@@ -140,8 +217,8 @@ def acknowledge(ctx: Ctx, delivery_id: int, by: str | None, now_ms: int) -> bool
         d = ctx.events.acknowledge(delivery_id, now_ms)
         if d is None:
             return False
-        if d.job_id is not None:  # a read's result: the job records its requester's ack
-            ctx.jobs.acknowledge(d.job_id, now_ms)
+        if d.job_id is not None and not ctx.events.open_of_job(d.job_id):
+            ctx.jobs.acknowledge(d.job_id, now_ms)  # the requester has every part
         routed = (d.sent_ms or now_ms) - d.created_ms
         ctx.activity.log(
             now_ms,
