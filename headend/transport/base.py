@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from headend.errors import HeadendError
@@ -15,11 +16,14 @@ class TransportError(HeadendError):
 
 @dataclass(frozen=True)
 class Uplink:
-    """One frame as it arrived, with the link it came by."""
+    """One frame as it arrived, with the link it came by and when (wall clock, epoch s:
+    the link stamps it on arrival, before any queue, so a time-sync answer's t2 is
+    the arrival and not the end of a wait behind other frames)."""
 
     meter_id: int
     frame: bytes
     transport: str
+    received: float = field(default_factory=time.time)
 
 
 Deliver = Callable[[Uplink], Awaitable[None]]
@@ -36,7 +40,7 @@ class Transport(Protocol):
 
     async def run(self, deliver: Deliver) -> None: ...
 
-    async def send(self, meter_id: int, frame: bytes) -> None: ...
+    async def send(self, meter_id: int, frame: bytes, expiry_s: int | None = None) -> None: ...
 
 
 def backoff_s(attempt: int, base: float = 0.5, cap: float = 30.0) -> float:

@@ -70,7 +70,8 @@ class SerialTransport:
                 self.connected.clear()
                 writer.close()
 
-    async def send(self, meter_id: int, frame: bytes) -> None:
+    async def send(self, meter_id: int, frame: bytes, expiry_s: int | None = None) -> None:
+        # a serial line queues nothing: ``expiry_s`` has nothing to drop
         w = self._writer
         if w is None:
             raise TransportError(f"serial line {self.url} is not open")
