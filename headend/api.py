@@ -13,6 +13,8 @@ change without breaking them:
 * keys: `meter_key` (per-meter key from the master key);
 * the broker: `brokerconf` (mosquitto.conf, password and ACL files of a site)
   and `pki` (its CA and certificates); `write_private` (a 0600 file for a secret);
+* reports (D10): `Headend.report` gives any registered report as a `Table`;
+  `RECOVERED_BY_READ` starts the pathway of a day a recovery read brought back;
 * the value types those take and return, and the errors (`HeadendError` root).
 
 A `Headend` is one connection: use it from one thread, and close it (it is a
@@ -23,10 +25,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from headend import brokerconf, pki
 from headend.adcs import ondemand, scheduling
+from headend.adcs.recovery import BY_READ as RECOVERED_BY_READ
 from headend.clock import Clock
 from headend.config import DEV_MASTER_KEY, Config, load, parse_hhmm
 from headend.context import Ctx
@@ -41,6 +44,7 @@ from headend.errors import (
     UnknownMeter,
 )
 from headend.keys import meter_key
+from headend.reports import Table, registry
 from headend.secretfile import write_private
 from headend.service import Service
 from headend.store import (
@@ -53,6 +57,8 @@ from headend.store import (
     open_store,
 )
 from headend.store.activity import Kind
+from headend.store.lifecycles import MissingState
+from headend.store.missing import MissingDay
 from headend.store.records import (
     Activity,
     Job,
@@ -82,9 +88,12 @@ __all__ = [
     "JobState",
     "Kind",
     "Meter",
+    "MissingDay",
+    "MissingState",
     "MidnightRegister",
     "MissingDatabase",
     "ReadMode",
+    "RECOVERED_BY_READ",
     "ReadSpec",
     "Schedule",
     "ScheduleSpec",
@@ -93,6 +102,7 @@ __all__ = [
     "Service",
     "Source",
     "StoreError",
+    "Table",
     "UnknownMeter",
     "Uplink",
     "brokerconf",
@@ -160,6 +170,10 @@ class Headend:
         """
         return ondemand.request_read(self.ctx, spec, requester, now_ms)
 
+    def jobs(self, states: Iterable[JobState] = (), limit: int = 100_000) -> list[Job]:
+        """Jobs, newest first; optionally only some states."""
+        return self.ctx.jobs.newest(states, limit)
+
     def job(self, job_id: int) -> Job:
         """A job as it is now. Raises InvalidData if there is no such job."""
         return self.ctx.jobs.get(job_id)
@@ -222,6 +236,26 @@ class Headend:
     ) -> list[Schedule]:
         """Schedules by meter and slot; optionally one meter and some states."""
         return self.ctx.schedules.find(meter_id, states)
+
+    def missing_days(self) -> list[MissingDay]:
+        """Every meter-day the daily check ever found missing or incomplete, and how far
+        its recovery got (D05), by meter and day."""
+        return self.ctx.missing.rows()
+
+    # -- reports (D10) -----------------------------------------------------------------------
+
+    def report(self, name: str, now_ms: int, **opts: Any) -> Table:
+        """Report ``name`` (`report_names`), built now from the store: missing, exceptions,
+        recovery, history, stats, and what other families register. ``opts``: the
+        report's options (``day="YYYY-MM-DD"``). Raises InvalidData (unknown name, bad
+        option)."""
+        reports = registry()
+        if name not in reports:
+            raise InvalidData(f"no report {name!r}; choose one of {', '.join(sorted(reports))}")
+        unknown = set(opts) - set(reports[name].options)
+        if unknown:
+            raise InvalidData(f"report {name}: unknown option(s) {sorted(unknown)}")
+        return reports[name].build(self.ctx, now_ms, **opts)
 
     # -- the activity log --------------------------------------------------------------------
 

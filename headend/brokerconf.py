@@ -7,10 +7,13 @@ What protocol/SPEC.md "MQTT" asks of the broker, written out:
   per notification recipient (`mqtt_user_password(master, name)`);
 - ACLs (``acl.json``, mosquitto's dynamic-security plugin: see `acls` for why
   not its acl_file): a meter publishes only ``ami/v1/<id>/up`` and reads only
-  ``ami/v1/<id>/down``; a worker reads every ``up`` (so it may join the shared
-  subscription ``$share/<group>/ami/v1/+/up``, which nobody else can) and the
-  recipients' acks, and writes every ``down``, the notifications and the
-  real-time topic; a recipient reads its notifications and writes its acks;
+  ``ami/v1/<id>/down``; a gateway (one connection carrying many meters, each
+  still signing and sequencing its own frames: a concentrator, the fleet
+  simulator's multiplexed mode) the same for exactly its meters, nothing
+  else; a worker reads every ``up`` (so it may join the shared subscription
+  ``$share/<group>/ami/v1/+/up``, which nobody else can) and the recipients' acks,
+  and writes every ``down``, the notifications and the real-time topic;
+  a recipient reads its notifications and writes its acks;
 - the client id is the user name (`use_username_as_clientid`): nobody can
   knock another identity off the broker with its client id;
 - packets over 8 KiB are refused (the largest frame is far smaller) and the
@@ -106,6 +109,25 @@ def _topic_prefix(template: str) -> str:
 
 
 @dataclass(frozen=True)
+class Gateway:
+    """One login that carries the topics of ``meters`` (and no other meter's)."""
+
+    name: str
+    meters: tuple[int, ...]
+
+
+def parse_gateway(text: str) -> Gateway:
+    """``NAME:IDS`` (ids as `parse_meters` reads them) -> Gateway."""
+    name, sep, ids = text.partition(":")
+    if not sep:
+        raise ConfigError(f"gateway: expected NAME:IDS like gw1:100001-101000, got {text!r}")
+    meters = parse_meters(ids)
+    if not meters:
+        raise ConfigError(f"gateway {name!r}: no meter ids in {text!r}")
+    return Gateway(check_name(name, "gateway"), meters)
+
+
+@dataclass(frozen=True)
 class Site:
     """Who may use the broker, and how.
 
@@ -115,6 +137,7 @@ class Site:
         recipients: notification recipients (`headend events routes`).
         observers: read-only logins that see every meter frame both ways (the
             HIL rig's sniffer; a site has none).
+        gateways: logins that each carry several meters' topics (no meter in two).
         notify_topic, realtime_topic: the head-end's settings of the same names.
     """
 
@@ -122,6 +145,7 @@ class Site:
     workers: tuple[str, ...] = ("headend",)
     recipients: tuple[str, ...] = ()
     observers: tuple[str, ...] = ()
+    gateways: tuple[Gateway, ...] = ()
     notify_topic: str = "ami/v1/notify"
     realtime_topic: str = "ami/v1/data/{meter}"
 
@@ -135,13 +159,33 @@ class Site:
             check_name(r, "recipient")
         for o in self.observers:
             check_name(o, "observer")
-        named = [*self.workers, *self.recipients, *self.observers]
+        carried: set[int] = set()
+        for g in self.gateways:
+            check_name(g.name, "gateway")
+            for m in g.meters:
+                if not 0 <= m <= METER_ID_MAX:
+                    raise ConfigError(f"gateway {g.name}: meter id {m} out of range")
+            if carried.intersection(g.meters):
+                raise ConfigError(f"gateway {g.name}: a meter already carried by another gateway")
+            carried.update(g.meters)
+        named = [*self.workers, *self.recipients, *self.observers, *self.gateway_names]
         if len(set(named)) != len(named):
             raise ConfigError(f"a name is given twice among {named}")
 
+    @property
+    def gateway_names(self) -> tuple[str, ...]:
+        return tuple(g.name for g in self.gateways)
+
+    def max_queued(self) -> int:
+        """The broker's per-client queue: a gateway's holds every one of its meters'
+        downlinks (the head-end may send each of them one at once: a schedule)."""
+        biggest = max((len(g.meters) for g in self.gateways), default=1)
+        return max(MAX_QUEUED_MESSAGES, 2 * biggest)
+
     def logins(self, master: bytes) -> Iterable[tuple[str, str]]:
         """(user, password) of every identity, derived from the site master key."""
-        for user in (*map(str, self.meters), *self.workers, *self.recipients, *self.observers):
+        users = (*self.workers, *self.recipients, *self.observers, *self.gateway_names)
+        for user in (*map(str, self.meters), *users):
             yield user, password_of(master, user)
 
 
@@ -163,6 +207,16 @@ def _allow(kind: str, *topics: str) -> list[dict[str, object]]:
 
 def _role(name: str, acls: list[dict[str, object]]) -> dict[str, object]:
     return {"rolename": name, "acls": acls}
+
+
+def _carry(meters: tuple[int, ...]) -> list[dict[str, object]]:
+    """What a login that carries ``meters`` may do: read their downlinks, write their uplinks."""
+    downs = [DOWN.format(m) for m in meters]
+    return (
+        _allow("subscribeLiteral", *downs)
+        + _allow("publishClientReceive", *downs)
+        + _allow("publishClientSend", *(UP.format(m) for m in meters))
+    )
 
 
 def acls(site: Site) -> dict[str, object]:
@@ -217,16 +271,11 @@ def acls(site: Site) -> dict[str, object]:
         )
         client(r, f"recipient-{r}")
     for m in site.meters:
-        up, down = UP.format(m), DOWN.format(m)
-        roles.append(
-            _role(
-                f"meter-{m}",
-                _allow("subscribeLiteral", down)
-                + _allow("publishClientReceive", down)
-                + _allow("publishClientSend", up),
-            )
-        )
+        roles.append(_role(f"meter-{m}", _carry((m,))))
         client(str(m), f"meter-{m}")
+    for g in site.gateways:
+        roles.append(_role(f"gateway-{g.name}", _carry(g.meters)))
+        client(g.name, f"gateway-{g.name}")
     return {
         "defaultACLAccess": {
             "publishClientSend": False,
@@ -310,8 +359,10 @@ def mosquitto_conf(
     run_as: str | None = None,
     log_path: Path | None = None,
     persistence_dir: Path | None = None,
+    max_queued: int = MAX_QUEUED_MESSAGES,
 ) -> str:
-    """mosquitto.conf's text. ``run_as``: mosquitto's ``user`` (who reads these 0600 files).
+    """mosquitto.conf's text. ``run_as``: mosquitto's ``user`` (who reads these 0600 files);
+    ``max_queued``: QoS 1 messages held per client (`Site.max_queued`).
 
     ``files`` None: an anonymous broker without ACLs (tests that ask for it only).
     """
@@ -329,7 +380,7 @@ def mosquitto_conf(
         ]
     out += [
         f"max_packet_size {MAX_PACKET_SIZE}",
-        f"max_queued_messages {MAX_QUEUED_MESSAGES}",
+        f"max_queued_messages {max_queued}",
         f"max_inflight_messages {MAX_INFLIGHT_MESSAGES}",
         "connection_messages true",
         # Nagle's algorithm would hold a small reply for the peer's delayed ACK (~40 ms)
@@ -364,7 +415,9 @@ def write(
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         write_private(files.passwd, password_file(site, master))
         write_private(files.acl, json.dumps(acls(site), indent=1) + "\n")
-        conf = mosquitto_conf(files, listeners, run_as, log_path, persistence_dir)
+        conf = mosquitto_conf(
+            files, listeners, run_as, log_path, persistence_dir, site.max_queued()
+        )
         write_private(files.conf, conf)
     except OSError as e:
         raise ConfigError(f"{directory}: cannot write the broker configuration: {e}") from e

@@ -53,6 +53,10 @@ class Clock:
     def now_ms(self) -> int:
         return int(self.now() * 1000)
 
+    def ms_at(self, wall_s: float) -> int:
+        """What this clock read (UTC ms) at the wall-clock instant ``wall_s`` (epoch s)."""
+        return int((self.start + (wall_s - self.anchor) * self.speed) * 1000)
+
     def real_at(self, sim_s: float) -> float:
         """The wall-clock instant (epoch s) at which this clock reads ``sim_s``."""
         return self.anchor + (sim_s - self.start) / self.speed

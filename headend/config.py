@@ -78,6 +78,53 @@ class Config:
         notify_retry_s: an unacknowledged delivery is re-sent after this.
         notify_max_attempts: deliveries are given up (logged) after this many sends.
         operator: the recipient that is told about failed reads (H06).
+        daily_check_at: local time (report_tz) of the daily missing-data check (D02);
+            no later than 08:00.
+        recovery_days: days back (before the meter's current day) the check verifies
+            and recovery reads name: what a meter still holds (M02: 45).
+        recovery_attempts: recovery reads per missing meter-day (D03, D04: 3).
+        recovery_retry_s: delay between two recovery reads of the same days.
+        read_max_in_flight: on-demand and recovery reads out at once, every worker
+            together (the throttle, H09, N05).
+        read_rate_per_s: reads started per wall-clock second (a simulated clock's
+            ``speed`` seconds), every worker together.
+        trouble_at: local time (report_tz) of the daily trouble-report run (D06),
+            after the nightly collection window.
+        trouble_window_days: the window in which 5 missing days open a trouble
+            report (D06).
+        offschedule_retry_s, offschedule_attempts: recovery reads of a missed
+            non-default schedule read (D07): this many, this far apart.
+        rebalance_every_days, rebalance_at: the read-group rebalancing (H03) runs
+            every this many days at this local time, over the days since the last run.
+        rebalance_late_s: a scheduled read arriving later than this after its
+            group's end is late (H03).
+        rebalance_over_pct: a group with at least this share of meters late or
+            missing is over-committed (H03).
+        rebalance_move_pct: share of an over-committed group's meters moved (H03).
+        lease_s: how long a worker holds a claimed timed run (the daily check, the
+            daily and weekly jobs) and another worker's overdue read jobs stay its
+            own; after it, a worker that died is taken over (service clock s).
+        retention_days: interval data is kept this long, then dropped by whole
+            months (PostgreSQL: month partitions); 0 keeps it forever.
+        log_retention_days: activity (third-party and request) logs are kept this
+            long; 0 keeps them forever. Never shorter than ``retention_days`` (T06).
+        transport: how uplinks reach the workers: ``mqtt`` (MQTT 5 shared
+            subscription on ``broker``) or ``nats`` (a NATS JetStream cluster whose
+            MQTT listener the meters use; the workers share a durable work-queue
+            stream of uplinks: headend/transport/nats.py).
+        nats_url: the NATS servers, comma-separated (``nats://host:4222`` or
+            ``tls://host:4222``; no password in it). The login is the broker's:
+            user, password and CA as for ``broker``.
+        nats_stream: the JetStream stream of uplinks (made if missing);
+            ``nats_replicas`` copies of it (3 on a 3-node cluster).
+        nats_ack_wait_s: an uplink a worker took but did not acknowledge (the
+            worker died) goes to another worker after this.
+        api_listen: ``HOST:PORT`` of the HTTP API (operator API, third-party
+            portal); ``headend serve`` starts it too when set ("": not served).
+        api_pki_dir: the `headend pki init` directory whose server certificate
+            and key the API serves HTTPS with.
+        api_insecure: serve the API over plain HTTP (no TLS; warned in the log as
+            ``insecure:``; a lab only).
     """
 
     broker: str = "mqtts://127.0.0.1:8883"
@@ -112,14 +159,51 @@ class Config:
     notify_retry_s: int = 60
     notify_max_attempts: int = 60
     operator: str = "operator"
+    daily_check_at: str = "06:00"
+    recovery_days: int = 45
+    recovery_attempts: int = 3
+    recovery_retry_s: int = 1800
+    read_max_in_flight: int = 500
+    read_rate_per_s: int = 20
+    trouble_at: str = "08:30"
+    trouble_window_days: int = 30
+    offschedule_retry_s: int = 600
+    offschedule_attempts: int = 3
+    rebalance_every_days: int = 7
+    rebalance_at: str = "09:00"
+    rebalance_late_s: int = 600
+    rebalance_over_pct: int = 10
+    rebalance_move_pct: int = 10
+    lease_s: int = 300
+    retention_days: int = 0
+    log_retention_days: int = 0
+    transport: str = "mqtt"
+    nats_url: str = "nats://127.0.0.1:4222"
+    nats_stream: str = "AMI_UP"
+    nats_replicas: int = 3
+    nats_ack_wait_s: int = 30
+    api_listen: str = ""
+    api_pki_dir: str = "pki"
+    api_insecure: bool = False
 
     def __post_init__(self) -> None:
         try:
             ZoneInfo(self.report_tz)
         except (ZoneInfoNotFoundError, ValueError) as e:
             raise ConfigError(f"report_tz: expected an IANA zone, got {self.report_tz!r}") from e
-        for name in ("assign_at", "window_start", "window_end"):
+        for name in (
+            "assign_at",
+            "window_start",
+            "window_end",
+            "daily_check_at",
+            "trouble_at",
+            "rebalance_at",
+        ):
             parse_hhmm(name, getattr(self, name))
+        if parse_hhmm("daily_check_at", self.daily_check_at) > time(8, 0):
+            raise ConfigError(
+                f"daily_check_at: expected no later than 08:00 (D02), got {self.daily_check_at}"
+            )
         try:
             key = bytes.fromhex(self.master_key)
         except ValueError:
@@ -138,9 +222,28 @@ class Config:
             "session_expiry_s",
             "key_retry_s",
             "mqtt_max_queued",
+            "recovery_days",
+            "recovery_attempts",
+            "recovery_retry_s",
+            "read_max_in_flight",
+            "read_rate_per_s",
+            "offschedule_retry_s",
+            "offschedule_attempts",
+            "rebalance_every_days",
+            "lease_s",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: expected > 0, got {getattr(self, name)}")
+        if not 5 <= self.trouble_window_days <= 62:
+            raise ConfigError(
+                f"trouble_window_days: expected 5..62, got {self.trouble_window_days}"
+            )
+        for name in ("rebalance_over_pct", "rebalance_move_pct"):
+            if not 1 <= getattr(self, name) <= 100:
+                raise ConfigError(f"{name}: expected 1..100, got {getattr(self, name)}")
+        check_retention(self.retention_days, self.log_retention_days)
+        if self.rebalance_late_s < 0:
+            raise ConfigError(f"rebalance_late_s: expected >= 0, got {self.rebalance_late_s}")
         if self.ondemand_retries < 0 or self.speed <= 0:
             raise ConfigError("ondemand_retries must be >= 0 and speed > 0")
         if self.clock_anchor < 0:
@@ -160,6 +263,33 @@ class Config:
                 raise ConfigError(f"serial: baud must be an int, got {line!r}")
         if "{meter}" not in self.realtime_topic:
             raise ConfigError("realtime_topic: expected a topic with {meter} in it")
+        if self.transport not in ("mqtt", "nats"):
+            raise ConfigError(f"transport: expected mqtt or nats, got {self.transport!r}")
+        self.nats_servers  # noqa: B018 - parses them: a bad URL is a ConfigError now
+        if not self.nats_stream.isidentifier() or not 1 <= self.nats_replicas <= 5:
+            raise ConfigError("nats_stream: expected a name (A-Z, 0-9, _); nats_replicas: 1..5")
+        if self.nats_ack_wait_s <= 0:
+            raise ConfigError(f"nats_ack_wait_s: expected > 0, got {self.nats_ack_wait_s}")
+
+    @property
+    def nats_servers(self) -> list[str]:
+        """``nats_url`` split; ConfigError for a URL that is not nats:// or tls://, or
+        that carries a login (it would show in process lists and logs)."""
+        urls = [u.strip() for u in self.nats_url.split(",") if u.strip()]
+        if not urls:
+            raise ConfigError("nats_url: expected nats://host:port[,nats://host:port...]")
+        for u in urls:
+            scheme, sep, rest = u.partition("://")
+            if not sep or scheme not in ("nats", "tls") or not rest or "/" in rest.rstrip("/"):
+                raise ConfigError(
+                    f"nats_url: expected nats://host:port or tls://host:port, got {u!r}"
+                )
+            if "@" in rest:
+                raise ConfigError(
+                    "nats_url: a login in the URL is refused (it would show in process lists "
+                    "and logs): the worker logs in as for broker"
+                )
+        return urls
 
     @property
     def broker_url(self) -> BrokerUrl:
@@ -288,3 +418,16 @@ def load(
             values[name] = _coerce(name, environ[f"AMI_{name.upper()}"])
     values.update({k: _coerce(k, v) for k, v in overrides.items() if v is not None})
     return Config(**values)
+
+
+def check_retention(keep_days: int, log_keep_days: int) -> None:
+    """T06: logs are kept at least as long as interval data (0: forever). Raises ConfigError."""
+    for name, v in (("retention_days", keep_days), ("log_retention_days", log_keep_days)):
+        if v < 0:
+            raise ConfigError(f"{name}: expected >= 0 (0: keep forever), got {v}")
+    if log_keep_days and (not keep_days or log_keep_days < keep_days):
+        data = f"{keep_days} days" if keep_days else "forever"
+        raise ConfigError(
+            f"log_retention_days: expected at least retention_days (T06: logs are kept "
+            f"as long as interval data, {data}), got {log_keep_days}"
+        )

@@ -13,23 +13,30 @@ from headend.adcs.groups import Window
 from headend.config import Config, parse_hhmm
 from headend.downlink import Downlinks
 from headend.store.activity import ActivityLog
+from headend.store.arrivals import Arrivals
 from headend.store.auth import MeterAuth
 from headend.store.db import Db
 from headend.store.events import Events
 from headend.store.jobs import Jobs
 from headend.store.layouts import Layouts
+from headend.store.missing import MissingDays
+from headend.store.offschedules import Gaps
 from headend.store.readings import Readings
+from headend.store.rebalances import Rebalances
 from headend.store.registry import Registry
 from headend.store.schedules import Schedules
 from headend.store.sql import SqlStore
+from headend.store.timed import TimedRuns
+from headend.store.troubles import Troubles
 
 
 @dataclass
 class Ctx:
     """The shared parts, built once per service (or per CLI command).
 
-    One attribute per store table group (`Registry`, `Readings`, `Events`,
-    `Jobs`, `Schedules`, `ActivityLog`, `MeterAuth`, `Layouts`), all on the same connection, so a
+    One attribute per store table group (`Registry`, `Readings`, `Events`, `Jobs`,
+    `Schedules`, `ActivityLog`, `MeterAuth`, `Layouts`, `MissingDays`, `TimedRuns`,
+    `Troubles`, `Arrivals`, `Gaps`, `Rebalances`), all on the same connection, so a
     component names what it uses (``ctx.jobs.claim(...)``) and one
     ``ctx.db.transaction()`` spans them.
     """
@@ -46,6 +53,12 @@ class Ctx:
     layouts: Layouts
     downlinks: Downlinks
     window: Window
+    missing: MissingDays
+    timed: TimedRuns
+    troubles: Troubles
+    arrivals: Arrivals
+    gaps: Gaps
+    rebalances: Rebalances
 
     @classmethod
     def build(cls, config: Config, store: SqlStore) -> Ctx:
@@ -72,6 +85,12 @@ class Ctx:
             Layouts(db),
             downlinks,
             window,
+            MissingDays(db),
+            TimedRuns(db),
+            Troubles(db),
+            Arrivals(db),
+            Gaps(db),
+            Rebalances(db),
         )
 
     @property
@@ -85,6 +104,9 @@ class Ctx:
         self.store, self.registry, self.readings = store, fresh.registry, fresh.readings
         self.events, self.jobs, self.schedules = fresh.events, fresh.jobs, fresh.schedules
         self.activity, self.auth, self.layouts = fresh.activity, fresh.auth, fresh.layouts
+        self.missing = fresh.missing
+        self.timed, self.troubles, self.arrivals = fresh.timed, fresh.troubles, fresh.arrivals
+        self.gaps, self.rebalances = fresh.gaps, fresh.rebalances
         self.downlinks.registry, self.downlinks.auth = self.registry, self.auth
 
     def notify_topic(self, recipient: str) -> str:

@@ -2,9 +2,9 @@
 
 `Core.on_uplink` checks a frame (decodes it, meter id of the link against the
 frame's, direction), then in ONE database transaction verifies it (MAC under
-the meter's key, or the pending key during a rotation; the counter advanced
-in the store, which refuses a replay) and handles it: registration, data,
-events, schedule, read and key answers. Nothing is read from the frame's
+the meter's key, or the pending key during a rotation; the counter taken into
+the store's replay window, which refuses a replay) and handles it:
+registration, data, events, schedule, read and key answers. Nothing is read from the frame's
 body, stored or answered before it verified. A refused frame changes nothing
 (the transaction rolls back) and costs a counter: refusals are counted per
 reason and written once a minute (`Rejections`), never a row per frame, and
@@ -17,20 +17,37 @@ that is after the commit.
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
-from headend.adcs import ondemand, registry, rotation, scheduling, timesync
+from headend.adcs import (
+    offschedule,
+    ondemand,
+    rebalance,
+    recovery,
+    registry,
+    rotation,
+    scheduling,
+    timesync,
+    trouble,
+)
+from headend.adcs.exports import RoutineExports
+from headend.adcs.timed import TimedJob, Timer
 from headend.brokerconf import payload_limit
 from headend.context import Ctx
-from headend.errors import InvalidData, UnknownMeter
+from headend.errors import InvalidData, StoreError, UnknownMeter
 from headend.mdms import ingest, routing
 from headend.outbox import Outbox
 from headend.rejections import Rejections
 from headend.store import EventRecord, Meter, Source
 from headend.store.activity import Kind
+from headend.store.auth import AuthRow
 from headend.store.lifecycles import KeyState
+from headend.store.records import Route
+from headend.store.registry import Layout, layouts
 from headend.transport.base import Uplink
 from protocol.auth import verify_frame
 from protocol.codes import Event, Nack, ReadKind, nack_name, read_kind_name
@@ -66,13 +83,46 @@ class Rejected(InvalidData):
         self.reason = reason
 
 
+class _Undo(Exception):
+    """A frame of a batch's first try (no savepoints) has writes to undo: the batch is
+    handled again, a savepoint per frame."""
+
+
+#: The daily and weekly jobs, each run once per period across workers.
+TIMED_JOBS = (
+    TimedJob("trouble", lambda c: c.trouble_at, lambda c: 1, trouble.run),
+    TimedJob(
+        "rebalance", lambda c: c.rebalance_at, lambda c: c.rebalance_every_days, rebalance.run
+    ),
+)
+
+
 class Core:
     """Args: ctx: config, store, the store's tables and downlink framing (see `Ctx`)."""
 
     def __init__(self, ctx: Ctx) -> None:
         self.ctx = ctx
         self.next_assignment_ms: int | None = None
+        self.next_offschedule_ms = 0
+        self.timer = Timer(TIMED_JOBS)
+        self.exports = RoutineExports()  # routine exports, on their own thread (D11)
         self.rejections = Rejections()
+        self.recovery = recovery.Recovery()
+        # inside `on_uplinks`: the latest arrival whose new events wait to be routed
+        # (once for the batch, at its end); None outside a batch: route at once
+        self._route_at: int | None = None
+        self._batching = False
+        # inside `on_uplinks`: the batch's meters' auth rows, registrations and layouts, read
+        # with one query each before its first frame; each taken by its meter's first frame
+        # (no frame of that meter wrote before), dropped when that frame ends
+        self._auth_rows: dict[int, AuthRow] = {}
+        self._meters: dict[int, Meter] = {}
+        self._layouts: dict[int, Layout] = {}
+        self._routes: list[Route] | None = None  # the event routes, read once a batch
+        # a batch's first try, without savepoints (see `on_uplinks`); its refusals,
+        # counted once it is committed
+        self._fast = False
+        self._refused: list[tuple[Kind, str, int | None, str, int]] | None = None
 
     @property
     def rejected(self) -> int:
@@ -104,14 +154,16 @@ class Core:
             )
         return fields
 
-    def verify(self, up: Uplink, fields: dict[str, Any], now_ms: int) -> None:
+    def verify(self, up: Uplink, fields: dict[str, Any], now_ms: int) -> int:
         """MAC under the meter's key (or the pending one), counter advanced in the store.
 
-        Call it inside the uplink's transaction. Raises Rejected (BadMac, Replay).
+        Call it inside the uplink's transaction. Returns the key version in force now
+        (the pending one if this frame confirmed it). Raises Rejected (BadMac, Replay).
         """
         ctx = self.ctx
         mid = fields["meter_id"]
-        st = ctx.auth.get(mid)
+        known = self._auth_rows.pop(mid, None)
+        st = known.state if known is not None else ctx.auth.get(mid)
         version = st.key_version if st is not None else 0
         pending = st.pending_version if st is not None and st.state is KeyState.SENT else None
         try:
@@ -126,20 +178,24 @@ class Core:
         except ProtocolError as e:
             name = type(e).__name__
             raise Rejected(Kind.REJECTED, name, f"{name}: {e}: dropped") from e
-        if not ctx.auth.accept_uplink(mid, counter, now_ms):
+        if not ctx.auth.accept_uplink(mid, counter, now_ms, known):
             raise Rejected(
                 Kind.REJECTED,
                 "Replay",
-                f"Replay: counter {counter} not newer than the last accepted: dropped",
+                f"Replay: counter {counter} already accepted or below the replay window: dropped",
             )
         if new_key:
             rotation.confirmed(ctx, mid, f"{fields['type']} seq {fields['seq']}", now_ms)
+            assert pending is not None  # new_key only under the pending version
+            return pending
+        return version
 
     def on_uplink(self, up: Uplink, now_ms: int, clock: Callable[[], int] | None = None) -> Outbox:
         """Handle one uplink; the returned frames go out after the commit.
 
-        ``clock`` gives t3 of a time-sync answer (default: ``now_ms``). Never raises
-        for bad input: every refusal is typed and counted.
+        ``now_ms``: when the frame arrived (a time-sync answer's t2); ``clock`` gives
+        t3, read when the answer is built as it is sent (default: ``now_ms``). Never
+        raises for bad input: every refusal is typed and counted.
         """
         ctx = self.ctx
         fields: dict[str, Any] | None = None
@@ -153,39 +209,152 @@ class Core:
                 len(up.frame),
                 up.transport,
             )
-            with ctx.db.transaction():
-                self.verify(up, fields, now_ms)
+            # a savepoint inside `on_uplinks`' transaction: a refused frame's writes undone
+            with self._undoable():
+                version = self.verify(up, fields, now_ms)
                 if fields["type"] != "time_sync_request":
-                    return self._handle(up, fields, now_ms)
+                    return self._handle(up, fields, now_ms, version)
                 prepared = timesync.prepare(ctx, fields, now_ms)
-            # committed: t3 from here on (the store's fsync is not in the meter's delay)
+            # committed; built as it leaves, t3 then (SPEC: "when the answer leaves")
             out = Outbox()
             t3 = clock or (lambda: now_ms)
-            frame = timesync.answer(ctx.downlinks, fields, now_ms, t3, prepared)
-            out.send(fields["meter_id"], frame, up.transport)
+            answer = functools.partial(timesync.answer, fields, now_ms, t3, prepared)
+            out.send_built(fields["meter_id"], answer, up.transport)
             return out
         except Rejected as e:
             self._reject(up, fields, e.kind, e.reason, str(e), now_ms)
             return Outbox()
         except UnknownMeter:
             assert fields is not None  # raised only after check
-            mid = fields["meter_id"]
             self._reject(up, fields, Kind.UNKNOWN_METER, "not registered", "not registered", now_ms)
-            out = Outbox()
-            body = {
-                "nacked_type": MESSAGE_TYPES[fields["type"]],
-                "nacked_seq": fields["seq"],
-                "reason": int(Nack.NOT_REGISTERED),
-            }
-            out.send(mid, ctx.downlinks.reply(mid, "nack", body, now_ms), up.transport)
-            return out
+            with self._undoable():  # its own: a failure here undoes only the nack's counter
+                return self._not_registered(up, fields, now_ms)
         except (InvalidData, ProtocolError) as e:
             # verified, but the content cannot be taken (or its answer cannot be built)
             reason = type(e).__name__
             self._reject(up, fields, Kind.REJECTED, reason, f"{reason}: {e}", now_ms)
             if fields is not None and fields["type"] == "register":
-                return registry.reject(ctx, fields["meter_id"], up.transport, now_ms)
+                with self._undoable():
+                    return registry.reject(ctx, fields["meter_id"], up.transport, now_ms)
             return Outbox()
+
+    def _not_registered(self, up: Uplink, fields: dict[str, Any], now_ms: int) -> Outbox:
+        mid = fields["meter_id"]
+        out = Outbox()
+        body = {
+            "nacked_type": MESSAGE_TYPES[fields["type"]],
+            "nacked_seq": fields["seq"],
+            "reason": int(Nack.NOT_REGISTERED),
+        }
+        out.send(mid, self.ctx.downlinks.reply(mid, "nack", body, now_ms), up.transport)
+        return out
+
+    def on_uplinks(
+        self, batch: Sequence[tuple[Uplink, int]], clock: Callable[[], int] | None = None
+    ) -> list[Outbox | None]:
+        """Several (uplink, arrival ms) in one transaction: one commit (one fsync)
+        for all, each frame handled as `on_uplink` alone would (its writes in one
+        savepoint: a refused or failing frame's writes are undone, the others kept).
+        The Outboxes, in the batch's order, go out after the commit, so nothing is
+        acknowledged before it is stored. None: a frame that failed on a bug
+        (logged). A `StoreError` undoes them all.
+
+        Frames are handled in meter id order (stable: a meter's own frames keep
+        theirs), so workers sharing PostgreSQL take the meters' rows (meter_auth,
+        auth_counter) in one order and never deadlock on them. New events of the
+        batch are routed once, at its end (`_route_batch`).
+
+        First without savepoints (what a savepoint costs is a sixth of the batch):
+        when a frame has something to undo (it raised after its first write), the
+        whole batch is rolled back and handled again, a savepoint per frame; what
+        the first try counted or logged is dropped with it.
+        """
+        try:
+            return self._batch(batch, clock, fast=True)
+        except _Undo as e:
+            _log.debug("batch of %d handled again, a savepoint per frame: %s", len(batch), e)
+            return self._batch(batch, clock, fast=False)
+
+    def _batch(
+        self, batch: Sequence[tuple[Uplink, int]], clock: Callable[[], int] | None, fast: bool
+    ) -> list[Outbox | None]:
+        out: list[Outbox | None] = [None] * len(batch)
+        self._batching, self._route_at, self._fast = True, None, fast
+        self._refused, self._routes = [], None
+        activity = self.ctx.activity
+        activity.hold()  # the batch's lines: one statement, before its commit
+        try:
+            with self.ctx.db.transaction():
+                ids = {up.meter_id for up, _ in batch}
+                self._auth_rows = self.ctx.auth.get_many(ids)
+                self._meters = self.ctx.registry.get_many(ids)
+                self._layouts = layouts(self.ctx.db, ids)
+                for i in sorted(range(len(batch)), key=lambda i: batch[i][0].meter_id):
+                    up, now_ms = batch[i]
+                    try:  # on_uplink's savepoint undid the writes of a frame that raised
+                        out[i] = self.on_uplink(up, now_ms, clock)
+                    except (StoreError, _Undo):
+                        raise
+                    except Exception:  # one frame must never stop the others
+                        _log.exception(
+                            "meter %s: uplink via %s not handled", up.meter_id, up.transport
+                        )
+                    finally:  # its next frame reads what this one wrote
+                        self._auth_rows.pop(up.meter_id, None)
+                        self._meters.pop(up.meter_id, None)
+                        self._layouts.pop(up.meter_id, None)
+                self._route_batch(out)
+                activity.write_held()
+            for args in self._refused:  # counted once the batch is committed
+                self.rejections.add(*args)
+        finally:
+            activity.drop_held()
+            self._batching, self._route_at, self._fast = False, None, False
+            self._refused, self._routes = None, None
+            self._auth_rows, self._meters, self._layouts = {}, {}, {}
+        return out
+
+    @contextmanager
+    def _undoable(self) -> Iterator[None]:
+        """A savepoint (a transaction outside a batch): what its body wrote is undone if
+        it raises, the activity lines it logged (held in a batch) too.
+
+        In a batch's first try (``_fast``) no savepoint: a `Rejected` (check and
+        verify refuse before any write) goes through, anything else raises `_Undo`.
+        """
+        if self._fast:
+            try:
+                yield
+            except Rejected:
+                raise
+            except StoreError as e:  # a database failure fails the batch as it would anyway
+                if not isinstance(e, UnknownMeter):
+                    raise
+                raise _Undo(f"{type(e).__name__}: {e}") from e
+            except Exception as e:
+                raise _Undo(f"{type(e).__name__}: {e}") from e
+            return
+        mark = self.ctx.activity.mark()
+        try:
+            with self.ctx.db.savepoint():
+                yield
+        except BaseException:
+            self.ctx.activity.drop_to(mark)
+            raise
+
+    def _route_batch(self, outs: list[Outbox | None]) -> None:
+        """Route the batch's new events with one look at the due deliveries (not one per
+        frame); they ride with the last answered frame's Outbox, after the commit."""
+        last = next((o for o in reversed(outs) if o is not None), None)
+        if self._route_at is None or last is None:
+            return
+        try:
+            with self._undoable():
+                last.extend(routing.send_due(self.ctx, self._route_at))
+        except StoreError:
+            raise
+        except Exception:  # the tick routes them: they are stored
+            _log.exception("routing %d uplinks' new events failed", len(outs))
 
     def _reject(
         self,
@@ -198,15 +367,19 @@ class Core:
     ) -> None:
         what = f"{fields['type']} seq {fields['seq']}" if fields else "frame"
         _log.debug("meter %s: %s via %s refused: %s", up.meter_id, what, up.transport, text)
-        self.rejections.add(kind, reason, up.meter_id, f"{what} via {up.transport}: {text}", now_ms)
+        args = (kind, reason, up.meter_id, f"{what} via {up.transport}: {text}", now_ms)
+        if self._refused is not None:
+            self._refused.append(args)
+        else:
+            self.rejections.add(*args)
 
-    def _handle(self, up: Uplink, fields: dict[str, Any], now_ms: int) -> Outbox:
+    def _handle(self, up: Uplink, fields: dict[str, Any], now_ms: int, version: int) -> Outbox:
         ctx = self.ctx
         mtype = fields["type"]
         if mtype == "register":
             return registry.on_register(ctx, fields, up.transport, now_ms)
-        meter = ctx.registry.get(fields["meter_id"])
-        before = ctx.registry.link_seen(meter.meter_id, up.transport, now_ms)
+        meter = self._meters.pop(fields["meter_id"], None) or ctx.registry.get(fields["meter_id"])
+        before = ctx.registry.link_seen(meter.meter_id, up.transport, now_ms, meter)
         if before is not None:
             ctx.activity.log(
                 now_ms,
@@ -217,9 +390,9 @@ class Core:
             meter = ctx.registry.get(meter.meter_id)
         body = fields["body"]
         if mtype == "read_response":
-            return self._read(meter, up, fields, now_ms)
+            return self._read(meter, up, fields, now_ms, version)
         if mtype == "event":
-            return self._events(meter, up, fields, now_ms)
+            return self._events(meter, up, fields, now_ms, version)
         if mtype == "schedule_ack":
             scheduling.on_answer(ctx, meter.meter_id, body["acked_seq"], body["status"], now_ms)
             return Outbox()
@@ -232,19 +405,26 @@ class Core:
         )
         return Outbox()
 
-    def _read(self, meter: Meter, up: Uplink, fields: dict[str, Any], now_ms: int) -> Outbox:
+    def _read(
+        self, meter: Meter, up: Uplink, fields: dict[str, Any], now_ms: int, version: int
+    ) -> Outbox:
         ctx = self.ctx
         b = fields["body"]
         mid = meter.meter_id
         job = ctx.jobs.for_reply(mid, b["request_seq"]) if b["request_seq"] else None
         if b["kind"] == ReadKind.SCHEDULED:
             source = Source.SCHEDULED
+            ctx.arrivals.record(mid, meter.utc_offset_min, now_ms // 1000)  # H03
         else:
             source = job.spec.source if job is not None else Source.ON_DEMAND
         secs = ingest.sections(meter, b["sections"], source, now_ms // 1000)
-        res = ctx.readings.ingest(blocks=secs.blocks, midnights=secs.midnights)
-        fresh = routing.store_events(ctx, mid, secs.events, now_ms)
-        data = ingest.engineering(meter, secs, source)
+        layout = self._layouts.pop(mid, None)  # read for the batch, unless a frame before wrote
+        res = ctx.readings.ingest(
+            blocks=secs.blocks,
+            midnights=secs.midnights,
+            known={mid: layout} if layout is not None else None,
+        )
+        fresh = routing.store_events(ctx, mid, secs.events, now_ms, self._batch_routes)
         n_iv = sum(x.block.count for x in secs.blocks)
         ctx.activity.log(
             now_ms,
@@ -258,33 +438,51 @@ class Core:
             str(job.job_id) if job is not None else None,
         )
         if job is not None:
-            ondemand.on_part(ctx, job, b, data, now_ms)
+            ondemand.on_part(ctx, job, b, ingest.engineering(meter, secs, source), now_ms)
         out = Outbox()
         if job is not None:
             out.extend(routing.send_due(ctx, now_ms))  # the result to its requester, now
         ack = {"acked_seq": fields["seq"], "upto": secs.upto}
-        out.send(mid, ctx.downlinks.reply(mid, "read_ack", ack, now_ms), up.transport)
+        out.send(mid, self._ack(mid, "read_ack", ack, now_ms, version), up.transport)
         # Real-time subscribers get what is new (a repeated frame publishes nothing).
         if res.intervals_written or res.midnights_written or secs.registers:
             topic = ctx.config.realtime_topic.format(meter=mid)
-            for part in ingest.to_json_parts(data, payload_limit(topic)):
+            for part in ingest.realtime_parts(meter, secs, source, payload_limit(topic)):
                 out.publish(topic, part)
         self._after_events(meter, secs.events, fresh, up, now_ms, out)
         return out
 
-    def _events(self, meter: Meter, up: Uplink, fields: dict[str, Any], now_ms: int) -> Outbox:
+    def _events(
+        self, meter: Meter, up: Uplink, fields: dict[str, Any], now_ms: int, version: int
+    ) -> Outbox:
         ctx = self.ctx
         mid = meter.meter_id
         events = [
             EventRecord(mid, e["code"], e["time"], e["data"], Source.SCHEDULED, now_ms // 1000)
             for e in fields["body"]["events"]
         ]
-        fresh = routing.store_events(ctx, mid, events, now_ms)
+        fresh = routing.store_events(ctx, mid, events, now_ms, self._batch_routes)
         out = Outbox()
         ack = {"acked_seq": fields["seq"]}
-        out.send(mid, ctx.downlinks.reply(mid, "event_ack", ack, now_ms), up.transport)
+        out.send(mid, self._ack(mid, "event_ack", ack, now_ms, version), up.transport)
         self._after_events(meter, events, fresh, up, now_ms, out)
         return out
+
+    def _batch_routes(self) -> list[Route]:
+        """The event routes: read once in a batch (each time outside one)."""
+        if not self._batching:
+            return self.ctx.events.routes()
+        if self._routes is None:
+            self._routes = self.ctx.events.routes()
+        return self._routes
+
+    def _ack(self, mid: int, mtype: str, body: dict[str, Any], now_ms: int, version: int) -> bytes:
+        """`Downlinks.reply` for a registered meter's verified frame: signed under the key
+        version the frame left in force (not read again), the counter taken without
+        checking the registration again."""
+        d = self.ctx.downlinks
+        counter = self.ctx.registry.next_counter(mid, now_ms // 1000, registered=True)
+        return d.signed(mid, mtype, body, now_ms, counter, d.key(mid, version))[1]
 
     def _after_events(
         self,
@@ -298,7 +496,9 @@ class Core:
         if Event.CLOCK_OUT_OF_SYNC in fresh:
             off = max(e.data for e in events if e.code == Event.CLOCK_OUT_OF_SYNC)
             out.extend(timesync.set_time(self.ctx, meter.meter_id, off, up.transport, now_ms))
-        if fresh:
+        if fresh and self._batching:  # routed once for the whole batch, at its end
+            self._route_at = max(self._route_at or 0, now_ms)
+        elif fresh:
             out.extend(routing.send_due(self.ctx, now_ms))  # route now, not at the next tick
 
     def _nack(self, meter: Meter, body: dict[str, Any], now_ms: int) -> Outbox:
@@ -351,7 +551,8 @@ class Core:
     # -- timed work --------------------------------------------------------------------------
 
     def tick(self, now_ms: int) -> Outbox:
-        """Evening assignment when due, schedules, jobs, timeouts, deliveries."""
+        """Evening assignment when due, daily and weekly jobs, missed off-schedule reads,
+        schedules, the daily check and recovery reads, jobs, timeouts, deliveries."""
         ctx = self.ctx
         out = Outbox()
         if self.next_assignment_ms is None:
@@ -360,8 +561,14 @@ class Core:
             placed = scheduling.assign(ctx, now_ms)
             _log.info("evening assignment: %d meter(s) placed in read groups", len(placed))
             self.next_assignment_ms = scheduling.next_assignment(ctx.config, now_ms)
+        self.timer.tick(ctx, now_ms)
+        self.exports.tick(ctx, now_ms)
+        if now_ms >= self.next_offschedule_ms:
+            out.extend(offschedule.check(ctx, now_ms))
+            self.next_offschedule_ms = now_ms + offschedule.CHECK_EVERY_MS
         out.extend(scheduling.send_pending(ctx, now_ms))
         out.extend(scheduling.check_acks(ctx, now_ms))
+        self.recovery.tick(ctx, now_ms)
         out.extend(ondemand.start_jobs(ctx, now_ms))
         out.extend(ondemand.expire(ctx, now_ms))
         out.extend(routing.send_due(ctx, now_ms))

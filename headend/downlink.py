@@ -45,7 +45,8 @@ class Downlinks:
         self._seq: dict[int, int] = {}
         self._keys: dict[tuple[int, int], bytes] = {}
 
-    def _next_seq(self, meter_id: int) -> int:
+    def next_seq(self, meter_id: int) -> int:
+        """The seq of the meter's next downlink (this worker's, in memory)."""
         last = self._seq.get(meter_id)
         if last is None:
             last = secrets.randbelow(_SEQ_MOD)
@@ -84,16 +85,10 @@ class Downlinks:
     ) -> tuple[int, bytes]:
         """(seq, frame) of one downlink under a counter from `counter` (and ``key``, when
         the caller looked it up already)."""
-        seq = self._next_seq(meter_id)
-        fields = {
-            "type": mtype,
-            "seq": seq,
-            "meter_id": meter_id,
-            "timestamp": now_ms // 1000,
-            "auth": {"counter": counter, "mac": b""},
-            "body": body,
-        }
-        return seq, encode(fields, key=key or self.current_key(meter_id))
+        seq = self.next_seq(meter_id)
+        return seq, sign(
+            meter_id, seq, mtype, body, now_ms, counter, key or self.current_key(meter_id)
+        )
 
     def frame(
         self, meter_id: int, mtype: str, body: dict[str, Any], now_ms: int
@@ -104,3 +99,18 @@ class Downlinks:
     def reply(self, meter_id: int, mtype: str, body: dict[str, Any], now_ms: int) -> bytes:
         """A signed downlink that needs no answer (acks, nacks, register_ack)."""
         return self.frame(meter_id, mtype, body, now_ms)[1]
+
+
+def sign(
+    meter_id: int, seq: int, mtype: str, body: dict[str, Any], now_ms: int, counter: int, key: bytes
+) -> bytes:
+    """One signed downlink from what the store gave (counter, key): pure, any thread."""
+    fields = {
+        "type": mtype,
+        "seq": seq,
+        "meter_id": meter_id,
+        "timestamp": now_ms // 1000,
+        "auth": {"counter": counter, "mac": b""},
+        "body": body,
+    }
+    return encode(fields, key=key)

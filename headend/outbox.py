@@ -3,11 +3,14 @@
 The components never do I/O. They write to the database (which commits
 before they return) and put what must go out next into an `Outbox`; the
 service sends it afterwards. So an acknowledgement to a meter can never
-leave before the data it acknowledges is committed (H04, D01).
+leave before the data it acknowledges is committed (H04, D01). A frame that
+carries the instant it leaves (a time-sync answer's t3) is built by the
+service as it sends it (`Downlink.build`: no store, no I/O).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from headend.errors import InvalidData
@@ -15,15 +18,24 @@ from headend.errors import InvalidData
 
 @dataclass(frozen=True, slots=True)
 class Downlink:
-    """One frame to one meter, over the link the meter was last heard on (None: MQTT)."""
+    """One frame to one meter, over the link the meter was last heard on (None: MQTT);
+    ``build`` instead of ``frame``: made when it is sent (`wire`); ``expiry_s``: real
+    seconds after which a broker drops it undelivered (a meter offline meanwhile never
+    gets a request whose answer nobody waits for any more); None: kept until delivered."""
 
     meter_id: int
     frame: bytes
     transport: str | None = None
+    build: Callable[[], bytes] | None = None
+    expiry_s: int | None = None
 
     def __post_init__(self) -> None:
-        if not self.frame:
+        if not self.frame and self.build is None:
             raise InvalidData("a downlink needs a frame")
+
+    def wire(self) -> bytes:
+        """The frame's bytes (a deferred one built now)."""
+        return self.build() if self.build is not None else self.frame
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,8 +58,20 @@ class Outbox:
     downlinks: list[Downlink] = field(default_factory=list)
     publishes: list[Publish] = field(default_factory=list)
 
-    def send(self, meter_id: int, frame: bytes, transport: str | None = None) -> None:
-        self.downlinks.append(Downlink(meter_id, frame, transport))
+    def send(
+        self,
+        meter_id: int,
+        frame: bytes,
+        transport: str | None = None,
+        expiry_s: int | None = None,
+    ) -> None:
+        self.downlinks.append(Downlink(meter_id, frame, transport, None, expiry_s))
+
+    def send_built(
+        self, meter_id: int, build: Callable[[], bytes], transport: str | None = None
+    ) -> None:
+        """A frame made by ``build()`` when it leaves (pure: the service calls it)."""
+        self.downlinks.append(Downlink(meter_id, b"", transport, build))
 
     def publish(self, topic: str, payload: bytes) -> None:
         self.publishes.append(Publish(topic, payload))

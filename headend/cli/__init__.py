@@ -8,17 +8,27 @@
     headend groups [--assign]             read-group loads (H01)
     headend events list|ack|routes ...    events, acknowledgements, routing (D09)
     headend log [--tail N] [--follow]     the activity log, newest last
-    headend export ID --start --end       intervals as CSV/JSON in a time zone
+    headend export METERS --start --end   intervals, registers, events: CSV/JSON/ESPI (D11)
+    headend exports add|list|remove|runs  routine exports the service runs (D11)
+    headend validate METERS --start --end usage validation per billing period (D14)
     headend pki init DIR                  the broker's CA and certificates (TLS)
     headend broker config DIR             mosquitto.conf, passwords, ACLs for the site
     headend keys init|show ID|rotate ID   the master key file, meters' key versions (M20)
+    headend keys probe-key ID --operator OP -o FILE   an operator's optical probe key (M18)
+    headend upload FILE                   a probe's download file, stored as manual (D12)
+    headend report NAME [--day D] [--csv] missing-data reports, statistics (D03-D05, D08, D10)
+    headend api [--listen HOST:PORT]      the HTTP API and third-party portal (HTTPS)
+    headend apikeys add|list|revoke       operators' API keys (printed once)
+    headend parties add|grant|revoke|curtail|list|log   portal parties (T01-T06)
 
 One module per command group (`serve`, `db`, `meters`, `read`, `schedule`,
-`groups`, `events`, `log`, `export`, `pki`, `broker`, `keys`), each with ``add(sub, common)`` (its
-arguments) and ``run(args, config) -> exit code``; what they share is in
-`common`. Every command takes --config FILE, --database URL, --broker URL
-(or AMI_* env), --json; exit codes in `common`. Bad input is one line on
-stderr and a non-zero exit, never a traceback.
+`groups`, `events`, `log`, `export`, `pki`, `broker`, `keys`, `upload`, `report`,
+`validate`, `api`, `apikeys`, `parties`), each
+with ``add(sub, common)`` (its arguments) and ``run(args, config) -> exit
+code``; what they share is in `common`. Every command takes --config FILE,
+--database URL, --broker URL (or AMI_* env), --json; exit codes in
+`common`. Bad input is one line on stderr and a non-zero exit, never a
+traceback.
 """
 
 from __future__ import annotations
@@ -28,6 +38,8 @@ import sys
 from collections.abc import Sequence
 
 from headend.cli import (
+    api,
+    apikeys,
     broker,
     db,
     events,
@@ -36,10 +48,14 @@ from headend.cli import (
     keys,
     log,
     meters,
+    parties,
     pki,
     read,
+    report,
     schedule,
     serve,
+    upload,
+    validate,
 )
 from headend.cli.common import (
     EPILOG,
@@ -60,7 +76,26 @@ from headend.errors import (
 )
 from headend.redact import redact
 
-COMMANDS = (serve, db, meters, read, schedule, groups, events, log, export, pki, broker, keys)
+COMMANDS = (
+    serve,
+    db,
+    meters,
+    read,
+    schedule,
+    groups,
+    events,
+    log,
+    export,
+    pki,
+    broker,
+    keys,
+    upload,
+    report,
+    validate,
+    api,
+    apikeys,
+    parties,
+)
 INTERRUPTED = 130
 
 

@@ -31,6 +31,14 @@ def add(sub: Sub, common: argparse.ArgumentParser) -> None:
     c.add_argument("dir", type=Path, metavar="DIR", help="where the files go")
     c.add_argument("--meters", default="", metavar="IDS", help="meter ids admitted: 1001-1003,2000")
     c.add_argument(
+        "--gateway",
+        action="append",
+        default=[],
+        metavar="NAME:IDS",
+        help="one login carrying these meters' topics (e.g. gw1:100001-101000); repeatable. "
+        "Its meters need no login of their own (meters log in each as itself by default)",
+    )
+    c.add_argument(
         "--worker",
         action="append",
         metavar="NAME",
@@ -75,6 +83,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         meters=brokerconf.parse_meters(args.meters),
         workers=workers,
         recipients=tuple(args.recipient),
+        gateways=tuple(brokerconf.parse_gateway(g) for g in args.gateway),
         notify_topic=cfg.notify_topic,
         realtime_topic=cfg.realtime_topic,
     )
@@ -97,6 +106,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         "meters": len(site.meters),
         "workers": list(site.workers),
         "recipients": list(site.recipients),
+        "gateways": {g.name: len(g.meters) for g in site.gateways},
         "listeners": [f"{li.host}:{li.port} {'TLS' if li.ca else 'plain'}" for li in listeners],
     }
     if args.json:
@@ -106,6 +116,11 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     print(
         f"logins: {len(site.meters)} meter(s), worker(s) {', '.join(site.workers)}"
         + (f", recipient(s) {', '.join(site.recipients)}" if site.recipients else "")
+        + (
+            ", gateway(s) " + ", ".join(f"{g.name} ({len(g.meters)} meters)" for g in site.gateways)
+            if site.gateways
+            else ""
+        )
     )
     print("listening on " + ", ".join(summary["listeners"]))  # type: ignore[arg-type]
     print(f"start it: mosquitto -c {out.conf}")

@@ -18,13 +18,15 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 from urllib.parse import urlsplit, urlunsplit
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from headend.api import Config, Headend, MissingDatabase, SchemaError, load
 from headend.errors import HeadendError
 from headend.mdms.ingest import iso
+from headend.timetext import is_duration, parse_duration
+from headend.timetext import zone as zone  # the commands' zone: the API's (InvalidData, exit 2)
 
 OK, FAILED, USAGE = 0, 1, 2
 
@@ -43,32 +45,7 @@ class Failed(HeadendError):
     """The command could not do its work (exit 1); the message says why and what to do."""
 
 
-# -- parsing -----------------------------------------------------------------------------
-
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(text: str) -> int:
-    """``900``, ``15m``, ``2h``, ``1d`` -> seconds."""
-    t = text.strip().lower()
-    try:
-        if t and t[-1] in _UNITS:
-            return int(t[:-1]) * _UNITS[t[-1]]
-        return int(t)
-    except ValueError as e:
-        raise Usage(f"expected a duration like 900, 15m, 2h, got {text!r}") from e
-
-
-def parse_clock(text: str) -> int:
-    """``HH:MM[:SS]`` -> seconds after midnight."""
-    try:
-        parts = [int(p) for p in text.split(":")]
-        h, m, s = (parts + [0, 0])[:3]
-        if not (0 <= h < 24 and 0 <= m < 60 and 0 <= s < 60) or len(parts) > 3:
-            raise ValueError(text)
-    except ValueError as e:
-        raise Usage(f"expected HH:MM or HH:MM:SS, got {text!r}") from e
-    return h * 3600 + m * 60 + s
+# -- parsing (durations, clock times, zones: headend.timetext) ---------------------------
 
 
 def parse_time(text: str, tz: ZoneInfo) -> int:
@@ -88,9 +65,8 @@ def parse_time(text: str, tz: ZoneInfo) -> int:
 
 def parse_since(text: str, tz: ZoneInfo, now_s: float) -> int:
     """``--since``: an ISO date/time, UTC s, or a duration back from now (``10m``, ``2h``)."""
-    t = text.strip().lower()
-    if len(t) > 1 and t[-1] in _UNITS and t[:-1].isdigit():
-        return int(now_s) - parse_duration(t)
+    if is_duration(text):
+        return int(now_s) - parse_duration(text)
     try:
         return parse_time(text, tz)
     except Usage:
@@ -109,13 +85,6 @@ def non_negative(text: str) -> int:
     if n < 0:
         raise argparse.ArgumentTypeError(f"expected 0 or more, got {n}")
     return n
-
-
-def zone(name: str) -> ZoneInfo:
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as e:
-        raise Usage(f"expected an IANA time zone (e.g. Europe/Paris), got {name!r}") from e
 
 
 def now_ms() -> int:
@@ -221,7 +190,15 @@ def screen_lines(default: int = 20) -> int:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` whole or not at all (a temp file beside it, renamed).
+    """Write ``text`` to ``path`` whole or not at all (see `atomic_text`)."""
+    with atomic_text(path) as f:
+        f.write(text)
+
+
+@contextlib.contextmanager
+def atomic_text(path: Path) -> Iterator[TextIO]:
+    """A text file object on a temp file beside ``path``, renamed to ``path`` only when
+    the block ends without an error (streamed output, whole or not at all).
 
     Raises Usage when the folder is not there or cannot be written.
     """
@@ -233,8 +210,8 @@ def write_atomic(path: Path, text: str) -> None:
     except OSError as e:
         raise Usage(f"cannot write {path}: {e.strerror}") from e
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            yield f
         os.replace(tmp, path)
     except BaseException as e:
         with contextlib.suppress(OSError):

@@ -1,13 +1,16 @@
-"""`headend db init|migrate|version`: the store's schema."""
+"""`headend db init|migrate|version|retention`: the store's schema, and its retention."""
 
 from __future__ import annotations
 
 import argparse
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 from headend.api import Config
 from headend.cli.common import OK, Failed, Sub, Usage, add_command, emit, redact, sqlite_path
 from headend.store import migrations as mig
+from headend.store import partitions
 from headend.store.db import Db
 
 
@@ -15,8 +18,10 @@ def add(sub: Sub, common: argparse.ArgumentParser) -> None:
     p = add_command(sub, common, "db", "create or migrate the store's schema, or show its version")
     p.add_argument(
         "action",
-        choices=("init", "migrate", "version"),
-        help="init/migrate: bring the schema to the latest version; version: show it",
+        choices=("init", "migrate", "version", "retention"),
+        help="init/migrate: bring the schema to the latest version; version: show it; "
+        "retention: create the months ahead (PostgreSQL) and drop the whole months of "
+        "interval data older than retention_days, logs older than log_retention_days",
     )
     p.set_defaults(run=run)
 
@@ -59,6 +64,8 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
                 ),
             )
             return OK
+        if args.action == "retention":
+            return _retention(args, cfg, db)
         applied = mig.migrate(db)
         with db.transaction(write=False):
             version = mig.current_version(db)
@@ -73,4 +80,34 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
             + f"schema version {version} ({redact(cfg.database)})"
         ),
     )
+    return OK
+
+
+def _retention(args: argparse.Namespace, cfg: Config, db: Db) -> int:
+    mig.check_version(db)
+    now_s = int(time.time())
+    ahead = partitions.ensure(db, now_s)
+    gone = partitions.apply_retention(db, now_s, cfg.retention_days, cfg.log_retention_days)
+    out: dict[str, Any] = {
+        "retention_days": cfg.retention_days,
+        "log_retention_days": cfg.log_retention_days,
+        "partitions": [name for name, _, _ in partitions.months(db)],
+        "ahead": ahead,
+        "cutoff_s": gone.cutoff_s if gone else None,
+        "dropped": gone.partitions if gone else [],
+        "rows": gone.rows if gone else 0,
+        "log_rows": gone.log_rows if gone else 0,
+    }
+
+    def text() -> str:
+        if gone is None:
+            return "retention_days is 0: interval data is kept forever; nothing dropped"
+        cut = datetime.fromtimestamp(gone.cutoff_s, UTC).strftime("%Y-%m-%d")
+        return (
+            f"interval data before {cut} dropped: {len(gone.partitions)} partition(s)"
+            f"{' (' + ', '.join(gone.partitions) + ')' if gone.partitions else ''}, "
+            f"{gone.rows} day row(s); {gone.log_rows} log line(s)"
+        )
+
+    emit(args, out, text)
     return OK

@@ -1,19 +1,28 @@
-"""`headend keys init|show|rotate`: the site master key and the meters' key versions.
+"""`headend keys init|show|rotate|probe-key`: the site master key, the meters' key
+versions, and operators' optical probe keys.
 
 No command prints key material: ``show`` gives versions, the rotation state
-and a fingerprint; ``init`` writes the key to an owner-only file and prints
-only its path.
+and a fingerprint; ``init`` and ``probe-key`` write the key to an owner-only
+file and print only its path. A probe key (K_op, `protocol.auth.probe_key`) is
+derived from the meter's current key and the operator id: the meter derives
+the same, so its own key never leaves the head-end; each issue is recorded
+(`headend upload` checks it) and logged, never the key.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from headend import masterkey
 from headend.adcs import rotation
 from headend.api import Config, Headend
 from headend.cli.common import OK, Sub, Usage, add_command, dash, emit, now_ms, open_headend, when
+from headend.secretfile import write_private
+from headend.store.activity import Kind
+from headend.store.probekeys import ProbeKeys
+from protocol.auth import MAX_OPERATOR, probe_key
 
 
 def add(sub: Sub, common: argparse.ArgumentParser) -> None:
@@ -37,13 +46,33 @@ def add(sub: Sub, common: argparse.ArgumentParser) -> None:
         parents=[common],
     )
     kr.add_argument("meter", type=int)
+    kp = ksub.add_parser(
+        "probe-key",
+        help="an operator's optical probe key for one meter, to a 0600 file (M18, M20)",
+        parents=[common],
+    )
+    kp.add_argument("meter", type=int)
+    kp.add_argument("--operator", type=_operator, required=True, help="operator id (0..65535)")
+    kp.add_argument("-o", "--output", type=Path, required=True, help="key file to write (0600)")
     p.set_defaults(run=run)
+
+
+def _operator(text: str) -> int:
+    try:
+        op = int(text)
+    except ValueError:
+        op = -1
+    if not 0 <= op <= MAX_OPERATOR:
+        raise argparse.ArgumentTypeError(f"expected an operator id 0..{MAX_OPERATOR}, got {text!r}")
+    return op
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
     if args.action == "init":
         return _init(args, cfg)
     with open_headend(cfg) as he:
+        if args.action == "probe-key":
+            return _probe_key(args, he)
         if args.action == "rotate":
             version = rotation.request(he.ctx, args.meter, now_ms())
             emit(
@@ -93,4 +122,34 @@ def _show(args: argparse.Namespace, he: Headend) -> int:
         "last_uplink_counter": st.up_counter if st is not None else None,
     }
     emit(args, d, lambda: "\n".join(f"{k:20} {dash(v)}" for k, v in d.items()))
+    return OK
+
+
+def _probe_key(args: argparse.Namespace, he: Headend) -> int:
+    mid, op, out = args.meter, args.operator, args.output
+    he.meter(mid)  # UnknownMeter: a usage error
+    if not out.parent.is_dir():
+        raise Usage(f"cannot write {out}: no folder {out.parent}")
+    version = he.ctx.auth.version(mid)
+    k_op = probe_key(he.ctx.downlinks.key(mid, version), op)
+    doc = {"meter": mid, "operator": op, "key_version": version, "probe_key": k_op.hex()}
+    at = now_ms()
+    with he.ctx.db.transaction():
+        ProbeKeys(he.ctx.db).issue(mid, op, version, at)
+        write_private(out, json.dumps(doc, indent=1) + "\n")
+        he.ctx.activity.log(
+            at,
+            Kind.PROBE_KEY_ISSUED,
+            f"probe key for operator {op}, key version {version} "
+            f"(fingerprint {masterkey.fingerprint(k_op)}) written to {out.name}",
+            mid,
+        )
+    emit(
+        args,
+        {"meter": mid, "operator": op, "key_version": version, "file": str(out), "mode": "0600"},
+        lambda: (
+            f"meter {mid}: probe key for operator {op} (key version {version}) written to "
+            f"{out} (0600); it stops working when the meter's key is rotated"
+        ),
+    )
     return OK

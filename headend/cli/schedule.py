@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from headend.adcs import scheduling
-from headend.api import Config, ScheduleSpec
+from headend.adcs.scheduling import spec_of
+from headend.api import Config
 from headend.cli.common import (
     OK,
     Sub,
@@ -14,8 +15,6 @@ from headend.cli.common import (
     emit,
     now_ms,
     open_headend,
-    parse_clock,
-    parse_duration,
     parse_time,
     table,
     when,
@@ -56,15 +55,9 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     with open_headend(cfg) as he:
         if args.action == "set":
             tz = zone(args.tz or cfg.report_tz)
-            spec = ScheduleSpec(
-                args.meter,
-                args.slot,
-                period_s=parse_duration(args.every),
-                offset_s=parse_clock(args.at) if ":" in args.at else parse_duration(args.at),
-                start=parse_time(args.start, tz) if args.start else 0,
-                end=parse_time(args.end, tz) if args.end else 0,
-                what=args.what,
-            )
+            start = parse_time(args.start, tz) if args.start else 0
+            end = parse_time(args.end, tz) if args.end else 0
+            spec = spec_of(args.meter, args.slot, args.every, args.at, start, end, args.what)
             he.set_schedule(spec, args.source, now_ms())
             emit(
                 args,

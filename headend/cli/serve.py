@@ -7,10 +7,14 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
+
+import uvicorn
 
 from headend import masterkey
-from headend.api import Config, Service
+from headend.api import Config, HeadendError, Service
 from headend.cli.common import OK, Sub, Usage, add_command, redact, sqlite_path
+from headend.http.server import listen, server
 from headend.redact import install
 
 
@@ -49,6 +53,31 @@ def _logging(verbose: bool) -> None:
     logging.getLogger("headend").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
+class ApiDown(HeadendError):
+    """The HTTP API could not serve (its port taken, its certificate unreadable)."""
+
+
+def _bind(listen_at: str) -> socket.socket:
+    """The API's listening socket, bound before the service starts: a port taken stops
+    serve at once with one line (uvicorn would exit from inside its task)."""
+    host, port = listen(listen_at)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise ApiDown(f"the HTTP API cannot listen on {listen_at}: {e.strerror or e}") from None
+    return sock
+
+
+async def _api(api: uvicorn.Server, sock: socket.socket) -> None:
+    try:
+        await api._serve(sockets=[sock])  # noqa: SLF001
+    except SystemExit:  # uvicorn's way of failing at start
+        raise ApiDown("it could not start (see the error above)") from None
+
+
 def run(args: argparse.Namespace, cfg: Config) -> int:
     dev = masterkey.is_dev(masterkey.load(cfg))  # a key file open to others stops here
     if dev and not args.dev:
@@ -77,8 +106,33 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, task.cancel)
-        with contextlib.suppress(asyncio.CancelledError):
-            await Service(cfg).run()
+        svc = Service(cfg)
+        api = server(cfg, cfg.api_listen, svc.clock.now_ms) if cfg.api_listen else None
+        sock = _bind(cfg.api_listen) if api else None
+        service = asyncio.create_task(svc.run())
+        # not uvicorn's public serve(): it would take over SIGINT/SIGTERM, handled above
+        api_task = asyncio.create_task(_api(api, sock)) if api and sock else None
+        try:
+            await asyncio.wait(
+                {service, *([api_task] if api_task else [])},
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        except asyncio.CancelledError:
+            pass  # SIGTERM/SIGINT: stop both
+        else:
+            if service.done():
+                service.result()  # the service's own error, as without the API
+            elif api_task is not None:  # the API ended first: do not serve half a head-end
+                err = api_task.exception()
+                raise ApiDown(f"the HTTP API on {cfg.api_listen} stopped: {err or 'it ended'}")
+        finally:
+            service.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await service
+            if api is not None and api_task is not None:
+                api.should_exit = True
+                with contextlib.suppress(asyncio.CancelledError, ApiDown):
+                    await api_task
 
     asyncio.run(serve())
     return OK
