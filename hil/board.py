@@ -11,6 +11,13 @@ talks to the firmware's control port (status, clock steps and drift, link
 down/up, tamper). A power cut kills the process without warning; power-up
 starts it again and the firmware recovers from the flash file alone.
 
+With ``--from-fs`` (`BoardSpec.from_fs`) the board boots what is deployed on
+its own file system, ``DIR/fs`` (what mpremote sees: ``python -m tools.flash
+deploy`` puts main.py, the .mpy files and board.json there), as a real board
+does, and sits at its REPL while that is empty; the virtual hardware (energy
+source, RTC, ports, the meter's flash.bin) stays in ``DIR``, its keys merged
+over the deployed board.json at every boot.
+
 `VirtualBoard` is the async API the scenarios, the fleet/demo and the tests
 use; `read_flash()` opens the NOR image with the firmware's own `Store` on
 CPython (read-only, from a snapshot of the file) to list what is on flash and
@@ -55,10 +62,23 @@ _BOOT_ERROR = re.compile(rb"(?:^|\n)error: ([^\r\n]*)\r?\n")  # hal/unix refuses
 ENERGY_OPTIONS = "--energy-csv FILE or --flat-wh IMP,EXP,RIMP,REXP"
 PROFILE_STEP = 900  # hal/unix reads the CSV as 15-minute rows
 PROFILE_MAX = 0xFFFF  # ... of 2 bytes a value (profile.bin)
+# board.json keys that are the virtual board's hardware, not the meter's config: a
+# board booting from its fs gets them merged over the deployed /board.json
+HARDWARE = ("clock", "energy", "flash", "uart_port", "control_port", "tick_ms")
 
 
 class BoardError(RuntimeError):
     """The virtual board did not start, or its control port failed (message says why)."""
+
+
+class _PortBusy(BoardError):
+    """The firmware could not listen on a port picked for it (taken since)."""
+
+
+# the TCP ports the firmware listens on; those picked by write_config may be picked again
+_PORTS = ("uart_port", "optical_port", "control_port")
+_ADDR_IN_USE = b"EADDRINUSE"
+_BOOT_TRIES = 3
 
 
 def micropython_binary() -> str:
@@ -115,8 +135,13 @@ class BoardSpec:
     uplink: str | None = None  # None: "mqtt" with a broker, else "uart"
     heapsize: str = "1M"
     uart_port: int = 0
+    optical_port: int = 0
     control_port: int = 0
     console_port: int = 0
+    # boot what is deployed on the board's own file system (flash_dir/fs, what mpremote
+    # sees: main.py, the .mpy files, board.json) as a real board does, not the
+    # repository's sources; nothing deployed: the bare REPL (tools.flash deploys)
+    from_fs: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -174,6 +199,7 @@ class BoardSpec:
             "energy": {"scale_pct": self.scale_pct},
             "flash": {"file": "flash.bin", "block_size": 4096, "blocks": 64},
             "uart_port": self.uart_port,
+            "optical_port": self.optical_port,
             "control_port": self.control_port,
             "tick_ms": self.tick_ms or auto_tick_ms(self.speed),
             "interval_s": self.interval_s,
@@ -348,9 +374,14 @@ class VirtualBoard:
     def __init__(self, spec: BoardSpec, echo: Callable[[str], None] | None = None) -> None:
         self.spec = spec
         self.dir = spec.flash_dir
+        # the board's file system: the flash directory, or (from_fs) its fs/ beside the
+        # meter's partition (flash.bin), the RTC and the hardware's board.json
+        self.fs = self.dir / "fs" if spec.from_fs else self.dir
+        self._hardware: dict[str, Any] = {}
         self.echo = echo
         self.console: Console | None = None
         self._boot_out = bytearray()
+        self._auto_ports: set[str] = set()
         self._line = bytearray()
         self._ready = asyncio.Event()
         self._boot_error: str | None = None  # the firmware's `error:` line before "ready"
@@ -376,8 +407,13 @@ class VirtualBoard:
 
     @property
     def uart_url(self) -> str:
-        """``socket://`` URL of the optical/serial port (HDLC-framed protocol frames)."""
+        """``socket://`` URL of the serial port (HDLC-framed protocol frames)."""
         return f"socket://127.0.0.1:{self.spec.uart_port}"
+
+    @property
+    def optical_url(self) -> str:
+        """``socket://`` URL of the optical port (IEC 62056-21; pyserial, the probe)."""
+        return f"socket://127.0.0.1:{self.spec.optical_port}"
 
     @property
     def powered(self) -> bool:
@@ -409,14 +445,18 @@ class VirtualBoard:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise BoardError(f"flash directory {self.dir}: {e.strerror or e}") from None
-        if not s.uart_port:
-            s.uart_port = free_port()
-        if not s.control_port:
-            s.control_port = free_port()
+        for name in _PORTS:
+            if not getattr(s, name):
+                setattr(s, name, free_port())
+                self._auto_ports.add(name)
         if not s.real_start_ms:
             s.real_start_ms = time.time_ns() // 1_000_000
         cfg = s.board_json()
-        _write_atomic(self.dir / "board.json", json.dumps(cfg, indent=1))
+        if s.from_fs:  # written at each boot, under what is deployed (_boot)
+            self._hardware = {k: v for k, v in cfg.items() if k in HARDWARE or k in s.extra}
+            self.fs.mkdir(exist_ok=True)
+        else:
+            _write_atomic(self.dir / "board.json", json.dumps(cfg, indent=1))
         rtc = self.dir / "rtc.json"
         if s.rtc_offset_s and not rtc.exists():
             # the anchor hal/unix keeps (UNIX.md): the RTC off reality, the energy on it
@@ -443,18 +483,60 @@ class VirtualBoard:
         self.spec.check_energy()
         self.write_config()
         mpy = micropython_binary()
-        env = dict(os.environ, MICROPYPATH=f"{FIRMWARE}:.frozen")
         heap = f"heapsize={self.spec.heapsize}"
+        if self.spec.from_fs:  # sys.path as a board's: its fs, then the frozen modules
+            env = dict(os.environ, MICROPYPATH=":.frozen")
+            firmware: list[str] | Callable[[], list[str] | None] = self._boot
+        else:
+            env = dict(os.environ, MICROPYPATH=f"{FIRMWARE}:.frozen")
+            firmware = [mpy, "-X", heap, "-i", str(FIRMWARE / "main.py"), "."]
         self.console = Console(
-            firmware=[mpy, "-X", heap, "-i", str(FIRMWARE / "main.py"), "."],
+            firmware=firmware,
             bare=[mpy, "-X", heap],
-            cwd=self.dir,
+            cwd=self.fs,
             env=env,
             log=self.dir / "console.log",
             on_output=self._on_output,
         )
         await self.console.serve(port=self.spec.console_port)
-        await self.power_up()
+        for attempt in range(_BOOT_TRIES):
+            try:
+                await self.power_up()
+                return
+            except _PortBusy:
+                if attempt + 1 == _BOOT_TRIES or not self._auto_ports:
+                    raise
+            # a port picked free was taken before the firmware bound it: pick again
+            for name in self._auto_ports:
+                setattr(self.spec, name, 0)
+            self._auto_ports.clear()
+            self.write_config()
+
+    def deployed(self) -> bool:
+        """Whether the board has firmware to boot (from_fs: a main.py on its fs)."""
+        return not self.spec.from_fs or (self.fs / "main.py").exists()
+
+    def _boot(self) -> list[str] | None:
+        """What a power-up runs (from_fs): the fs's main.py, handed the flash directory,
+        whose board.json is the deployed /board.json with the hardware's keys over it
+        (none deployed or unreadable: none there, and the firmware says so); None when
+        nothing is deployed (a board with an empty fs sits at the REPL)."""
+        if not self.deployed():
+            return None
+        target = self.dir / "board.json"
+        try:
+            deployed = json.loads((self.fs / "board.json").read_text())
+        except (OSError, ValueError):
+            deployed = None
+        try:
+            if isinstance(deployed, dict):
+                _write_atomic(target, json.dumps({**deployed, **self._hardware}, indent=1))
+            else:
+                target.unlink(missing_ok=True)
+        except (BoardError, OSError):
+            pass  # the firmware finds no board.json and stops, as a board would
+        heap = f"heapsize={self.spec.heapsize}"
+        return [micropython_binary(), "-X", heap, "-i", "main.py", str(self.dir.resolve())]
 
     def _on_output(self, data: bytes) -> None:
         self._boot_out += data
@@ -486,8 +568,13 @@ class VirtualBoard:
         self._boot_error = None
         c.power_up()
         self.boots += 1
+        if not self.deployed():
+            return  # nothing to boot: the bare REPL, waiting for a deploy
         end = time.monotonic() + timeout
         while not self._ready.is_set():
+            if _ADDR_IN_USE in self._boot_out or _ADDR_IN_USE.decode() in (c.died or ""):
+                c.power_cut()  # its traceback left it at the REPL (-i)
+                raise _PortBusy(f"meter {self.meter_id}: a port of its is in use (EADDRINUSE)")
             if c.died:
                 raise BoardError(f"meter {self.meter_id} died while booting: {c.died}")
             if time.monotonic() > end:
@@ -668,8 +755,17 @@ def _args(argv: list[str]) -> argparse.Namespace:
         help="a file holding the site's hex master key (default: the all-zero dev key); "
         "a file, never the key itself on the command line",
     )
+    p.add_argument(
+        "--from-fs",
+        action="store_true",
+        help="boot what is deployed on the board's fs (FLASH/fs: `python -m tools.flash "
+        "deploy`), not the repository's sources; the bare REPL until something is",
+    )
     p.add_argument("--console-port", type=int, default=0, help="REPL TCP port (0: free)")
-    p.add_argument("--uart-port", type=int, default=0, help="optical/serial TCP port (0: free)")
+    p.add_argument("--uart-port", type=int, default=0, help="serial (HDLC) TCP port (0: free)")
+    p.add_argument(
+        "--optical-port", type=int, default=0, help="optical (IEC 62056-21) TCP port (0: free)"
+    )
     p.add_argument("--control-port", type=int, default=0, help="control TCP port (0: free)")
     p.add_argument("--every", type=float, default=5.0, help="real seconds between status lines")
     p.add_argument("--echo", action="store_true", help="print what the board prints")
@@ -712,7 +808,9 @@ def _spec(args: argparse.Namespace) -> BoardSpec:
         uplink=args.uplink,
         console_port=args.console_port,
         uart_port=args.uart_port,
+        optical_port=args.optical_port,
         control_port=args.control_port,
+        from_fs=args.from_fs,
     )
 
 
@@ -742,7 +840,8 @@ async def _report(
     """Print the ports, then a status line every ``every`` s until ``stop``."""
     print(f"meter {spec.meter_id} running (flash {flash.resolve()})")
     print(f"  REPL     {board.repl_url}   (mpremote connect {board.repl_url} fs ls)")
-    print(f"  optical  {board.uart_url}   (HDLC frames, pyserial socket:// URL)")
+    print(f"  serial   {board.uart_url}   (HDLC frames, pyserial socket:// URL)")
+    print(f"  optical  {board.optical_url}   (IEC 62056-21: python -m tools.probe)")
     print(f"  control  127.0.0.1:{spec.control_port}   (status, step, drift, link, tamper)")
     broker = f"{spec.broker[0]}:{spec.broker[1]}" if spec.broker else "none"
     if spec.broker:
@@ -753,6 +852,9 @@ async def _report(
             await asyncio.wait_for(stop.wait(), every)
         if stop.is_set():
             break
+        if not board.deployed():
+            print(f"nothing deployed on {board.fs} yet: the board sits at its REPL")
+            continue
         try:
             st = await board.status()
         except BoardError as e:

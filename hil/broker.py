@@ -14,6 +14,7 @@ is the plain, anonymous broker of old, for what asks for it explicitly.
 from __future__ import annotations
 
 import os
+import random
 import secrets
 import shutil
 import socket
@@ -21,7 +22,7 @@ import ssl
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -40,31 +41,98 @@ class BrokerError(RuntimeError):
 
 def find_mosquitto() -> str | None:
     """Path of the mosquitto binary: $AMI_MOSQUITTO, PATH, then the sbin dirs."""
-    override = os.environ.get("AMI_MOSQUITTO")
+    return find_program("mosquitto", "AMI_MOSQUITTO", _SBIN_CANDIDATES)
+
+
+def find_program(name: str, env: str, candidates: tuple[str, ...]) -> str | None:
+    """Path of a server binary: $``env`` (if executable), PATH, then ``candidates``
+    (Debian installs servers in /usr/sbin, which is not on a normal user's PATH)."""
+    override = os.environ.get(env)
     if override:
         return override if os.access(override, os.X_OK) else None
-    found = shutil.which("mosquitto")
+    found = shutil.which(name)
     if found:
         return found
-    for path in _SBIN_CANDIDATES:
+    for path in candidates:
         if os.access(path, os.X_OK):
             return path
     return None
 
 
+# Below Linux's ephemeral range (32768-60999): a port picked here is never the
+# local end of some other process's outgoing connection, which binding port 0
+# could hand out a moment later (a board then fails to listen: EADDRINUSE).
+_PORT_RANGE = (20000, 32767)
+_handed: set[int] = set()
+
+
+# mosquitto's log lines: all its listeners are open; a listener's port is taken
+_RUNNING = " running"
+_IN_USE = "Address already in use"
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    """A TCP port that nothing listens on right now, outside the ephemeral range,
+    and not handed out before by this process."""
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randint(*_PORT_RANGE)
+        if port in _handed:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _handed.add(port)
+        return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # range exhausted
         s.bind((host, 0))
         return int(s.getsockname()[1])
 
 
-def _accepts(host: str, port: int) -> bool:
+def end_process(proc: subprocess.Popen[bytes], grace_s: float) -> None:
+    """SIGTERM, then SIGKILL after ``grace_s``; wait for it (an exited one is reaped)."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    proc.wait()
+
+
+def accepts(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.5):
             return True
     except OSError:
         return False
+
+
+def await_listening(
+    proc: subprocess.Popen[bytes],
+    host: str,
+    ports: Sequence[int],
+    deadline: float,
+    ready: Callable[[], bool] | None = None,
+) -> str | None:
+    """Wait until a started server accepts on every one of ``ports``, by ``deadline``.
+
+    ``deadline`` is on `time.monotonic`, so one budget can cover several
+    processes. None once it listens; else why not (``exited with 1 on start``,
+    ``did not listen in time``) for the caller's error, which adds its log.
+    ``ready``: the server's own word that it listens (another process on the same
+    port, about to make this one fail, also accepts).
+    """
+    while True:
+        if proc.poll() is not None:
+            return f"exited with {proc.returncode} on start"
+        if all(accepts(host, p) for p in ports) and (ready is None or ready()):
+            return None
+        if time.monotonic() > deadline:
+            return "did not listen in time"
+        time.sleep(0.05)
 
 
 class Broker:
@@ -74,7 +142,7 @@ class Broker:
         binary, workdir: mosquitto and a directory of its own (config, CA, log).
         insecure: plain and anonymous (no TLS, no logins, no ACL).
         master: the site master key the logins derive from (default: random).
-        meters, workers, recipients: the identities admitted at start.
+        meters, workers, recipients, observers, gateways: the identities admitted at start.
 
     A `hil.supervise.Dependent`: `failure()` says so if mosquitto died on its own.
     """
@@ -93,6 +161,7 @@ class Broker:
         workers: tuple[str, ...] = (),
         recipients: tuple[str, ...] = (),
         observers: tuple[str, ...] = (),
+        gateways: tuple[brokerconf.Gateway, ...] = (),
     ) -> None:
         self.binary = binary
         self.host = host
@@ -104,6 +173,7 @@ class Broker:
             workers=tuple(workers),
             recipients=tuple(recipients),
             observers=tuple(observers),
+            gateways=gateways,
         )
         self.workdir = workdir
         self.log_path = workdir / "mosquitto.log"
@@ -167,6 +237,7 @@ class Broker:
             workers=tuple(dict.fromkeys((*s.workers, *workers))),
             recipients=tuple(dict.fromkeys((*s.recipients, *recipients))),
             observers=s.observers,
+            gateways=s.gateways,
             notify_topic=s.notify_topic,
             realtime_topic=s.realtime_topic,
         )
@@ -197,10 +268,25 @@ class Broker:
                 parts.append(p.read_text(errors="replace"))
         return "".join(parts)
 
-    def start(self) -> None:
+    def start(self, keep_port: bool = False) -> None:
+        """Start mosquitto. A port picked for it that another process took first
+        (between `free_port` and the bind) is picked again, up to 3 times, unless
+        ``keep_port`` (a restart: clients reconnect to the same port)."""
+        for attempt in range(3):
+            if self._start_once():
+                return
+            if keep_port or attempt == 2:
+                break
+            self.port = free_port(self.host)
+        raise BrokerError(f"mosquitto on {self.url}: its port is taken:\n{self.log()}")
+
+    def _start_once(self) -> bool:
+        """True once it runs, False if its port was taken; BrokerError else."""
         if self.running:
-            return
+            return True
         conf = self._write_config()
+        log = self.log()  # kept across restarts: count what this start adds
+        running, in_use = log.count(_RUNNING), log.count(_IN_USE)
         self._out = open(self.workdir / "stdout.log", "ab")  # noqa: SIM115 - closed in stop()
         self._proc = subprocess.Popen(
             [self.binary, "-c", str(conf)],
@@ -209,32 +295,25 @@ class Broker:
             stderr=subprocess.STDOUT,
             **child_options(),
         )
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                code = self._proc.returncode
-                self.stop()
-                raise BrokerError(f"mosquitto exited with {code} on start:\n{self.log()}")
-            if _accepts(self.host, self.port):
-                return
-            time.sleep(0.05)
-        self.stop()
-        raise BrokerError(
-            f"mosquitto did not listen on {self.url} in {START_TIMEOUT_S}s:\n{self.log()}"
+        why = await_listening(
+            self._proc,
+            self.host,
+            [self.port],
+            time.monotonic() + START_TIMEOUT_S,
+            ready=lambda: self.log().count(_RUNNING) > running,
         )
+        if why is None:
+            return True
+        self.stop()
+        if self.log().count(_IN_USE) > in_use:
+            return False
+        raise BrokerError(f"mosquitto on {self.url} {why}:\n{self.log()}")
 
     def stop(self) -> None:
         """Terminate the broker (SIGTERM, then SIGKILL) and wait for it."""
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        elif proc is not None:
-            proc.wait()  # already exited: reap it
+        if proc is not None:
+            end_process(proc, 5)
         if self._out is not None:
             self._out.close()
             self._out = None
@@ -242,7 +321,7 @@ class Broker:
     def restart(self) -> None:
         """Stop and start again on the same port (clients see an outage)."""
         self.stop()
-        self.start()
+        self.start(keep_port=True)
 
 
 def client_login(broker: Broker, user: str) -> dict[str, Any]:

@@ -32,7 +32,9 @@ RECENT_BYTES = 4096  # what a dead board's message quotes from its console
 
 class Console:
     """Args:
-    firmware: argv that boots the board (runs main.py, REPL after it stops).
+    firmware: argv that boots the board (runs main.py, REPL after it stops), or a
+        function asked at every boot for it (None: nothing to run, the bare REPL,
+        as a board with an empty file system; `hil.board` boots from the board's fs).
     bare: argv of an interpreter with no firmware (a raw-REPL soft reset).
     cwd: the board's working directory (its file system for mpremote).
     env: environment of the process (MICROPYPATH etc.).
@@ -41,14 +43,14 @@ class Console:
 
     def __init__(
         self,
-        firmware: Sequence[str],
+        firmware: Sequence[str] | Callable[[], Sequence[str] | None],
         bare: Sequence[str],
         cwd: Path,
         env: dict[str, str],
         log: Path | None = None,
         on_output: Callable[[bytes], None] | None = None,
     ) -> None:
-        self.firmware = list(firmware)
+        self.firmware = firmware if callable(firmware) else list(firmware)
         self.bare = list(bare)
         self.cwd = cwd
         self.env = env
@@ -109,8 +111,9 @@ class Console:
         self._powered = True
         self._bare_running = False
         self.boots += 1
-        self._in_firmware = True
-        self._spawn(self.firmware)
+        argv = self.firmware() if callable(self.firmware) else self.firmware
+        self._in_firmware = argv is not None
+        self._spawn(self.bare if argv is None else argv)
 
     def power_cut(self) -> None:
         """Kill the board without warning: no handler runs, RAM is lost."""
@@ -189,6 +192,8 @@ class Console:
                         self.proc.send_signal(signal.SIGINT)
                 if self._fd is not None:
                     os.write(self._fd, data)
+        except ConnectionError:
+            pass  # the client went away while output was being written to it
         finally:
             self._client = None
             self._raw = False

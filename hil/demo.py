@@ -7,9 +7,11 @@ meters (the same firmware core on CPython, `python -m hil fleet` in a second
 process) with offline days, intermittent and slow links and skewed clocks,
 all on one simulated clock. The head-end registers every meter, places it in
 a read group in the evening, collects each night, answers on-demand reads
-queued through its job path (as `headend read` does), and after the last
-night the missing days are read again as recovery jobs. The demo prints
-progress, a human summary, and one JSON line (keys in hil/FLEET.md "Demo").
+queued through its job path (as `headend read` does), and finds and recovers
+missing days by itself (its daily check and recovery reads); the summary
+gives its own D08 statistics next to the demo's count, which must agree. The
+demo prints progress, a human summary, and one JSON line (keys in
+hil/FLEET.md "Demo").
 Nothing keeps running; the temporary files go unless --keep. A child that
 dies (mosquitto, a board, the fleet process) ends the demo at once with its
 last words (exit 1); Ctrl-C or SIGTERM end it cleanly (exit 130/143).

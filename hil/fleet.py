@@ -4,7 +4,8 @@ Each meter is the real firmware core (`firmware/meter/meter.py` on CPython)
 with its own in-RAM NOR flash, its own RTC error (skew, drift), its own
 share of the reference load profile and a failure profile (offline days,
 intermittent link, slow link, skewed clock), speaking MQTT through the
-firmware's own client, one connection per meter (see hil/FLEET.md). One
+firmware's own client, one connection per meter, or K meters per connection
+with ``--meters-per-conn K`` (a gateway login each; see hil/FLEET.md). One
 event loop steps every meter; simulated time is shared with the head-end
 (same start, same real start instant, same speed).
 
@@ -23,6 +24,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import resource
 import signal
 import sys
@@ -33,6 +35,7 @@ from typing import Any
 
 from headend.api import Clock, parse_hhmm
 from hil.board import master_key
+from hil.fleet_gateway import Gateway, partition
 from hil.fleet_meter import DEFAULT_PUSH_MASK, NO_SYNC_FAILED_PUSH, FleetMeter, Stats, key_for
 from hil.fleet_profile import (
     DAY,
@@ -48,6 +51,7 @@ from hil.fleet_profile import (
 from hil.fleet_time import iso, parse_utc
 from hil.loadprofile import DEFAULT_CSV
 from hil.stats import percentiles
+from protocol.auth import mqtt_user_password
 
 DEFAULT_START = "2024-04-01T14:00:00Z"  # a Monday afternoon; the CSV starts that day
 FIRST_ID = 100_001
@@ -101,6 +105,7 @@ class Fleet:
         spread_s: int = INSTALL_S,
         push_mask: int = DEFAULT_PUSH_MASK,
         tls: tuple[str, None, str] | None = None,
+        per_conn: int = 1,
     ) -> None:
         self.plans = list(plans)
         self.tb = tb
@@ -121,6 +126,24 @@ class Fleet:
             )
             for i, p in enumerate(plans)
         ]
+        # multiplexed mode: K meters per connection, each gateway its own login
+        self.gateways: list[Gateway] = []
+        if per_conn > 1:
+            rng = random.Random(len(plans))
+            for name, ids in partition([p.meter_id for p in plans], per_conn):
+                gw = Gateway(
+                    name,
+                    ids,
+                    broker,
+                    mqtt_user_password(master, name),
+                    tls,
+                    lambda: rng.getrandbits(16),
+                )
+                self.gateways.append(gw)
+            by_id = {m.id: m for m in self.meters}
+            for gw in self.gateways:
+                for mid in gw.ids:
+                    by_id[mid].join(gw)
         self.tick_real = max(0.02, tick_s / tb.speed)
         self.passes = 0
         self.started = time.monotonic()
@@ -133,12 +156,13 @@ class Fleet:
                 return
             m.boot(now_ms)
         want = m.want_link(now_ms / 1000)
-        if want and m.client is None:
-            if self._new_links <= 0:
-                return  # a few connections per slice: no SYN storm at the broker
-            self._new_links -= 1
-            m.link_up()
-        elif not want and m.client is not None:
+        if want and not m.linked():
+            if m.gateway is None:
+                if self._new_links <= 0:
+                    return  # a few connections per slice: no SYN storm at the broker
+                self._new_links -= 1
+            await m.link_up()
+        elif not want and m.linked():
             self.stats.link_drops += 1
             await m.link_down()
         frames = m.step(now_ms)
@@ -164,6 +188,8 @@ class Fleet:
         if late > 0:
             for m in self.meters:
                 m.install += late
+        for gw in self.gateways:
+            gw.start()
         k = max(1, min(n, int(self.tick_real / SLICE_REAL_S)))
         slices = [self.meters[j::k] for j in range(k)]
         next_note = time.monotonic() + progress_s
@@ -209,6 +235,7 @@ class Fleet:
 
     async def close(self) -> None:
         await asyncio.gather(*(m.close() for m in self.meters), return_exceptions=True)
+        await asyncio.gather(*(g.close() for g in self.gateways), return_exceptions=True)
 
     def summary(self, day1: int, days: int, end: int) -> dict[str, Any]:
         s = self.stats
@@ -218,6 +245,7 @@ class Fleet:
         acks = ("read_ack", "event_ack", "register_ack")
         return {
             "meters": len(plans),
+            "connections": len(self.gateways) or len(plans),
             "days": days,
             "speed": int(self.tb.speed),
             "start": iso(self.tb.start),
@@ -248,10 +276,13 @@ class Fleet:
             "acked_meter_days_meter_view": self.acked_days(day1, days),
             "predicted_missing_meter_days": predicted_missing(plans, day1, days, end),
             "frames_not_taken_by_link": s.dropped,
+            "frames_lost_on_mute_links": s.muted,
             "ack_latency_real_ms": percentiles([x * 1000 for x in s.ack_s]),
             "ack_latency_worst_hours": _worst_hours(s.ack_at, s.ack_s),
             "core_errors": s.errors,
             "slow_passes": self.slow_passes,
+            "passes": self.passes,
+            "peak_rss_mb": peak_rss_mb(),
         }
 
 
@@ -265,6 +296,11 @@ def _worst_hours(hours: list[int], lat: list[float], n: int = 6) -> dict[str, fl
     return {iso(h * 3600)[:13]: p90[h] for h in sorted(worst)}
 
 
+def peak_rss_mb() -> int:
+    """This process's peak resident set (Linux: ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+
+
 def raise_fd_limit(need: int) -> None:
     """One socket per meter: lift the soft limit of open files towards the hard one."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -276,13 +312,16 @@ def raise_fd_limit(need: int) -> None:
 
 
 def parse_outage(text: str) -> tuple[int, Outage]:
-    """``ID:FROM/TO`` (UTC, ISO 8601 or seconds) -> (meter id, outage)."""
+    """``ID:FROM/TO[/mute]`` (UTC, ISO 8601 or seconds) -> (meter id, outage)."""
     mid, _, span = text.partition(":")
-    a, _, b = span.partition("/")
+    a, _, rest = span.partition("/")
+    b, _, kind = rest.partition("/")
     try:
-        return int(mid), Outage(parse_utc(a), parse_utc(b))
+        if kind not in ("", "mute"):
+            raise ValueError(f"expected /mute or nothing after TO, got /{kind}")
+        return int(mid), Outage(parse_utc(a), parse_utc(b), mute=kind == "mute")
     except ValueError as e:
-        raise ProfileError(f"--outage: expected ID:FROM/TO, got {text!r} ({e})") from e
+        raise ProfileError(f"--outage: expected ID:FROM/TO[/mute], got {text!r} ({e})") from e
 
 
 def build_plans(args: argparse.Namespace, day1: int, end: int) -> list[MeterPlan]:
@@ -326,7 +365,8 @@ async def run_fleet(args: argparse.Namespace) -> dict[str, Any]:
     if args.end:
         end = parse_utc(args.end)
     plans = build_plans(args, day1, end)
-    raise_fd_limit(len(plans) + 256)
+    per_conn = max(1, args.meters_per_conn)
+    raise_fd_limit(-(-len(plans) // per_conn) + 256)
     fleet = Fleet(
         plans,
         tb,
@@ -338,6 +378,7 @@ async def run_fleet(args: argparse.Namespace) -> dict[str, Any]:
         spread_s=args.install_s,
         push_mask=args.push_mask,
         tls=(str(args.ca.resolve()), None, args.server_name) if args.ca else None,
+        per_conn=per_conn,
     )
     hold: asyncio.Event | None = None
     loop = asyncio.get_running_loop()
@@ -391,6 +432,14 @@ def add_run_options(p: argparse.ArgumentParser, progress_s: float) -> None:
     p.add_argument(
         "--insecure", action="store_true", help="plain, anonymous MQTT (default: TLS, logins, ACLs)"
     )
+    p.add_argument(
+        "--meters-per-conn",
+        type=int,
+        default=1,
+        metavar="K",
+        help="meters per MQTT connection (default 1: each its own login); K > 1: a gateway "
+        "login gw<first id> per K meters, whose ACL allows exactly their topics",
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -421,8 +470,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--outage",
         action="append",
-        metavar="ID:FROM/TO",
-        help="take meter ID offline over [FROM, TO) (UTC); repeatable",
+        metavar="ID:FROM/TO[/mute]",
+        help="take meter ID offline over [FROM, TO) (UTC); /mute: its link stays up but its "
+        "uplinks are lost (no ack comes: its reads fail); repeatable",
     )
     p.add_argument("--first-id", type=int, default=FIRST_ID)
     p.add_argument(
@@ -460,8 +510,8 @@ def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     try:
         parse_mix(args.profile_mix)
-        if args.meters < 1 or args.days < 1 or args.speed < 1:
-            raise ProfileError("--meters, --days and --speed must be >= 1")
+        if args.meters < 1 or args.days < 1 or args.speed < 1 or args.meters_per_conn < 1:
+            raise ProfileError("--meters, --days, --speed and --meters-per-conn must be >= 1")
         for text in args.outage or ():
             parse_outage(text)
         parse_hhmm("--window-end", args.window_end)
@@ -494,6 +544,7 @@ def main(argv: list[str]) -> int:
                 window_end=args.window_end,
                 push_mask=args.push_mask,
                 insecure=args.insecure,
+                meters_per_conn=args.meters_per_conn,
             )
         )
     except ProfileError as e:

@@ -9,9 +9,11 @@ head-end and the fleet each get a core.
 
 While time passes it takes a snapshot of the head-end's store after every
 night's collection window (which meter-days were complete on schedule) and
-queues the on-demand reads through the head-end's job path. After the last
-window it queues one recovery read (source recovery) per meter still
-missing data, waits for them, and counts:
+queues the on-demand reads through the head-end's job path. The head-end
+finds missing data by itself (its daily check at ``daily_check_at``) and
+recovers it (recovery reads, D03/D04); after the last window the run waits
+until it has settled what it found (`RunOptions.settle_all`), takes its D08
+statistics and recovery figures (`recovery_figures`), and counts:
 
     expected   every meter x every full day of the run
     collected  complete in the head-end's store at the end
@@ -31,25 +33,35 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from headend.api import (
+    RECOVERED_BY_READ,
     Clock,
     Headend,
     JobState,
-    ReadMode,
-    ReadSpec,
-    Source,
+    MissingDay,
+    MissingState,
     StoreError,
     parse_hhmm,
 )
 from hil.board import BoardError
-from hil.fleet import DEFAULT_SPEED, DEFAULT_START, FIRST_ID, INSTALL_S, timeline
+from hil.fleet import (
+    DEFAULT_SPEED,
+    DEFAULT_START,
+    FIRST_ID,
+    INSTALL_S,
+    parse_outage,
+    peak_rss_mb,
+    timeline,
+)
+from hil.fleet_gateway import partition
 from hil.fleet_meter import NO_SYNC_FAILED_PUSH
-from hil.fleet_profile import DAY, DEFAULT_MIX, LoadProfile, ProfileError
+from hil.fleet_profile import DAY, DEFAULT_MIX, LoadProfile, Outage, ProfileError
 from hil.fleet_time import iso, parse_utc
 from hil.loadprofile import DEFAULT_CSV
 from hil.rig import Rig, RigError, headend_timeouts
@@ -63,7 +75,8 @@ WINDOW_END = "08:00"  # the head-end's default window
 GROUP_MINUTES = 20
 START_MARGIN_S = 2 * 3600  # simulated time the rig (boards) may take to start the fleet
 ON_TIME_MARGIN_S = 900  # a day counts as collected on schedule if complete 15 min after the window
-RECOVERY_WAIT_S = 30.0  # real seconds to wait for the recovery reads
+RECOVERY_WAIT_S = 30.0  # real seconds to wait at most for the head-end's recovery
+ASSIGN_REAL_S_PER_METER = 0.005  # head-end real time per schedule sent and acked (measured ~3 ms)
 
 
 @dataclass(frozen=True)
@@ -89,6 +102,13 @@ class RunOptions:
     window_end: str = WINDOW_END
     push_mask: int = NO_SYNC_FAILED_PUSH
     insecure: bool = False  # plain, anonymous MQTT (else TLS, logins, ACLs)
+    daily_check_at: str = "08:00"  # the head-end's daily check (D02): after the window
+    #: after the last window wait until every missing meter-day the head-end found is
+    #: settled (all its attempts); False: until each had its first attempt
+    settle_all: bool = False
+    settle_wait_s: float = RECOVERY_WAIT_S
+    headend: tuple[tuple[str, Any], ...] = ()  # more head-end settings (name, value)
+    meters_per_conn: int = 1  # > 1: gateway logins, K meters per connection (fleet_gateway)
 
 
 class Snapshots:
@@ -181,10 +201,11 @@ class FleetRun:
         self.days = [self.day1 + k * DAY for k in range(opts.days)]
         self.tally = Tally({(m, d) for m in self.meter_ids for d in self.days})
         self.jobs: list[int] = []
-        self.recovery_jobs: list[int] = []
+        self.recovery: dict[str, Any] = {}
         self.fleet_result: dict[str, Any] = {}
         self.fleet_rc: int | None = None
         self.headend_frames = 0
+        self.headend_batches = 0
         self.registered = 0
         self.t_start = time.monotonic()
         # the rig's temp dir goes in a dir of our own (removed at the end unless --keep)
@@ -226,12 +247,20 @@ class FleetRun:
         return {
             "poll_s": 0.1,
             **headend_timeouts(speed),
+            # the evening assignment sends every meter its schedule at once: the acks
+            # of thousands take the head-end real seconds (FLEET.md "Scale")
+            "schedule_ack_timeout_s": max(
+                headend_timeouts(speed)["schedule_ack_timeout_s"],
+                int(total * ASSIGN_REAL_S_PER_METER * speed),
+            ),
             "assign_at": iso(self.assign)[11:16],
             "window_start": WINDOW_START,
             "window_end": self.o.window_end,
             "group_minutes": GROUP_MINUTES,
             "group_capacity": max(1, math.ceil(total / self.groups())),
             "worker": "fleet-headend",
+            "daily_check_at": self.o.daily_check_at,
+            **dict(self.o.headend),
         }
 
     def groups(self) -> int:
@@ -262,7 +291,8 @@ class FleetRun:
             keep=o.keep,
             say=lambda s: self.say(f"rig: {s}"),
             sniff=False,
-            admit=tuple(range(o.first_id, o.first_id + o.meters)),
+            admit=() if o.meters_per_conn > 1 else tuple(self.fleet_ids),
+            gateways=partition(self.fleet_ids, o.meters_per_conn) if o.meters_per_conn > 1 else (),
             insecure=o.insecure,
         ) as rig:
             assert rig.config is not None and rig.broker is not None and rig.service is not None
@@ -282,6 +312,7 @@ class FleetRun:
                     await fleet.stop()
                 snaps.close()
             self.headend_frames = rig.service.frames
+            self.headend_batches = rig.service.batches
             ondemand_stats = await self._ondemand_stats(rig)
         return self._result(ondemand_stats)
 
@@ -323,6 +354,8 @@ class FleetRun:
             str(o.install_s),
             "--push-mask",
             hex(o.push_mask),
+            "--meters-per-conn",
+            str(o.meters_per_conn),
             "--hold",
             "--quiet",
         ]
@@ -414,37 +447,35 @@ class FleetRun:
         )
 
     async def _recover(self, rig: Rig, tb: Clock, snaps: Snapshots) -> None:
-        """One recovery read per meter still missing days (source recovery, via jobs)."""
+        """Wait for the head-end's own recovery (daily check, recovery reads), then count."""
         have = await snaps.complete(self.meter_ids, self.days)
         self.tally.before_recovery = have
-        missing: dict[int, list[int]] = {}
-        for mid, day in sorted(self.tally.expected - have):
-            missing.setdefault(mid, []).append(day)
         known = await rig.registered()
         self.registered = len(known)
-        for mid, days in missing.items():
-            if mid not in known:
-                continue
-            spec = ReadSpec(
-                mid, ReadMode.PERIOD, min(days), max(days) + DAY, source=Source.RECOVERY
-            )
-            now_ms = tb.now_ms()
-
-            def queue(he: Headend, s: ReadSpec = spec, t: int = now_ms) -> int:
-                return he.request_read(s, "recovery", t)
-
-            self.recovery_jobs.append(await rig.call(queue))
         self.say(
             f"run: {iso(tb.now())}  after the last window: {len(have)}/{len(self.tally.expected)}"
-            f" meter-days complete; {len(self.recovery_jobs)} recovery read(s) queued"
+            " meter-days complete; the head-end recovers the rest by itself"
         )
-        end = time.monotonic() + RECOVERY_WAIT_S
-        while self.recovery_jobs and time.monotonic() < end:
-            states = [(await rig.job(j)).state for j in self.recovery_jobs]
-            if all(s in (JobState.DONE, JobState.FAILED) for s in states):
+        last_check = self.days[-1]
+        end = time.monotonic() + self.o.settle_wait_s
+        while time.monotonic() < end:
+            rows = await rig.call(lambda he: he.missing_days())
+            checked = await rig.call(lambda he: he.report("stats", 0).rows)
+            done = any(r[0] == iso(last_check)[:10] for r in checked)
+            if done and all(self._settled(r) for r in rows):
                 break
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.2)
+        self.recovery = await rig.call(
+            lambda he: recovery_figures(he, self.days, tb.now_ms(), self.o.speed, self.o.outages)
+        )
         self.tally.final = await snaps.complete(self.meter_ids, self.days)
+
+    def _settled(self, r: MissingDay) -> bool:
+        if r.state in (MissingState.RECOVERED, MissingState.UNSUCCESSFUL):
+            return True
+        if r.state is MissingState.RECOVERING:
+            return False
+        return not self.o.settle_all and r.attempts >= 1
 
     async def _ondemand_stats(self, rig: Rig) -> dict[str, Any]:
         lat: list[float] = []
@@ -458,7 +489,6 @@ class FleetRun:
                 failed += 1
             else:
                 open_ += 1
-        rec = [await rig.job(j) for j in self.recovery_jobs]
         p80, p99 = percentile(lat, 80), percentile(lat, 99)
         return {
             "ondemand_requested": len(self.jobs),
@@ -469,12 +499,11 @@ class FleetRun:
             "ondemand_p99_s": round(p99, 3) if p99 is not None else None,
             "ondemand_p80_sim_s": round(p80 * self.o.speed, 1) if p80 is not None else None,
             "ondemand_p99_sim_s": round(p99 * self.o.speed, 1) if p99 is not None else None,
-            "recovery_reads": len(rec),
-            "recovery_reads_done": sum(j.state is JobState.DONE for j in rec),
         }
 
     def _result(self, od: dict[str, Any]) -> dict[str, Any]:
         f = self.fleet_result
+        real_s = time.monotonic() - self.t_start
         out: dict[str, Any] = {
             "meters": len(self.meter_ids),
             "boards": self.o.boards,
@@ -485,6 +514,9 @@ class FleetRun:
             **self.tally.counts(),
             "predicted_missing_meter_days": f.get("predicted_missing_meter_days"),
             **od,
+            "headend": self.recovery,
+            "headend_agrees": self.recovery.get("missing_meter_days")
+            == self.tally.counts()["missing_meter_days"],
             "registered_meters": self.registered,
             "headend_frames": self.headend_frames,
             "fleet_frames_sent": f.get("frames_sent"),
@@ -497,7 +529,16 @@ class FleetRun:
             "sync_failed": f.get("sync_failed"),
             "fleet_core_errors": f.get("core_errors"),
             "fleet_exit": self.fleet_rc,
-            "real_s": round(time.monotonic() - self.t_start, 1),
+            "fleet_slow_passes": f.get("slow_passes"),
+            "real_s": round(real_s, 1),
+            # the scale figures (FLEET.md "Scale"); the head-end runs in this process
+            "meter_days": len(self.tally.expected),
+            "collected": len(self.tally.final & self.tally.expected),
+            "wall_s": round(real_s, 1),
+            "peak_rss_mb": {"fleet": f.get("peak_rss_mb"), "headend": peak_rss_mb()},
+            "uplinks_per_s": round(self.headend_frames / real_s, 1) if real_s else None,
+            "headend_batches": self.headend_batches,
+            "fleet_connections": f.get("connections"),
         }
         return out
 
@@ -505,9 +546,11 @@ class FleetRun:
 
     @staticmethod
     def ok(r: dict[str, Any]) -> bool:
-        """Every meter-day accounted for, nothing missing that could have been fetched."""
+        """Every meter-day accounted for, nothing missing that could have been fetched, and
+        the head-end's own count of missing meter-days the same."""
         return bool(
             r["collected_meter_days"] + r["missing_meter_days"] == r["expected_meter_days"]
+            and r["headend_agrees"]
             and r["fleet_exit"] == 0
             and r["missing_meter_days"] <= (r["predicted_missing_meter_days"] or 0)
         )
@@ -541,7 +584,91 @@ class FleetRun:
                 f"{r['ondemand_p80_s']} s, p99 {r['ondemand_p99_s']} s real "
                 f"({r['ondemand_p80_sim_s']} s / {r['ondemand_p99_sim_s']} s simulated)"
             )
+        h = r.get("headend") or {}
+        d = h.get("d08") or {}
         lines.append(
-            f"  recovery reads: {r['recovery_reads']} queued, {r['recovery_reads_done']} done"
+            f"  head-end D08 (its own count): {h.get('meters_checked')} meters x "
+            f"{h.get('days')} day(s) checked, on schedule {d.get('on_schedule')}, recovered by "
+            f"recovery reads {d.get('recovered_by_read')}, by the meters' own reads "
+            f"{d.get('recovered_by_meter')}, unsuccessful {d.get('unsuccessful')}, in progress "
+            f"{d.get('in_progress')}: missing {h.get('missing_meter_days')} "
+            f"({'agrees with' if r.get('headend_agrees') else 'DIFFERS from'} the count above); "
+            f"{h.get('recovery_reads')} recovery reads, at most {h.get('peak_in_flight')} "
+            "reads in flight"
         )
         return "\n".join(lines)
+
+
+def reachable_ms(outages: tuple[str, ...]) -> Callable[[int, int], int]:
+    """(meter id, ms) -> when from that time on the meter could be read: the end of the
+    fleet outage (down or mute) it was in then, else that time."""
+    by_meter: dict[int, list[Outage]] = {}
+    for text in outages:
+        mid, o = parse_outage(text)
+        by_meter.setdefault(mid, []).append(o)
+
+    def at(mid: int, ms: int) -> int:
+        return next((o.end * 1000 for o in by_meter.get(mid, ()) if o.holds(ms / 1000)), ms)
+
+    return at
+
+
+def recovery_figures(
+    he: Headend, days: list[int], now_ms: int, speed: float, outages: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """The head-end's own account of the run's days: its D08 statistics summed over
+    ``days`` (collection days, UTC midnights), and of its recovery: meter-days found
+    (``missing_before``), recovered, unsuccessful, recovery reads, and the most reads
+    ever in flight at once (from the jobs' send and end times).
+
+    Times, simulated minutes: ``recovery_sim_minutes`` (N05, H09), the longest a day
+    that a recovery read brought back waited from being found missing, or from its
+    meter's injected outage (``outages``, the fleet's --outage strings) ending if it was
+    unreachable then, to being recovered (the throttle's queue and the retries
+    included; days that came back by the meter's own next read are the meter's doing);
+    ``recovery_span_sim_minutes``, from the first recovery read to the last day
+    resolved any way (a meter offline for days stretches it)."""
+    labels = {iso(d)[:10] for d in days}
+    stats = [r for r in he.report("stats", now_ms).records() if r["day"] in labels]
+    total = {k: sum(int(r[k] or 0) for r in stats) for k in STATS}
+    rows = [r for r in he.missing_days() if iso(r.day + DAY // 2)[:10] in labels]
+    reads = [j for j in he.jobs() if j.requester == "recovery"]
+    first = min((j.sent_ms for j in reads if j.sent_ms is not None), default=None)
+    last = max((r.resolved_ms for r in rows if r.resolved_ms is not None), default=None)
+    span = (last - first) / 60_000 if first is not None and last is not None else None
+    reachable = reachable_ms(outages)
+    waits = [
+        r.resolved_ms - reachable(r.meter_id, r.found_ms)
+        for r in rows
+        if r.resolved_ms is not None and (r.pathway or "").startswith(RECOVERED_BY_READ)
+    ]
+    minutes = max(waits) / 60_000 if waits else None
+    spans = [(j.sent_ms, j.done_ms or now_ms) for j in he.jobs() if j.sent_ms is not None]
+    return {
+        "days": len(stats),
+        "meters_checked": max((int(r["meters"] or 0) for r in stats), default=0),
+        "d08": total,
+        "missing_meter_days": total["unsuccessful"] + total["in_progress"],
+        "missing_before": len(rows),
+        "recovered": sum(r.state is MissingState.RECOVERED for r in rows),
+        "unsuccessful": sum(r.state is not MissingState.RECOVERED for r in rows),
+        "recovery_reads": len(reads),
+        "recovered_by_read": len(waits),
+        "recovery_sim_minutes": round(minutes, 1) if minutes is not None else None,
+        "recovery_real_s": round(minutes * 60 / speed, 1) if minutes is not None else None,
+        "recovery_span_sim_minutes": round(span, 1) if span is not None else None,
+        "peak_in_flight": peak(spans),
+    }
+
+
+STATS = ("on_schedule", "recovered_by_read", "recovered_by_meter", "unsuccessful", "in_progress")
+
+
+def peak(spans: list[tuple[int, int]]) -> int:
+    """Most spans [start, end) open at once."""
+    edges = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans])
+    best = cur = 0
+    for _, d in edges:
+        cur += d
+        best = max(best, cur)
+    return best

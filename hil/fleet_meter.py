@@ -3,7 +3,8 @@
 `FleetMeter` wires `firmware/meter/meter.py` (the sans-IO core a board runs)
 to an in-RAM NOR flash model, an RTC that is the shared simulated time plus
 this meter's skew and drift, the load profile, and the firmware's own MQTT
-client (`firmware/link/mqtt.py`, one connection per meter, persistent
+client (`firmware/link/mqtt.py`, one connection per meter, or a share of a
+gateway's connection, hil/fleet_gateway.py; persistent
 session, QoS 1) on ``ami/v1/<id>/up|down``: what `firmware/main.py` does on
 a board, minus the hardware. The fleet calls `step()` periodically; energy
 is drained and the core ticked at every interval boundary crossed, so a
@@ -25,25 +26,25 @@ import struct
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-_FIRMWARE = str(Path(__file__).resolve().parents[1] / "firmware")
-if _FIRMWARE not in sys.path:
-    sys.path.insert(0, _FIRMWARE)
+from hil import fleet_flash
 
-from hal.norflash import NORFlash  # noqa: E402  (firmware/ on sys.path first)
+fleet_flash.on_path()
+
 from link import mqtt  # noqa: E402
 from meter import events, wire  # noqa: E402
 from meter import meter as core  # noqa: E402
 from meter.store import Store  # noqa: E402
 
 from headend.api import Clock  # noqa: E402
+from hil.fleet_gateway import Gateway  # noqa: E402
 from hil.fleet_profile import DAY, LoadProfile, MeterPlan  # noqa: E402
 from protocol.auth import mqtt_password  # noqa: E402
 
 # A fleet meter's flash: 29 blocks of 4 KiB (116 KiB, not the board's 256 KiB):
 # 19 interval blocks keep 46 days at 15 minutes (the capacity it registers).
+# Sparse (hil/fleet_flash.py): only blocks programmed since their erase take RAM.
 FLASH_BLOCKS = (19, 6, 4)
 BLOCK_SIZE = 4096
 MAX_INFLIGHT = 8  # frames handed to MQTT and not yet PUBACKed (as firmware/main.py)
@@ -74,6 +75,7 @@ class Stats:
         self.sync_failed: collections.Counter[int] = collections.Counter()  # by reason
         self.link_drops = 0  # outages started (client stopped)
         self.dropped = 0  # frames the link could not take (core re-sends)
+        self.muted = 0  # frames lost on a mute link (an outage ``/mute``)
         self.errors = 0  # exceptions out of the core (a firmware bug)
         self.ack_s: list[float] = []  # real s from a data/event frame's first send to its ack
         self.ack_at: list[int] = []  # simulated hour (UTC s // 3600) of each ack_s sample
@@ -111,7 +113,7 @@ class FleetMeter:
         self.install = install
         self.keepalive_s = keepalive_s
         self._rng = random.Random(plan.meter_id)
-        self.flash = NORFlash(BLOCK_SIZE, sum(FLASH_BLOCKS), ram=True)
+        self.flash = fleet_flash.SparseFlash(BLOCK_SIZE, sum(FLASH_BLOCKS))
         ib, eb, cb = FLASH_BLOCKS
         store = Store(self.flash, interval_blocks=ib, event_blocks=eb, config_blocks=cb)
         self.core = core.Meter(
@@ -129,6 +131,10 @@ class FleetMeter:
         self._last_m = 0  # meter time of the last tick
         self.booted = False
         self.client: mqtt.Client | None = None
+        # multiplexed mode (hil/fleet_gateway.py): the shared connection, and the
+        # (packet id, frame) this meter has in flight on it (its own limit)
+        self.gateway: Gateway | None = None
+        self._mine: list[tuple[int, bytes]] = []
         self._task: asyncio.Task[None] | None = None
         self.up_topic = f"ami/v1/{self.id}/up"
         self.down_topic = f"ami/v1/{self.id}/down"
@@ -228,13 +234,52 @@ class FleetMeter:
     # -- the link ----------------------------------------------------------------------------
 
     def online(self) -> bool:
+        g = self.gateway
+        if g is not None:
+            return self.id in g.attached and g.online()
         c = self.client
         return c is not None and c.connected.is_set()
+
+    def linked(self) -> bool:
+        """The meter's link is up as far as it is concerned (its plan: not in an outage)."""
+        if self.gateway is not None:
+            return self.id in self.gateway.attached
+        return self.client is not None
+
+    def join(self, gateway: Gateway) -> None:
+        """Speak through ``gateway`` instead of a connection of its own."""
+        self.gateway = gateway
+        gateway.handlers[self.id] = self._from_gateway
+
+    async def _from_gateway(self, topic: str, payload: bytes) -> None:
+        if self._delay > 0:  # a slow meter must not hold up the others' downlinks
+            self._later(self._on_down(topic, payload))
+        else:
+            await self._on_down(topic, payload)
+
+    def _inflight(self) -> int:
+        """This meter's frames handed to the link and not yet PUBACKed."""
+        g = self.gateway
+        if g is None:
+            return len(self.client.inflight) if self.client is not None else 0
+        pending = g.client.inflight
+        self._mine = [(p, raw) for p, raw in self._mine if pending.get(p, (0, None))[1] is raw]
+        return len(self._mine)
+
+    async def _up(self, raw: bytes) -> None:
+        g = self.gateway
+        if g is not None:
+            self._mine.append((await g.publish(self.up_topic, raw), raw))
+        elif self.client is not None:
+            await self.client.publish(self.up_topic, raw)
 
     def want_link(self, true_s: float) -> bool:
         return self.plan.online(true_s)
 
-    def link_up(self) -> None:
+    async def link_up(self) -> None:
+        if self.gateway is not None:
+            await self.gateway.attach(self.id)
+            return
         if self._task is not None:
             return
         host, port = self.broker
@@ -253,6 +298,9 @@ class FleetMeter:
         self._task = asyncio.create_task(self.client.run())
 
     async def link_down(self) -> None:
+        if self.gateway is not None:
+            self.gateway.detach(self.id)
+            return
         c, task = self.client, self._task
         self.client, self._task = None, None
         if c is not None:
@@ -279,16 +327,18 @@ class FleetMeter:
         t.add_done_callback(self._pending.discard)
 
     async def _publish(self, frames: list[bytes]) -> None:
-        c = self.client
         for raw in frames:
             # bounded, as on the board: a frame the link cannot take is re-sent by the core
-            if c is None or not c.connected.is_set() or len(c.inflight) >= MAX_INFLIGHT:
+            if not self.online() or self._inflight() >= MAX_INFLIGHT:
                 self.stats.dropped += 1
+                continue
+            if self.plan.muted(self._now_true_ms / 1000):  # lost on the way: no ack will come
+                self.stats.muted += 1
                 continue
             self.stats.up[TYPE_NAMES.get(raw[1], str(raw[1]))] += 1
             if raw[1] in _ACKED:
                 self._sent.setdefault(struct.unpack_from(">H", raw, 3)[0], time.monotonic())
-            await c.publish(self.up_topic, raw)
+            await self._up(raw)
 
     async def _on_down(self, topic: str, payload: bytes) -> None:
         if self._delay > 0:
@@ -309,11 +359,10 @@ class FleetMeter:
             self.stats.errors += 1
             print(f"fleet: meter {self.id}: core.receive failed: {ex!r}", file=sys.stderr)
             return
-        c = self.client
-        if out and c is not None:
+        if out and self.linked():
             for raw in out:
                 self.stats.up[TYPE_NAMES.get(raw[1], str(raw[1]))] += 1
-                await c.publish(self.up_topic, raw)
+                await self._up(raw)
 
     # -- what it holds -----------------------------------------------------------------------
 

@@ -59,14 +59,21 @@ class LoadProfile:
 
 @dataclass(frozen=True)
 class Outage:
-    """The link is down in true time [start, end)."""
+    """The link is down in true time [start, end); ``mute``: it stays up and the meter
+    believes it sends, but its uplinks are lost on the way (a one-way failure: each read
+    is tried and fails, M15, as no ack comes)."""
 
     start: int
     end: int
+    mute: bool = False
 
     def __post_init__(self) -> None:
         if self.end <= self.start:
             raise ProfileError(f"outage must end after it starts: {self.start}..{self.end}")
+
+    def holds(self, t: float) -> bool:
+        """True time t is in it."""
+        return self.start <= t < self.end
 
 
 @dataclass(frozen=True)
@@ -102,8 +109,12 @@ class MeterPlan:
             raise ProfileError("scale_pct must be > 0 and latency_s >= 0")
 
     def online(self, t: float) -> bool:
-        """The link can carry frames at true time t."""
-        return not any(o.start <= t < o.end for o in self.outages)
+        """The link is up at true time t (it may be mute: `muted`)."""
+        return not any(o.holds(t) and not o.mute for o in self.outages)
+
+    def muted(self, t: float) -> bool:
+        """Uplinks sent at true time t are lost (the link is up: the meter cannot tell)."""
+        return any(o.holds(t) and o.mute for o in self.outages)
 
 
 def parse_mix(text: str) -> dict[str, float]:

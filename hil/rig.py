@@ -32,7 +32,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -48,6 +48,7 @@ from headend.api import (
     ReadMode,
     ReadSpec,
     Service,
+    brokerconf,
     on_service,
 )
 from hil.board import SIM_START, BoardSpec, VirtualBoard
@@ -291,6 +292,7 @@ class Rig(Supervised):
     sniff: bool = True
     insecure: bool = False
     admit: tuple[int, ...] = ()  # more meter logins on the broker (a fleet's)
+    gateways: Sequence[tuple[str, tuple[int, ...]]] = ()  # (login, meters): a fleet's gateways
 
     def __post_init__(self) -> None:
         self.board_list: list[VirtualBoard] = []
@@ -336,6 +338,7 @@ class Rig(Supervised):
             meters=(*range(self.first_id, self.first_id + self.boards), *self.admit),
             workers=(worker,),
             observers=(SNIFFER,),
+            gateways=tuple(brokerconf.Gateway(n, ids) for n, ids in self.gateways),
         )
         try:
             self.broker.start()

@@ -14,6 +14,10 @@ board not being cut on purpose) ends the run at once with its last words
   schedules  an hourly schedule for a day next to the default read (M11, M14, M15, H07)
   ondemand   100 on-demand reads over a slow link: p80_s, p99_s vs 30/60 s (H05, N02)
   security   every attack of issue 11 refused, 0 intervals lost, 0 forged values stored (M20, T02)
+  recovery   meters offline 1/3/6 days, intermittent, one silent: the head-end finds and
+             recovers missing data by itself (D02-D05, D08, H09, N05; --meters, --offline-pct)
+  nats-failover  a 3-node NATS cluster, 2 workers, the stream's leader node stopped under
+             load: nothing lost, nothing doubled (H08; --meters, --days)
 """
 
 from __future__ import annotations
@@ -31,14 +35,23 @@ from hil.rig import RigError
 from hil.scenarios.common import Options
 from hil.supervise import ChildDied, Stopped, stopped
 
-NAMES = ("powercut", "drift", "outage", "schedules", "ondemand", "security")
+NAMES = (
+    "powercut",
+    "drift",
+    "outage",
+    "schedules",
+    "ondemand",
+    "security",
+    "recovery",
+    "nats-failover",
+)
 
 
 def scenario(name: str) -> Callable[[Options], Awaitable[dict[str, Any]]]:
     """The coroutine function that runs scenario ``name``."""
     if name not in NAMES:
         raise KeyError(f"unknown scenario {name!r}; choose one of {', '.join(NAMES)}")
-    mod = importlib.import_module(f"hil.scenarios.{name}")
+    mod = importlib.import_module(f"hil.scenarios.{name.replace('-', '_')}")
     fn: Callable[[Options], Awaitable[dict[str, Any]]] = mod.run
     return fn
 
@@ -63,12 +76,46 @@ def _args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--reads", type=int, help="ondemand: reads")
     p.add_argument("--latency", type=float, dest="latency_s", help="ondemand: link delay each way")
     p.add_argument("--outage-days", type=float, help="outage: days the link is down")
+    p.add_argument("--meters", type=int, help="recovery: fleet meters")
+    p.add_argument("--offline-pct", type=float, help="recovery: percent of meters offline")
+    p.add_argument(
+        "--meters-per-conn",
+        type=_positive,
+        help="recovery: fleet meters carried over each MQTT connection (gateway logins; 1)",
+    )
+    p.add_argument(
+        "--days-offline",
+        type=_days,
+        help="recovery: outage lengths in days, comma-separated (default 1,3,6); 0: uplinks "
+        "lost over the night's read window only (a mute link: the reads fail), healed before the "
+        "daily check: what only recovery reads bring back (a mass recovery, N05)",
+    )
     p.add_argument("--seed", type=int, default=1, help="random seed (cut instants ...)")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (SQLite, flash, logs)")
     p.add_argument(
         "--insecure", action="store_true", help="plain, anonymous MQTT (default: TLS, logins, ACLs)"
     )
     return p.parse_args(argv)
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return n
+
+
+def _days(text: str) -> tuple[int, ...]:
+    try:
+        days = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected days like 1,3,6, got {text!r}") from None
+    if not days or min(days) < 0:
+        raise argparse.ArgumentTypeError(f"expected whole days >= 0, got {text!r}")
+    return days
 
 
 def main(argv: list[str]) -> int:
@@ -82,6 +129,10 @@ def main(argv: list[str]) -> int:
         reads=a.reads,
         latency_s=a.latency_s,
         outage_days=a.outage_days,
+        meters=a.meters,
+        offline_pct=a.offline_pct,
+        days_offline=a.days_offline,
+        meters_per_conn=a.meters_per_conn,
         seed=a.seed,
         keep=a.keep,
         insecure=a.insecure,

@@ -28,6 +28,10 @@ class Options:
     reads: int | None = None
     latency_s: float | None = None
     outage_days: float | None = None
+    meters: int | None = None
+    offline_pct: float | None = None
+    days_offline: tuple[int, ...] | None = None
+    meters_per_conn: int | None = None
     seed: int = 1
     keep: bool = False
     insecure: bool = False  # plain, anonymous MQTT (else TLS, logins, ACLs)

@@ -525,7 +525,7 @@ class Security:
     async def _down(self, rogue: Session, raw: bytes, seq: int, reason: int) -> str:
         """Publish one downlink to TARGET; what the board answered (its nack)."""
         # the board nacks (and logs event 13) at most once a simulated minute
-        await self.rig.until(self.last_downlink_attack + 65)
+        await self.rig.until(self.last_downlink_attack + 70)
         t0 = self.rig.now()
         self.last_downlink_attack = t0
         await rogue.publish(f"ami/v1/{TARGET}/down", raw)
@@ -540,6 +540,8 @@ class Security:
         got = await within(nack, WAIT_S)
         if got is None:
             return "no nack"
+        # the board's minute starts when it answered, which a busy machine makes later than t0
+        self.last_downlink_attack = max(t0, got.sim)
         r = got.fields["body"]["reason"]
         return f"nack reason {r}" + ("" if r == reason else f" (expected {reason})")
 
