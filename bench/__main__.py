@@ -5,6 +5,16 @@ ingest       head-end ingest rate into the store
 flash-wear   flash erase counts and years of service (firmware store)
 firmware-heap  firmware heap on the MicroPython binary
 heap-map     where the firmware's heap goes, per module (quick, no broker)
+daily-check  the daily missing-data check over a whole population (D02)
+download     optical download of 45 days from a virtual board over a paced link (M18, N06)
+trouble      the daily trouble-report run (D06) over a large population
+fleet-memory RAM and CPU of N fleet meters over D simulated days (hil/FLEET.md "Scale")
+pg-storage   bytes per meter-day on PostgreSQL, indexes included (docs/SCALE.md)
+ondemand     on-demand reads under a collection window's load, real time (N02): p50/p80/p99_s
+export       rows per second and peak memory of a streamed export (D11), CSV / JSON / ESPI
+live         the live path: mosquitto + `headend serve` + signed uplinks under load (N01)
+live-core    the live path's database thread alone: Core.on_uplinks, no broker (N01)
+api          the HTTP API: an interval query of one meter-month, req/s and p50/p99 ms
 """
 
 from __future__ import annotations
@@ -18,6 +28,16 @@ BENCHES = {
     "flash-wear": "bench.flash_wear",
     "firmware-heap": "bench.firmware_heap",
     "heap-map": "bench.heap_map",
+    "download": "bench.download",
+    "daily-check": "bench.daily_check",
+    "trouble": "bench.trouble",
+    "fleet-memory": "bench.fleet_memory",
+    "pg-storage": "bench.pg_storage",
+    "ondemand": "bench.ondemand",
+    "export": "bench.export",
+    "live": "bench.live",
+    "live-core": "bench.livecore",
+    "api": "bench.api",
 }
 
 

@@ -8,10 +8,17 @@ what TLS costs), with a fake head-end that verifies every uplink's signature
 events, answers time syncs, signs every downlink, and sends a read_request
 every 6 simulated hours (in turn: the previous day, on demand
 since midnight, a 45-day period: everything held); the control port injects
-a tamper event every 8 hours. The firmware samples gc.mem_alloc() after
-gc.collect() (`heap_probe`): at idle ticks (steady), with the tick's frames
-still live, and while a read part is being built, its frame and columns live
-(peak); the bench also polls the control port's `heap` command.
+a tamper event every 8 hours. Once a simulated day has passed, a small probe
+on the optical port (IEC 62056-21) takes a readout and then the full
+authenticated download (mode E binary mode, K_op): `optical` reports what it
+got, `optical_peak_bytes` the heap with a download part live,
+`download_heap_bytes` the heap between parts, after the drain (both after a
+collection; they come out equal: the last part's buffers stay reachable from
+the optical coroutine until the next part replaces them). The
+firmware samples gc.mem_alloc() after gc.collect() (`heap_probe`): at idle
+ticks (steady), with the tick's frames still live, and while a read part is
+being built, its frame and columns live (peak); the bench also polls the
+control port's `heap` command.
 `memory_errors` counts the MemoryErrors the firmware logged (each one a
 frame not sent); `reads` how many requests were answered with every part.
 With any, the run is repeated at --retry-kb and the first one kept as
@@ -79,7 +86,7 @@ def _launcher(path: Path, code: str, board_dir: Path) -> str:
             "sys.path.insert(0, '/rom')\n"
         )
     mods = (
-        "asyncio link.mqtt meter.errors meter.crc meter.auth meter.blocks meter.wire "
+        "link.loop link.mqtt meter.errors meter.crc meter.auth meter.blocks meter.wire "
         "meter.ring meter.config_log meter.store meter.timeutil meter.recorder meter.events "
         "meter.clock meter.schedules meter.reads meter.meter hal.unix main"
     )
@@ -103,6 +110,90 @@ async def _control(port: int, cmd: str) -> str:
     line = await asyncio.wait_for(r.readline(), 10)
     w.close()
     return line.decode().strip()
+
+
+async def _optical(port: int, got: dict[str, Any]) -> dict[str, Any]:
+    """A minimal probe: a mode C readout, then mode E and the full download
+    (`got`: how far it came, for the report if it fails)."""
+    from protocol.auth import download_mac, probe_key, verify_frame
+    from protocol.frame import decode, encode
+    from protocol.hdlc import Deframer, stuff
+
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    buf = b""
+
+    async def until(end: bytes, extra: int = 0) -> bytes:
+        nonlocal buf
+        while (i := buf.find(end)) < 0 or len(buf) < i + len(end) + extra:
+            chunk = await asyncio.wait_for(r.read(4096), 30)
+            if not chunk:
+                raise OSError("the optical port closed")
+            buf += chunk
+        got, buf = buf[: i + len(end) + extra], buf[i + len(end) + extra :]
+        return got
+
+    try:
+        got["stage"] = "sign-on"
+        w.write(b"/?!\r\n")
+        await until(b"\r\n")
+        got["stage"] = "readout"
+        w.write(b"\x06060\r\n")  # readout at 19,200
+        block = await until(b"\x03", 1)
+        got["stage"] = "sign-on for binary mode"
+        bcc = 0
+        for c in block[1:-1]:
+            bcc ^= c
+        lines = block.count(b"\r\n") - 1
+        t0 = time.monotonic()
+        w.write(b"/?!\r\n")
+        await until(b"\r\n")
+        w.write(b"\x06262\r\n")  # binary mode at 19,200
+        kop = probe_key(KEY, 1)
+        head = {"seq": 1, "meter_id": MID, "timestamp": T0, "auth": None}
+        w.write(stuff(encode(dict(head, type="download_open", body={"operator": 1}))))
+        de = Deframer()
+        frames: list[bytes] = []
+        nbytes = 0
+
+        async def frame() -> dict[str, Any]:
+            nonlocal buf, nbytes
+            while not frames:
+                chunk = buf or await asyncio.wait_for(r.read(8192), 30)
+                if not chunk:
+                    raise OSError("the optical port closed")
+                buf = b""
+                nbytes += len(chunk)
+                frames.extend(de.feed(chunk))
+            raw = frames.pop(0)
+            verify_frame(raw, kop)
+            return decode(raw)
+
+        got["stage"] = "challenge"
+        nonce = (await frame())["body"]["nonce"]
+        got["stage"] = "download"
+        mac = download_mac(kop, nonce, 1)
+        body = {"operator": 1, "mac": mac}
+        w.write(stuff(encode(dict(head, seq=2, type="download_auth", body=body))))
+        parts = [await frame()]
+        while len(parts) < parts[0]["body"]["parts"]:
+            parts.append(await frame())
+            got["parts"] = len(parts)
+        intervals = sum(
+            len(s["body"]["flags"])
+            for f in parts
+            for s in f["body"]["sections"]
+            if s["tag"] == "intervals"
+        )
+        return {
+            "readout_bcc_ok": block[-1] == bcc,
+            "readout_lines": lines,
+            "download_parts": len(parts),
+            "download_bytes": nbytes,
+            "download_intervals": intervals,
+            "download_wall_seconds": round(time.monotonic() - t0, 2),
+        }
+    finally:
+        w.close()
 
 
 async def _head_end(broker: Any, stop: asyncio.Event, stats: dict[str, int]) -> None:
@@ -196,6 +287,7 @@ async def _run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     board = tmp / "board"
     board.mkdir()
     ctl = free_port()
+    optical_port = free_port()
     heap = args.heap_kb * 1024 + (image if args.code == "romfs" else 0)
     stats: dict[str, int] = {}
     with running_broker(insecure=args.insecure, meters=(MID,), workers=(_HEAD,)) as broker:
@@ -210,6 +302,7 @@ async def _run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             "broker": br,
             "clock": {"sim_start": T0, "speed": args.speed},
             "control_port": ctl,
+            "optical_port": optical_port,
             "tick_ms": 50,
             "heap_probe": True,
             # the reference household: real reads (the default path is the
@@ -254,6 +347,7 @@ async def _run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         stop = asyncio.Event()
         head = asyncio.create_task(_head_end(broker, stop, stats))
         last_tamper = T0
+        optical: dict[str, Any] = {}
         t_start = time.monotonic()
         while ready and proc.poll() is None and now < sim_end:
             await asyncio.sleep(1.0)
@@ -267,6 +361,12 @@ async def _run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             if now - last_tamper >= 8 * 3600:
                 last_tamper = now
                 await _control(ctl, "tamper")
+            if not optical and now - T0 >= 86400:
+                got: dict[str, Any] = {}
+                try:
+                    optical = await _optical(optical_port, got)
+                except (TimeoutError, OSError, ValueError) as e:
+                    optical = dict(got, error=repr(e))
         final: dict[str, Any] = {}
         status: dict[str, Any] = {}
         if proc.poll() is None:
@@ -308,6 +408,9 @@ async def _run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "peak_heap_bytes": peak,
         "steady_heap_bytes": steady,
         "target_steady_bytes": TARGET,
+        "optical_peak_bytes": final["optical_peak"] - sub if final.get("optical_peak") else None,
+        "download_heap_bytes": final["download_heap"] - sub if final.get("download_heap") else None,
+        "optical": optical,
         "meets_target": steady is not None and steady <= TARGET and not memory_error,
         "memory_error": memory_error,
         "memory_errors": memory_errors,
@@ -321,7 +424,7 @@ async def _run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "import_heap_bytes": sum(imports.values()),
         "import_heap_by_module": imports,
         "uplinks": stats,
-        "log_tail": out_text[-600:] if (memory_error or not ready) else "",
+        "log_tail": out_text[-600:] if (memory_error or not ready or "error" in optical) else "",
     }
 
 

@@ -24,7 +24,7 @@ from hil.loadprofile import read as read_profile
 from tools.fwimage import ImageError, tool_path
 
 MODULES = (
-    "asyncio link.mqtt meter.errors meter.crc meter.auth meter.blocks meter.wire "
+    "link.loop link.mqtt meter.errors meter.crc meter.auth meter.blocks meter.wire "
     "meter.ring meter.config_log meter.store meter.timeutil meter.recorder meter.events "
     "meter.clock meter.schedules meter.reads meter.meter hal.unix main"
 )
