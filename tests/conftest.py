@@ -16,6 +16,7 @@ stack dumped, then the run exits 1.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
 from collections.abc import Iterator
@@ -27,6 +28,10 @@ from hypothesis import settings
 
 from tests.support.broker import Broker, BrokerError, find_mosquitto, running_broker
 from tests.support.db import PgSchema, find_dsn, throwaway_schema
+
+# A shell starts a background job with SIGINT ignored, and children inherit that:
+# the Ctrl-C tests need children that react as on a terminal, wherever pytest runs.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 settings.register_profile("dev", max_examples=30, deadline=None)
 settings.register_profile(
@@ -122,3 +127,15 @@ def pytest_timeout_cancel_timer(item: pytest.Item) -> None:
     timer = item.stash.get(_backstop, None)
     if timer is not None:
         timer.cancel()
+
+
+# Under pytest-xdist (`-n 2 --dist loadgroup`, as `make test` runs), the rigs (broker,
+# head-end and boards on MicroPython, on simulated time) run one at a time on one
+# worker, so two never fight over the cores; the rest spreads over both workers.
+RIG_PATHS = ("tests/hil/", "tests/test_demo.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.nodeid.startswith(RIG_PATHS):
+            item.add_marker(pytest.mark.xdist_group("rig"))

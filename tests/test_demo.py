@@ -51,4 +51,8 @@ def test_n07_demo_accounts_for_every_meter_day(capsys: pytest.CaptureFixture[str
     assert r["ondemand_requested"] == 10 and r["ondemand_done"] >= 9
     assert 0 < r["ondemand_p80_s"] <= r["ondemand_p99_s"]
     assert "meter-days expected 21" in "\n".join(out[:-1])
+    # the head-end found and counted the missing days itself (D02, D08), and agrees
+    assert r["headend_agrees"] and r["headend"]["days"] == 1
+    assert r["headend"]["missing_meter_days"] == r["missing_meter_days"]
+    assert "head-end D08 (its own count): 21 meters x 1 day(s) checked" in "\n".join(out[:-1])
     assert rc == 0

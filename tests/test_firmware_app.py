@@ -278,7 +278,12 @@ def test_m05_power_cut_kill_9_and_restart_lose_no_closed_interval(
         after = await board.status()
         assert after["now"] > before["now"]
         assert after["last"][0] >= before["last"][0]
-        await _until_status(board, "05:00 on the meter", lambda st: st["now"] >= T0 + 5 * 3600)
+        # the 04:45 interval is closed (the meter's clock passing 05:00 comes a tick before)
+        await _until_status(
+            board,
+            "04:45-05:00 closed on the meter",
+            lambda st: st["last"] is not None and st["last"][0] >= T0 + 5 * 3600 - 900,
+        )
         req = {"mode": 0, "start": T0 + 3600, "end": T0 + 5 * 3600, "what": 1}
         raw = head.frame("read_request", req)
         req_seq = head.seq

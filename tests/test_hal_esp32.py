@@ -9,7 +9,7 @@ buffer; `time` counting from 2000 on the RTC's clock). What is proved is the
 HAL's own logic: pulse counting and draining (M01), the RTC (M04/M07), the
 board config, and the meter core's store on the board's flash (M02).
 
-Not covered: the radio, the UART stream (serial_ports), real PCNT/GPIO timing.
+Not covered: the radio, the UART streams (serial_ports), real PCNT/GPIO timing.
 The ESP32's pin IRQs are soft (Pin.irq has no `hard` there): each edge
 schedules the handler, and the scheduler queue holds 8, so edges while the VM
 is stuck in a long C call (a flash erase) can be dropped; the stand-in runs
@@ -158,18 +158,21 @@ R = {"first": b.drain(), "second": b.drain(), "irq_on": machine.sim_irq_enabled(
 def test_m01_pulse_wait_wakes_on_a_pulse_in_the_fallback(tmp_path: Path) -> None:
     r = run_board(
         """
-import asyncio
+from link import loop as asyncio
 b = hal.Board(D)
+async def wait_ms(ms):  # pulse_wait() within ms: "woke", else "timeout" (cancelled)
+    t = asyncio.create_task(b.pulse_wait())
+    for _ in range(ms):
+        if t.coro is None:
+            return "woke"
+        await asyncio.sleep_ms(1)
+    t.cancel()
+    return "timeout"
 async def main():
     out = []
-    try:
-        await asyncio.wait_for_ms(b.pulse_wait(), 50)
-        out.append("woke")
-    except asyncio.TimeoutError:
-        out.append("timeout")
+    out.append(await wait_ms(50))
     machine.sim_pulses(27, 1)  # the ISR sets the flag
-    await asyncio.wait_for_ms(b.pulse_wait(), 50)
-    out.append("woke")
+    out.append(await wait_ms(50))
     out.append(b.drain())
     return out
 R = asyncio.run(main())
@@ -338,7 +341,7 @@ u = machine.sim_uarts[1]
 R = {"id": b.meter_id, "key": b.key.hex(), "broker": b.broker, "keepalive": b.keepalive_s,
      "uplink": b.uplink, "tick_ms": b.tick_ms, "ident": b.ident(),
      "wlan": network.sim_log, "sta_active": network.WLAN(network.WLAN.IF_STA).active(),
-     "uart": [u is b.uart, u.baudrate, u.tx, u.rx], "uarts": list(machine.sim_uarts),
+     "uart": [u is b.uart, u.baudrate, u.tx, u.rx], "uarts": sorted(machine.sim_uarts),
      "flash": list(b.flash.info()), "blocks": [b.flash.ioctl(4, 0), b.flash.ioctl(5, 0)],
      "emergency_buf": esp32_port.sim_emergency_buf}
 """,
@@ -360,7 +363,8 @@ R = {"id": b.meter_id, "key": b.key.hex(), "broker": b.broker, "keepalive": b.ke
     # WLAN(IF_STA): activated, then connect(ssid, key), once
     assert r["wlan"] == [["active", 0, True], ["connect", 0, "meter-net", "s3cret"]]
     assert r["sta_active"] is True
-    assert r["uart"] == [True, 9600, 4, 5] and r["uarts"] == [1]
+    # the serial line on its own UART, the optical port on UART2 (the default pins)
+    assert r["uart"] == [True, 9600, 4, 5] and r["uarts"] == [1, 2]
     # the `meter` data partition (README "Flash layout"): 64 blocks of 4 KiB
     assert r["flash"] == [1, 0x81, 0x3C0000, 0x40000, "meter", False]
     assert r["blocks"] == [64, 4096]
@@ -371,22 +375,31 @@ def test_board_json_defaults(tmp_path: Path) -> None:
     r = run_board(
         """
 b = hal.Board(D)
-u = b.uart
+u = b.optical
+o = [u.id, u.baudrate, u.bits, u.parity, u.tx, u.rx]
+b.set_baud(None, 19200, 8)  # mode E: binary mode at 19,200, 8N1
+o2 = [u.baudrate, u.bits, u.parity, u.stop]
+b.set_baud(None, 300, 7)  # back to sign-on: 300 baud 7E1
 R = {"broker": b.broker, "keepalive": b.keepalive_s, "uplink": b.uplink, "tick_ms": b.tick_ms,
      "ident": b.ident(), "wlans": len(network.sim_wlans), "pins": b.pulse_pins,
-     "uart": [u.id, u.baudrate, u.tx, u.rx], "control_port": b.control_port}
+     "uart": b.uart, "optical": o, "binary": o2, "sign_on": [u.baudrate, u.bits, u.parity],
+     "control_port": b.control_port}
 """,
         write_cfg(tmp_path),
     )
     assert r == {
         "broker": None,
         "keepalive": 60,
-        "uplink": "uart",  # no broker: unprompted frames go to the optical port
+        "uplink": "uart",  # no broker: unprompted frames go to a serial line (none here)
         "tick_ms": 1000,
         "ident": {},
         "wlans": 0,  # no "wifi": the radio is not touched
         "pins": list(PINS),
-        "uart": [2, 19200, 17, 16],  # README "Wiring": UART2, 19,200 baud, TX 17, RX 16
+        "uart": None,  # no serial line unless pins "uart" names one
+        # README "Wiring": the optical head on UART2, TX 17, RX 16, 300 baud 7E1
+        "optical": [2, 300, 7, 0, 17, 16],
+        "binary": [19200, 8, None, 1],
+        "sign_on": [300, 7, 0],
         "control_port": 0,
     }
 

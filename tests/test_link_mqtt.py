@@ -127,7 +127,10 @@ def test_unacked_publish_survives_broker_restart(mqtt_broker_private: Broker) ->
 
 def test_client_runs_on_micropython_against_broker(mqtt_broker: Broker) -> None:
     code = f"""
-import asyncio
+try:
+    from link import loop as asyncio  # MicroPython: the firmware's scheduler
+except ImportError:
+    import asyncio
 from link.mqtt import Client
 got = []
 async def handler(topic, payload):
@@ -162,7 +165,10 @@ asyncio.run(main())
 
 # One script for both interpreters: each case connects, and says how it ended.
 _LOGIN_TLS = """
-import asyncio
+try:
+    from link import loop as asyncio  # MicroPython: the firmware's scheduler
+except ImportError:
+    import asyncio
 from link.mqtt import Client
 
 def ms(n):

@@ -19,6 +19,7 @@ import sys
 import time as _time
 
 import micropython as _mp
+from link import loop  # noqa: F401  (the HAL's scheduler: the same)
 
 sim_emergency_buf = []  # sizes passed to alloc_emergency_exception_buf
 

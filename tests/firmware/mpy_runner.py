@@ -19,7 +19,8 @@ def _tests(mod):
 def main(argv):
     only = argv[1:] if len(argv) > 1 else None
     files = sorted(f for f in os.listdir(_HERE) if f.startswith("test_") and f.endswith(".py"))
-    passed = failed = skipped = 0
+    passed = skipped = 0
+    failed = []
     for f in files:
         name = f[:-3]
         if only and name not in only:
@@ -29,7 +30,7 @@ def main(argv):
         except Exception as e:
             print("FAIL", name, "(import)", repr(e))
             sys.print_exception(e)
-            failed += 1
+            failed.append(name + " (import)")
             continue
         why = getattr(mod, "MPY_SKIP", None)
         if why:
@@ -45,14 +46,19 @@ def main(argv):
             gc.collect()  # a big allocation must not fail on an earlier test's fragments
             try:
                 getattr(mod, t)()
-            except Exception as e:
+            except KeyboardInterrupt:
+                raise
+            # CancelledError and SystemExit are failures of a test, not the end of the run
+            except BaseException as e:
                 print("FAIL", name + "::" + t, repr(e))
                 sys.print_exception(e)
-                failed += 1
+                failed.append(name + "::" + t)
             else:
                 print("ok  ", name + "::" + t)
                 passed += 1
-    line = "%d passed, %d failed" % (passed, failed)
+    for f in failed:  # again at the end, where a log's tail shows them
+        print("FAILED", f)
+    line = "%d passed, %d failed" % (passed, len(failed))
     if skipped:
         line += ", %d skipped" % skipped
     print(line)

@@ -137,6 +137,15 @@ def test_m06_daily_plan_inside_an_interval():
     assert st.plan(M + 86400 - 30, 1) == M + 86400 + 61  # nothing left today: tomorrow
 
 
+def test_m06_a_late_check_near_a_boundary_waits_for_the_allowed_part():
+    # the loop stalled past the planned instant: never send within 60 s of a boundary
+    st = clock.SyncState(900, EST)
+    t = st.plan(M, 5)  # M + 65
+    assert st.due(t) and st.due(M + 840)
+    assert not st.due(M + 841) and not st.due(M + 900) and not st.due(M + 959)
+    assert st.due(M + 960)
+
+
 def test_m07_step_between_20_and_120_s_then_tomorrow():
     for off, want in ((30000, clock.STEP), (-90000, clock.STEP), (1500, NONE)):
         st = clock.SyncState(900, EST)

@@ -111,15 +111,13 @@ def test_m01_late_tick_with_energy_is_invalid_not_lost():
     assert _short(rec.tick(D + 4 * 900 + 899)) == [(D + 2700, 0, 1)]
 
 
-def test_m01_closed_batch_len_matches_iteration():
+def test_m01_closed_records_switch_length_at_the_change():
     rec = rc.Recorder(900)
     rec.start(D)
     rec.set_interval(3600, D + 1)
-    c = rec.tick(D + 5 * H + 1)
-    n = len(c)
-    got = list(c)
-    assert n == len(got) == 4 + 4  # D..D+2700 at 900, then D+1h..D+4h at 3600
-    assert len(c) == 0
+    got = list(rec.tick(D + 5 * H + 1))
+    assert len(got) == 4 + 4  # D..D+2700 at 900, then D+1h..D+4h at 3600
+    assert rec.switched == 3600
     assert [r[1] for r in got] == [900] * 4 + [3600] * 4
     _check_stream(got)
 
@@ -150,10 +148,10 @@ def test_m01_interval_change_takes_effect_on_a_common_boundary():
         t = tu.floor_to(now, 60)
         while t < D + 3 * H:
             t += 60
-            c = rec.tick(t)
-            if c.new_interval:
-                changed.append((t, c.new_interval))
-            out.extend(c)
+            out.extend(rec.tick(t))
+            if rec.switched:
+                changed.append((t, rec.switched))
+                rec.switched = 0
         assert changed == [(eff, new)], (old, new, changed)
         assert [r[1] for r in out if r[0] < eff] == [old] * ((eff - cur) // old)
         assert all(r[1] == new for r in out if r[0] >= eff)
@@ -325,10 +323,8 @@ def test_m05_power_fail_then_power_up_flags_and_keeps_registers():
 def test_m05_power_up_long_outage_is_capped_at_45_days():
     rec = rc.Recorder(900)
     now = D + 100 * 86400 + 5
-    c = rec.power_up(now, D)
-    n = len(c)
-    got = list(c)
-    assert n == len(got) == 1 + 45 * 96
+    got = list(rec.power_up(now, D))
+    assert len(got) == 1 + 45 * 96
     assert got[0][0] == D + 900 and got[1][0] == D + 55 * 86400
     assert got[-1][0] == D + 100 * 86400 - 900
     assert all(r[2] == PF | INV for r in got[1:])

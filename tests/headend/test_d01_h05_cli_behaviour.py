@@ -12,9 +12,12 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +33,7 @@ from headend.store import Channel, ChannelKind, Meter, SqlStore, Unit, open_stor
 from headend.store.activity import Kind
 from headend.store.migrations import MIGRATIONS, migrate
 from headend.store.sqlite import SqliteDb
+from hil.broker import free_port
 from hil.wait import wait_until_sync
 from tests.headend.conftest import ctx_of, open_at
 from tests.support.broker import Broker
@@ -165,7 +169,7 @@ def test_d01_old_schema_says_db_migrate(capsys: pytest.CaptureFixture[str], tmp_
         code, _, err = run(capsys, "meters", "list", "--database", f"sqlite:///{path}")
         assert code == 1 and f"schema version {have}" in err and "`headend db migrate`" in err
     code, out, _ = run(capsys, "db", "migrate", "--database", f"sqlite:///{old}")
-    assert code == 0 and "applied migration(s) [2, 3]" in out
+    assert code == 0 and f"applied migration(s) {[m.version for m in MIGRATIONS[1:]]}" in out
     code, out, _ = run(capsys, "meters", "list", "--database", f"sqlite:///{old}")
     assert code == 0 and "0 meter(s)" in out
 
@@ -252,7 +256,7 @@ def test_d01_export_to_a_missing_folder_is_one_line_and_writes_nothing(
     (tmp_path / "out").mkdir()
     good = tmp_path / "out" / "x.csv"
     code, _, err = run(capsys, *argv, "-o", str(good))
-    assert code == 0 and good.read_text().startswith("start,end,active_import_Wh")
+    assert code == 0 and good.read_text().startswith("meter,record,start,end,channel")
     assert [p.name for p in good.parent.iterdir()] == ["x.csv"]  # no temp file left beside it
 
 
@@ -283,9 +287,10 @@ def test_d01_serve_refuses_the_development_key_without_dev(
 
 @contextlib.contextmanager
 def _serving(
-    url: str, broker: str, log: Path, *flags: str, key: str
+    url: str, broker: str, log: Path, *flags: str, key: str, extra: dict[str, str] | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
     env = {**os.environ, "AMI_DATABASE": url, "AMI_BROKER": broker, "AMI_MASTER_KEY": key}
+    env |= extra or {}
     env |= {"AMI_INSECURE": "1"}  # the shared test broker is the plain one
     env |= {"AMI_POLL_S": "0.05", "AMI_WORKER": f"serve-{log.stem}", "AMI_SHARE_GROUP": log.stem}
     with log.open("wb") as f:
@@ -353,3 +358,52 @@ def test_d01_database_down_is_one_line_without_the_password(
     )
     assert code == 1 and len(err.splitlines()) == 1 and "s3cret" not in err
     assert "cannot connect to PostgreSQL" in err
+
+
+@pytest.mark.req("D10")
+@pytest.mark.timeout(60)
+def test_d10_serve_with_api_listen_serves_the_api_and_stops_with_it(
+    mqtt_broker: Broker, sqlite_url: str, tmp_path: Path
+) -> None:
+    open_store(sqlite_url).close()
+    port = free_port()
+    api = {"AMI_API_LISTEN": f"127.0.0.1:{port}", "AMI_API_INSECURE": "1"}
+    log = tmp_path / f"a{uuid.uuid4().hex[:10]}.log"
+    with _serving(sqlite_url, mqtt_broker.url, log, key=KEY, extra=api) as proc:
+        base = f"http://127.0.0.1:{port}"
+        spec = wait_until_sync(lambda: _get(f"{base}/openapi.json"), 20, "the API answers")
+        assert spec[0] == 200 and b'"/portal/v1/meters"' in spec[1]
+        assert _get(f"{base}/api/v1/meters")[0] == 401  # no key, no data
+    text = log.read_text()
+    assert proc.returncode == 0 and "Traceback" not in text, text
+    assert "insecure: the HTTP API is served over plain HTTP" in text
+
+
+@pytest.mark.timeout(60)
+def test_d10_serve_stops_with_one_line_when_the_api_cannot_listen(
+    mqtt_broker: Broker, sqlite_url: str, tmp_path: Path
+) -> None:
+    open_store(sqlite_url).close()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", free_port()))
+        taken.listen()
+        api = {"AMI_API_LISTEN": f"127.0.0.1:{taken.getsockname()[1]}", "AMI_API_INSECURE": "1"}
+        log = tmp_path / f"b{uuid.uuid4().hex[:10]}.log"
+        with _serving(sqlite_url, mqtt_broker.url, log, key=KEY, extra=api) as proc:
+            wait_until_sync(lambda: proc.poll() is not None, 30, "serve stops")
+    text = log.read_text()
+    assert proc.returncode == 1 and "Traceback" not in text, text
+    last = text.splitlines()[-1]
+    assert last.startswith("headend serve: the HTTP API cannot listen on 127.0.0.1:"), text
+    assert last.endswith("already in use") and "Task was destroyed" not in text, text
+
+
+def _get(url: str) -> tuple[int, bytes] | None:
+    """(status, body), or None while nothing listens."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+    except OSError:
+        return None

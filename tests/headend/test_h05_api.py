@@ -13,6 +13,7 @@ import pytest
 
 from headend import api
 from headend.store import Channel, ChannelKind, Unit, open_store
+from headend.store.migrations import latest_version
 
 T0 = 1_711_929_600
 CH = (Channel(ChannelKind.ACTIVE_IMPORT, Unit.WH),)
@@ -45,6 +46,7 @@ def test_h05_api_refuses_a_database_at_another_schema_and_creates_none(tmp_path:
         api.Headend.open(f"sqlite:///{tmp_path}/none.db")
     assert not (tmp_path / "none.db").exists()
     sqlite3.connect(tmp_path / "empty.db").close()
-    with pytest.raises(api.SchemaError, match="schema version 0, expected 3") as e:
+    want = latest_version()
+    with pytest.raises(api.SchemaError, match=f"schema version 0, expected {want}") as e:
         api.Headend.open(f"sqlite:///{tmp_path}/empty.db")
-    assert (e.value.have, e.value.want) == (0, 3)
+    assert (e.value.have, e.value.want) == (0, want)

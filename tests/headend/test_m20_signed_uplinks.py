@@ -177,7 +177,7 @@ def test_m20_arbitrary_signed_bodies_never_raise(fuzz_core: Any, fields: dict[st
         return
     out = core.on_uplink(Uplink(706, raw, "mqtt"), T0 * 1000)
     for d in out.downlinks:  # whatever it answers, it signed
-        assert decode(d.frame)["auth"] is not None
+        assert decode(d.wire())["auth"] is not None
 
 
 def test_m20_event_dedupe_cost_does_not_grow_with_stored_events(

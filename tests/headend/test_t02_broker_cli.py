@@ -7,6 +7,7 @@ with the CA pinned, anything else is refused; bad input is one line, exit 2.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -144,6 +145,10 @@ def test_t02_the_generated_config_admits_the_site_and_nobody_else(
         (["--worker", "12"], "not a number"),
         (["--worker", "a/b"], "without spaces"),
         ([], "--pki DIR is needed"),
+        (["--gateway", "gw1"], "gateway: expected NAME:IDS"),
+        (["--gateway", "12:1-3"], "not a number"),
+        (["--gateway", "gw1:1-3", "--gateway", "gw2:3-4"], "already carried by another"),
+        (["--gateway", "gw1:"], "no meter ids"),
     ],
 )
 def test_t02_broker_config_bad_input_is_one_line(site: Path, args: list[str], says: str) -> None:
@@ -156,6 +161,30 @@ def test_t02_broker_config_bad_input_is_one_line(site: Path, args: list[str], sa
     assert out.returncode == 2 and len(out.stderr.splitlines()) == 1, out.stderr
     assert says in out.stderr and "Traceback" not in out.stderr
     assert not (site / "b" / "passwd").exists()
+
+
+@pytest.mark.req("T02")
+def test_t02_broker_config_gateway_login_carries_exactly_its_meters(site: Path) -> None:
+    assert headend("pki", "init", str(site / "pki")).returncode == 0
+    out = headend(
+        "broker", "config", str(site / "b"), "--pki", str(site / "pki"), "--meters", "7",
+        "--gateway", "gw1:1001-1002", "--config", str(site / "headend.toml"), "--json",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["gateways"] == {"gw1": 2}
+    acl = json.loads((site / "b" / "acl.json").read_text())
+    assert {"username": "gw1", "roles": [{"rolename": "gateway-gw1"}]} in acl["clients"]
+    (role,) = [r for r in acl["roles"] if r["rolename"] == "gateway-gw1"]
+    assert [(a["acltype"], a["topic"]) for a in role["acls"]] == [
+        ("subscribeLiteral", "ami/v1/1001/down"),
+        ("subscribeLiteral", "ami/v1/1002/down"),
+        ("publishClientReceive", "ami/v1/1001/down"),
+        ("publishClientReceive", "ami/v1/1002/down"),
+        ("publishClientSend", "ami/v1/1001/up"),
+        ("publishClientSend", "ami/v1/1002/up"),
+    ]
+    users = [line.split(":")[0] for line in (site / "b" / "passwd").read_text().splitlines()]
+    assert users == ["7", "headend", "gw1"]  # the gateway's meters need no login of their own
 
 
 @pytest.mark.req("T02")

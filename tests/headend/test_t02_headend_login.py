@@ -18,10 +18,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from aiomqtt.exceptions import MqttCodeError, MqttConnectError
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
 
 from headend.api import Config, pki
 from headend.transport.base import Uplink
-from headend.transport.mqtt import MqttTransport, login_from
+from headend.transport.mqtt import MqttTransport, _refusal, login_from
 from hil.broker import Broker, find_mosquitto, running_broker
 from hil.wait import wait_until, wait_until_sync
 from tests.conftest import missing
@@ -174,9 +177,12 @@ def test_t02_incoming_queue_is_bounded_and_overflow_is_counted_once(
     n, bound = 40, 5
 
     async def main() -> None:
+        # in_hand=1: the one blocked uplink holds up the link (by default the service
+        # takes up to IN_HAND at once, and the queue fills behind those)
         t = MqttTransport(
-            broker.host, broker.port, "w-queue", "q", login=login_from(cfg), max_queued=bound
-        )
+            broker.host, broker.port, "w-queue", "q", login=login_from(cfg), max_queued=bound,
+            in_hand=1,
+        )  # fmt: skip
         release = asyncio.Event()
         got: list[Uplink] = []
 
@@ -210,3 +216,14 @@ def test_t02_incoming_queue_is_bounded_and_overflow_is_counted_once(
         asyncio.run(main())
     warnings = [r for r in caplog.records if "incoming queue full" in r.getMessage()]
     assert len(warnings) == 1, [r.getMessage() for r in caplog.records]
+
+
+def test_t02_only_a_connack_refusal_ends_the_service_not_a_lost_link_after_it() -> None:
+    # paho's error 4 (MQTT_ERR_NO_CONN: the broker went away between CONNACK and SUBSCRIBE,
+    # as when it restarts for new logins) was taken for CONNACK 4 and ended `headend serve`
+    assert _refusal(MqttCodeError(4, "Could not subscribe")) is None
+    assert _refusal(MqttCodeError(5, "Could not publish message")) is None
+    assert _refusal(MqttConnectError(4)) == "login refused (4)"  # MQTT 3.1.1 CONNACK
+    bad_login = ReasonCode(PacketTypes.CONNACK, identifier=134)
+    assert "login refused" in (_refusal(MqttConnectError(bad_login)) or "")
+    assert _refusal(MqttConnectError(ReasonCode(PacketTypes.CONNACK, identifier=136))) is None

@@ -77,16 +77,17 @@ def running(p: Proc) -> bool:
 
 
 class HilRun:
-    """``python -m hil ARGS`` with TMPDIR=tmp/tmp, output in tmp/out and tmp/err."""
+    """``python -m hil ARGS`` (or another ``module``'s) with TMPDIR=tmp/tmp, output in
+    tmp/out and tmp/err."""
 
-    def __init__(self, tmp: Path, *args: str) -> None:
+    def __init__(self, tmp: Path, *args: str, module: str = "hil") -> None:
         self.tmpdir = tmp / "tmp"
         self.tmpdir.mkdir()
         self.out_path, self.err_path = tmp / "out", tmp / "err"
         env = dict(os.environ, TMPDIR=str(self.tmpdir), PYTHONUNBUFFERED="1")
         with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "hil", *args], cwd=ROOT, env=env, stdout=out, stderr=err
+                [sys.executable, "-m", module, *args], cwd=ROOT, env=env, stdout=out, stderr=err
             )
         self.seen: dict[int, Proc] = {}
 

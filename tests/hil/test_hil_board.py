@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 
 from hil.board import FIRMWARE, BoardError, BoardSpec, VirtualBoard, micropython_binary, read_flash
+from hil.broker import free_port
 from hil.wait import wait_until
 from tests.support.cli import refused, run_module, unwritable_dir
 
@@ -213,3 +215,52 @@ def test_hil_board_refuses_a_flash_dir_it_cannot_use(tmp_path: Path, where: str)
     assert line.startswith(f"error: flash directory {flash[where]}: ")
     assert afile.read_text() == "not a directory\n"
     assert sorted(locked.iterdir()) == before  # nothing half-written
+
+
+def _listening() -> socket.socket:
+    """A loopback listener holding a port (what another process may have bound)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", free_port()))
+    s.listen()
+    return s
+
+
+def test_a_board_picks_its_ports_again_when_one_was_taken_before_it_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race between picking a free port and the firmware binding it: the board
+    boots on fresh ports instead of dying at the REPL with EADDRINUSE."""
+    taken = _listening()
+    picks = iter([taken.getsockname()[1]])  # the first port picked is already taken
+    monkeypatch.setattr("hil.board.free_port", lambda: next(picks, None) or free_port())
+    spec = BoardSpec(4713, tmp_path / "flash", sim_start=T0, flat_wh=(100, 0, 30, 0))
+
+    async def main() -> None:
+        async with VirtualBoard(spec) as board:
+            assert board.boots == 2
+            assert taken.getsockname()[1] not in (spec.uart_port, spec.optical_port)
+            assert (await board.status())["now"] >= T0
+
+    with taken:
+        asyncio.run(main())
+
+
+def test_a_board_given_a_busy_port_fails_at_once_saying_so(
+    tmp_path: Path, mpy_present: None
+) -> None:
+    with _listening() as taken:
+        port = taken.getsockname()[1]
+        spec = BoardSpec(
+            4714, tmp_path / "flash", sim_start=T0, flat_wh=(100, 0, 30, 0), control_port=port
+        )
+
+        async def main() -> None:
+            board = VirtualBoard(spec)
+            try:
+                with pytest.raises(BoardError, match="EADDRINUSE"):
+                    await board.start()
+                assert spec.control_port == port  # a port the user chose is kept
+            finally:
+                await board.close()
+
+        asyncio.run(main())

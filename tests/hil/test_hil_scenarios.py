@@ -51,9 +51,12 @@ def test_powercut_fails_on_a_board_that_counts_nothing() -> None:
 
 
 @pytest.mark.req("M06", "M07", "M08", "M09", "H10")
-@pytest.mark.timeout(30)
+@pytest.mark.timeout(75)
 def test_m06_m07_m08_m09_h10_drift_60_s_stepped_300_s_out_of_sync_then_time_set() -> None:
-    out = _run("drift", days=0)
+    # 100x, not the scenario's 200x: on a loaded CI machine a 20 ms round trip is
+    # already the meter's 4 s limit at 200x, and a failed first sync retries after
+    # midnight, past this short run
+    out = _run("drift", days=0, speed=100)
     assert out["validations"] >= 3 and out["validations_near_boundary"] == 0  # M06
     assert out["a_steps"] == 0  # drift of a few s: validated, nothing stepped
     assert out["b_steps_logged"] == 1 and out["b_out_of_sync_events"] == 0  # M07, M09

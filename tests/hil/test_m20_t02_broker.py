@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from headend.api import pki
-from hil.broker import Broker, find_mosquitto, running_broker
+from hil.broker import Broker, find_mosquitto, free_port, running_broker
 from hil.wait import wait_until_sync
 from tests.conftest import missing
 from tests.support.mqttpeer import DEADLINE_S, Peer
@@ -200,3 +200,35 @@ def test_t02_oversize_packet_is_dropped(broker: Broker, headend: Peer) -> None:
     finally:
         big.close()
         control.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_broker_whose_port_was_taken_before_it_bound_starts_on_another(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race between picking a free port and mosquitto binding it (two test
+    processes): the other process's listener also accepts, so only mosquitto's own
+    "running" says the broker is up; it starts on a fresh port, and clients log in."""
+    path = find_mosquitto()
+    if path is None:
+        missing("mosquitto not installed: run `make setup`")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        first = taken.getsockname()[1]
+        picks = iter([first])  # the first port picked is already taken
+        monkeypatch.setattr(
+            "hil.broker.free_port", lambda host: next(picks, None) or free_port(host)
+        )
+        b = Broker(path, tmp_path, workers=(WORKER,))
+        try:
+            b.start()
+            assert b.port != first and b.running
+            assert "Address already in use" in b.log()
+            peer = Peer(b.host, b.port, WORKER, b.password(WORKER), b.ca).connect()
+            assert peer.accepted  # its own broker, not the process that held the port
+            peer.close()
+            b.restart()  # a restart keeps the port it runs on
+            assert b.running and b.port != first
+        finally:
+            b.stop()

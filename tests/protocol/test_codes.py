@@ -71,6 +71,18 @@ def test_nack_reasons_match_the_firmware_both_ways() -> None:
     assert _named("downlink", "NACK_") == _members(Nack)
 
 
+def test_optical_download_codes_match_the_firmware() -> None:
+    # optical.py names the nack reasons and events it uses (a subset)
+    nacks = _named("optical", "NACK_")
+    assert nacks and nacks.items() <= _members(Nack).items()
+    events = {k: v for k, v in consts("optical").items() if k.startswith("_DOWNLOAD_")}
+    assert {k.removeprefix("_"): v for k, v in events.items()} == {
+        "DOWNLOAD_GRANTED": Event.DOWNLOAD_GRANTED,
+        "DOWNLOAD_DENIED": Event.DOWNLOAD_DENIED,
+    }
+    assert consts("optical")["_WHAT_ALL"] == codes.WHAT_ALL
+
+
 def test_event_codes_match_the_firmware_both_ways() -> None:
     fw = consts("events")
     got = {m.name: fw.get(m.name, fw.get("_" + m.name)) for m in Event}

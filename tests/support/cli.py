@@ -6,10 +6,12 @@ traceback, nothing half-written.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,6 +33,16 @@ def run_python(*args: str, timeout: float = 120.0) -> subprocess.CompletedProces
         timeout=timeout,
         check=False,
     )
+
+
+def bench_json(name: str, *args: str, timeout: float, progress: tuple[str, ...]) -> dict[str, Any]:
+    """`python -m bench NAME ARGS` that succeeds with one of ``progress`` on stderr; the
+    JSON of its last stdout line."""
+    done = run_module("bench", name, *args, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert any(p in done.stderr for p in progress), done.stderr[-2000:]
+    out: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return out
 
 
 def refused(proc: subprocess.CompletedProcess[str]) -> str:

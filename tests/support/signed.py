@@ -96,4 +96,4 @@ def deliver(core: Core, meter_id: int, raw: bytes, now_ms: int = T0 * 1000) -> O
 
 
 def frames_to(out: Outbox, meter_id: int) -> list[bytes]:
-    return [d.frame for d in out.downlinks if d.meter_id == meter_id]
+    return [d.wire() for d in out.downlinks if d.meter_id == meter_id]

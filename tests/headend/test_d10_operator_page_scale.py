@@ -1,0 +1,146 @@
+"""D10 at fleet scale: the overview's collection progress comes from aggregate queries
+(`store.collection`), equal to counting each meter's coverage, and the page makes as
+many statements for 50 meters as for 5 (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+from headend.api import Config, Headend
+from headend.store import Meter, SqlStore, collection
+from headend.store.base import DAY_S
+from headend.web import figures, pages
+from headend.web.pages import overview_page
+from tests.headend.conftest import open_at
+from tests.headend.exportdata import CHANNELS, STEP, register, seed
+from tests.headend.operatorpage import NOW_S, TZ
+
+TODAY = figures.local_midnight  # (he, now_s) -> the report zone's midnight
+IST_MIN = 330  # a half-hour offset: its day rows are not on its local days
+
+
+def _fleet(store: SqlStore, he: Headend, ids: range, half_hour: bool = True) -> None:
+    """Meters in Los Angeles in three read groups (and unscheduled): every third one
+    complete yesterday, every third one half of it, the rest nothing; and (``half_hour``)
+    meters 1001 and 1002 on a half-hour offset, one complete over its days, one not."""
+    today = TODAY(he, NOW_S)
+    for mid in ids:
+        register(store, mid, today - 5 * DAY_S)
+        if mid % 3 == 0:
+            seed(store, mid, today - 2 * DAY_S, today + 3600)
+        elif mid % 3 == 1:
+            seed(store, mid, today - DAY_S, today - DAY_S // 2)
+    odd = (1001, 1002) if half_hour else ()
+    for mid in odd:
+        store.register_meter(Meter(mid, "1.0", STEP, IST_MIN, 1, CHANNELS, today - 5 * DAY_S))
+        seed(store, mid, today - 2 * DAY_S, today + (2 * DAY_S if mid == 1001 else -3600))
+    for mid in (*ids, *odd):
+        if mid % 4:
+            grp = mid % 4
+            he.ctx.registry.set_group(mid, grp, 0, f"g{grp}", NOW_S * 1000)
+
+
+def _by_coverage(he: Headend, start: int, end: int) -> dict[str | None, tuple[int, int]]:
+    """The per-meter way (one coverage query per meter): the reference."""
+    out: dict[str | None, tuple[int, int]] = {}
+    for m in figures.meters(he):
+        cov = he.coverage(m.meter_id, start, end)
+        done = bool(cov) and all(c.complete for c in cov)
+        n, c = out.get(m.read_group, (0, 0))
+        out[m.read_group] = (n + 1, c + done)
+    return out
+
+
+@pytest.mark.req("D10")
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("tz", "collected"), [(TZ, 4), ("Asia/Kolkata", 1)])
+def test_d10_collection_by_group_equals_per_meter_coverage(
+    backend: str, store_at: list[SqlStore], tz: str, collected: int
+) -> None:
+    store = open_at(backend, store_at)
+    with Headend.open(Config(database=backend, report_tz=tz)) as he:
+        _fleet(store, he, range(1, 13))
+        today = TODAY(he, NOW_S)
+        got = collection.by_group(he.ctx.db, today - DAY_S, today)
+        want = _by_coverage(he, today - DAY_S, today)
+    assert {g.read_group: (g.meters, g.collected) for g in got} == want
+    assert len(got) == len(want) and got[0].read_group is None  # unscheduled first
+    # Los Angeles: the meters complete yesterday. Kolkata: the half-hour meter whose
+    # rows cover its day (counted slot by slot), no Los Angeles one (their second day
+    # overlapping the report's runs on past today)
+    assert sum(g.collected for g in got) == collected
+
+
+@contextmanager
+def _counting(he: Headend) -> Iterator[list[str]]:
+    """Every statement the store runs through ``he`` (query, execute, executemany)."""
+    db = he.ctx.db
+    seen: list[str] = []
+
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        def counted(sql: str, *args: Any) -> Any:
+            seen.append(" ".join(sql.split())[:60])
+            return fn(sql, *args)
+
+        return counted
+
+    names = ("query", "execute", "executemany")
+    for name in names:
+        setattr(db, name, wrap(getattr(db, name)))
+    try:
+        yield seen
+    finally:
+        for name in names:
+            delattr(db, name)  # the class's methods again
+
+
+def _statements(he: Headend) -> tuple[int, str]:
+    with _counting(he) as seen:
+        page = overview_page(he, NOW_S, None, "", "")
+    return len(seen), page
+
+
+@pytest.mark.req("D10")
+@pytest.mark.timeout(90)
+def test_d10_overview_statements_do_not_grow_with_the_meters(
+    backend: str, store_at: list[SqlStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = open_at(backend, store_at)
+    # small chunks and search page: a read of every meter in chunks would show as growth
+    monkeypatch.setattr(pages, "MAX_LISTED", 4)
+    with Headend.open(Config(database=backend, report_tz=TZ)) as he:
+        he.ctx.db.chunk_rows = 4
+        _fleet(store, he, range(1, 6))
+        few, small = _statements(he)
+        _fleet(store, he, range(6, 51), half_hour=False)
+        many, large = _statements(he)
+    assert few == many, (few, many)
+    assert few < 40
+    assert 'id="progress"' in small and "<b>52</b>meters expected" in large
+
+
+@pytest.mark.req("D10")
+@pytest.mark.timeout(60)
+def test_d10_meter_search_is_a_page_of_the_matching_meters(
+    backend: str, store_at: list[SqlStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = open_at(backend, store_at)
+    with Headend.open(Config(database=backend, report_tz=TZ)) as he:
+        _fleet(store, he, range(1, 31))
+        every = figures.meters(he)
+        for wanted in (None, 8, 9, 999):
+            for group in ("", "g1", "g3", figures.UNSCHEDULED):
+                want = [
+                    m
+                    for m in every
+                    if wanted in (None, m.meter_id) and group in ("", figures.group_of(m))
+                ]
+                assert figures.listed(he, wanted, group, 5) == (want[:5], len(want))
+        monkeypatch.setattr(pages, "MAX_LISTED", 4)
+        page = overview_page(he, NOW_S, None, "", figures.UNSCHEDULED)
+    assert "first 4 of 7 meters shown" in page  # 4, 8, ..., 28: in no read group
+    assert page.count('href="/operator/meters/') == 4

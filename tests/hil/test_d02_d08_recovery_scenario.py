@@ -1,0 +1,57 @@
+"""D02-D05, D08, H09, N05: `python -m hil scenario recovery`, shortened (real service, fleet
+process, private mosquitto): meters on a mute link over the night's window (what only recovery
+reads bring back: the mass recovery of N05), offline 1 day, intermittent, never answering."""
+
+from __future__ import annotations
+
+import pytest
+
+from hil.broker import find_mosquitto
+from hil.scenarios import recovery
+from hil.scenarios.common import Options
+from hil.supervise import run
+from tests.conftest import missing
+from tests.support.cli import refused, run_module
+
+
+@pytest.mark.timeout(120)  # ~50 s on a loaded 2-core machine
+def test_d02_d03_d05_d08_h09_n05_scenario_recovery_30_meters() -> None:
+    if find_mosquitto() is None:
+        missing("mosquitto not installed: run `make setup` (or apt-get install mosquitto)")
+    # 3 meters "offline" (10 %): two on a mute link over the night's window (healed at 05:30:
+    # their reads failed and they send nothing more before their next night, so the 06:00
+    # check's recovery reads must bring their day back), one offline a whole day; 1
+    # intermittent (1 day); 1 silent (both days)
+    opts = Options(speed=6000, meters=30, offline_pct=10, days_offline=(0, 1), say=lambda s: None)
+    r = run(lambda: recovery.run(opts))
+    assert r["expected_missing"] == {"offline": 3, "intermittent": 1, "never": 2}
+    assert (r["missing_before"], r["recovered"], r["unsuccessful"]) == (6, 4, 2)
+    d08 = r["d08"]
+    assert d08["recovered_by_read"] + d08["recovered_by_meter"] == 4
+    assert d08["recovered_by_read"] >= 2 and r["recovered_by_read"] >= 2  # the mute ones, at least
+    assert (d08["unsuccessful"], d08["in_progress"]) == (2, 0)
+    assert d08["on_schedule"] == 30 * 2 - 6
+    assert r["headend_agrees"] and r["run_missing_meter_days"] == 2
+    assert 0 < r["peak_in_flight"] <= 500 and r["recovery_reads"] >= 6
+    assert 0 < r["recovery_sim_minutes"] <= 120, r  # N05: found to recovered, simulated
+    assert r["recovery_span_sim_minutes"] >= r["recovery_sim_minutes"] and r["ok"]
+
+
+def test_h09_scenario_recovery_slows_down_and_spreads_installation_for_a_big_fleet() -> None:
+    # the night's reads then reach the head-end at one real rate, whatever the fleet's size
+    assert recovery.default_speed(200) == recovery.default_speed(1000) == 1200
+    assert (recovery.default_speed(2000), recovery.default_speed(100_000)) == (600, 12)
+    # and installs it at <= 100 registrations a real second (30 min to 5 h simulated)
+    assert recovery.install_s(20, 6000) == 1800 and recovery.install_s(2000, 600) == 12_000
+    assert recovery.install_s(10**7, 1) == 5 * 3600
+
+
+@pytest.mark.timeout(60)
+def test_d02_scenario_recovery_bad_options_are_refused_before_anything_starts() -> None:
+    bad = run_module("hil", "scenario", "recovery", "--meters-per-conn", "0", "--json")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
+    assert bad.stderr.splitlines()[-1].endswith(
+        "argument --meters-per-conn: expected a whole number >= 1, got '0'"
+    )
+    line = refused(run_module("hil", "scenario", "recovery", "--meters", "2", "--json"))
+    assert line == "error: 2 meters cannot carry 0 offline and 1 intermittent", line
