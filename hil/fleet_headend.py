@@ -459,8 +459,11 @@ class FleetRun:
         last_check = self.days[-1]
         end = time.monotonic() + self.o.settle_wait_s
         while time.monotonic() < end:
-            rows = await rig.call(lambda he: he.missing_days())
-            checked = await rig.call(lambda he: he.report("stats", 0).rows)
+            # one call, the check's record first: a daily check run between two calls would
+            # leave its new days out of ``rows`` while ``done`` already counts it
+            checked, rows = await rig.call(
+                lambda he: (he.report("stats", 0).rows, he.missing_days())
+            )
             done = any(r[0] == iso(last_check)[:10] for r in checked)
             if done and all(self._settled(r) for r in rows):
                 break
