@@ -17,7 +17,9 @@ second, and the fourth, day: down at the 06:00 check, back after), and one
 meter never answers again. The head-end's window is 00:01-04:00, its daily
 check at 06:00; each missing meter-day gets 3 recovery reads 30 min apart
 (one send each: ``ondemand_retries`` 0), through the throttle. The run lasts
-the longest outage plus a day, then waits until every day found is settled.
+the longest outage plus a day (mute nights only: the one day they read), then
+waits until every day found is settled. The fleet's tick grows with meters x speed
+(``tick_s``) so that stepping the meters leaves the head-end most of the machine.
 
 Prints one JSON line: ``meters``, ``missing_before`` (meter-days the head-end
 found missing), ``recovered``, ``unsuccessful``, ``recovered_by_read``,
@@ -40,7 +42,7 @@ import time
 from typing import Any
 
 from hil.fleet import FIRST_ID
-from hil.fleet_headend import FleetRun, RunOptions
+from hil.fleet_headend import ASSIGN_REAL_S_PER_METER, START_MARGIN_S, FleetRun, RunOptions
 from hil.fleet_profile import DAY
 from hil.fleet_time import iso, parse_utc
 from hil.rig import RigError
@@ -69,9 +71,28 @@ def install_s(meters: int, speed: int) -> int:
     return min(INSTALL_MAX_S, max(1800, -(-meters * speed // INSTALL_RATE)))
 
 
+def start_at(meters: int, speed: int) -> int:
+    """When the run starts: 17:00 the day before the first collection day, earlier for a
+    big fast fleet, so that its installation, the rig's start-up margin and the evening
+    assignment (ASSIGN_REAL_S_PER_METER real seconds a meter) end an hour before the
+    night's window (100,000 meters at 50x: 05:00)."""
+    assign = meters * ASSIGN_REAL_S_PER_METER * speed
+    need = install_s(meters, speed) + START_MARGIN_S + assign + 3600
+    midnight = START - START % DAY + DAY
+    return min(START, midnight - -(-int(need) // 3600) * 3600)
+
+
 def run_days(days_offline: tuple[int, ...]) -> int:
-    """Collection days of the run: the longest outage (a mute night: one) plus a day."""
-    return max(*days_offline, 1) + 1
+    """Collection days of the run: the longest outage plus a day (the day its meters come
+    back and send what they hold); mute nights only: one, the day the mute night reads."""
+    return max(days_offline) + 1 if any(days_offline) else 1
+
+
+def tick_s(meters: int, speed: int) -> float:
+    """The fleet's tick, simulated seconds: 30, longer for a big fast fleet, so one pass
+    over its meters (~10 us CPU each) takes at most a third of a tick's real time and the
+    fleet process leaves the head-end most of the machine (100,000 meters at 50x: 150)."""
+    return max(30.0, 3 * meters * 1e-5 * speed)
 
 
 def plan(
@@ -94,8 +115,8 @@ def plan(
         want["offline"] += max(k, 1)
     for _ in range(n_int):
         mid = next(ids)
-        for d in (1, 3):
-            if d < days:
+        for d in (1, 3):  # the night after day d reads day d: in the run if d <= days
+            if d <= days:
                 t = day1 + d * DAY
                 outages.append(f"{mid}:{iso(t)}/{iso(t + 7 * 3600)}")
                 want["intermittent"] += 1
@@ -110,7 +131,8 @@ async def run(opts: Options) -> dict[str, Any]:
     days_offline = tuple(opts.pick("days_offline", (1, 3, 6)))
     speed = int(opts.pick("speed", default_speed(meters)))
     per_conn = int(opts.pick("meters_per_conn", 1))
-    day1 = START - START % DAY + DAY
+    start = start_at(meters, speed)
+    day1 = start - start % DAY + DAY
     try:
         outages, want = plan(meters, pct, days_offline, day1)
     except ValueError as e:
@@ -122,11 +144,12 @@ async def run(opts: Options) -> dict[str, Any]:
             meters=meters,
             days=days,
             speed=speed,
-            start=START,
+            start=start,
             seed=opts.seed,
             profile_mix="normal=1",
             outages=tuple(outages),
             install_s=install_s(meters, speed),
+            tick_s=tick_s(meters, speed),
             window_end="04:00",
             daily_check_at="06:00",
             settle_all=True,

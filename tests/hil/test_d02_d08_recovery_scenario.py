@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from hil.broker import find_mosquitto
+from hil.fleet_time import iso
 from hil.scenarios import recovery
 from hil.scenarios.common import Options
 from hil.supervise import run
@@ -44,6 +45,17 @@ def test_h09_scenario_recovery_slows_down_and_spreads_installation_for_a_big_fle
     # and installs it at <= 100 registrations a real second (30 min to 5 h simulated)
     assert recovery.install_s(20, 6000) == 1800 and recovery.install_s(2000, 600) == 12_000
     assert recovery.install_s(10**7, 1) == 5 * 3600
+    # starts early enough that installation and the evening assignment end before the window
+    assert iso(recovery.start_at(30, 6000))[11:16] == "17:00"
+    assert iso(recovery.start_at(100_000, 50))[11:16] == "09:00"  # 5 h + 2 h + 6.9 h + 1 h
+    # the fleet's tick grows with meters x speed (a pass over the meters: <= 1/3 of a tick)
+    assert recovery.tick_s(30, 6000) == 30 and recovery.tick_s(100_000, 50) == pytest.approx(150)
+    # mute nights only: the one day they read; outages of k days: k + 1
+    assert (recovery.run_days((0,)), recovery.run_days((0, 1)), recovery.run_days((1, 3, 6))) == (
+        1,
+        2,
+        7,
+    )
 
 
 @pytest.mark.timeout(60)
