@@ -70,7 +70,8 @@ def listed(he: Headend, wanted: int | None, group: str, limit: int) -> tuple[lis
 
 def progress(he: Headend, now_s: int) -> list[GroupProgress]:
     """Today's collection (the night's reads) by read group: a meter counts as
-    collected when every interval of the day before today (report time zone) is stored
+    collected when every interval of its collection day labelled yesterday (report
+    time zone; its local-standard day, as the recovery reports label days) is stored
     (a few aggregate queries, however many meters: `store.collection`)."""
     today = local_midnight(he, now_s)
     expected: dict[str, int] = {}
