@@ -346,6 +346,16 @@ class MissingDays:
             )
         return [_row(r) for r in rows]
 
+    def found_per_day(self, found_from_ms: int) -> dict[int, int]:
+        """Meter-days found missing since ``found_from_ms``, counted per day (its start,
+        UTC s): one grouped query on the found index, not a row per meter-day."""
+        with self.db.transaction(write=False):
+            rows = self.db.query(
+                "SELECT day, COUNT(*) FROM missing_day WHERE found_ms >= ? GROUP BY day",
+                (found_from_ms,),
+            )
+        return {int(d): int(n) for d, n in rows}
+
     def failed_reads(self) -> dict[int, int]:
         """Recovery reads that failed, per meter."""
         with self.db.transaction(write=False):

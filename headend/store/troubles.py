@@ -140,10 +140,19 @@ class Troubles:
             (now_ms, why),
         )
 
-    def find(self, meter_id: int | None = None, state: TroubleState | None = None) -> list[Trouble]:
-        """Reports, oldest first; optionally one meter's, one state's."""
+    def find(
+        self,
+        meter_id: int | None = None,
+        state: TroubleState | None = None,
+        open_at_ms: int | None = None,
+    ) -> list[Trouble]:
+        """Reports, oldest first; optionally one meter's, one state's, or only those
+        still open at ``open_at_ms`` or after (open now, or closed since)."""
         where: list[str] = []
         params: list[object] = []
+        if open_at_ms is not None:
+            where.append("(state = ? OR closed_ms >= ?)")
+            params += [TroubleState.OPEN.value, open_at_ms]
         if meter_id is not None:
             where.append("meter_id = ?")
             params.append(meter_id)

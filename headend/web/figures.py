@@ -90,11 +90,14 @@ def trend(he: Headend, now_s: int, days: int = 30) -> Trend:
     today = datetime.fromtimestamp(now_s, tz).date()
     labels = [(today - timedelta(days=k)).isoformat() for k in range(days - 1, -1, -1)]
     missing = {d: 0 for d in labels}
-    for r in he.missing_days():
-        label = day_label(r.day)
+    # a day in the window was found after it ended, so after the window's start: only the
+    # counts found since then, per day, are read (not every meter-day ever found)
+    first_s = int(datetime.fromisoformat(labels[0]).replace(tzinfo=tz).timestamp())
+    for day, n in he.ctx.missing.found_per_day((first_s - DAY_S) * 1000).items():
+        label = day_label(day)
         if label in missing:
-            missing[label] += 1
-    troubles = he.ctx.troubles.find()
+            missing[label] += n
+    troubles = he.ctx.troubles.find(open_at_ms=(first_s + DAY_S) * 1000)
     open_at: list[int] = []
     for label in labels:
         end_ms = int(datetime.fromisoformat(label).replace(tzinfo=tz).timestamp() + DAY_S) * 1000

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
 import pytest
 
+from headend.adcs.recovery import day_label
 from headend.api import Config, Headend
 from headend.store import Meter, SqlStore, collection
 from headend.store.base import DAY_S
+from headend.store.missing import Found
 from headend.web import figures, pages
 from headend.web.pages import overview_page
 from tests.headend.conftest import open_at
@@ -148,3 +151,51 @@ def test_d10_meter_search_is_a_page_of_the_matching_meters(
         page = overview_page(he, NOW_S, None, "", figures.UNSCHEDULED)
     assert "first 4 of 7 meters shown" in page  # 4, 8, ..., 28: in no read group
     assert page.count('href="/operator/meters/') == 4
+
+
+def _trend_by_full_pass(he: Headend, now_s: int, days: int = 30) -> tuple[list[int], list[int]]:
+    """The reference: every meter-day ever found and every report ever opened, in Python."""
+    labels = figures.trend(he, now_s, days).days
+    missing = [sum(1 for r in he.missing_days() if day_label(r.day) == d) for d in labels]
+    ends = [
+        int(datetime.fromisoformat(d).replace(tzinfo=he.ctx.config.tz).timestamp() + DAY_S) * 1000
+        for d in labels
+    ]
+    rep = he.ctx.troubles.find()
+    trouble = [
+        sum(1 for t in rep if t.opened_ms < e and (t.closed_ms is None or t.closed_ms >= e))
+        for e in ends
+    ]
+    return missing, trouble
+
+
+@pytest.mark.req("D10")
+@pytest.mark.timeout(60)
+def test_d10_trend_reads_only_the_window_and_equals_a_full_pass(
+    backend: str, store_at: list[SqlStore]
+) -> None:
+    store = open_at(backend, store_at)
+    with Headend.open(Config(database=backend, report_tz=TZ)) as he:
+        today = TODAY(he, NOW_S)
+        for mid in range(1, 7):
+            register(store, mid, today - 60 * DAY_S)
+        # missing days found over 50 days (before the 30-day window too), trouble reports
+        # opened and closed across the window's start
+        for k in range(1, 50, 3):
+            day = today - k * DAY_S
+            found = [Found(mid, day, 96, 0, "prev_day") for mid in range(1, 1 + k % 6 + 1)]
+            he.ctx.missing.add(found, (day + DAY_S + 6 * 3600) * 1000)
+        for mid, (opened, closed) in enumerate([(45, 40), (40, 25), (20, 5), (10, None)], 1):
+            ms = (today - opened * DAY_S) * 1000
+            tid = he.ctx.troubles.open(mid, ms, "3 days missing", ["x"])
+            assert tid is not None
+            if closed is not None:
+                he.ctx.troubles.close(tid, (today - closed * DAY_S) * 1000, "data again")
+        t = figures.trend(he, NOW_S)
+        want_missing, want_trouble = _trend_by_full_pass(he, NOW_S)
+        # found before the window: not read at all (what the grouped query returns)
+        window_ms = (today - 30 * DAY_S) * 1000
+        assert all(d >= today - 32 * DAY_S for d in he.ctx.missing.found_per_day(window_ms))
+        assert [r.trouble_id for r in he.ctx.troubles.find(open_at_ms=window_ms)] == [2, 3, 4]
+    assert (t.missing, t.trouble) == (want_missing, want_trouble)
+    assert sum(t.missing) > 0 and max(t.trouble) == 2 and t.trouble[0] == 1
