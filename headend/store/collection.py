@@ -70,12 +70,12 @@ class GroupCollection:
     collected: int
 
 
-def by_group(db: Db, start: int, end: int) -> list[GroupCollection]:
-    """Per read group: meters, and meters whose collection day in [start, end) (its
-    middle there) is complete (see the module doc), in read group order (unscheduled
-    first)."""
-    # every meter's day lies in [start - 1.5 days, start + 1.5 days), its rows within a day
-    bounds = (start - 3 * DAY_S, max(end, start + DAY_S) + 2 * DAY_S)
+def by_group(db: Db, start: int) -> list[GroupCollection]:
+    """Per read group: meters, and meters whose collection day labelled with the day
+    that begins at ``start`` (its middle in [start, start + a day)) is complete (see the
+    module doc), in read group order (unscheduled first)."""
+    # every meter's day lies in (start - 12 h, start + 36 h), its rows within a day of it
+    bounds = (start - 3 * DAY_S, start + 3 * DAY_S)
     with db.transaction(write=False):
         groups = db.query(_BY_GROUP, (start, *bounds))
         odd = db.query(_ODD_ROWS, (start, *bounds))

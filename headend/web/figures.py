@@ -76,7 +76,7 @@ def progress(he: Headend, now_s: int) -> list[GroupProgress]:
     today = local_midnight(he, now_s)
     expected: dict[str, int] = {}
     done: dict[str, int] = {}
-    for g in collection.by_group(he.ctx.db, today - DAY_S, today):
+    for g in collection.by_group(he.ctx.db, today - DAY_S):
         label = g.read_group or UNSCHEDULED
         expected[label] = expected.get(label, 0) + g.meters
         done[label] = done.get(label, 0) + g.collected

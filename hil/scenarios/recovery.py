@@ -75,7 +75,7 @@ def start_at(meters: int, speed: int) -> int:
     """When the run starts: 17:00 the day before the first collection day, earlier for a
     big fast fleet, so that its installation, the rig's start-up margin and the evening
     assignment (ASSIGN_REAL_S_PER_METER real seconds a meter) end an hour before the
-    night's window (100,000 meters at 50x: 05:00)."""
+    night's window (100,000 meters at 50x: from 09:00)."""
     assign = meters * ASSIGN_REAL_S_PER_METER * speed
     need = install_s(meters, speed) + START_MARGIN_S + assign + 3600
     midnight = START - START % DAY + DAY

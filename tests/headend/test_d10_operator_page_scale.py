@@ -70,7 +70,7 @@ def test_d10_collection_by_group_equals_per_meter_coverage(
     with Headend.open(Config(database=backend, report_tz=tz)) as he:
         _fleet(store, he, range(1, 13))
         today = TODAY(he, NOW_S)
-        got = collection.by_group(he.ctx.db, today - DAY_S, today)
+        got = collection.by_group(he.ctx.db, today - DAY_S)
         want = _by_coverage(he, today - DAY_S, today)
     assert {g.read_group: (g.meters, g.collected) for g in got} == want
     assert len(got) == len(want) and got[0].read_group is None  # unscheduled first
