@@ -4,7 +4,7 @@ Everything such a program needs from the head-end is importable from this
 module (``tools/lint.py`` holds ``hil/`` to it), so the modules behind it can
 change without breaking them:
 
-* configuration and time: `Config`, `load`, `DEV_MASTER_KEY`, `parse_hhmm`, `Clock`;
+* configuration and time: `Config`, `load`, `DEV_MASTER_KEY`, `parse_hhmm`, `Clock` (with `Leg`);
 * the service: `Service` (run it with ``await Service(config).run()``), and
   `on_service` to query a running one on its own database thread;
 * a database: `Headend` (`Headend.open`), one connection with what other
@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 from headend import brokerconf, pki
 from headend.adcs import ondemand, scheduling
 from headend.adcs.recovery import BY_READ as RECOVERED_BY_READ
-from headend.clock import Clock
+from headend.clock import Clock, Leg, check_legs
 from headend.config import DEV_MASTER_KEY, Config, load, parse_hhmm
 from headend.context import Ctx
 from headend.errors import (
@@ -75,6 +75,8 @@ __all__ = [
     "DEV_MASTER_KEY",
     "Activity",
     "Clock",
+    "Leg",
+    "check_legs",
     "Config",
     "ConfigError",
     "DayCoverage",

@@ -11,6 +11,14 @@ times faster from there. A virtual board's RTC (hal/unix, board.json
 as its own process (`headend serve --clock-start S --clock-anchor A`) reads
 the same simulated instant as boards started with ``sim_start`` S and
 ``real_start_ms`` A x 1000, to within the wall clock's resolution.
+
+A simulated clock may also carry fast legs: spans of simulated time it runs
+through at another speed (a simulation's idle daytime at 100x where its busy
+nights run at 20x). The legs are part of the clock's definition, so two
+processes given the same (start, anchor, speed, legs) still read the same
+instant without talking to each other. ``speed`` stays the base speed: what
+converts a real-time bound to simulated time (a throttle's second, a reply's
+timeout) uses it, so a fast leg must span only what such bounds do not govern.
 """
 
 from __future__ import annotations
@@ -19,21 +27,36 @@ import asyncio
 import time
 from dataclasses import dataclass
 
+Leg = tuple[float, float, float]  # (from, to: simulated UTC s; speed over that span)
+
+
+def check_legs(legs: tuple[Leg, ...]) -> tuple[Leg, ...]:
+    """The legs in order, or ValueError: each from < to, speed > 0, no overlap."""
+    out = tuple(sorted((float(a), float(b), float(v)) for a, b, v in legs))
+    for i, (a, b, v) in enumerate(out):
+        if not a < b or v <= 0:
+            raise ValueError(f"clock leg {a:.0f}..{b:.0f} at {v:g}x: need from < to, speed > 0")
+        if i and a < out[i - 1][1]:
+            raise ValueError(f"clock legs overlap at {a:.0f}")
+    return out
+
 
 @dataclass
 class Clock:
-    """UTC time, possibly scaled: now = start + (wall clock - anchor) × speed.
+    """UTC time, possibly scaled: now = start + (wall clock - anchor) × speed (legs apart).
 
     Args:
         speed: simulated seconds per real second (1 = real time).
         start: the simulated UTC s at ``anchor``; 0 = the wall clock at ``anchor``.
         anchor: the wall-clock instant (epoch s) at which the clock reads ``start``;
             0 = now (when the Clock is made).
+        legs: (from, to, speed) spans of simulated time run at their own speed.
     """
 
     speed: float = 1.0
     start: float = 0.0
     anchor: float = 0.0
+    legs: tuple[Leg, ...] = ()
 
     def __post_init__(self) -> None:
         if self.speed <= 0:
@@ -42,10 +65,27 @@ class Clock:
             self.anchor = time.time()
         if not self.start:
             self.start = self.anchor
+        self.legs = check_legs(self.legs)
+
+    def _sim_at(self, wall_s: float) -> float:
+        t, sim = wall_s - self.anchor, self.start
+        for a, b, v in self.legs:
+            if t <= 0:
+                break
+            if b <= sim:
+                continue
+            base = (max(a, sim) - sim) / self.speed  # real time to the leg at base speed
+            if t <= base:
+                break
+            t, sim = t - base, max(a, sim)
+            if t <= (b - sim) / v:
+                return sim + t * v
+            t, sim = t - (b - sim) / v, b
+        return sim + t * self.speed
 
     def now(self) -> float:
         """UTC seconds (float)."""
-        return self.start + (time.time() - self.anchor) * self.speed
+        return self._sim_at(time.time())
 
     def now_s(self) -> int:
         return int(self.now())
@@ -55,19 +95,32 @@ class Clock:
 
     def ms_at(self, wall_s: float) -> int:
         """What this clock read (UTC ms) at the wall-clock instant ``wall_s`` (epoch s)."""
-        return int((self.start + (wall_s - self.anchor) * self.speed) * 1000)
+        return int(self._sim_at(wall_s) * 1000)
 
     def real_at(self, sim_s: float) -> float:
         """The wall-clock instant (epoch s) at which this clock reads ``sim_s``."""
-        return self.anchor + (sim_s - self.start) / self.speed
+        wall, sim = self.anchor, self.start
+        for a, b, v in self.legs:
+            if sim_s <= sim or b <= sim:
+                continue
+            a = max(a, sim)
+            if sim_s <= a:
+                break
+            wall, sim = wall + (a - sim) / self.speed, a
+            if sim_s <= b:
+                return wall + (sim_s - a) / v
+            wall, sim = wall + (b - a) / v, b
+        return wall + (sim_s - sim) / self.speed
 
     def follow(self, sim_s: float, wall_s: float, speed: float) -> None:
-        """Re-anchor: from now on ``sim_s`` at wall time ``wall_s``, at ``speed``."""
+        """Re-anchor: from now on ``sim_s`` at wall time ``wall_s``, at ``speed`` (the
+        legs kept)."""
         self.start, self.anchor, self.speed = sim_s, wall_s, speed
 
     async def sleep(self, sim_seconds: float) -> None:
         """Sleep for `sim_seconds` of simulated time."""
-        await asyncio.sleep(max(0.0, sim_seconds / self.speed))
+        now = time.time()
+        await asyncio.sleep(max(0.0, self.real_at(self._sim_at(now) + sim_seconds) - now))
 
     async def sleep_until(self, utc_s: float) -> None:
         await self.sleep(utc_s - self.now())

@@ -31,6 +31,37 @@ def test_clock_reads_start_at_its_wall_clock_anchor_and_follows_a_new_one() -> N
     assert abs(real.now() - time.time()) < 0.01
 
 
+def test_h10_a_fast_leg_runs_its_span_at_its_speed_and_both_directions_agree() -> None:
+    anchor = 1_000_000.0
+    leg = (T0 + 3600.0, T0 + 7200.0, 60.0)  # an hour at 60x after an hour at 20x
+    c = Clock(20, T0, anchor, (leg,))
+    assert c.ms_at(anchor + 180) == (T0 + 3600) * 1000  # 3600 s at 20x: 180 real s
+    assert c.ms_at(anchor + 180 + 30) == (T0 + 3600 + 1800) * 1000  # 30 s at 60x
+    assert c.ms_at(anchor + 240) == (T0 + 7200) * 1000  # the leg's hour: 60 real s
+    assert c.ms_at(anchor + 250) == (T0 + 7200 + 200) * 1000  # then 20x again
+    assert c.ms_at(anchor - 10) == (T0 - 200) * 1000  # before the anchor: base speed
+    for sim in (T0 - 50, T0, T0 + 3599.5, T0 + 3600, T0 + 5000, T0 + 7200, T0 + 9999):
+        assert abs(c.ms_at(c.real_at(sim)) - sim * 1000) <= 1
+    plain = Clock(20, T0, anchor)
+    assert c.real_at(T0 + 3000) == plain.real_at(T0 + 3000)
+    c.follow(T0 + 5000, anchor + 500, 20)  # re-anchored inside the leg: still 60x there
+    assert c.ms_at(anchor + 510) == (T0 + 5600) * 1000
+    assert c.ms_at(anchor + 500 + 2200 / 60 + 10) == (T0 + 7400) * 1000
+
+
+@pytest.mark.parametrize(
+    "legs",
+    [
+        ((T0 + 10.0, T0 + 5.0, 50.0),),
+        ((T0, T0 + 5.0, 0.0),),
+        ((T0, T0 + 9.0, 5.0), (T0 + 8.0, T0 + 20.0, 5.0)),
+    ],
+)
+def test_h10_a_clock_refuses_legs_backwards_stopped_or_overlapping(legs: tuple) -> None:
+    with pytest.raises(ValueError, match="clock leg"):
+        Clock(20, T0, 1.0, legs)
+
+
 def test_headend_config_file_and_serve_flag_carry_the_anchor(tmp_path: Path) -> None:
     anchor = time.time() - 100
     toml = tmp_path / "headend.toml"
