@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from headend.api import Clock, parse_hhmm
+from headend.api import Clock, check_legs, parse_hhmm
 from hil.board import master_key
 from hil.fleet_gateway import Gateway, partition
 from hil.fleet_meter import DEFAULT_PUSH_MASK, NO_SYNC_FAILED_PUSH, FleetMeter, Stats, key_for
@@ -360,7 +360,9 @@ async def run_fleet(args: argparse.Namespace) -> dict[str, Any]:
     """The fleet alone, against a broker and head-end already running."""
     host, _, port = args.broker.removeprefix("mqtt://").rpartition(":")
     start = parse_utc(args.start)
-    tb = Clock(float(args.speed), float(start), args.real_start or time.time())
+    tb = Clock(
+        float(args.speed), float(start), args.real_start or time.time(), tuple(args.fast or ())
+    )
     day1, end = timeline(start, args.days, args.window_end)
     if args.end:
         end = parse_utc(args.end)
@@ -391,7 +393,7 @@ async def run_fleet(args: argparse.Namespace) -> dict[str, Any]:
     print(
         f"fleet: {len(plans)} meters {describe(plans)} from {iso(start)}, "
         f"{args.days} day(s) from {iso(day1)} to {iso(end)} at x{args.speed} "
-        f"(~{(end - tb.now()) / tb.speed:.0f} s real), broker {host}:{port}",
+        f"(~{tb.real_at(end) - time.time():.0f} s real), broker {host}:{port}",
         file=sys.stderr,
         flush=True,
     )
@@ -410,6 +412,17 @@ async def run_fleet(args: argparse.Namespace) -> dict[str, Any]:
     out = fleet.summary(day1, args.days, end)
     await fleet.close()
     return out
+
+
+def fast_leg(text: str) -> tuple[float, float, float]:
+    """``FROM/TO/SPEED`` (UTC instants, a speed) -> a clock leg (argparse type)."""
+    try:
+        a, b, v = text.split("/")
+        leg = (float(parse_utc(a)), float(parse_utc(b)), float(v))
+        check_legs((leg,))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected FROM/TO/SPEED ({e})") from None
+    return leg
 
 
 def _stdin_closed(hold: asyncio.Event) -> None:
@@ -466,6 +479,14 @@ def parser() -> argparse.ArgumentParser:
         help="wall-clock epoch s at which simulated time = --start (default: now)",
     )
     p.add_argument("--end", help="end of the run, UTC (default: after the last window)")
+    p.add_argument(
+        "--fast",
+        action="append",
+        type=fast_leg,
+        metavar="FROM/TO/SPEED",
+        help="run the simulated span [FROM, TO) (UTC) at SPEED: a fast leg of the clock, "
+        "the same as the head-end's (headend.clock); repeatable",
+    )
     p.add_argument("--window-end", default="08:00", help="the head-end's window_end")
     p.add_argument(
         "--outage",

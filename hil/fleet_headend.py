@@ -44,6 +44,7 @@ from headend.api import (
     Clock,
     Headend,
     JobState,
+    Leg,
     MissingDay,
     MissingState,
     StoreError,
@@ -109,6 +110,11 @@ class RunOptions:
     settle_wait_s: float = RECOVERY_WAIT_S
     headend: tuple[tuple[str, Any], ...] = ()  # more head-end settings (name, value)
     meters_per_conn: int = 1  # > 1: gateway logins, K meters per connection (fleet_gateway)
+    #: > speed: the first collection day's daytime (an hour after the daily check, which
+    #: finds nothing then, to 23:30; its evening assignment finds every meter placed), when
+    #: the meters only record and sync their clocks, runs at this speed (a fast leg of the
+    #: shared clock, headend.clock)
+    idle_speed: int = 0
 
 
 class Snapshots:
@@ -198,6 +204,7 @@ class FleetRun:
                 f"installation ({opts.install_s} s from {iso(opts.start)}) plus "
                 f"{START_MARGIN_S} s of start-up must end before 23:00 of the first evening"
             )
+        self.legs = self._idle_legs()
         self.days = [self.day1 + k * DAY for k in range(opts.days)]
         self.tally = Tally({(m, d) for m in self.meter_ids for d in self.days})
         self.jobs: list[int] = []
@@ -263,6 +270,24 @@ class FleetRun:
             **dict(self.o.headend),
         }
 
+    def _idle_legs(self) -> tuple[Leg, ...]:
+        o = self.o
+        if o.idle_speed <= o.speed:
+            return ()
+        if o.boards or o.ondemand:
+            raise ProfileError(
+                "--idle-speed runs no boards (their RTCs keep one speed) and no reads"
+            )
+        check = parse_hhmm("daily_check_at", o.daily_check_at)
+        a = self.day1 + check.hour * 3600 + check.minute * 60 + 3600
+        b = self.day1 + DAY - 1800
+        return ((float(a), float(b), float(o.idle_speed)),) if a < b else ()
+
+    def real_s(self, a: float, b: float) -> float:
+        """Real seconds from simulated ``a`` to ``b`` on this run's clock (legs too)."""
+        clock = Clock(float(self.o.speed), float(a), 1.0, self.legs)
+        return clock.real_at(b) - 1.0
+
     def groups(self) -> int:
         """Read groups in the window: the meters are spread evenly over all of them."""
         ws = parse_hhmm("window_start", WINDOW_START)
@@ -278,7 +303,7 @@ class FleetRun:
         self.say(
             f"run: {len(self.meter_ids)} meters ({o.boards} virtual boards, {o.meters} fleet), "
             f"{o.days} day(s) from {iso(self.day1)}, x{o.speed}; simulated {iso(o.start)} .. "
-            f"{iso(self.end)} (~{(self.end - o.start) / o.speed:.0f} s real)"
+            f"{iso(self.end)} (~{self.real_s(o.start, self.end):.0f} s real)"
         )
         async with Rig(
             workdir=self.workdir,
@@ -294,6 +319,7 @@ class FleetRun:
             admit=() if o.meters_per_conn > 1 else tuple(self.fleet_ids),
             gateways=partition(self.fleet_ids, o.meters_per_conn) if o.meters_per_conn > 1 else (),
             insecure=o.insecure,
+            clock_legs=self.legs,
         ) as rig:
             assert rig.config is not None and rig.broker is not None and rig.service is not None
             tb = rig.clock
@@ -361,6 +387,8 @@ class FleetRun:
         ]
         for text in o.outages:
             argv += ["--outage", text]
+        for a, b, v in self.legs:
+            argv += ["--fast", f"{iso(a)}/{iso(b)}/{v:g}"]
         if ca is not None:  # the meters log in over TLS (their passwords: from their keys)
             argv += ["--ca", str(ca)]
         return await Child.spawn(

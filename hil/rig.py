@@ -45,6 +45,7 @@ from headend.api import (
     Config,
     Headend,
     Job,
+    Leg,
     ReadMode,
     ReadSpec,
     Service,
@@ -276,6 +277,8 @@ class Rig(Supervised):
         admit: more meter ids the broker admits (a fleet's simulated meters).
         keep: keep the temp dir (SQLite file, flash dirs, console logs) and print where.
         say: progress printer (None: quiet).
+        clock_legs: fast legs of the simulated clock (`headend.clock`); boards' RTCs
+            know none, so a rig with boards takes none.
     """
 
     boards: int = 1
@@ -293,6 +296,7 @@ class Rig(Supervised):
     insecure: bool = False
     admit: tuple[int, ...] = ()  # more meter logins on the broker (a fleet's)
     gateways: Sequence[tuple[str, tuple[int, ...]]] = ()  # (login, meters): a fleet's gateways
+    clock_legs: tuple[Leg, ...] = ()
 
     def __post_init__(self) -> None:
         self.board_list: list[VirtualBoard] = []
@@ -302,7 +306,9 @@ class Rig(Supervised):
         self.proxy: LatencyProxy | None = None
         self._svc_task: asyncio.Task[None] | None = None
         self._tmp: Path | None = None
-        self.clock = Clock(float(self.speed), float(self.sim_start))
+        if self.clock_legs and self.boards:
+            raise RigError("a clock with fast legs runs no virtual boards (their RTCs know none)")
+        self.clock = Clock(float(self.speed), float(self.sim_start), legs=self.clock_legs)
         self.config: Config | None = None
         self.guard = Guard()
 
@@ -463,7 +469,7 @@ class Rig(Supervised):
             left = sim_t - self.clock.now()
             if left <= 0:
                 return
-            await asyncio.sleep(min(left / self.clock.speed, 1.0))
+            await asyncio.sleep(min(self.clock.real_at(sim_t) - time.time(), 1.0))
             if tick is not None:
                 await tick()
 

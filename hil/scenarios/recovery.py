@@ -20,6 +20,8 @@ check at 06:00; each missing meter-day gets 3 recovery reads 30 min apart
 the longest outage plus a day (mute nights only: the one day they read), then
 waits until every day found is settled. The fleet's tick grows with meters x speed
 (``tick_s``) so that stepping the meters leaves the head-end most of the machine.
+The first collection day's daytime, when the meters only record, runs faster
+(``idle_speed``: a fast leg of the shared clock).
 
 Prints one JSON line: ``meters``, ``missing_before`` (meter-days the head-end
 found missing), ``recovered``, ``unsuccessful``, ``recovered_by_read``,
@@ -53,6 +55,7 @@ FOREVER = 365 * DAY
 INSTALL_RATE = 100  # registrations a real second the installation is spread to (`install_s`)
 INSTALL_MAX_S = 5 * 3600  # from 17:00: done before the evening assignment
 METER_SPEED = 1_200_000  # meters x speed the default speed keeps to (`default_speed`)
+IDLE_METER_SPEED = 10_000_000  # meters x speed of the first day's daytime (`idle_speed`)
 # --days-offline 0: uplinks lost until 05:30, after the night's window, before the daily check
 MUTE_S = 5 * 3600 + 1800
 
@@ -62,6 +65,13 @@ def default_speed(meters: int) -> int:
     real rate whatever the fleet's size (~85 a second over the 00:01-04:00 window), which
     one in-process head-end and the fleet process keep up with on 2 cores."""
     return max(1, min(1200, METER_SPEED // max(1, meters)))
+
+
+def idle_speed(meters: int) -> int:
+    """The speed of the first collection day's daytime (`RunOptions.idle_speed`): 1200x,
+    less for a big fleet, so that its meters' daily time syncs come at ~120 a real second
+    at most and each round trip stays within the firmware's 4 s (100,000 meters: 100x)."""
+    return max(1, min(1200, IDLE_METER_SPEED // max(1, meters)))
 
 
 def install_s(meters: int, speed: int) -> int:
@@ -150,6 +160,7 @@ async def run(opts: Options) -> dict[str, Any]:
             outages=tuple(outages),
             install_s=install_s(meters, speed),
             tick_s=tick_s(meters, speed),
+            idle_speed=idle_speed(meters),
             window_end="04:00",
             daily_check_at="06:00",
             settle_all=True,
