@@ -76,7 +76,7 @@ WINDOW_END = "08:00"  # the head-end's default window
 GROUP_MINUTES = 20
 START_MARGIN_S = 2 * 3600  # simulated time the rig (boards) may take to start the fleet
 ON_TIME_MARGIN_S = 900  # a day counts as collected on schedule if complete 15 min after the window
-RECOVERY_WAIT_S = 30.0  # real seconds to wait at most for the head-end's recovery
+RECOVERY_WAIT_S = 30.0  # real seconds to wait at most for the recovery after the last daily check
 ASSIGN_REAL_S_PER_METER = 0.005  # head-end real time per schedule sent and acked (measured ~3 ms)
 
 
@@ -485,7 +485,10 @@ class FleetRun:
             " meter-days complete; the head-end recovers the rest by itself"
         )
         last_check = self.days[-1]
-        end = time.monotonic() + self.o.settle_wait_s
+        # the wait counts from the last daily check (a slow clock takes long to reach it)
+        check = parse_hhmm("daily_check_at", self.o.daily_check_at)
+        at = last_check + DAY + check.hour * 3600 + check.minute * 60
+        end = time.monotonic() + max(0.0, tb.real_at(at) - time.time()) + self.o.settle_wait_s
         while time.monotonic() < end:
             # one call, the check's record first: a daily check run between two calls would
             # leave its new days out of ``rows`` while ``done`` already counts it

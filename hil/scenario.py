@@ -80,8 +80,14 @@ def _args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--offline-pct", type=float, help="recovery: percent of meters offline")
     p.add_argument(
         "--meters-per-conn",
-        type=_positive,
+        type=_at_least(1),
         help="recovery: fleet meters carried over each MQTT connection (gateway logins; 1)",
+    )
+    p.add_argument(
+        "--idle-speed",
+        type=_at_least(0),
+        help="recovery: speed of the first collection day's daytime, when the meters only "
+        "record (default 1200, 10,000,000 / meters for more than 8,333; 0: the run's speed)",
     )
     p.add_argument(
         "--days-offline",
@@ -98,14 +104,16 @@ def _args(argv: list[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _positive(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return n
+def _at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: a whole number >= ``low``."""
+
+    def whole(text: str) -> int:
+        n = int(text) if text.strip().isdigit() else -1
+        if n < low:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {low}, got {text!r}")
+        return n
+
+    return whole
 
 
 def _days(text: str) -> tuple[int, ...]:
@@ -133,6 +141,7 @@ def main(argv: list[str]) -> int:
         offline_pct=a.offline_pct,
         days_offline=a.days_offline,
         meters_per_conn=a.meters_per_conn,
+        idle_speed=a.idle_speed,
         seed=a.seed,
         keep=a.keep,
         insecure=a.insecure,

@@ -32,6 +32,7 @@ class Options:
     offline_pct: float | None = None
     days_offline: tuple[int, ...] | None = None
     meters_per_conn: int | None = None
+    idle_speed: int | None = None
     seed: int = 1
     keep: bool = False
     insecure: bool = False  # plain, anonymous MQTT (else TLS, logins, ACLs)

@@ -1,7 +1,7 @@
 """recovery: the head-end finds missing data and recovers it by itself (D02-D05, D08, H09, N05).
 
 `python -m hil scenario recovery --meters N --offline-pct P [--days-offline 1,3,6]
-[--meters-per-conn K] --json`
+[--meters-per-conn K] [--speed S] [--idle-speed S] --json`
 
 The real head-end service (in this process, SQLite) and the fleet simulator (a
 second process: the firmware core per meter, one MQTT connection each) on one
@@ -34,7 +34,9 @@ expected figures, ``ok``. With the firmware's own catch-up (M15) a meter whose
 link returns sends what it holds by itself: those days count as recovered "by
 the meter"; the never-answering meter's days stay unsuccessful.
 Defaults: 200 meters, 10 %, 1,3,6 days, 1200x up to 1,000 meters and
-1,200,000 / meters above (``default_speed``; ``--speed`` sets it).
+1,200,000 / meters above (``default_speed``; ``--speed`` sets it), the first
+day's daytime at 1200x, 10,000,000 / meters above 8,333 meters (``idle_speed``;
+``--idle-speed`` sets it, 0: none).
 """
 
 from __future__ import annotations
@@ -141,6 +143,7 @@ async def run(opts: Options) -> dict[str, Any]:
     days_offline = tuple(opts.pick("days_offline", (1, 3, 6)))
     speed = int(opts.pick("speed", default_speed(meters)))
     per_conn = int(opts.pick("meters_per_conn", 1))
+    idle = int(opts.pick("idle_speed", idle_speed(meters)))
     start = start_at(meters, speed)
     day1 = start - start % DAY + DAY
     try:
@@ -160,7 +163,7 @@ async def run(opts: Options) -> dict[str, Any]:
             outages=tuple(outages),
             install_s=install_s(meters, speed),
             tick_s=tick_s(meters, speed),
-            idle_speed=idle_speed(meters),
+            idle_speed=idle,
             window_end="04:00",
             daily_check_at="06:00",
             settle_all=True,
@@ -186,6 +189,7 @@ async def run(opts: Options) -> dict[str, Any]:
         "days": days,
         "speed": speed,
         "meters_per_conn": per_conn,
+        "idle_speed": idle if fr.legs else None,
         "missing_before": h.get("missing_before"),
         "recovered": h.get("recovered"),
         "unsuccessful": h.get("unsuccessful"),

@@ -4,9 +4,13 @@ reads bring back: the mass recovery of N05), offline 1 day, intermittent, never 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from hil.broker import find_mosquitto
+from hil.fleet_headend import FleetRun, RunOptions
+from hil.fleet_profile import DAY, ProfileError
 from hil.fleet_time import iso
 from hil.scenarios import recovery
 from hil.scenarios.common import Options
@@ -23,8 +27,17 @@ def test_d02_d03_d05_d08_h09_n05_scenario_recovery_30_meters() -> None:
     # their reads failed and they send nothing more before their next night, so the 06:00
     # check's recovery reads must bring their day back), one offline a whole day; 1
     # intermittent (1 day); 1 silent (both days)
-    opts = Options(speed=6000, meters=30, offline_pct=10, days_offline=(0, 1), say=lambda s: None)
+    # the first day's daytime runs at 60000x (a fast leg of both processes' clock)
+    opts = Options(
+        speed=6000,
+        idle_speed=60_000,
+        meters=30,
+        offline_pct=10,
+        days_offline=(0, 1),
+        say=lambda s: None,
+    )
     r = run(lambda: recovery.run(opts))
+    assert r["idle_speed"] == 60_000
     assert r["expected_missing"] == {"offline": 3, "intermittent": 1, "never": 2}
     assert (r["missing_before"], r["recovered"], r["unsuccessful"]) == (6, 4, 2)
     d08 = r["d08"]
@@ -50,12 +63,26 @@ def test_h09_scenario_recovery_slows_down_and_spreads_installation_for_a_big_fle
     assert iso(recovery.start_at(100_000, 50))[11:16] == "09:00"  # 5 h + 2 h + 6.9 h + 1 h
     # the fleet's tick grows with meters x speed (a pass over the meters: <= 1/3 of a tick)
     assert recovery.tick_s(30, 6000) == 30 and recovery.tick_s(100_000, 50) == pytest.approx(150)
+    # the first collection day's daytime faster: time syncs at <= ~120 a real second
+    assert (recovery.idle_speed(30), recovery.idle_speed(100_000)) == (1200, 100)
     # mute nights only: the one day they read; outages of k days: k + 1
     assert (recovery.run_days((0,)), recovery.run_days((0, 1)), recovery.run_days((1, 3, 6))) == (
         1,
         2,
         7,
     )
+
+
+def test_h09_a_fleet_run_s_idle_leg_is_the_first_day_s_daytime_and_only_with_fleet_meters() -> None:
+    o = RunOptions(meters=100, days=1, speed=20, daily_check_at="06:00", idle_speed=100)
+    fr = FleetRun(o)
+    assert fr.legs == ((fr.day1 + 7 * 3600, fr.day1 + DAY - 1800, 100.0),)
+    # 16.5 simulated hours at 100x instead of 20x
+    assert fr.real_s(o.start, fr.end) == pytest.approx((fr.end - o.start - 59_400) / 20 + 594)
+    assert FleetRun(replace(o, idle_speed=20)).legs == ()  # not faster: no leg
+    for bad in (replace(o, boards=1), replace(o, ondemand=5)):
+        with pytest.raises(ProfileError, match="--idle-speed runs no boards"):
+            FleetRun(bad)
 
 
 @pytest.mark.timeout(60)
@@ -65,5 +92,9 @@ def test_d02_scenario_recovery_bad_options_are_refused_before_anything_starts() 
     assert bad.stderr.splitlines()[-1].endswith(
         "argument --meters-per-conn: expected a whole number >= 1, got '0'"
     )
+    bad = run_module("hil", "scenario", "recovery", "--idle-speed", "fast", "--json")
+    assert bad.returncode == 2 and bad.stderr.splitlines()[-1].endswith(
+        "argument --idle-speed: expected a whole number >= 0, got 'fast'"
+    ), bad.stderr
     line = refused(run_module("hil", "scenario", "recovery", "--meters", "2", "--json"))
     assert line == "error: 2 meters cannot carry 0 offline and 1 intermittent", line
