@@ -4,6 +4,7 @@ whichever process started when (H10: the head-end is the meters' time)."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from headend.clock import Clock
 from headend.config import load
 from headend.service import Service
 from hil.board import BoardSpec, VirtualBoard
+from hil.fleet import fast_leg
 
 T0 = 1772323200  # 2026-03-01T00:00:00Z
 SPEED = 600
@@ -60,6 +62,14 @@ def test_h10_a_fast_leg_runs_its_span_at_its_speed_and_both_directions_agree() -
 def test_h10_a_clock_refuses_legs_backwards_stopped_or_overlapping(legs: tuple) -> None:
     with pytest.raises(ValueError, match="clock leg"):
         Clock(20, T0, 1.0, legs)
+
+
+def test_h10_the_fleet_takes_a_leg_as_from_to_speed_and_refuses_a_bad_one() -> None:
+    leg = fast_leg("2024-04-02T07:00:00Z/2024-04-02T23:30:00Z/100")
+    assert leg == (1712041200.0, 1712100600.0, 100.0)
+    for bad in ("2024-04-02T07:00:00Z/100", "a/b/c", "2024-04-02T23:00:00Z/2024-04-02T07:00:00Z/5"):
+        with pytest.raises(argparse.ArgumentTypeError, match="expected FROM/TO/SPEED"):
+            fast_leg(bad)
 
 
 def test_headend_config_file_and_serve_flag_carry_the_anchor(tmp_path: Path) -> None:
