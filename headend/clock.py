@@ -67,21 +67,28 @@ class Clock:
             self.start = self.anchor
         self.legs = check_legs(self.legs)
 
-    def _sim_at(self, wall_s: float) -> float:
-        t, sim = wall_s - self.anchor, self.start
+    def _pieces(self) -> list[tuple[float, float, float]]:
+        """(simulated s, wall s, speed) where each stretch of one speed begins, from the
+        anchor on: one walk over the legs that both directions read."""
+        out = [(self.start, self.anchor, self.speed)]
+        sim, wall = self.start, self.anchor
         for a, b, v in self.legs:
-            if t <= 0:
-                break
             if b <= sim:
                 continue
-            base = (max(a, sim) - sim) / self.speed  # real time to the leg at base speed
-            if t <= base:
-                break
-            t, sim = t - base, max(a, sim)
-            if t <= (b - sim) / v:
-                return sim + t * v
-            t, sim = t - (b - sim) / v, b
-        return sim + t * self.speed
+            a = max(a, sim)
+            wall += (a - sim) / self.speed
+            wall_end = wall + (b - a) / v
+            out += [(a, wall, v), (b, wall_end, self.speed)]
+            sim, wall = b, wall_end
+        return out
+
+    def _sim_at(self, wall_s: float) -> float:
+        pieces = self._pieces()
+        sim, wall, v = pieces[0]
+        for piece in pieces:
+            if piece[1] <= wall_s:
+                sim, wall, v = piece
+        return sim + (wall_s - wall) * v
 
     def now(self) -> float:
         """UTC seconds (float)."""
@@ -99,18 +106,12 @@ class Clock:
 
     def real_at(self, sim_s: float) -> float:
         """The wall-clock instant (epoch s) at which this clock reads ``sim_s``."""
-        wall, sim = self.anchor, self.start
-        for a, b, v in self.legs:
-            if sim_s <= sim or b <= sim:
-                continue
-            a = max(a, sim)
-            if sim_s <= a:
-                break
-            wall, sim = wall + (a - sim) / self.speed, a
-            if sim_s <= b:
-                return wall + (sim_s - a) / v
-            wall, sim = wall + (b - a) / v, b
-        return wall + (sim_s - sim) / self.speed
+        pieces = self._pieces()
+        sim, wall, v = pieces[0]
+        for piece in pieces:
+            if piece[0] <= sim_s:
+                sim, wall, v = piece
+        return wall + (sim_s - sim) / v
 
     def follow(self, sim_s: float, wall_s: float, speed: float) -> None:
         """Re-anchor: from now on ``sim_s`` at wall time ``wall_s``, at ``speed`` (the
