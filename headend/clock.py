@@ -82,12 +82,14 @@ class Clock:
             sim, wall = b, wall_end
         return out
 
-    def _sim_at(self, wall_s: float) -> float:
+    def _piece(self, side: int, at: float) -> tuple[float, float, float]:
+        """The stretch that holds ``at`` (side 0: a simulated instant, 1: a wall one)."""
         pieces = self._pieces()
-        sim, wall, v = pieces[0]
-        for piece in pieces:
-            if piece[1] <= wall_s:
-                sim, wall, v = piece
+        begun = [p for p in pieces if p[side] <= at]
+        return begun[-1] if begun else pieces[0]  # before the anchor: the first
+
+    def _sim_at(self, wall_s: float) -> float:
+        sim, wall, v = self._piece(1, wall_s)
         return sim + (wall_s - wall) * v
 
     def now(self) -> float:
@@ -106,11 +108,7 @@ class Clock:
 
     def real_at(self, sim_s: float) -> float:
         """The wall-clock instant (epoch s) at which this clock reads ``sim_s``."""
-        pieces = self._pieces()
-        sim, wall, v = pieces[0]
-        for piece in pieces:
-            if piece[0] <= sim_s:
-                sim, wall, v = piece
+        sim, wall, v = self._piece(0, sim_s)
         return wall + (sim_s - sim) / v
 
     def follow(self, sim_s: float, wall_s: float, speed: float) -> None:
