@@ -658,7 +658,8 @@ def recovery_figures(
     Times, simulated minutes: ``recovery_sim_minutes`` (N05, H09), the longest a day
     that a recovery read brought back waited from being found missing, or from its
     meter's injected outage (``outages``, the fleet's --outage strings) ending if it was
-    unreachable then, to being recovered (the throttle's queue and the retries
+    unreachable then, or from being re-opened (given up, its meter heard again), to being
+    recovered (the throttle's queue and the retries
     included; days that came back by the meter's own next read are the meter's doing);
     ``recovery_span_sim_minutes``, from the first recovery read to the last day
     resolved any way (a meter offline for days stretches it)."""
@@ -672,7 +673,7 @@ def recovery_figures(
     span = (last - first) / 60_000 if first is not None and last is not None else None
     reachable = reachable_ms(outages)
     waits = [
-        r.resolved_ms - reachable(r.meter_id, r.found_ms)
+        r.resolved_ms - (r.reopened_ms or reachable(r.meter_id, r.found_ms))
         for r in rows
         if r.resolved_ms is not None and (r.pathway or "").startswith(RECOVERED_BY_READ)
     ]

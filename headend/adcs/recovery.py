@@ -25,6 +25,12 @@ attempt. A day that becomes complete by itself (the meter's own scheduled
 catch-up read) is recovered too, with that pathway. Every step is a
 conditional UPDATE of the `MISSING` lifecycle, so with several workers each day
 is requested and settled once.
+
+A day given up while its meter could not be reached (unsuccessful) is re-opened once,
+by a later daily check that still finds it missing, if the meter has been heard from
+since (any frame): a second round of ``recovery_attempts`` reads. The meter's own
+catch-up after an outage usually brings such days first; this is for when it does not
+(its read failed again, or it no longer sends them by itself).
 """
 
 from __future__ import annotations
@@ -163,6 +169,13 @@ def _record_check(ctx: Ctx, day: int, now_ms: int, meters: int, found: list[Foun
     ctx.activity.log_many(
         (now_ms, Kind.MISSING_FOUND, _found_text(fs), mid, None) for mid, fs in by_meter.items()
     )
+    again: dict[int, list[MissingDay]] = {}
+    for d in ctx.missing.reopen(found, now_ms):
+        again.setdefault(d.meter_id, []).append(d)
+    ctx.activity.log_many(
+        (now_ms, Kind.MISSING_FOUND, _reopened_text(ds, cfg.recovery_attempts), mid, None)
+        for mid, ds in again.items()
+    )
     missing_meters = len({f.meter_id for f in found})
     ctx.missing.record_check(day, cfg.worker, now_ms, meters, missing_meters, len(found))
     ctx.activity.log(
@@ -170,7 +183,7 @@ def _record_check(ctx: Ctx, day: int, now_ms: int, meters: int, found: list[Foun
         Kind.DAILY_CHECK,
         f"daily check of {day_label(day)} by {cfg.worker}: {meters} meters verified, "
         f"{missing_meters} missing or incomplete data ({len(found)} meter-days, "
-        f"{len(new)} newly found)",
+        f"{len(new)} newly found, {sum(map(len, again.values()))} re-opened)",
     )
     ctx.timed.done(CHECK, day, cfg.worker, now_ms, f"{len(found)} meter-days missing")
     return new
@@ -200,6 +213,14 @@ def _found_text(fs: Sequence[Found]) -> str:
         for f in fs
     )
     return f"missing or incomplete: {days}; recovery reads follow"
+
+
+def _reopened_text(ds: Sequence[MissingDay], attempts: int) -> str:
+    days = ", ".join(day_label(d.day) for d in ds)
+    return (
+        f"heard from again after these days were given up: {days} re-opened, "
+        f"{attempts} more recovery reads follow"
+    )
 
 
 # -- recovery --------------------------------------------------------------------------------
@@ -264,7 +285,9 @@ def _settle_job(ctx: Ctx, job_id: int, closed: list[Closed], now_ms: int, max_at
     mid = closed[0].row.meter_id
     attempt = closed[0].row.attempts
     meter = ctx.registry.get(mid)
-    pathway = f"{BY_READ}, attempt {attempt}, via {meter.transport or 'mqtt'}, job {job_id}"
+    again = " after its meter was heard again" if closed[0].row.reopened_ms is not None else ""
+    via = f"via {meter.transport or 'mqtt'}, job {job_id}"
+    pathway = f"{BY_READ}, attempt {attempt}{again}, {via}"
     retry_ms = now_ms + ctx.config.recovery_retry_s * 1000
     done: list[str] = []
     itself: list[str] = []

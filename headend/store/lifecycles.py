@@ -264,6 +264,7 @@ class MissingEvent(enum.StrEnum):
     SOME = "some"  # the read ended with part of the day
     NONE = "none"  # the read failed, nothing new: due again after the retry delay
     GIVE_UP = "give_up"  # the read failed, no attempt left
+    REOPEN = "reopen"  # given up, but its meter was heard since and still holds it: a second round
 
 
 MISSING: Lifecycle[MissingState, MissingEvent] = Lifecycle(
@@ -286,7 +287,10 @@ MISSING: Lifecycle[MissingState, MissingEvent] = Lifecycle(
             MissingEvent.COMPLETE: MissingState.RECOVERED,
         },
         MissingState.RECOVERED: {},
-        MissingState.UNSUCCESSFUL: {MissingEvent.COMPLETE: MissingState.RECOVERED},
+        MissingState.UNSUCCESSFUL: {
+            MissingEvent.COMPLETE: MissingState.RECOVERED,
+            MissingEvent.REOPEN: MissingState.MISSING,
+        },
     },
 )
 

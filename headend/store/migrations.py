@@ -525,6 +525,13 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX portal_log_party ON portal_log (party, at_ms)",
         ),
     ),
+    Migration(
+        11,
+        "missing days re-opened when their meter is heard again after they were given up",
+        # D04: a day given up while its meter was unreachable gets a second round of
+        # recovery reads once the meter is back (when: reopened_ms; NULL: never re-opened).
+        ("ALTER TABLE missing_day ADD COLUMN reopened_ms BIGINT",),
+    ),
 )
 
 

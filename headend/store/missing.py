@@ -27,7 +27,7 @@ PREV_DAY = "prev_day"
 OLDER = "older"
 _COLS = (
     "meter_id, day, expected, present, found_ms, kind, state, attempts, failures, job_id, "
-    "next_ms, resolved_ms, pathway"
+    "next_ms, resolved_ms, pathway, reopened_ms"
 )
 
 
@@ -38,7 +38,9 @@ class MissingDay:
     ``day``: start of the meter's day (UTC s); ``expected``/``present``: slots of the
     day, and those held when it was found; ``kind``: `PREV_DAY` or `OLDER`;
     ``attempts``: recovery reads made; ``failures``: those that failed;
-    ``pathway``: how it came back (attempt, transport, job) or None.
+    ``pathway``: how it came back (attempt, transport, job) or None; ``reopened_ms``:
+    when it was given up and then re-opened because its meter was heard again (None:
+    never), its ``attempts`` counted afresh from then.
     """
 
     meter_id: int
@@ -54,6 +56,7 @@ class MissingDay:
     next_ms: int
     resolved_ms: int | None
     pathway: str | None
+    reopened_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +111,7 @@ def _row(r: Row) -> MissingDay:
         int(r[10]),
         opt(r[11]),
         r[12],
+        opt(r[13]),
     )
 
 
@@ -214,7 +218,7 @@ class MissingDays:
         new: list[Found] = []
         with self.db.transaction():
             for chunk in chunks(found, self.db.chunk_rows):
-                one = "(?, ?, ?, ?, ?, ?, ?, 0, 0, NULL, ?, NULL, NULL)"
+                one = "(?, ?, ?, ?, ?, ?, ?, 0, 0, NULL, ?, NULL, NULL, NULL)"
                 params: list[Any] = []
                 for f in chunk:
                     params += [f.meter_id, f.day, f.expected, f.present, now_ms, f.kind]
@@ -228,6 +232,42 @@ class MissingDays:
                 keys = {(int(m), int(d)) for m, d in got}
                 new += [f for f in chunk if (f.meter_id, f.day) in keys]
         return new
+
+    def reopen(self, found: Sequence[Found], now_ms: int) -> list[MissingDay]:
+        """Give the ``found`` days that were given up (unsuccessful, never re-opened) a
+        second round when their meter has been heard (any frame, `Registry.link_seen`)
+        since the last attempt failed: it was unreachable then and is back, and the days
+        are still missing and in its memory (the scan's window). Their attempts count
+        afresh; returns them as they were before."""
+        want = {(f.meter_id, f.day) for f in found}
+        if not want:
+            return []
+        ev = MissingEvent.REOPEN
+        cols = ", ".join(f"m.{c.strip()}" for c in _COLS.split(","))
+        out: list[MissingDay] = []
+        with self.db.transaction():
+            rows = self.db.query(
+                f"SELECT {cols} FROM missing_day m WHERE m.state = ? AND m.reopened_ms IS NULL "
+                "AND m.day >= ? AND EXISTS (SELECT 1 FROM meter_link l "
+                "WHERE l.meter_id = m.meter_id AND l.last_seen_ms > m.resolved_ms) "
+                "ORDER BY m.meter_id, m.day",
+                (MissingState.UNSUCCESSFUL.value, min(d for _, d in want)),
+            )
+            for d in (_row(r) for r in rows):
+                if (d.meter_id, d.day) not in want:
+                    continue  # complete by now (the sweep settles it) or no longer held
+                try:
+                    self.fire(
+                        d.meter_id,
+                        d.day,
+                        ev,
+                        ", attempts = 0, next_ms = ?, resolved_ms = NULL, reopened_ms = ?",
+                        (now_ms, now_ms),
+                    )
+                except IllegalTransition:
+                    continue  # settled meanwhile by another worker
+                out.append(d)
+        return out
 
     # -- recovery ----------------------------------------------------------------------------
 
@@ -278,7 +318,7 @@ class MissingDays:
             )
         rec = int(Source.RECOVERY)
         return [
-            Closed(_row(r[:13]), r[13], int(r[14] or 0), bytes(r[15] or b"").count(rec))
+            Closed(_row(r[:14]), r[14], int(r[15] or 0), bytes(r[16] or b"").count(rec))
             for r in rows
         ]
 
@@ -297,7 +337,7 @@ class MissingDays:
                 [*(s.value for s in states), found_since_ms, limit],
             )
         read = (int(Source.RECOVERY), int(Source.ON_DEMAND))
-        return [(_row(r[:13]), sum(bytes(r[13]).count(x) for x in read)) for r in rows]
+        return [(_row(r[:14]), sum(bytes(r[14]).count(x) for x in read)) for r in rows]
 
     def fire(
         self,

@@ -135,7 +135,7 @@ def test_d02_daily_check_logs_each_missing_meter_day_at_once_one_line_per_meter(
             None,
             "daily_check",
             "daily check of 2026-03-06 by headend-1: 8 meters verified, 4 missing or "
-            "incomplete data (16 meter-days, 8 newly found)",
+            "incomplete data (16 meter-days, 8 newly found, 0 re-opened)",
         ),
     ]
     # one check per collection day, each at 06:00, none before the meters had a full day

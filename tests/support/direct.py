@@ -6,7 +6,8 @@ sans-IO `Core` on a real store, its `tick` as the service runs it. Only the MQTT
 hop is replaced by handing the frames over in order, as a broker with persistent
 sessions does: a downlink to a meter whose link is down waits and is delivered
 when the link is back (QoS 1), an uplink the meter makes while down is not sent
-(its core sends it again), and one with an expiry (`Downlink.expiry_s`; the clock
+(its core sends it again), an uplink over a mute link (`Outage.mute`) is lost,
+and one with an expiry (`Downlink.expiry_s`; the clock
 runs at ``speed`` 1) is dropped undelivered once it expired, as the broker does.
 Time moves in steps of ``step_s`` simulated seconds, deterministically, so days
 of collection and recovery take seconds and a run always gives the same result
@@ -85,6 +86,8 @@ class Direct:
             self.down[d.meter_id].append((d.wire(), until))
 
     def _up(self, meter_id: int, frames: Iterable[bytes]) -> None:
+        if self.meters[meter_id].plan.muted(self.now):
+            return  # a mute link (``Outage.mute``): lost on the way, no answer comes
         for f in frames:
             core = self._core()
             self._queue(core.on_uplink(Uplink(meter_id, f, "mqtt"), self.now * 1000))
