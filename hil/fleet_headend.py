@@ -77,6 +77,9 @@ GROUP_MINUTES = 20
 START_MARGIN_S = 2 * 3600  # simulated time the rig (boards) may take to start the fleet
 ON_TIME_MARGIN_S = 900  # a day counts as collected on schedule if complete 15 min after the window
 RECOVERY_WAIT_S = 30.0  # real seconds to wait at most for the recovery after the last daily check
+# a day's fast leg starts this long after its daily check: the check's recovery reads
+# (3 attempts 30 min apart) and the meters back from an outage run at the run's speed
+RECOVERY_LEG_S = 3 * 3600
 ASSIGN_REAL_S_PER_METER = 0.005  # head-end real time per schedule sent and acked (measured ~3 ms)
 
 
@@ -110,10 +113,11 @@ class RunOptions:
     settle_wait_s: float = RECOVERY_WAIT_S
     headend: tuple[tuple[str, Any], ...] = ()  # more head-end settings (name, value)
     meters_per_conn: int = 1  # > 1: gateway logins, K meters per connection (fleet_gateway)
-    #: > speed: the first collection day's daytime (an hour after the daily check, which
-    #: finds nothing then, to 23:30; its evening assignment finds every meter placed), when
-    #: the meters only record and sync their clocks, runs at this speed (a fast leg of the
-    #: shared clock, headend.clock)
+    #: > speed: every collection day's daytime, when the meters only record and sync their
+    #: clocks, runs at this speed (fast legs of the shared clock, headend.clock): from
+    #: RECOVERY_LEG_S after the daily check (its recovery reads, 3 x 30 min, at the run's
+    #: speed; an hour on the first day, whose check finds nothing) to 23:30 (the evening
+    #: assignment and the night's window at the run's speed)
     idle_speed: int = 0
 
 
@@ -279,9 +283,15 @@ class FleetRun:
                 "--idle-speed runs no boards (their RTCs keep one speed) and no reads"
             )
         check = parse_hhmm("daily_check_at", o.daily_check_at)
-        a = self.day1 + check.hour * 3600 + check.minute * 60 + 3600
-        b = self.day1 + DAY - 1800
-        return ((float(a), float(b), float(o.idle_speed)),) if a < b else ()
+        at = check.hour * 3600 + check.minute * 60
+        legs = []
+        for k in range(o.days):
+            day = self.day1 + k * DAY
+            a = day + at + (3600 if k == 0 else RECOVERY_LEG_S)
+            b = day + DAY - 1800
+            if a < b:
+                legs.append((float(a), float(b), float(o.idle_speed)))
+        return tuple(legs)
 
     def real_s(self, a: float, b: float) -> float:
         """Real seconds from simulated ``a`` to ``b`` on this run's clock (legs too)."""
@@ -555,6 +565,7 @@ class FleetRun:
             "headend_frames": self.headend_frames,
             "fleet_frames_sent": f.get("frames_sent"),
             "fleet_frames_acked": f.get("frames_acked"),
+            "fleet_frames_not_taken": f.get("frames_not_taken_by_link"),
             "fleet_uplinks": f.get("uplinks"),
             "fleet_ack_latency_real_ms": f.get("ack_latency_real_ms"),
             "fleet_ack_latency_worst_hours": f.get("ack_latency_worst_hours"),

@@ -86,8 +86,9 @@ def _args(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--idle-speed",
         type=_at_least(0),
-        help="recovery: speed of the first collection day's daytime, when the meters only "
-        "record (default 1200, 10,000,000 / meters for more than 8,333; 0: the run's speed)",
+        help="recovery: speed of each collection day's daytime (3 h after the daily check "
+        "to 23:30), when the meters only record (default 1200, 10,000,000 / meters for more "
+        "than 8,333; 0: the run's speed)",
     )
     p.add_argument(
         "--days-offline",

@@ -20,8 +20,9 @@ check at 06:00; each missing meter-day gets 3 recovery reads 30 min apart
 the longest outage plus a day (mute nights only: the one day they read), then
 waits until every day found is settled. The fleet's tick grows with meters x speed
 (``tick_s``) so that stepping the meters leaves the head-end most of the machine.
-The first collection day's daytime, when the meters only record, runs faster
-(``idle_speed``: a fast leg of the shared clock).
+Each collection day's daytime, when the meters only record, runs faster
+(``idle_speed``: fast legs of the shared clock, from 3 h after the daily check to
+23:30); the nights, the checks and their recovery reads run at ``speed``.
 
 Prints one JSON line: ``meters``, ``missing_before`` (meter-days the head-end
 found missing), ``recovered``, ``unsuccessful``, ``recovered_by_read``,
@@ -33,10 +34,10 @@ unreachable then, simulated), ``recovery_span_sim_minutes``
 expected figures, ``ok``. With the firmware's own catch-up (M15) a meter whose
 link returns sends what it holds by itself: those days count as recovered "by
 the meter"; the never-answering meter's days stay unsuccessful.
-Defaults: 200 meters, 10 %, 1,3,6 days, 1200x up to 1,000 meters and
-1,200,000 / meters above (``default_speed``; ``--speed`` sets it), the first
-day's daytime at 1200x, 10,000,000 / meters above 8,333 meters (``idle_speed``;
-``--idle-speed`` sets it, 0: none).
+Defaults: 200 meters, 10 %, 1,3,6 days, 1200x up to 333 meters and
+400,000 / meters above (``default_speed``; ``--speed`` sets it), the daytimes at
+1200x, 10,000,000 / meters above 8,333 meters (``idle_speed``; ``--idle-speed``
+sets it, 0: none).
 """
 
 from __future__ import annotations
@@ -56,21 +57,25 @@ START = parse_utc("2024-04-01T17:00:00Z")  # installation, then the evening assi
 FOREVER = 365 * DAY
 INSTALL_RATE = 100  # registrations a real second the installation is spread to (`install_s`)
 INSTALL_MAX_S = 5 * 3600  # from 17:00: done before the evening assignment
-METER_SPEED = 1_200_000  # meters x speed the default speed keeps to (`default_speed`)
+METER_SPEED = 400_000  # meters x speed the default speed keeps to (`default_speed`)
 IDLE_METER_SPEED = 10_000_000  # meters x speed of the first day's daytime (`idle_speed`)
 # --days-offline 0: uplinks lost until 05:30, after the night's window, before the daily check
 MUTE_S = 5 * 3600 + 1800
 
 
 def default_speed(meters: int) -> int:
-    """1200x up to 1,000 meters, slower for more: the night's reads then come at the same
-    real rate whatever the fleet's size (~85 a second over the 00:01-04:00 window), which
-    one in-process head-end and the fleet process keep up with on 2 cores."""
+    """1200x up to 333 meters, slower for more: the night's reads then come at the same
+    real rate whatever the fleet's size (~28 a second over the 00:01-04:00 window). The
+    meters re-send a read part after 15-30 simulated seconds, i.e. 15/S real: at three
+    times this rate a night with meters back from an outage (their catch-up, the held
+    requests) pushed the round trip past that, every part went 3-4 times and the
+    head-end fell hours of simulated time behind (1,000 meters at 1200x: ack p90 0.85 s,
+    89 healthy meter-days late)."""
     return max(1, min(1200, METER_SPEED // max(1, meters)))
 
 
 def idle_speed(meters: int) -> int:
-    """The speed of the first collection day's daytime (`RunOptions.idle_speed`): 1200x,
+    """The speed of each collection day's daytime (`RunOptions.idle_speed`): 1200x,
     less for a big fleet, so that its meters' daily time syncs come at ~120 a real second
     at most and each round trip stays within the firmware's 4 s (100,000 meters: 100x)."""
     return max(1, min(1200, IDLE_METER_SPEED // max(1, meters)))
@@ -204,6 +209,12 @@ async def run(opts: Options) -> dict[str, Any]:
         "run_missing_meter_days": r.get("missing_meter_days"),
         "headend_agrees": r.get("headend_agrees"),
         "fleet_exit": r.get("fleet_exit"),
+        # how the meters saw the head-end: real ms from a frame's first send to its ack
+        # (at speed S a round trip of x real s is S·x of the firmware's retry timers)
+        "fleet_ack_real_ms": r.get("fleet_ack_latency_real_ms"),
+        "fleet_ack_worst_hours": r.get("fleet_ack_latency_worst_hours"),
+        "fleet_frames_not_taken": r.get("fleet_frames_not_taken"),
+        "fleet_slow_passes": r.get("fleet_slow_passes"),
         "wall_s": round(time.monotonic() - t0, 1),
     }
     out["ok"] = bool(

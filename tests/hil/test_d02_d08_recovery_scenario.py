@@ -53,8 +53,9 @@ def test_d02_d03_d05_d08_h09_n05_scenario_recovery_30_meters() -> None:
 
 def test_h09_scenario_recovery_slows_down_and_spreads_installation_for_a_big_fleet() -> None:
     # the night's reads then reach the head-end at one real rate, whatever the fleet's size
-    assert recovery.default_speed(200) == recovery.default_speed(1000) == 1200
-    assert (recovery.default_speed(2000), recovery.default_speed(100_000)) == (600, 12)
+    assert recovery.default_speed(200) == recovery.default_speed(333) == 1200
+    assert recovery.default_speed(1000) == 400 and recovery.default_speed(2000) == 200
+    assert recovery.default_speed(100_000) == 4
     # and installs it at <= 100 registrations a real second (30 min to 5 h simulated)
     assert recovery.install_s(20, 6000) == 1800 and recovery.install_s(2000, 600) == 12_000
     assert recovery.install_s(10**7, 1) == 5 * 3600
@@ -63,7 +64,7 @@ def test_h09_scenario_recovery_slows_down_and_spreads_installation_for_a_big_fle
     assert iso(recovery.start_at(100_000, 50))[11:16] == "09:00"  # 5 h + 2 h + 6.9 h + 1 h
     # the fleet's tick grows with meters x speed (a pass over the meters: <= 1/3 of a tick)
     assert recovery.tick_s(30, 6000) == 30 and recovery.tick_s(100_000, 50) == pytest.approx(150)
-    # the first collection day's daytime faster: time syncs at <= ~120 a real second
+    # the collection days' daytimes faster: time syncs at <= ~120 a real second
     assert (recovery.idle_speed(30), recovery.idle_speed(100_000)) == (1200, 100)
     # mute nights only: the one day they read; outages of k days: k + 1
     assert (recovery.run_days((0,)), recovery.run_days((0, 1)), recovery.run_days((1, 3, 6))) == (
@@ -73,12 +74,20 @@ def test_h09_scenario_recovery_slows_down_and_spreads_installation_for_a_big_fle
     )
 
 
-def test_h09_a_fleet_run_s_idle_leg_is_the_first_day_s_daytime_and_only_with_fleet_meters() -> None:
+def test_h09_a_fleet_run_s_idle_legs_are_the_days_daytimes_and_only_with_fleet_meters() -> None:
     o = RunOptions(meters=100, days=1, speed=20, daily_check_at="06:00", idle_speed=100)
     fr = FleetRun(o)
     assert fr.legs == ((fr.day1 + 7 * 3600, fr.day1 + DAY - 1800, 100.0),)
     # 16.5 simulated hours at 100x instead of 20x
     assert fr.real_s(o.start, fr.end) == pytest.approx((fr.end - o.start - 59_400) / 20 + 594)
+    # every day's: the first from an hour after its check (which finds nothing), the others
+    # from 3 h after it (its recovery reads at the run's speed); nights at the run's speed
+    d1 = FleetRun(replace(o, days=3)).day1
+    assert FleetRun(replace(o, days=3)).legs == (
+        (d1 + 7 * 3600, d1 + DAY - 1800, 100.0),
+        (d1 + DAY + 9 * 3600, d1 + 2 * DAY - 1800, 100.0),
+        (d1 + 2 * DAY + 9 * 3600, d1 + 3 * DAY - 1800, 100.0),
+    )
     assert FleetRun(replace(o, idle_speed=20)).legs == ()  # not faster: no leg
     for bad in (replace(o, boards=1), replace(o, ondemand=5)):
         with pytest.raises(ProfileError, match="--idle-speed runs no boards"):
