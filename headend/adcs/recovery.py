@@ -88,20 +88,20 @@ def collection_day(cfg: Config, text: str) -> int:
 
 def gaps(days: Sequence[MissingDay]) -> list[list[MissingDay]]:
     """Reads to make for one meter's due days (ascending): the previous day alone, older
-    days in runs of consecutive days (an intermittent day is a run of one)."""
+    days in runs of consecutive days (an intermittent day is a run of one). A re-opened
+    day found as a previous day is an older day by now."""
     out: list[list[MissingDay]] = []
     for d in days:
         last = out[-1] if out else None
-        if (
-            last is not None
-            and d.kind != PREV_DAY
-            and last[-1].kind != PREV_DAY
-            and d.day == last[-1].day + DAY_S
-        ):
+        if last is not None and _older(d) and _older(last[-1]) and d.day == last[-1].day + DAY_S:
             last.append(d)
         else:
             out.append([d])
     return out
+
+
+def _older(d: MissingDay) -> bool:
+    return d.kind != PREV_DAY or d.reopened_ms is not None
 
 
 @dataclass(frozen=True)

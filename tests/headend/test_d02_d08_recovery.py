@@ -298,13 +298,29 @@ def test_d03_d04_a_read_that_ends_settles_its_days(closed: Closed, want: Settle)
 
 
 def test_d03_d04_gaps_previous_day_alone_consecutive_older_days_merged() -> None:
-    def day(k: int, kind: str = "older") -> MissingDay:
+    def day(k: int, kind: str = "older", reopened: int | None = None) -> MissingDay:
         return MissingDay(
-            1, D + k * DAY, 96, 0, 0, kind, MissingState.MISSING, 0, 0, None, 0, None, None
+            1,
+            D + k * DAY,
+            96,
+            0,
+            0,
+            kind,
+            MissingState.MISSING,
+            0,
+            0,
+            None,
+            0,
+            None,
+            None,
+            reopened,
         )
 
     got = recovery.gaps([day(0), day(1), day(3), day(5), day(6), day(7, "prev_day")])
     assert [[(d.day - D) // DAY for d in g] for g in got] == [[0, 1], [3], [5, 6], [7]]
+    # days found as previous days and re-opened later (D04): older days by now, merged
+    again = [day(k, "prev_day", 1) for k in range(3)] + [day(4, "prev_day")]
+    assert [[(d.day - D) // DAY for d in g] for g in recovery.gaps(again)] == [[0, 1, 2], [4]]
 
 
 def test_d02_daily_check_time_no_later_than_0800() -> None:

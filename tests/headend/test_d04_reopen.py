@@ -65,6 +65,10 @@ def test_d04_days_given_up_are_reopened_when_the_meter_is_heard_again_and_read_b
         for r in back
     )
     assert [r.failures for r in back] == [3, 3]  # the first round's three
+    # both in one range read (older days by now), brought back by its first attempt
+    assert back[0].job_id == back[1].job_id
+    (job,) = [j for j in core.ctx.jobs.newest(limit=1000) if j.job_id == back[0].job_id]
+    assert ((job.spec.start - D) // DAY, (job.spec.end - D) // DAY) == (0, 2)
     line = [
         a.detail
         for a in core.ctx.activity.lines(2002, ["missing_found"])
