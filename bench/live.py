@@ -79,6 +79,20 @@ def cpu_s(pid: int) -> float:
     return (int(rest[11]) + int(rest[12])) / TICK_HZ
 
 
+def thread_cpu_s(pid: int) -> dict[str, float]:
+    """utime + stime so far of a process's threads (s): its main thread ("loop", the
+    head-end's event loop: MQTT) and the others summed ("db": its database thread,
+    which decodes, verifies and stores; nothing else of it runs long)."""
+    out = {"loop": 0.0, "db": 0.0}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            rest = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        out["loop" if task.name == str(pid) else "db"] += (int(rest[11]) + int(rest[12])) / TICK_HZ
+    return out
+
+
 def broker_pid(broker: Broker) -> int:
     proc = broker._proc  # noqa: SLF001 - the process hil.broker started for us
     if proc is None:
@@ -279,6 +293,16 @@ class Workers:
             cpu_s(c.proc.pid) for c in self.children.values() if c.proc.returncode is None
         )
 
+    def threads_cpu_s(self) -> dict[str, float]:
+        """The running workers' CPU so far by thread name (a killed one's is not in it)."""
+        out: dict[str, float] = {}
+        for c in self.children.values():
+            if c.proc.returncode is None:
+                with contextlib.suppress(OSError):
+                    for name, s in thread_cpu_s(c.proc.pid).items():
+                        out[name] = out.get(name, 0.0) + s
+        return out
+
     def failure(self) -> str | None:
         for c in self.children.values():
             what = c.failure()
@@ -386,10 +410,13 @@ async def one_run(opts: Options, broker: Broker | ClusterBroker, tmp: Path) -> d
                 )
 
         he0, br0, me0 = workers.cpu_s(), broker_cpu_s(broker), own_cpu_s()
+        th0 = workers.threads_cpu_s()
         stats = await gen.run(progress)
         for t in restarts:
             await t
         he1, br1, me1 = workers.cpu_s(), broker_cpu_s(broker), own_cpu_s()
+        th1 = workers.threads_cpu_s()
+        per_frame = 1e6 / max(1, stats.acked)
         await workers.stop()
         retries, deadlocks = workers.db_retries()
         found = await asyncio.to_thread(db.count, gen.ids, days)
@@ -401,7 +428,13 @@ async def one_run(opts: Options, broker: Broker | ClusterBroker, tmp: Path) -> d
             "frames": stats.acked,
             "seconds": round(span, 2),
             **latency_ms(sorted(stats.latencies)),
-            "headend_cpu_us_per_frame": round((he1 - he0) / max(1, stats.acked) * 1e6, 1),
+            "headend_cpu_us_per_frame": round((he1 - he0) * per_frame, 1),
+            # where it goes: the event loop (MQTT) and the database thread (`thread_cpu_s`)
+            "headend_threads_us_per_frame": {
+                name: round((th1[name] - th0.get(name, 0.0)) * per_frame, 1)
+                for name in sorted(th1)
+                if th1[name] - th0.get(name, 0.0) > 0
+            },
             "broker_cpu_us_per_frame": round((br1 - br0) / max(1, stats.acked) * 1e6, 1),
             "loadgen_cpu_us_per_frame": round((me1 - me0) / max(1, stats.acked) * 1e6, 1),
             "resent": stats.resent,

@@ -70,6 +70,9 @@ def store_events(
     now_routes = routes() if routes is not None else ctx.events.routes()
     sent_to: set[str] = set()
     for (t, code, data), eid in sorted(fresh.items()):
+        to = [r.recipient for r in now_routes if r.code in (0, code)]
+        if not to:  # no route wants it: no payload to build
+            continue
         payload = json.dumps(
             {
                 "kind": "event",
@@ -83,10 +86,9 @@ def store_events(
             },
             separators=(",", ":"),
         )
-        for r in now_routes:
-            if r.code in (0, code):
-                ctx.events.add_delivery(r.recipient, "event", payload, now_ms, event_id=eid)
-                sent_to.add(r.recipient)
+        for recipient in to:
+            ctx.events.add_delivery(recipient, "event", payload, now_ms, event_id=eid)
+            sent_to.add(recipient)
     names = ", ".join(f"{event_name(c)}@{iso(t)}" for (t, c, _), _ in sorted(fresh.items()))
     ctx.activity.log(
         now_ms,

@@ -121,20 +121,29 @@ class SqliteDb(Db):
         with self._errors():
             self._conn.execute(f"RELEASE {name}")
 
+    # The three below run several times per uplink: a plain try, not `_errors` (a
+    # generator context manager costs more than the statement's own Python).
+
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Run one statement; returns the row count."""
-        with self._errors():
+        try:
             return self._conn.execute(sql, params).rowcount
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite: {exc}") from exc
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         """Run one statement per parameter row."""
-        with self._errors():
+        try:
             self._conn.executemany(sql, rows)
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite: {exc}") from exc
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         """Run a query; returns all rows."""
-        with self._errors():
+        try:
             return self._conn.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite: {exc}") from exc
 
     @contextmanager
     def _errors(self) -> Iterator[None]:

@@ -12,6 +12,7 @@ against what was sent, has every one once.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -56,6 +57,12 @@ def test_n01_h08_bench_live_prints_its_figures_nothing_lost_or_doubled() -> None
     assert out["frames"] == 200
     assert (out["lost"], out["doubled"]) == (0, 0)
     assert (out["workers"], out["backend"], out["transport"]) == (1, "sqlite", "mqtt")
+    # where the worker's CPU went: its event loop and its database thread, which add up
+    # to the process's own figure (read from /proc at the same moments; clock ticks apart)
+    split = out["headend_threads_us_per_frame"]
+    assert set(split) == {"loop", "db"} and min(split.values()) > 0, split
+    tick_us = 1e6 / os.sysconf("SC_CLK_TCK") / out["frames"]
+    assert abs(sum(split.values()) - out["headend_cpu_us_per_frame"]) <= 4 * tick_us, out
 
 
 @pytest.mark.timeout(60)
