@@ -17,10 +17,12 @@ that is after the commit.
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from headend.adcs import (
@@ -46,7 +48,7 @@ from headend.store import EventRecord, Meter, Source
 from headend.store.activity import Kind
 from headend.store.auth import AuthRow
 from headend.store.lifecycles import KeyState
-from headend.store.records import Route
+from headend.store.records import Job, Route
 from headend.store.registry import Layout, layouts
 from headend.transport.base import Uplink
 from protocol.auth import verify_frame
@@ -88,6 +90,20 @@ class _Undo(Exception):
     handled again, a savepoint per frame."""
 
 
+@dataclass(frozen=True, slots=True)
+class _Read:
+    """A read answer taken apart, waiting for its data's store results (`Core._stored`)."""
+
+    meter: Meter
+    up: Uplink
+    fields: dict[str, Any]
+    secs: ingest.Sections
+    source: Source
+    layout: Layout | None
+    now_ms: int
+    out: Outbox  # its answers: the ack in it already
+
+
 #: The daily and weekly jobs, each run once per period across workers.
 TIMED_JOBS = (
     TimedJob("trouble", lambda c: c.trouble_at, lambda c: 1, trouble.run),
@@ -123,6 +139,10 @@ class Core:
         # counted once it is committed
         self._fast = False
         self._refused: list[tuple[Kind, str, int | None, str, int]] | None = None
+        # a fast try's scheduled reads of meters with one frame in the batch: stored
+        # together at its end (`_store_reads`), their answers completed then
+        self._reads: list[_Read] | None = None
+        self._alone: set[int] = set()
 
     @property
     def rejected(self) -> int:
@@ -281,6 +301,9 @@ class Core:
         out: list[Outbox | None] = [None] * len(batch)
         self._batching, self._route_at, self._fast = True, None, fast
         self._refused, self._routes = [], None
+        self._reads = [] if fast else None
+        seen = collections.Counter(up.meter_id for up, _ in batch)
+        self._alone = {m for m, n in seen.items() if n == 1}
         activity = self.ctx.activity
         activity.hold()  # the batch's lines: one statement, before its commit
         try:
@@ -303,6 +326,9 @@ class Core:
                         self._auth_rows.pop(up.meter_id, None)
                         self._meters.pop(up.meter_id, None)
                         self._layouts.pop(up.meter_id, None)
+                if self._reads:  # (a fast try's: a failure tries again, frame by frame)
+                    with self._undoable():
+                        self._store_reads()
                 self._route_batch(out)
                 activity.write_held()
             for args in self._refused:  # counted once the batch is committed
@@ -311,6 +337,7 @@ class Core:
             activity.drop_held()
             self._batching, self._route_at, self._fast = False, None, False
             self._refused, self._routes = None, None
+            self._reads, self._alone = None, set()
             self._auth_rows, self._meters, self._layouts = {}, {}, {}
         return out
 
@@ -419,38 +446,72 @@ class Core:
             source = job.spec.source if job is not None else Source.ON_DEMAND
         secs = ingest.sections(meter, b["sections"], source, now_ms // 1000)
         layout = self._layouts.pop(mid, None)  # read for the batch, unless a frame before wrote
+        out = Outbox()
+        ack = {"acked_seq": fields["seq"], "upto": secs.upto}  # what it carried, stored or not
+        out.send(mid, self._ack(mid, "read_ack", ack, now_ms, version), up.transport)
+        read = _Read(meter, up, fields, secs, source, layout, now_ms, out)
+        if job is None and self._reads is not None and mid in self._alone:
+            self._reads.append(read)  # stored with the batch's others, before its commit
+            return out
         res = ctx.readings.ingest(
             blocks=secs.blocks,
             midnights=secs.midnights,
             known={mid: layout} if layout is not None else None,
         )
         fresh = routing.store_events(ctx, mid, secs.events, now_ms, self._batch_routes)
+        self._stored(read, res.intervals_written, res.midnights_written, fresh, job)
+        return out
+
+    def _store_reads(self) -> None:
+        """Store the batch's held scheduled reads with one statement per table (not a few
+        per frame), then log, publish and route each as `_read` does."""
+        reads, self._reads = self._reads or [], None
+        if not reads:
+            return
+        ctx = self.ctx
+        _, per = ctx.readings.ingest_by_meter(
+            blocks=[x for r in reads for x in r.secs.blocks],
+            midnights=[x for r in reads for x in r.secs.midnights],
+            known={r.meter.meter_id: r.layout for r in reads if r.layout is not None},
+        )
+        new = ctx.readings.add_events([e for r in reads for e in r.secs.events])
+        by_meter: dict[int, dict[tuple[int, int, int], int]] = {}
+        for (m, t, c, d), eid in new.items():
+            by_meter.setdefault(m, {})[(t, c, d)] = eid
+        for r in reads:
+            mid = r.meter.meter_id
+            fresh = routing.route_new(ctx, mid, by_meter.get(mid, {}), r.now_ms, self._batch_routes)
+            self._stored(r, *per.get(mid, (0, 0)), fresh, None)
+
+    def _stored(
+        self, r: _Read, intervals: int, midnights: int, fresh: list[int], job: Job | None
+    ) -> None:
+        """A read answer's data is stored (``intervals`` and ``midnights`` of it new, the
+        codes of its new events ``fresh``): its activity line, its real-time publication,
+        what its events ask for."""
+        ctx, secs, b, mid = self.ctx, r.secs, r.fields["body"], r.meter.meter_id
         n_iv = sum(x.block.count for x in secs.blocks)
         ctx.activity.log(
-            now_ms,
+            r.now_ms,
             Kind.DATA_STORED,
-            f"read_response seq {fields['seq']} ({read_kind_name(b['kind'])}, "
-            f"part {b['part']}/{b['parts']}, source {source.name.lower()}): {n_iv} intervals "
-            f"({res.intervals_written} new), {len(secs.midnights)} midnight registers "
-            f"({res.midnights_written} new), {len(secs.events)} events ({len(fresh)} new)"
+            f"read_response seq {r.fields['seq']} ({read_kind_name(b['kind'])}, "
+            f"part {b['part']}/{b['parts']}, source {r.source.name.lower()}): {n_iv} intervals "
+            f"({intervals} new), {len(secs.midnights)} midnight registers "
+            f"({midnights} new), {len(secs.events)} events ({len(fresh)} new)"
             + (f"; job {job.job_id}" if job is not None else ""),
             mid,
             str(job.job_id) if job is not None else None,
         )
         if job is not None:
-            ondemand.on_part(ctx, job, b, ingest.engineering(meter, secs, source), now_ms)
-        out = Outbox()
-        if job is not None:
-            out.extend(routing.send_due(ctx, now_ms))  # the result to its requester, now
-        ack = {"acked_seq": fields["seq"], "upto": secs.upto}
-        out.send(mid, self._ack(mid, "read_ack", ack, now_ms, version), up.transport)
+            eng = ingest.engineering(r.meter, secs, r.source)
+            ondemand.on_part(ctx, job, b, eng, r.now_ms)
+            r.out.extend(routing.send_due(ctx, r.now_ms))  # the result to its requester, now
         # Real-time subscribers get what is new (a repeated frame publishes nothing).
-        if res.intervals_written or res.midnights_written or secs.registers:
+        if intervals or midnights or secs.registers:
             topic = ctx.config.realtime_topic.format(meter=mid)
-            for part in ingest.realtime_parts(meter, secs, source, payload_limit(topic)):
-                out.publish(topic, part)
-        self._after_events(meter, secs.events, fresh, up, now_ms, out)
-        return out
+            for part in ingest.realtime_parts(r.meter, secs, r.source, payload_limit(topic)):
+                r.out.publish(topic, part)
+        self._after_events(r.meter, secs.events, fresh, r.up, r.now_ms, r.out)
 
     def _events(
         self, meter: Meter, up: Uplink, fields: dict[str, Any], now_ms: int, version: int

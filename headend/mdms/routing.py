@@ -65,6 +65,19 @@ def store_events(
     # every caller holds its `Meter`
     new = ctx.readings.add_events(events)
     fresh = {(t, c, d): eid for (_, t, c, d), eid in new.items()}
+    return route_new(ctx, meter_id, fresh, now_ms, routes)
+
+
+def route_new(
+    ctx: Ctx,
+    meter_id: int,
+    fresh: dict[tuple[int, int, int], int],
+    now_ms: int,
+    routes: Callable[[], Sequence[Route]] | None = None,
+) -> list[int]:
+    """Route and log a meter's events just stored ((time, code, data) -> event_id, from
+    `Readings.add_events`; several uplinks' events may be stored in one insert).
+    Returns their codes."""
     if not fresh:
         return []
     now_routes = routes() if routes is not None else ctx.events.routes()

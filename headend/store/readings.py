@@ -79,8 +79,19 @@ class Readings:
                 meter's registration. Nothing is stored.
             StoreError: the database failed. Nothing is stored.
         """
+        return self.ingest_by_meter(blocks, midnights, events, known)[0]
+
+    def ingest_by_meter(
+        self,
+        blocks: Sequence[BlockIngest] = (),
+        midnights: Sequence[MidnightRegister] = (),
+        events: Sequence[EventRecord] = (),
+        known: Mapping[int, Layout] | None = None,
+    ) -> tuple[IngestResult, dict[int, tuple[int, int]]]:
+        """`ingest`, and per meter (intervals written, midnight days written): the
+        share of each of several uplinks stored together (one meter each)."""
         if not (blocks or midnights or events):
-            return IngestResult()
+            return IngestResult(), {}
         db = self.db
         with db.transaction():
             ids = {b.meter_id for b in blocks}
@@ -92,16 +103,21 @@ class Readings:
             unknown = sorted(ids - have.keys())
             if unknown:
                 raise UnknownMeter(unknown[0])
-            written, kept, inserted, updated = self._ingest_blocks(blocks, have)
-            n_mid = self._ingest_midnights(midnights, have)
+            written, kept, inserted, updated, per_iv = self._ingest_blocks(blocks, have)
+            mid_days = self._ingest_midnights(midnights, have)
             n_ev = self._ingest_events(events)
-        return IngestResult(written, kept, inserted, updated, n_mid, n_ev)
+        per: dict[int, tuple[int, int]] = {m: (n, 0) for m, n in per_iv.items()}
+        for m, _ in mid_days:
+            n, k = per.get(m, (0, 0))
+            per[m] = (n, k + 1)
+        return IngestResult(written, kept, inserted, updated, len(mid_days), n_ev), per
 
     def _ingest_blocks(
         self, blocks: Sequence[BlockIngest], layouts: dict[int, Layout]
-    ) -> tuple[int, int, int, int]:
+    ) -> tuple[int, int, int, int, dict[int, int]]:
+        """(written, kept, days inserted, days updated, written per meter)."""
         if not blocks:
-            return 0, 0, 0, 0
+            return 0, 0, 0, 0, {}
         pending: dict[tuple[int, int], DayRow] = {}
         stamp: dict[tuple[int, int], int] = {}
         received = 0
@@ -159,7 +175,10 @@ class Readings:
                 params,
             ):
                 new.add((int(mid), int(day)))
-        written = sum(pending[k].present for k in new)
+        per: dict[int, int] = {}
+        for k in new:
+            per[k[0]] = per.get(k[0], 0) + pending[k].present
+        written = sum(per.values())
 
         updates: list[tuple[Any, ...]] = []
         old_keys = [k for k in keys if k not in new]
@@ -177,6 +196,7 @@ class Readings:
                 w = row.merge_row(pending[key])
                 if w:
                     written += w
+                    per[key[0]] = per.get(key[0], 0) + w
                     v, f, s = row.encode()
                     updates.append((row.present, v, f, s, max(int(upd), stamp[key]), *key))
         if updates:
@@ -185,11 +205,12 @@ class Readings:
                 "updated_at = ? WHERE meter_id = ? AND day = ?",
                 updates,
             )
-        return written, received - written, len(new), len(updates)
+        return written, received - written, len(new), len(updates), per
 
     def _ingest_midnights(
         self, midnights: Sequence[MidnightRegister], layouts: dict[int, Layout]
-    ) -> int:
+    ) -> set[tuple[int, int]]:
+        """The (meter, day)s of which a register was new."""
         rows: list[tuple[int, int, int, int, int, int]] = []
         for n, m in enumerate(midnights):
             nch = layouts[m.meter_id][1]
@@ -213,7 +234,7 @@ class Readings:
                 params,
             ):
                 written.add((int(mid), int(day)))
-        return len(written)
+        return written
 
     def _ingest_events(self, events: Sequence[EventRecord]) -> int:
         return len(self._insert_events(events))

@@ -28,10 +28,11 @@ pytestmark = pytest.mark.req("N01", "H08")
 
 
 class FailOnce:
-    """Opens real stores; the first one fails on the Nth interval-day write."""
+    """Opens real stores; the first one fails on the Nth statement that starts with
+    ``prefix``."""
 
-    def __init__(self, url: str, nth: int, sent: list[tuple[int, bytes]]) -> None:
-        self.url, self.nth, self.sent = url, nth, sent
+    def __init__(self, url: str, prefix: str, nth: int, sent: list[tuple[int, bytes]]) -> None:
+        self.url, self.prefix, self.nth, self.sent = url, prefix, nth, sent
         self.failed_with_sent: list[tuple[int, bytes]] | None = None
         self.opened = 0
 
@@ -44,13 +45,13 @@ class FailOnce:
 
 
 class _Failing:
-    """A sqlite3 connection that fails the Nth interval-day write (a disk error)."""
+    """A sqlite3 connection that fails the plan's Nth statement (a disk error)."""
 
     def __init__(self, conn: sqlite3.Connection, plan: FailOnce) -> None:
         self._conn, self._plan, self._seen = conn, plan, 0
 
     def execute(self, sql: str, params: Any = ()) -> sqlite3.Cursor:
-        if sql.lstrip().startswith("INSERT INTO interval_day"):
+        if sql.lstrip().startswith(self._plan.prefix):
             self._seen += 1
             if self._seen == self._plan.nth and self._plan.failed_with_sent is None:
                 self._plan.failed_with_sent = list(self._plan.sent)
@@ -71,16 +72,25 @@ def _read_body(day: int) -> dict[str, Any]:
 
 
 @pytest.mark.timeout(20)
-def test_n01_h08_database_failure_mid_batch_acks_nothing_of_it(tmp_path: object) -> None:
-    asyncio.run(_failure_mid_batch(str(tmp_path)))
+@pytest.mark.parametrize(
+    ("prefix", "nth"),
+    [
+        ("INSERT INTO read_arrival", 3),  # the 3rd frame's (each scheduled read writes one)
+        ("INSERT INTO interval_day", 1),  # the batch's data, stored together at its end
+    ],
+)
+def test_n01_h08_database_failure_mid_batch_acks_nothing_of_it(
+    tmp_path: object, prefix: str, nth: int
+) -> None:
+    asyncio.run(_failure_mid_batch(str(tmp_path), prefix, nth))
 
 
-async def _failure_mid_batch(tmp_path: str) -> None:
+async def _failure_mid_batch(tmp_path: str, prefix: str, nth: int) -> None:
     url = f"sqlite:///{tmp_path}/headend.db"
     now = int(time.time())
     cfg = make_config("mqtt://127.0.0.1:1", url, speed=1.0, clock_start=now, poll_s=3600)
     sent: list[tuple[int, bytes]] = []
-    opener = FailOnce(url, nth=3, sent=sent)
+    opener = FailOnce(url, prefix, nth, sent)
     svc = Service(cfg, opener=opener)
 
     async def publish_many(msgs: list[Message]) -> list[None]:
@@ -107,7 +117,7 @@ async def _failure_mid_batch(tmp_path: str) -> None:
     finally:
         await svc._on_db(svc._close)  # noqa: SLF001 - the service was never run()
         svc._db_thread.shutdown(wait=True)  # noqa: SLF001
-    # the failure came mid-batch (3rd frame), before anything of the batch went out
+    # the failure came inside the batch, before anything of it went out
     assert opener.failed_with_sent == []
     assert svc.db_failures == 1 and opener.opened == 2
     acks = [decode(f) for _, f in sent]
