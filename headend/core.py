@@ -287,7 +287,12 @@ class Core:
         First without savepoints (what a savepoint costs is a sixth of the batch):
         when a frame has something to undo (it raised after its first write), the
         whole batch is rolled back and handled again, a savepoint per frame; what
-        the first try counted or logged is dropped with it.
+        the first try counted or logged is dropped with it. In that first try the
+        read answers of meters with one frame in the batch (and no job waiting for
+        them) are stored together at its end, a statement per table for all
+        (`_store_reads`); their answers are completed then, before the commit. A
+        store that refuses one of them fails the first try: the second stores
+        each frame alone, and refuses only that one.
         """
         try:
             return self._batch(batch, clock, fast=True)
