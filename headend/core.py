@@ -411,7 +411,17 @@ class Core:
         if mtype == "register":
             return registry.on_register(ctx, fields, up.transport, now_ms)
         meter = self._meters.pop(fields["meter_id"], None) or ctx.registry.get(fields["meter_id"])
-        before = ctx.registry.link_seen(meter.meter_id, up.transport, now_ms, meter)
+        body = fields["body"]
+        # a scheduled read of a meter alone in a fast try's batch: stored with the others
+        together = (
+            mtype == "read_response"
+            and self._reads is not None
+            and meter.meter_id in self._alone
+            and not body["request_seq"]
+        )
+        before = ctx.registry.link_seen(
+            meter.meter_id, up.transport, now_ms, meter, counted=not together
+        )
         if before is not None:
             ctx.activity.log(
                 now_ms,
@@ -420,9 +430,8 @@ class Core:
                 meter.meter_id,
             )
             meter = ctx.registry.get(meter.meter_id)
-        body = fields["body"]
         if mtype == "read_response":
-            return self._read(meter, up, fields, now_ms, version)
+            return self._read(meter, up, fields, now_ms, version, together)
         if mtype == "event":
             return self._events(meter, up, fields, now_ms, version)
         if mtype == "schedule_ack":
@@ -438,15 +447,24 @@ class Core:
         return Outbox()
 
     def _read(
-        self, meter: Meter, up: Uplink, fields: dict[str, Any], now_ms: int, version: int
+        self,
+        meter: Meter,
+        up: Uplink,
+        fields: dict[str, Any],
+        now_ms: int,
+        version: int,
+        together: bool = False,
     ) -> Outbox:
+        """A read answer; ``together``: stored with the batch's others (`_store_reads`:
+        its link's count and its arrival too)."""
         ctx = self.ctx
         b = fields["body"]
         mid = meter.meter_id
         job = ctx.jobs.for_reply(mid, b["request_seq"]) if b["request_seq"] else None
         if b["kind"] == ReadKind.SCHEDULED:
             source = Source.SCHEDULED
-            ctx.arrivals.record(mid, meter.utc_offset_min, now_ms // 1000)  # H03
+            if not together:
+                ctx.arrivals.record(mid, meter.utc_offset_min, now_ms // 1000)  # H03
         else:
             source = job.spec.source if job is not None else Source.ON_DEMAND
         secs = ingest.sections(meter, b["sections"], source, now_ms // 1000)
@@ -455,7 +473,7 @@ class Core:
         ack = {"acked_seq": fields["seq"], "upto": secs.upto}  # what it carried, stored or not
         out.send(mid, self._ack(mid, "read_ack", ack, now_ms, version), up.transport)
         read = _Read(meter, up, fields, secs, source, layout, now_ms, out)
-        if job is None and self._reads is not None and mid in self._alone:
+        if together and self._reads is not None:
             self._reads.append(read)  # stored with the batch's others, before its commit
             return out
         res = ctx.readings.ingest(
@@ -468,12 +486,21 @@ class Core:
         return out
 
     def _store_reads(self) -> None:
-        """Store the batch's held scheduled reads with one statement per table (not a few
-        per frame), then log, publish and route each as `_read` does."""
+        """Store the batch's held reads with one statement per table (intervals,
+        registers, events, links, arrivals; not one each per frame), then log, publish
+        and route each as `_read` does."""
         reads, self._reads = self._reads or [], None
         if not reads:
             return
         ctx = self.ctx
+        ctx.registry.links_seen([(r.meter.meter_id, r.up.transport, r.now_ms) for r in reads])
+        ctx.arrivals.record_many(
+            [
+                (r.meter.meter_id, r.meter.utc_offset_min, r.now_ms // 1000)  # H03
+                for r in reads
+                if r.source == Source.SCHEDULED
+            ]
+        )
         _, per = ctx.readings.ingest_by_meter(
             blocks=[x for r in reads for x in r.secs.blocks],
             midnights=[x for r in reads for x in r.secs.midnights],

@@ -8,8 +8,10 @@ midnight is directly comparable with the group's bounds.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from headend.store.base import DAY_S
-from headend.store.db import Db
+from headend.store.db import Db, chunks
 
 
 def local_day(at_s: int, utc_offset_min: int) -> tuple[int, int]:
@@ -26,13 +28,21 @@ class Arrivals:
 
     def record(self, meter_id: int, utc_offset_min: int, at_s: int) -> None:
         """A scheduled read arrived at ``at_s``; only the day's first is kept."""
-        day, _ = local_day(at_s, utc_offset_min)
-        with self.db.transaction():
-            self.db.execute(
-                "INSERT INTO read_arrival (meter_id, day, at_s) VALUES (?, ?, ?) "
-                "ON CONFLICT (meter_id, day) DO NOTHING",
-                (meter_id, day, at_s),
-            )
+        self.record_many([(meter_id, utc_offset_min, at_s)])
+
+    def record_many(self, reads: Sequence[tuple[int, int, int]]) -> None:
+        """(meter, utc_offset_min, at_s) of scheduled reads, in one statement (a batch of
+        uplinks'); of each meter's local day only the first is kept."""
+        rows = [(m, local_day(at, off)[0], at) for m, off, at in reads]
+        db = self.db
+        with db.transaction():
+            for chunk in chunks(rows, db.chunk_rows):
+                source, params = db.rows_source(("bigint", "bigint", "bigint"), chunk)
+                db.execute(
+                    f"INSERT INTO read_arrival (meter_id, day, at_s) {source} "
+                    "ON CONFLICT (meter_id, day) DO NOTHING",
+                    params,
+                )
 
     def time_of_day(self, first_day: int, last_day: int) -> dict[int, dict[int, int]]:
         """meter -> local day -> arrival (s after local midnight), days in [first, last]."""

@@ -264,19 +264,21 @@ class Registry:
     # -- links (H08) -------------------------------------------------------------------------
 
     def link_seen(
-        self, meter_id: int, transport: str, now_ms: int, meter: Meter | None = None
+        self,
+        meter_id: int,
+        transport: str,
+        now_ms: int,
+        meter: Meter | None = None,
+        counted: bool = True,
     ) -> str | None:
         """Record a frame from a meter on a link; returns the previous link if it changed.
 
         ``meter``: its registration as read in this transaction (its link not read again).
+        ``counted`` False: the caller counts the frame later, with others (`links_seen`).
         """
         with self.db.transaction():
-            self.db.execute(
-                "INSERT INTO meter_link (meter_id, transport, first_seen_ms, last_seen_ms, frames) "
-                "VALUES (?, ?, ?, ?, 1) ON CONFLICT (meter_id, transport) DO UPDATE SET "
-                "last_seen_ms = excluded.last_seen_ms, frames = meter_link.frames + 1",
-                (meter_id, transport, now_ms, now_ms),
-            )
+            if counted:
+                self.links_seen([(meter_id, transport, now_ms)])
             rows = (
                 [(meter.transport,)]
                 if meter is not None
@@ -289,6 +291,21 @@ class Registry:
                 )
                 return str(before) if before is not None else ""
         return None
+
+    def links_seen(self, frames: Sequence[tuple[int, str, int]]) -> None:
+        """Count frames (meter, transport, ms) on their links in one statement; at most
+        one per (meter, transport) (a statement updates a row once)."""
+        db = self.db
+        with db.transaction():
+            types = ("bigint", "text", "bigint", "bigint", "int")
+            for chunk in chunks([(m, t, ms, ms, 1) for m, t, ms in frames], db.chunk_rows):
+                source, params = db.rows_source(types, chunk)
+                db.execute(
+                    "INSERT INTO meter_link (meter_id, transport, first_seen_ms, last_seen_ms, "
+                    f"frames) {source} ON CONFLICT (meter_id, transport) DO UPDATE SET "
+                    "last_seen_ms = excluded.last_seen_ms, frames = meter_link.frames + 1",
+                    params,
+                )
 
     def links(self, meter_id: int | None = None) -> list[tuple[int, str, int, int, int]]:
         """(meter, transport, first seen ms, last seen ms, frames) rows."""

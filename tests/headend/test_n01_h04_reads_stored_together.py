@@ -73,6 +73,11 @@ def _seen(core: Core, m: SimMeter, out: Outbox | None) -> dict[str, Any]:
         (m.meter_id,),
     )
     events = db.query("SELECT time, code, data FROM meter_event WHERE meter_id = ?", (m.meter_id,))
+    links = db.query(
+        "SELECT transport, first_seen_ms, last_seen_ms, frames FROM meter_link WHERE meter_id = ?",
+        (m.meter_id,),
+    )
+    arrivals = db.query("SELECT day, at_s FROM read_arrival WHERE meter_id = ?", (m.meter_id,))
     lines = sorted(
         re.sub(r"seq \d+", "seq S", a.detail)
         for a in core.ctx.activity.lines(meter_id=m.meter_id, kinds=("data_stored", "event_stored"))
@@ -83,6 +88,8 @@ def _seen(core: Core, m: SimMeter, out: Outbox | None) -> dict[str, Any]:
         "rows": [tuple(bytes(x) if isinstance(x, memoryview) else x for x in r) for r in rows],
         "midnights": [tuple(r) for r in mids],
         "events": [tuple(r) for r in events],
+        "links": [tuple(r) for r in links],
+        "arrivals": [tuple(r) for r in arrivals],
         "lines": lines,
     }
 
@@ -123,6 +130,9 @@ def test_n01_h04_d01_reads_stored_together_equal_reads_stored_one_by_one(
             assert got == want, (attempt, k)
             assert len(got["acks"]) == 1 and got["acks"][0][1] == DAY + DAY_S
             assert len(got["rows"]) == 1 and got["rows"][0][1] == 96
+            # the register and every read counted on the link; the day's first read kept
+            assert got["links"] == [("mqtt", T0 * 1000, now, 2 if attempt == "first" else 3)]
+            assert len(got["arrivals"]) == 1
             if attempt == "first":
                 assert len(got["publishes"]) >= 1 and len(got["events"]) == 1
                 assert any("96 intervals (96 new)" in x for x in got["lines"]), got["lines"]

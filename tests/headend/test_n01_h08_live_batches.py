@@ -75,7 +75,7 @@ def _read_body(day: int) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("prefix", "nth"),
     [
-        ("INSERT INTO read_arrival", 3),  # the 3rd frame's (each scheduled read writes one)
+        ("UPDATE meter_auth", 3),  # the 3rd read frame's replay window (one per frame)
         ("INSERT INTO interval_day", 1),  # the batch's data, stored together at its end
     ],
 )
