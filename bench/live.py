@@ -72,11 +72,16 @@ class LiveError(HeadendError):
     """The bench could not run (a server missing, a child that died)."""
 
 
+def _stat_cpu_s(stat: str) -> float:
+    """utime + stime (s) from the text of a /proc .../stat file."""
+    rest = stat.rsplit(")", 1)[1].split()
+    return (int(rest[11]) + int(rest[12])) / TICK_HZ
+
+
 def cpu_s(pid: int) -> float:
     """utime + stime of a process so far (s), from /proc/PID/stat."""
     with open(f"/proc/{pid}/stat") as f:
-        rest = f.read().rsplit(")", 1)[1].split()
-    return (int(rest[11]) + int(rest[12])) / TICK_HZ
+        return _stat_cpu_s(f.read())
 
 
 def thread_cpu_s(pid: int) -> dict[str, float]:
@@ -86,10 +91,10 @@ def thread_cpu_s(pid: int) -> dict[str, float]:
     out = {"loop": 0.0, "db": 0.0}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            rest = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            stat = (task / "stat").read_text()
         except OSError:  # the thread ended meanwhile
             continue
-        out["loop" if task.name == str(pid) else "db"] += (int(rest[11]) + int(rest[12])) / TICK_HZ
+        out["loop" if task.name == str(pid) else "db"] += _stat_cpu_s(stat)
     return out
 
 

@@ -490,8 +490,6 @@ class Core:
         registers, events, links, arrivals; not one each per frame), then log, publish
         and route each as `_read` does."""
         reads, self._reads = self._reads or [], None
-        if not reads:
-            return
         ctx = self.ctx
         ctx.registry.links_seen([(r.meter.meter_id, r.up.transport, r.now_ms) for r in reads])
         ctx.arrivals.record_many(
