@@ -101,7 +101,8 @@ class _Read:
     source: Source
     layout: Layout | None
     now_ms: int
-    out: Outbox  # its answers: the ack in it already
+    version: int  # the key version its ack is signed under
+    out: Outbox  # its answers: the ack in it already, or added with the batch's others
 
 
 #: The daily and weekly jobs, each run once per period across workers.
@@ -143,6 +144,8 @@ class Core:
         # together at its end (`_store_reads`), their answers completed then
         self._reads: list[_Read] | None = None
         self._alone: set[int] = set()
+        # their replay windows' moves, written with the reads (`MeterAuth.accept_many`)
+        self._windows: dict[int, tuple[int, int, int, int, int]] = {}
 
     @property
     def rejected(self) -> int:
@@ -198,7 +201,14 @@ class Core:
         except ProtocolError as e:
             name = type(e).__name__
             raise Rejected(Kind.REJECTED, name, f"{name}: {e}: dropped") from e
-        if not ctx.auth.accept_uplink(mid, counter, now_ms, known):
+        if known is not None and known.window is not None and not new_key and self._held(fields):
+            row = ctx.auth.held_accept(mid, counter, known.window)
+            if row is not None:
+                self._windows[mid] = row  # written with the batch's reads, compared then
+            accepted = row is not None
+        else:
+            accepted = ctx.auth.accept_uplink(mid, counter, now_ms, known)
+        if not accepted:
             raise Rejected(
                 Kind.REJECTED,
                 "Replay",
@@ -209,6 +219,16 @@ class Core:
             assert pending is not None  # new_key only under the pending version
             return pending
         return version
+
+    def _held(self, fields: dict[str, Any]) -> bool:
+        """A scheduled read of a meter alone in a fast try's batch: stored with the others
+        (`_store_reads`), its window moved and its ack's counter taken with theirs."""
+        return (
+            self._reads is not None
+            and fields["type"] == "read_response"
+            and fields["meter_id"] in self._alone
+            and not fields["body"]["request_seq"]
+        )
 
     def on_uplink(self, up: Uplink, now_ms: int, clock: Callable[[], int] | None = None) -> Outbox:
         """Handle one uplink; the returned frames go out after the commit.
@@ -306,7 +326,7 @@ class Core:
         out: list[Outbox | None] = [None] * len(batch)
         self._batching, self._route_at, self._fast = True, None, fast
         self._refused, self._routes = [], None
-        self._reads = [] if fast else None
+        self._reads, self._windows = ([] if fast else None), {}
         seen = collections.Counter(up.meter_id for up, _ in batch)
         self._alone = {m for m, n in seen.items() if n == 1}
         activity = self.ctx.activity
@@ -342,7 +362,7 @@ class Core:
             activity.drop_held()
             self._batching, self._route_at, self._fast = False, None, False
             self._refused, self._routes = None, None
-            self._reads, self._alone = None, set()
+            self._reads, self._alone, self._windows = None, set(), {}
             self._auth_rows, self._meters, self._layouts = {}, {}, {}
         return out
 
@@ -412,13 +432,7 @@ class Core:
             return registry.on_register(ctx, fields, up.transport, now_ms)
         meter = self._meters.pop(fields["meter_id"], None) or ctx.registry.get(fields["meter_id"])
         body = fields["body"]
-        # a scheduled read of a meter alone in a fast try's batch: stored with the others
-        together = (
-            mtype == "read_response"
-            and self._reads is not None
-            and meter.meter_id in self._alone
-            and not body["request_seq"]
-        )
+        together = self._held(fields)
         before = ctx.registry.link_seen(
             meter.meter_id, up.transport, now_ms, meter, counted=not together
         )
@@ -456,7 +470,7 @@ class Core:
         together: bool = False,
     ) -> Outbox:
         """A read answer; ``together``: stored with the batch's others (`_store_reads`:
-        its link's count and its arrival too)."""
+        its link's count, its arrival and its ack too)."""
         ctx = self.ctx
         b = fields["body"]
         mid = meter.meter_id
@@ -470,12 +484,11 @@ class Core:
         secs = ingest.sections(meter, b["sections"], source, now_ms // 1000)
         layout = self._layouts.pop(mid, None)  # read for the batch, unless a frame before wrote
         out = Outbox()
-        ack = {"acked_seq": fields["seq"], "upto": secs.upto}  # what it carried, stored or not
-        out.send(mid, self._ack(mid, "read_ack", ack, now_ms, version), up.transport)
-        read = _Read(meter, up, fields, secs, source, layout, now_ms, out)
+        read = _Read(meter, up, fields, secs, source, layout, now_ms, version, out)
         if together and self._reads is not None:
             self._reads.append(read)  # stored with the batch's others, before its commit
             return out
+        out.send(mid, self._read_ack(read, self._counter(mid, now_ms)), up.transport)
         res = ctx.readings.ingest(
             blocks=secs.blocks,
             midnights=secs.midnights,
@@ -491,6 +504,10 @@ class Core:
         and route each as `_read` does."""
         reads, self._reads = self._reads or [], None
         ctx = self.ctx
+        windows, self._windows = list(self._windows.values()), {}
+        if not ctx.auth.accept_many(windows):  # another worker took one of these frames
+            raise _Undo("a replay window changed since the batch read it")
+        counters = ctx.registry.next_counters({r.meter.meter_id: r.now_ms // 1000 for r in reads})
         ctx.registry.links_seen([(r.meter.meter_id, r.up.transport, r.now_ms) for r in reads])
         ctx.arrivals.record_many(
             [
@@ -510,6 +527,7 @@ class Core:
             by_meter.setdefault(m, {})[(t, c, d)] = eid
         for r in reads:
             mid = r.meter.meter_id
+            r.out.send(mid, self._read_ack(r, counters[mid]), r.up.transport)
             fresh = routing.route_new(ctx, mid, by_meter.get(mid, {}), r.now_ms, self._batch_routes)
             self._stored(r, *per.get(mid, (0, 0)), fresh, None)
 
@@ -567,13 +585,31 @@ class Core:
             self._routes = self.ctx.events.routes()
         return self._routes
 
-    def _ack(self, mid: int, mtype: str, body: dict[str, Any], now_ms: int, version: int) -> bytes:
+    def _counter(self, mid: int, now_ms: int) -> int:
+        """A registered meter's next downlink counter (registration not checked again)."""
+        return self.ctx.registry.next_counter(mid, now_ms // 1000, registered=True)
+
+    def _ack(
+        self,
+        mid: int,
+        mtype: str,
+        body: dict[str, Any],
+        now_ms: int,
+        version: int,
+        counter: int | None = None,
+    ) -> bytes:
         """`Downlinks.reply` for a registered meter's verified frame: signed under the key
-        version the frame left in force (not read again), the counter taken without
-        checking the registration again."""
+        version the frame left in force (not read again) and ``counter`` (default: the
+        meter's next, taken now)."""
         d = self.ctx.downlinks
-        counter = self.ctx.registry.next_counter(mid, now_ms // 1000, registered=True)
+        if counter is None:
+            counter = self._counter(mid, now_ms)
         return d.signed(mid, mtype, body, now_ms, counter, d.key(mid, version))[1]
+
+    def _read_ack(self, r: _Read, counter: int) -> bytes:
+        """A read answer's ack: what it carried (``upto``), stored or not."""
+        ack = {"acked_seq": r.fields["seq"], "upto": r.secs.upto}
+        return self._ack(r.meter.meter_id, "read_ack", ack, r.now_ms, r.version, counter)
 
     def _after_events(
         self,

@@ -11,7 +11,7 @@ import enum
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from headend.store.db import Db, marks, opt
+from headend.store.db import Db, chunks, marks, opt
 from headend.store.records import Activity
 
 
@@ -62,6 +62,9 @@ class Kind(enum.StrEnum):
     REBALANCE = "rebalance"
 
 
+_LINE_TYPES = ("bigint", "text", "text", "bigint", "text")
+
+
 class ActivityLog:
     """The activity table over one `Db`."""
 
@@ -98,11 +101,15 @@ class ActivityLog:
             self._insert(batch)
 
     def _insert(self, batch: list[tuple[int, str, str, int | None, str | None]]) -> None:
-        with self.db.transaction():
-            self.db.executemany(
-                "INSERT INTO activity (at_ms, kind, detail, meter_id, ref) VALUES (?, ?, ?, ?, ?)",
-                batch,
-            )
+        # one statement per chunk, not per line: on PostgreSQL each execution costs
+        # as much as a line's data (a batch of uplinks logs two lines per frame)
+        db = self.db
+        with db.transaction():
+            for chunk in chunks(batch, db.chunk_rows):
+                source, params = db.rows_source(_LINE_TYPES, chunk)
+                db.execute(
+                    f"INSERT INTO activity (at_ms, kind, detail, meter_id, ref) {source}", params
+                )
 
     # -- held lines: a batch of uplinks writes its lines in one statement ---------------------
 

@@ -165,6 +165,38 @@ class MeterAuth:
             f"meter {meter_id}: uplink window still contended after {_CAS_TRIES} tries"
         )
 
+    def held_accept(
+        self, meter_id: int, counter: int, window: tuple[int, int]
+    ) -> tuple[int, int, int, int, int] | None:
+        """`accept_uplink` decided on a window read earlier in this transaction, written
+        later (`accept_many`): the row for that, or None for a replay. Pure."""
+        high, seen = window
+        moved = window_accept(high, seen, counter)
+        if moved is None:
+            return None
+        return (meter_id, moved[0], _to_db(moved[1]), high, _to_db(seen))
+
+    def accept_many(self, rows: list[tuple[int, int, int, int, int]]) -> bool:
+        """Write `held_accept`'s rows (at most one per meter), each a compare-and-set as
+        in `accept_uplink`, in one statement per chunk. False if a row had changed
+        meanwhile (then the caller's transaction must not commit what it decided)."""
+        db = self.db
+        changed = 0
+        with db.transaction():
+            for chunk in chunks(rows, db.chunk_rows):
+                source, params = db.rows_source(("bigint",) * 5, chunk)
+                # counted by RETURNING: Python's sqlite3 gives no rowcount for a WITH
+                changed += len(
+                    db.query(
+                        f"WITH v (m, hi, win, old_hi, old_win) AS ({source}) "
+                        "UPDATE meter_auth SET up_counter = v.hi, up_window = v.win FROM v "
+                        "WHERE meter_auth.meter_id = v.m AND meter_auth.up_counter = v.old_hi "
+                        "AND meter_auth.up_window = v.old_win RETURNING meter_auth.meter_id",
+                        params,
+                    )
+                )
+        return changed == len(rows)
+
     def rotate(self, meter_id: int, now_ms: int) -> int:
         """Queue a rotation to the next key version; returns it.
 

@@ -13,6 +13,7 @@ Merge rule (idempotent ingest, H04/D01): see `days.py` and `quality()`.
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -147,7 +148,14 @@ class Meter:
             raise InvalidData(
                 f"meter {self.meter_id} has {len(self.channels)} channels, no index {channel}"
             ) from None
-        return Scale(c.unit, c.multiplier, c.scaler, self.meter_multiplier)
+        return _scale(c.unit, c.multiplier, c.scaler, self.meter_multiplier)
+
+
+@functools.lru_cache(maxsize=1024)
+def _scale(unit: Unit, channel_multiplier: int, scaler: int, meter_multiplier: int) -> Scale:
+    """One checked `Scale` per combination (a fleet has few; each frame asks for
+    its channels' several times)."""
+    return Scale(unit, channel_multiplier, scaler, meter_multiplier)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,12 @@ from headend.store.days import day_phase
 from headend.store.db import Db, chunks, marks, opt
 from headend.store.units import ChannelKind, Unit
 
+#: a downlink counter's step: one up, or up to the floor (``excluded.counter``)
+_NEXT_COUNTER = (
+    "counter = CASE WHEN auth_counter.counter + 1 > excluded.counter "
+    "THEN auth_counter.counter + 1 ELSE excluded.counter END"
+)
+
 #: (interval_s, channel count, day phase s) of a meter: how its readings are laid out
 Layout = tuple[int, int, int]
 
@@ -185,15 +191,35 @@ class Registry:
                 raise UnknownMeter(meter_id)
             rows = self.db.query(
                 "INSERT INTO auth_counter (meter_id, counter) VALUES (?, ?) "
-                "ON CONFLICT (meter_id) DO UPDATE SET counter = CASE "
-                "WHEN auth_counter.counter + 1 > excluded.counter THEN auth_counter.counter + 1 "
-                "ELSE excluded.counter END RETURNING counter",
+                f"ON CONFLICT (meter_id) DO UPDATE SET {_NEXT_COUNTER} RETURNING counter",
                 (meter_id, max(1, floor)),
             )
         value = int(rows[0][0])
         if value > U32_MAX:
             raise StoreError(f"meter {meter_id}: downlink counter exhausted (u32)")
         return value
+
+    def next_counters(self, floors: dict[int, int]) -> dict[int, int]:
+        """`next_counter` of several registered meters (meter -> floor) in one statement
+        per chunk: meter -> its next downlink counter."""
+        db = self.db
+        out: dict[int, int] = {}
+        with db.transaction():
+            for chunk in chunks([(m, max(1, f)) for m, f in floors.items()], db.chunk_rows):
+                source, params = db.rows_source(("bigint", "bigint"), chunk)
+                out.update(
+                    (int(m), int(c))
+                    for m, c in db.query(
+                        f"INSERT INTO auth_counter (meter_id, counter) {source} "
+                        f"ON CONFLICT (meter_id) DO UPDATE SET {_NEXT_COUNTER} "
+                        "RETURNING meter_id, counter",
+                        params,
+                    )
+                )
+        over = [m for m, c in out.items() if c > U32_MAX]
+        if over:
+            raise StoreError(f"meter {over[0]}: downlink counter exhausted (u32)")
+        return out
 
     # -- read groups (H01) -------------------------------------------------------------------
 

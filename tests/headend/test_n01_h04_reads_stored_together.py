@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -128,6 +129,8 @@ def test_n01_h04_d01_reads_stored_together_equal_reads_stored_one_by_one(
         for k in range(N):
             got, want = _seen(core, together[k], outs[k]), _seen(core, alone[k], ones[k])
             assert got == want, (attempt, k)
+            # the ack signed with the batch's counter: the meter takes it (MAC, counter)
+            assert [together[k].take(d.wire()) is not None for d in outs[k].downlinks] == [True]  # type: ignore[union-attr]
             assert len(got["acks"]) == 1 and got["acks"][0][1] == DAY + DAY_S
             assert len(got["rows"]) == 1 and got["rows"][0][1] == 96
             # the register and every read counted on the link; the day's first read kept
@@ -173,3 +176,46 @@ def test_n01_h04_a_read_the_store_refuses_is_refused_alone_the_batch_stored(
     )
     assert [m.take(d.wire()) is not None for d in again[0].downlinks] == [True]  # type: ignore[union-attr]
     assert m.refused == []
+
+
+def test_n01_h04_a_frame_another_worker_took_meanwhile_is_stored_and_acked_once(
+    pg_schema: Any, store_at: list[SqlStore]
+) -> None:
+    """Two workers on PostgreSQL (MQTT 5 shared subscriptions can hand one frame to
+    both): worker B takes a frame after worker A's batch read its replay window and
+    before A moved it. A's compare-and-set finds the window changed, A handles its
+    batch again frame by frame and refuses that frame as a replay."""
+    dsn, schema = pg_schema
+    url = f"{dsn}?options={quote(f'-c search_path={schema}')}"
+    a, b = Core(ctx_of(open_at(url, store_at))), Core(ctx_of(open_at(url, store_at)))
+    meters = [SimMeter(7001 + k) for k in range(N)]
+    _registered(a, meters)
+    now = T0 * 1000 + 5000
+    frames = [
+        Uplink(m.meter_id, m.frame("read_response", _read_body(k), T0), "mqtt")
+        for k, m in enumerate(meters)
+    ]
+    raced = 2
+    b_outs: list[Outbox | None] = []
+    real = a.ctx.auth.accept_many
+
+    def after_b(rows: list[tuple[int, int, int, int, int]]) -> bool:
+        if not b_outs:  # B commits the same frame on its own connection, in between
+            b_outs.extend(b.on_uplinks([(frames[raced], now)]))
+        return real(rows)
+
+    a.ctx.auth.accept_many = after_b  # type: ignore[method-assign]
+    outs = a.on_uplinks([(f, now) for f in frames])
+    assert len(b_outs) == 1 and b_outs[0] is not None
+    for k, m in enumerate(meters):
+        got = _seen(a, m, b_outs[0] if k == raced else outs[k])
+        assert len(got["acks"]) == 1, k  # the raced frame: B's ack alone
+        assert len(got["rows"]) == 1 and got["rows"][0][1] == 96
+        assert len(got["events"]) == 1
+        assert sum("96 intervals (96 new)" in x for x in got["lines"]) == 1, got["lines"]
+        assert got["links"][0][3] == 2  # the register and one read, not two
+    assert outs[raced] is not None and outs[raced].downlinks == [], "A acks nothing of it"
+    assert a.rejected == 1 and b.rejected == 0
+    for k, m in enumerate(meters):
+        out = b_outs[0] if k == raced else outs[k]
+        assert [m.take(d.wire()) is not None for d in out.downlinks] == [True]  # type: ignore[union-attr]

@@ -73,19 +73,24 @@ def _read_body(day: int) -> dict[str, Any]:
 
 @pytest.mark.timeout(20)
 @pytest.mark.parametrize(
-    ("prefix", "nth"),
+    ("prefix", "nth", "days"),
     [
-        ("UPDATE meter_auth", 3),  # the 3rd read frame's replay window (one per frame)
-        ("INSERT INTO interval_day", 1),  # the batch's data, stored together at its end
+        # two reads per meter: each frame moves its replay window alone; the 3rd fails
+        ("UPDATE meter_auth", 3, 2),
+        # one read per meter: the batch's reads stored together at its end, their
+        # replay windows, their acks' counters and their data one statement each
+        ("WITH v (m, hi, win", 1, 1),
+        ("INSERT INTO auth_counter", 7, 1),  # (the 6 before: the registrations' acks)
+        ("INSERT INTO interval_day", 1, 1),
     ],
 )
 def test_n01_h08_database_failure_mid_batch_acks_nothing_of_it(
-    tmp_path: object, prefix: str, nth: int
+    tmp_path: object, prefix: str, nth: int, days: int
 ) -> None:
-    asyncio.run(_failure_mid_batch(str(tmp_path), prefix, nth))
+    asyncio.run(_failure_mid_batch(str(tmp_path), prefix, nth, days))
 
 
-async def _failure_mid_batch(tmp_path: str, prefix: str, nth: int) -> None:
+async def _failure_mid_batch(tmp_path: str, prefix: str, nth: int, days: int) -> None:
     url = f"sqlite:///{tmp_path}/headend.db"
     now = int(time.time())
     cfg = make_config("mqtt://127.0.0.1:1", url, speed=1.0, clock_start=now, poll_s=3600)
@@ -109,9 +114,11 @@ async def _failure_mid_batch(tmp_path: str, prefix: str, nth: int) -> None:
         await asyncio.gather(*(svc.deliver(u) for u in regs))
         assert len(sent) == len(meters) and opener.opened == 1
         sent.clear()
+        first = day - (days - 1) * DAY_S
         reads = [
-            Uplink(m.meter_id, m.frame("read_response", _read_body(day), day + DAY_S), "mqtt")
+            Uplink(m.meter_id, m.frame("read_response", _read_body(d), d + DAY_S), "mqtt")
             for m in meters
+            for d in range(first, day + 1, DAY_S)
         ]
         await asyncio.wait_for(asyncio.gather(*(svc.deliver(u) for u in reads)), 15)
     finally:
@@ -122,11 +129,11 @@ async def _failure_mid_batch(tmp_path: str, prefix: str, nth: int) -> None:
     assert svc.db_failures == 1 and opener.opened == 2
     acks = [decode(f) for _, f in sent]
     assert sorted((a["meter_id"], a["type"]) for a in acks) == [
-        (m.meter_id, "read_ack") for m in meters
+        (m.meter_id, "read_ack") for m in meters for _ in range(days)
     ]
     check = open_store(url)
     try:
-        rows = check.db.query("SELECT meter_id, n_present FROM interval_day ORDER BY meter_id")
+        rows = check.db.query("SELECT meter_id, n_present FROM interval_day ORDER BY meter_id, day")
     finally:
         check.close()
-    assert [tuple(r) for r in rows] == [(m.meter_id, 96) for m in meters]
+    assert [tuple(r) for r in rows] == [(m.meter_id, 96) for m in meters for _ in range(days)]
