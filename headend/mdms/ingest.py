@@ -14,6 +14,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import chain
 from typing import Any
 
 from headend.errors import InvalidData
@@ -23,6 +24,7 @@ from headend.store import (
     IntervalBlock,
     Meter,
     MidnightRegister,
+    Scale,
     Source,
 )
 from protocol.codes import event_name
@@ -193,15 +195,16 @@ def realtime_parts(meter: Meter, secs: Sections, source: Source, limit: int) -> 
     ivs: list[str] = []
     for b in secs.blocks:
         blk = b.block
-        cols = [_column(meter, c, ch) for c, ch in enumerate(blk.channels)]
-        step = blk.interval_s
-        times = _bounds(blk.start, step, blk.count)
-        rows = map('","'.join, zip(*cols, strict=True))  # a block has >= 1 channel
-        # flags are exact ints (IntervalBlock checks): their text is their JSON
-        ivs += [
-            f'{{"start":"{a}","end":"{b}","flags":{f},"values":["{v}"]}}'
-            for a, b, f, v in zip(times, times[1:], blk.flags, rows, strict=False)
-        ]
+        chans: Sequence[Sequence[int | str]] = blk.channels
+        if not all(_plain(meter.scale(c)) for c in range(len(chans))):
+            chans = [_column(meter, c, ch) for c, ch in enumerate(blk.channels)]
+        # one C-level format fills the block's intervals (flags and raw values are
+        # exact ints, IntervalBlock checks: "%s" of one is its JSON text), cut at the
+        # separator the template put between them
+        text = _template(blk.start, blk.interval_s, blk.count, len(chans)) % tuple(
+            chain.from_iterable(zip(blk.flags, *chans, strict=True))
+        )
+        ivs += text.split(_SEP)
     rest = engineering(
         meter,
         Sections(secs.blocks[:0], secs.midnights, secs.events, secs.registers, secs.clock),
@@ -214,6 +217,24 @@ def realtime_parts(meter: Meter, secs: Sections, source: Source, limit: int) -> 
 
 
 _EMPTY_INTERVALS = '"intervals":[]'
+_SEP = "\n"  # between a template's intervals: compact JSON of them never holds one
+
+
+def _plain(sc: Scale) -> bool:
+    """The scale leaves raw values as they are (their text is their engineering text)."""
+    return sc.scaler == 0 and sc.factor == 1
+
+
+@functools.lru_cache(maxsize=256)
+def _template(start: int, step: int, count: int, channels: int) -> str:
+    """The JSON of a block's intervals, flags and values left as ``%s`` (a night's
+    meters send the same few block shapes: made once for them all)."""
+    times = _bounds(start, step, count)
+    vals = '","'.join(["%s"] * channels)
+    return _SEP.join(
+        f'{{"start":"{a}","end":"{b}","flags":%s,"values":["{vals}"]}}'
+        for a, b in zip(times, times[1:], strict=False)
+    )
 
 
 @functools.lru_cache(maxsize=256)

@@ -71,7 +71,10 @@ def test_n01_fast_ack_encoding_leaves_bad_input_to_the_schema() -> None:
 
 
 def _meter(scalers: tuple[int, ...], mult: int) -> Meter:
-    chans = [Channel(1 + i % 4, 1 + i % 2, 1 + i, s) for i, s in enumerate(scalers)]
+    """Channel multipliers 1, 2, ...; with ``mult`` 0 all 1 (and the meter's 1): raw
+    values are their engineering values."""
+    chans = [Channel(1 + i % 4, 1 + i % 2, 1 + i if mult else 1, s) for i, s in enumerate(scalers)]
+    mult = mult or 1
     return Meter(
         meter_id=4242,
         fw_version="t",
@@ -85,7 +88,14 @@ def _meter(scalers: tuple[int, ...], mult: int) -> Meter:
 
 @pytest.mark.parametrize(
     ("scalers", "mult", "limit"),
-    [((0, 0, 0, 0), 1, 8000), ((-3, 0, 2, -1), 3, 8000), ((0, 0), 1, 700), ((1,), 7, 100_000)],
+    [
+        ((0, 0, 0, 0), 0, 8000),  # raw values as they are (the common case: a template)
+        ((0, 0, 0, 0), 0, 700),
+        ((0, 0, 0, 0), 1, 8000),
+        ((-3, 0, 2, -1), 3, 8000),
+        ((0, 0), 1, 700),
+        ((1,), 7, 100_000),
+    ],
 )
 def test_n01_realtime_json_equals_the_reference(
     scalers: tuple[int, ...], mult: int, limit: int
@@ -107,7 +117,9 @@ def test_n01_realtime_json_equals_the_reference(
         {"tag": "registers", "body": {"at": day + 90000, "values": [7] * n}},
         {"tag": "clock", "body": {"time": day + 90001}},
     ]
-    for sections in (raw, raw[1:], raw[:1]):
+    short = {"flags": block["flags"][:5], "channels": [c[:5] for c in block["channels"]]}
+    two = [*raw, {"tag": "intervals", "body": {**block, **short, "start": day + 86400}}]
+    for sections in (raw, raw[1:], raw[:1], two):
         secs = ingest.sections(meter, sections, Source.SCHEDULED, day)
         want = ingest.to_json_parts(ingest.engineering(meter, secs, Source.SCHEDULED), limit)
         assert ingest.realtime_parts(meter, secs, Source.SCHEDULED, limit) == want
