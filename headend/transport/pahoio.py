@@ -16,6 +16,12 @@ each queued packet with its own call (a TLS record and a system call each).
   DISCONNECT) are joined into one buffer, sent with one call. Partial writes
   stay paho's business: the joined buffer is one packet to it.
 
+* a PUBACK of the common forms (the packet id, and "Success" or "No matching
+  subscribers" with no properties) completes its PUBLISH without paho's
+  decoding, which makes a reason-code and a properties object per packet and a
+  debug log call: 22-35 µs per PUBACK against 3.6 µs (`timeit`-style loop of
+  20,000), at 3.3 PUBACKs per uplink. Any other form goes to paho as before.
+
 Nothing about what is sent or when it counts as delivered changes: a QoS 1
 PUBLISH is complete on its PUBACK, as before.
 """
@@ -28,7 +34,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from paho.mqtt.client import Client
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 READ_AHEAD = 65_536
 JOIN_MAX = 262_144  # bytes in one joined write: bounded, a slow broker still sees progress
@@ -36,6 +45,9 @@ JOIN_MAX = 262_144  # bytes in one joined write: bounded, a slow broker still se
 _PUBLISH = PacketTypes.PUBLISH << 4
 _DISCONNECT = PacketTypes.DISCONNECT << 4
 _PUBACK = PacketTypes.PUBACK << 4  # a joined buffer's command: one paho does nothing for
+#: PUBACK reason codes taken without paho's decoding: Success, and No matching
+#: subscribers (what mosquitto answers for a real-time topic nobody follows)
+_PLAIN_ACKS = (0x00, 0x10)
 
 
 class ReadAhead:
@@ -106,6 +118,23 @@ def fast_io(client: Client, options: Iterable[tuple[int, int, int]] = ()) -> Cli
         _join(client._out_packet)  # noqa: SLF001
         return write()
 
+    handle_ack = client._handle_pubackcomp  # noqa: SLF001
+    reasons = {code: ReasonCode(PacketTypes.PUBACK, identifier=code) for code in _PLAIN_ACKS}
+    no_props = Properties(PacketTypes.PUBACK)  # type: ignore[no-untyped-call]
+
+    def handle_pubackcomp(cmd: Any) -> MQTTErrorCode:
+        packet = client._in_packet["packet"]  # noqa: SLF001
+        n = len(packet)
+        reason = reasons.get(packet[2] if n > 2 else 0)
+        if cmd != "PUBACK" or reason is None or not 2 <= n <= 4 or (n == 4 and packet[3]):
+            return handle_ack(cmd)  # properties or another reason code: paho decodes it
+        mid = packet[0] << 8 | packet[1]
+        with client._out_message_mutex:  # noqa: SLF001 - as paho's own handler
+            if mid in client._out_messages:  # noqa: SLF001
+                return client._do_on_publish(mid, reason, no_props)  # noqa: SLF001
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
     client._create_socket = create_socket  # type: ignore[method-assign]  # noqa: SLF001
     client._packet_write = packet_write  # type: ignore[method-assign]  # noqa: SLF001
+    client._handle_pubackcomp = handle_pubackcomp  # type: ignore[method-assign]  # noqa: SLF001
     return client

@@ -117,3 +117,49 @@ def test_n01_the_link_socket_keeps_its_options_under_read_ahead() -> None:
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
     finally:
         sock.close()
+
+
+def _acked(packet: bytes) -> tuple[Client, list[tuple[int, int]], Any]:
+    """A v5 client with `fast_io`, one QoS 1 PUBLISH queued, then a PUBACK ``packet``
+    (its body after the fixed header, ``%(mid)`` filled in) handled."""
+    from paho.mqtt.client import MQTTv5
+
+    client = Client(CallbackAPIVersion.VERSION2, protocol=MQTTv5)
+    fast_io(client)
+    seen: list[tuple[int, int]] = []
+    client.on_publish = lambda _c, _u, mid, rc, _p: seen.append((mid, rc.value))
+    info = client.publish("ami/v1/1/down", b"x", qos=1)  # not connected: kept, in flight
+    body = packet.replace(b"MI", info.mid.to_bytes(2, "big"))
+    client._in_packet = {"command": 0x40, "packet": body}  # noqa: SLF001
+    assert client._handle_pubackcomp("PUBACK") == 0  # noqa: SLF001
+    return client, seen, info
+
+
+def test_n01_a_plain_puback_completes_its_publish_as_paho_would(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from paho.mqtt import _packet
+
+    decoded: list[bytes] = []
+    real = _packet.decode_puback
+    monkeypatch.setattr(
+        _packet, "decode_puback", lambda h, p, v: decoded.append(bytes(p)) or real(h, p, v)
+    )
+    client, seen, info = _acked(b"MI")  # 2 bytes: "Success", no properties
+    assert seen == [(info.mid, 0)] and decoded == []  # not through paho's decoding
+    assert info.mid not in client._out_messages  # noqa: SLF001 - complete, no longer kept
+    for body in (b"MI\x10", b"MI\x10\x00"):  # No matching subscribers (no properties)
+        client, seen, info = _acked(body)
+        assert seen == [(info.mid, 16)] and decoded == []
+        assert info.mid not in client._out_messages  # noqa: SLF001
+    # a failure code, a property, a short packet: paho's own decoding, as before
+    client, seen, info = _acked(b"MI\x97")  # quota exceeded
+    assert seen == [(info.mid, 0x97)] and len(decoded) == 1
+    assert info.mid not in client._out_messages  # noqa: SLF001
+    client, seen, info = _acked(b"MI\x00\x03\x1f\x00\x00")  # a reason string property
+    assert seen == [(info.mid, 0)] and len(decoded) == 2
+    with pytest.raises(Exception, match="size"):  # paho's MalformedPacket, as without fast_io
+        _acked(b"M")
+    client, seen, info = _acked(b"\xff\xfe")  # a packet id not in flight: nothing completes
+    assert seen == []
+    assert info.mid in client._out_messages  # noqa: SLF001
