@@ -14,6 +14,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -75,14 +76,24 @@ def test_stack_registers_boards_answers_the_printed_commands_and_stops_on_sigter
         )
         try:
             assert follow.stdout is not None
-            first = follow.stdout.readline()
+            lines: list[str] = []  # read on a thread: a pipe's readline cannot time out
+            reader = threading.Thread(target=lambda: lines.extend(follow.stdout or ()))
+            reader.start()
             # which timed job logs first depends on the time of day the stack starts (a
-            # daily check, a first rebalance run): any log line, then the recent log
-            assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ", first), first
+            # daily check, a first rebalance run): any log line, then the recent log's
+            # read and schedule lines, before it is stopped (a signal sent earlier can
+            # cut the lines still on their way)
+            wait_until_sync(
+                lambda: "read_done" in (text := "".join(lines)) and "schedule_set" in text,
+                30,
+                "log --follow printing the read and the schedule",
+            )
+            assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ", lines[0]), lines[0]
             follow.send_signal(signal.SIGINT)
-            out, err = follow.communicate(timeout=20)
+            follow.wait(timeout=20)
+            reader.join(timeout=20)  # at the end of its output: then its pipes are closed
+            _, err = follow.communicate(timeout=20)
             assert follow.returncode == 0 and "Traceback" not in err, err
-            assert "read_done" in first + out and "schedule_set" in first + out, first + out
         finally:
             if follow.poll() is None:
                 follow.kill()
