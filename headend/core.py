@@ -573,7 +573,8 @@ class Core:
         fresh = routing.store_events(ctx, mid, events, now_ms, self._batch_routes)
         out = Outbox()
         ack = {"acked_seq": fields["seq"]}
-        out.send(mid, self._ack(mid, "event_ack", ack, now_ms, version), up.transport)
+        counter = self._counter(mid, now_ms)
+        out.send(mid, self._ack(mid, "event_ack", ack, now_ms, version, counter), up.transport)
         self._after_events(meter, events, fresh, up, now_ms, out)
         return out
 
@@ -590,20 +591,11 @@ class Core:
         return self.ctx.registry.next_counter(mid, now_ms // 1000, registered=True)
 
     def _ack(
-        self,
-        mid: int,
-        mtype: str,
-        body: dict[str, Any],
-        now_ms: int,
-        version: int,
-        counter: int | None = None,
+        self, mid: int, mtype: str, body: dict[str, Any], now_ms: int, version: int, counter: int
     ) -> bytes:
         """`Downlinks.reply` for a registered meter's verified frame: signed under the key
-        version the frame left in force (not read again) and ``counter`` (default: the
-        meter's next, taken now)."""
+        version the frame left in force (not read again) and ``counter``."""
         d = self.ctx.downlinks
-        if counter is None:
-            counter = self._counter(mid, now_ms)
         return d.signed(mid, mtype, body, now_ms, counter, d.key(mid, version))[1]
 
     def _read_ack(self, r: _Read, counter: int) -> bytes:

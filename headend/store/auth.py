@@ -154,12 +154,11 @@ class MeterAuth:
                     if self._insert(meter_id, counter, now_ms):
                         return True
                     continue  # another worker made the row meanwhile
-                high, seen = now
-                moved = window_accept(high, seen, counter)
-                if moved is None:
+                row = self.held_accept(meter_id, counter, now)
+                if row is None:
                     return False
-                args = (moved[0], _to_db(moved[1]), meter_id, high, _to_db(seen))
-                if self.db.execute(cas, args):
+                mid, high, window, old_high, old_window = row
+                if self.db.execute(cas, (high, window, mid, old_high, old_window)):
                     return True
         raise StoreError(
             f"meter {meter_id}: uplink window still contended after {_CAS_TRIES} tries"
@@ -168,8 +167,10 @@ class MeterAuth:
     def held_accept(
         self, meter_id: int, counter: int, window: tuple[int, int]
     ) -> tuple[int, int, int, int, int] | None:
-        """`accept_uplink` decided on a window read earlier in this transaction, written
-        later (`accept_many`): the row for that, or None for a replay. Pure."""
+        """The move of the meter's replay window ``(high, map)`` for ``counter``: its row
+        (meter, new high, new map, old high, old map, as stored) for a compare-and-set
+        (`accept_uplink` now, `accept_many` later in the transaction); None for a
+        replay. Pure."""
         high, seen = window
         moved = window_accept(high, seen, counter)
         if moved is None:

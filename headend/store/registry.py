@@ -15,12 +15,6 @@ from headend.store.days import day_phase
 from headend.store.db import Db, chunks, marks, opt
 from headend.store.units import ChannelKind, Unit
 
-#: a downlink counter's step: one up, or up to the floor (``excluded.counter``)
-_NEXT_COUNTER = (
-    "counter = CASE WHEN auth_counter.counter + 1 > excluded.counter "
-    "THEN auth_counter.counter + 1 ELSE excluded.counter END"
-)
-
 #: (interval_s, channel count, day phase s) of a meter: how its readings are laid out
 Layout = tuple[int, int, int]
 
@@ -189,15 +183,7 @@ class Registry:
         with self.db.transaction():
             if not registered and not self.exists(meter_id):
                 raise UnknownMeter(meter_id)
-            rows = self.db.query(
-                "INSERT INTO auth_counter (meter_id, counter) VALUES (?, ?) "
-                f"ON CONFLICT (meter_id) DO UPDATE SET {_NEXT_COUNTER} RETURNING counter",
-                (meter_id, max(1, floor)),
-            )
-        value = int(rows[0][0])
-        if value > U32_MAX:
-            raise StoreError(f"meter {meter_id}: downlink counter exhausted (u32)")
-        return value
+            return self.next_counters({meter_id: floor})[meter_id]
 
     def next_counters(self, floors: dict[int, int]) -> dict[int, int]:
         """`next_counter` of several registered meters (meter -> floor) in one statement
@@ -210,8 +196,11 @@ class Registry:
                 out.update(
                     (int(m), int(c))
                     for m, c in db.query(
+                        # one up, or up to the floor (``excluded.counter``)
                         f"INSERT INTO auth_counter (meter_id, counter) {source} "
-                        f"ON CONFLICT (meter_id) DO UPDATE SET {_NEXT_COUNTER} "
+                        "ON CONFLICT (meter_id) DO UPDATE SET counter = CASE "
+                        "WHEN auth_counter.counter + 1 > excluded.counter "
+                        "THEN auth_counter.counter + 1 ELSE excluded.counter END "
                         "RETURNING meter_id, counter",
                         params,
                     )
