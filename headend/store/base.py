@@ -360,6 +360,8 @@ class StoreStats:
 
 
 def _source(s: int) -> Source:
+    if type(s) is Source:  # the common case, three times a frame: no enum look-up
+        return s
     try:
         return Source(s)
     except ValueError:

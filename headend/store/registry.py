@@ -7,6 +7,7 @@ Tables ``meter`` + ``meter_channel`` (schema v1), ``auth_counter``,
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 
 from headend.errors import StoreError, UnknownMeter
@@ -42,6 +43,13 @@ def require(db: Db, meter_id: int) -> tuple[int, int, int]:
         raise UnknownMeter(meter_id)
     step, nch, off = rows[0]
     return int(step), int(nch), int(off)
+
+
+@functools.lru_cache(maxsize=4096)
+def _channel(kind: int, unit: int, multiplier: int, scaler: int) -> Channel:
+    """One checked `Channel` per stored combination (a fleet has few; every batch
+    looks up its meters' channels: two enum look-ups and four checks each)."""
+    return Channel(ChannelKind(kind), Unit(unit), multiplier, scaler)
 
 
 class Registry:
@@ -119,7 +127,7 @@ class Registry:
                     f"{where} ORDER BY meter_id, idx",
                     chunk,
                 ):
-                    chans[int(mid)].append(Channel(ChannelKind(k), Unit(u), int(m), int(s)))
+                    chans[int(mid)].append(_channel(int(k), int(u), int(m), int(s)))
                 for mid, fw, interval_s, cap, off, mult, reg, group, transport, key_id in rows:
                     out[int(mid)] = Meter(
                         meter_id=int(mid),

@@ -16,6 +16,12 @@ each queued packet with its own call (a TLS record and a system call each).
   DISCONNECT) are joined into one buffer, sent with one call. Partial writes
   stay paho's business: the joined buffer is one packet to it.
 
+* a packet already whole in that buffer is taken in one slice and handed to
+  paho's packet handling (`ReadAhead.packet`), where paho's reader takes it in
+  three to five reads with a dict update per byte: a PUBACK 5.8-6.2 -> 4.2-4.3
+  µs, a 220-byte PUBLISH 33-36 -> 30-33 µs, reading and handling (loops of
+  20,000 packets). A packet not yet whole in the buffer, or a malformed
+  length, goes through paho's reader as before;
 * a PUBACK of the common forms (the packet id, and "Success" or "No matching
   subscribers" with no properties) completes its PUBLISH without paho's
   decoding, which makes a reason-code and a properties object per packet and a
@@ -33,8 +39,9 @@ import socket
 from collections.abc import Iterable
 from typing import Any
 
-from paho.mqtt.client import Client
+from paho.mqtt.client import MQTT_LOG_DEBUG, Client, time_func
 from paho.mqtt.enums import MQTTErrorCode
+from paho.mqtt.exception import MalformedPacket
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -67,6 +74,30 @@ class ReadAhead:
         out = self._buf[self._pos : self._pos + n]
         self._pos += len(out)
         return out
+
+    def packet(self) -> tuple[int, list[int], int, bytes] | None:
+        """The next MQTT packet if the buffer holds all of it: (first byte, remaining
+        length bytes, remaining length, the rest); else None, the buffer untouched
+        (a packet cut by the read, or a length of more than 4 bytes: paho's reader)."""
+        buf, pos = self._buf, self._pos
+        end = len(buf)
+        i = pos + 1
+        length, shift = 0, 0
+        count: list[int] = []
+        while True:
+            if i >= end or len(count) == 4:
+                return None
+            b = buf[i]
+            i += 1
+            count.append(b)
+            length |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                break
+        if i + length > end:
+            return None
+        self._pos = i + length
+        return buf[pos], count, length, buf[i : i + length]
 
     def pending(self) -> int:
         own = len(self._buf) - self._pos
@@ -118,6 +149,36 @@ def fast_io(client: Client, options: Iterable[tuple[int, int, int]] = ()) -> Cli
         _join(client._out_packet)  # noqa: SLF001
         return write()
 
+    read = client._packet_read  # noqa: SLF001
+
+    def packet_read() -> MQTTErrorCode:
+        """paho's `_packet_read` for a packet already whole in the buffer: the same
+        state handed to `_packet_handle`, the same reset and errors after it."""
+        sock = client._sock  # noqa: SLF001
+        if client._in_packet["command"] or not isinstance(sock, ReadAhead):  # noqa: SLF001
+            return read()  # a packet half read by paho stays paho's
+        whole = sock.packet()
+        if whole is None:
+            return read()
+        command, count, length, body = whole
+        client._in_packet = {  # noqa: SLF001
+            "command": command, "have_remaining": 1, "remaining_count": count,
+            "remaining_mult": 1 << (7 * len(count)), "remaining_length": length,
+            "packet": bytearray(body), "to_process": 0, "pos": 0,
+        }  # fmt: skip
+        try:
+            rc = client._packet_handle()  # noqa: SLF001
+        except MalformedPacket as exc:
+            client._easy_log(MQTT_LOG_DEBUG, "Received malformed packet: %s", exc)  # noqa: SLF001
+            rc = MQTTErrorCode.MQTT_ERR_PROTOCOL
+        client._in_packet = {  # noqa: SLF001
+            "command": 0, "have_remaining": 0, "remaining_count": [], "remaining_mult": 1,
+            "remaining_length": 0, "packet": bytearray(b""), "to_process": 0, "pos": 0,
+        }  # fmt: skip
+        with client._msgtime_mutex:  # noqa: SLF001
+            client._last_bytes_received = time_func()  # noqa: SLF001
+        return rc
+
     handle_ack = client._handle_pubackcomp  # noqa: SLF001
     reasons = {code: ReasonCode(PacketTypes.PUBACK, identifier=code) for code in _PLAIN_ACKS}
     no_props = Properties(PacketTypes.PUBACK)  # type: ignore[no-untyped-call]
@@ -136,5 +197,6 @@ def fast_io(client: Client, options: Iterable[tuple[int, int, int]] = ()) -> Cli
 
     client._create_socket = create_socket  # type: ignore[method-assign]  # noqa: SLF001
     client._packet_write = packet_write  # type: ignore[method-assign]  # noqa: SLF001
+    client._packet_read = packet_read  # type: ignore[method-assign]  # noqa: SLF001
     client._handle_pubackcomp = handle_pubackcomp  # type: ignore[method-assign]  # noqa: SLF001
     return client

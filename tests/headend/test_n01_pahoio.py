@@ -163,3 +163,115 @@ def test_n01_a_plain_puback_completes_its_publish_as_paho_would(
     client, seen, info = _acked(b"\xff\xfe")  # a packet id not in flight: nothing completes
     assert seen == []
     assert info.mid in client._out_messages  # noqa: SLF001
+
+
+class Stream:
+    """A socket whose reads hand out ``chunks`` (each as the kernel would: at most
+    what is asked), then "would block"; what is sent is kept."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = [c for c in chunks if c]
+        self.sent = b""
+
+    def recv(self, n: int) -> bytes:
+        if not self.chunks:
+            raise ssl.SSLWantReadError
+        c = self.chunks[0]
+        self.chunks[0] = c[n:]
+        if not self.chunks[0]:
+            self.chunks.pop(0)
+        return c[:n]
+
+    def send(self, data: bytes) -> int:
+        self.sent += bytes(data)
+        return len(data)
+
+    def pending(self) -> int:
+        return 0
+
+    def fileno(self) -> int:
+        return 42
+
+    def close(self) -> None:
+        self.chunks = []
+
+
+def _publish(topic: bytes, payload: bytes, qos: int, mid: int = 0) -> bytes:
+    var = len(topic).to_bytes(2, "big") + topic + (mid.to_bytes(2, "big") if qos else b"")
+    rest = var + b"\x00" + payload  # no properties (MQTT 5)
+    n, length = len(rest), b""
+    while True:
+        n, b = n >> 7, n & 0x7F
+        length += bytes([b | (0x80 if n else 0)])
+        if not n:
+            return bytes([0x30 | qos << 1]) + length + rest
+
+
+class Counted(ReadAhead):
+    """`ReadAhead` counting the packets it hands out whole."""
+
+    whole = 0
+
+    def packet(self) -> tuple[int, list[int], int, bytes] | None:
+        p = super().packet()
+        Counted.whole += p is not None
+        return p
+
+
+def _read_all(chunks: list[bytes], fast: bool) -> tuple[list[Any], bytes]:
+    """What a v5 client with a QoS 1 PUBLISH of its own in flight does with the byte
+    stream ``chunks``: its callbacks, in order, and what it sends back."""
+    from paho.mqtt.client import MQTTv5
+
+    client = Client(CallbackAPIVersion.VERSION2, protocol=MQTTv5)
+    seen: list[Any] = []
+    client.on_publish = lambda _c, _u, mid, rc, _p: seen.append(("acked", mid, rc.value))
+    client.on_message = lambda _c, _u, m: seen.append(("msg", m.topic, m.payload, m.qos, m.mid))
+    if fast:
+        fast_io(client)
+    client.publish("ami/v1/1/down", b"x", qos=1)  # mid 1, in flight
+    stream = Stream(chunks)
+    client._sock = Counted(stream) if fast else stream  # type: ignore[assignment]  # noqa: SLF001
+    for _ in range(len(b"".join(chunks)) + 2):  # as aiomqtt: while readable or pending
+        assert client.loop_read() == 0
+    assert client._in_packet["command"] == 0  # noqa: SLF001 - nothing left half read
+    return seen, stream.sent
+
+
+def test_n01_whole_packets_in_the_buffer_are_handled_as_paho_reads_them() -> None:
+    """Packets taken in one slice from the read-ahead buffer give paho's handling the
+    same packets as its own byte-by-byte reader: the same callbacks in the same
+    order, the same PUBACKs sent back; a packet cut between two reads (here at every
+    byte, and where a 2-byte remaining length is cut) is completed by paho's reader."""
+    stream = (
+        b"\x40\x02\x00\x01"  # PUBACK of mid 1
+        + _publish(b"ami/v1/up/7", b"a" * 10, 0)
+        + _publish(b"ami/v1/up/8", b"b" * 300, 1, mid=5)  # a 2-byte remaining length
+        + b"\xd0\x00"  # PINGRESP: no body
+        + _publish(b"ami/v1/up/9", b"", 1, mid=6)
+    )
+    want, sent = _read_all([stream], fast=False)
+    assert [w[0] for w in want] == ["acked", "msg", "msg", "msg"]
+    assert want[2][2] == b"b" * 300 and sent == b"\x40\x02\x00\x05\x40\x02\x00\x06"
+    cuts = [[stream], [stream[:5], stream[5:]], [stream[:24], stream[24:]]]
+    cuts.append([stream[i : i + 1] for i in range(len(stream))])  # one byte per read
+    cuts.append([stream[i : i + 37] for i in range(0, len(stream), 37)])
+    whole = []
+    for chunks in cuts:
+        Counted.whole = 0
+        assert _read_all(chunks, fast=True) == (want, sent)
+        whole.append(Counted.whole)
+    # one read: all but the first packet (whose byte filled the buffer) taken whole;
+    # a byte per read: none
+    assert whole[0] == 4 and whole[3] == 0 and whole[4] >= 1
+
+
+def test_n01_read_ahead_hands_out_only_whole_packets() -> None:
+    r = ReadAhead(Sock(b"\x40\x02\x00\x01\xd0\x00\x30\x80"))
+    assert r.packet() is None  # nothing read yet: paho's reader reads
+    assert r.recv(4) == b"\x40\x02\x00\x01"  # paho's reader, one packet
+    assert r.packet() == (0xD0, [0x00], 0, b"")
+    assert r.packet() is None and r.recv(2) == b"\x30\x80"  # length cut: untouched
+    r = ReadAhead(Sock(b"\x30\xff\xff\xff\xff\x01" + b"x" * 20))
+    r.recv(0)
+    assert r.packet() is None  # a 5-byte length: paho's reader refuses it
