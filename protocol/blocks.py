@@ -14,7 +14,7 @@ group with table look-ups and `struct` instead of bit loops. SPEC.md
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from itertools import accumulate, chain
 
 from protocol.codes import FLAG_BITS
@@ -33,6 +33,9 @@ _UNPACK = {
     for w in (1, 2, 4)
 }
 _UNZIGZAG8 = [(z >> 1) ^ -(z & 1) for z in range(256)]
+# one byte -> its signed differences, for the sub-byte widths of a delta group (zero
+# stays zero: its padding is checked on these as on the raw values)
+_UNPACK_DELTA = {w: [tuple(map(_UNZIGZAG8.__getitem__, t)) for t in _UNPACK[w]] for w in _UNPACK}
 
 
 def zigzag(d: int) -> int:
@@ -112,12 +115,18 @@ def read_varint(data: bytes, pos: int, max_bytes: int = 10) -> tuple[int, int]:
     raise MalformedPayload("varint too long", f"<= {max_bytes} bytes", "more")
 
 
-def _unpack_sub_byte(data: bytes, pos: int, end: int, n: int, width: int) -> list[int]:
-    vals = list(chain.from_iterable(map(_UNPACK[width].__getitem__, data[pos:end])))
+def _unpack_sub_byte(
+    data: bytes, pos: int, end: int, n: int, table: list[tuple[int, ...]]
+) -> list[int]:
+    vals = list(chain.from_iterable(map(table.__getitem__, data[pos:end])))
     if any(vals[n:]):
         raise MalformedPayload("non-zero padding in channel group", 0, vals[n:])
     del vals[n:]
     return vals
+
+
+def _unpack_wide(data: bytes, pos: int, n: int, width: int) -> tuple[int, ...]:
+    return struct.unpack_from(f">{n}{'H' if width == 16 else 'I'}", data, pos)
 
 
 def decode_channel(data: bytes, count: int) -> list[int]:
@@ -152,27 +161,30 @@ def decode_channel(data: bytes, count: int) -> list[int]:
         end = pos + ((n * width + 7) >> 3)
         if end > size:
             raise MalformedPayload("channel stream truncated", f"{end - pos} bytes", size - pos)
-        if width == 8:
-            raw: Sequence[int] = data[pos:end]
-        elif width == 0:
-            raw = [0] * n
-        elif width == 16:
-            raw = struct.unpack_from(f">{n}H", data, pos)
-        elif width == 32:
-            raw = struct.unpack_from(f">{n}I", data, pos)
-        else:
-            raw = _unpack_sub_byte(data, pos, end, n, width)
-        pos = end
-        if head & MODE_DELTA:
-            if width <= 8:
-                seg = list(accumulate(map(_UNZIGZAG8.__getitem__, raw), initial=prev))
+        if head & MODE_DELTA:  # zigzag differences from the previous value
+            diffs: Iterable[int]
+            if width == 8:
+                diffs = map(_UNZIGZAG8.__getitem__, data[pos:end])
+            elif width == 0:
+                diffs = [0] * n
+            elif width < 8:  # the differences straight from the byte table: one pass
+                diffs = _unpack_sub_byte(data, pos, end, n, _UNPACK_DELTA[width])
             else:
-                seg = list(accumulate([(z >> 1) ^ -(z & 1) for z in raw], initial=prev))
+                diffs = [(z >> 1) ^ -(z & 1) for z in _unpack_wide(data, pos, n, width)]
+            seg = list(accumulate(diffs, initial=prev))
             del seg[0]
-        elif base:
-            seg = list(map(base.__add__, raw))
-        else:
-            seg = list(raw)
+        else:  # frame of reference: base + each value
+            raw: Sequence[int]
+            if width == 8:
+                raw = data[pos:end]
+            elif width == 0:
+                raw = [0] * n
+            elif width < 8:
+                raw = _unpack_sub_byte(data, pos, end, n, _UNPACK[width])
+            else:
+                raw = _unpack_wide(data, pos, n, width)
+            seg = list(map(base.__add__, raw)) if base else list(raw)
+        pos = end
         out += seg
         prev = seg[-1]
     if pos != size:

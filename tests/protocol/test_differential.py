@@ -80,6 +80,31 @@ def test_channel_streams_are_identical(values: list[int], cap: int) -> None:
     stream = schema_blocks.encode_channel(values)
     assert fw_ivblock.encode_channel(values) == stream
     assert fw_ivblock.decode_channel(stream, len(values)) == values
+    assert schema_blocks.decode_channel(stream, len(values)) == values
+
+
+@given(
+    st.lists(st.integers(0, 2**31 - 1), min_size=1, max_size=100),
+    st.sampled_from([1, 3, 15, 255, 70000]),
+    st.data(),
+)
+def test_mutated_channel_streams_decode_alike_on_head_end_and_meter(
+    values: list[int], cap: int, data: Any
+) -> None:
+    """The head-end's unpacker (its table paths per width and mode) and the meter's
+    give the same values, or both refuse, for a valid stream with a byte changed
+    (a width code, a mode bit, a padding bit, a difference)."""
+    values = [v % (cap + 1) for v in values]
+    stream = bytearray(schema_blocks.encode_channel(values))
+    i = data.draw(st.integers(0, len(stream) - 1))
+    stream[i] ^= data.draw(st.integers(1, 255))
+    outcomes: list[Any] = []
+    for decode_channel in (schema_blocks.decode_channel, fw_ivblock.decode_channel):
+        try:
+            outcomes.append(decode_channel(bytes(stream), len(values)))
+        except (ProtocolError, fw_errors.ProtocolError):
+            outcomes.append("refused")
+    assert outcomes[0] == outcomes[1]
 
 
 def test_generated_batch_decodes_and_reencodes_on_micropython(tmp_path: Path) -> None:
