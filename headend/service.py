@@ -220,15 +220,16 @@ class Service:
 
     # -- I/O ---------------------------------------------------------------------------------
 
-    async def deliver(self, up: Uplink) -> None:
-        """Handle one uplink as if it came in on ``up.transport`` (the links call this);
-        returns once it is committed and its answers are sent. Queued before the
-        first await: uplinks are handled in the order their deliver() calls start."""
+    def deliver(self, up: Uplink) -> asyncio.Future[None]:
+        """Hand one uplink over as if it came in on ``up.transport`` (the links call
+        this): queued at once, so uplinks are handled in the order of the calls; the
+        future is done once it is committed and its answers are sent. A function, not a
+        coroutine: a link keeps the order without a task per uplink."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._inbox.put_nowait((up, done))
         if self._batcher is None or self._batcher.done():
             self._batcher = asyncio.create_task(self._batches())
-        await done
+        return done
 
     def _take(self, batch: list[tuple[Uplink, asyncio.Future[None]]]) -> None:
         while len(batch) < MAX_BATCH and not self._inbox.empty():

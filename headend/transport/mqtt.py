@@ -12,8 +12,8 @@ broker's CA pinned and its name checked; plain MQTT only when the config says
 ``insecure``. A login the broker refuses, or a certificate that does not
 verify, is not retried: `LoginRefused` ends the service with one line.
 
-Up to ``in_hand`` uplinks are handed to the service at once (each `deliver`
-its own task, started in arrival order), so the service can handle those that
+Up to ``in_hand`` uplinks are handed to the service at once (in arrival
+order, each `deliver` a future), so the service can handle those that
 wait together (one transaction); then the link waits for the oldest. The
 incoming queue is bounded (``max_queued``): a head-end that cannot keep up
 stops taking messages off the link; what overflows is dropped and counted (a
@@ -193,7 +193,7 @@ class MqttTransport:
     ) -> None:
         self.login = login or Login(None)
         self._in_hand = asyncio.Semaphore(in_hand)
-        self._handed: set[asyncio.Task[None]] = set()
+        self._handed: set[asyncio.Future[None]] = set()
         self.max_queued = max_queued
         self.overflow = 0  # incoming messages dropped on a full queue
         self._reported = 0
@@ -290,20 +290,18 @@ class MqttTransport:
 
     async def _hand(self, deliver: Deliver, up: Uplink) -> None:
         """Start ``deliver(up)``; return once fewer than ``in_hand`` are under way (the
-        next message waits in the incoming queue, its arrival stamp kept, till then)."""
+        next message waits in the incoming queue, its arrival stamp kept, till then).
+        The service's `deliver` queues the uplink and returns its future: no task per
+        uplink (a coroutine, another link's, gets a task, started in call order)."""
         await self._in_hand.acquire()  # at once: room was waited for after the last one
-
-        async def one() -> None:
-            await deliver(up)
-
-        task = asyncio.create_task(one())
-        self._handed.add(task)
-        task.add_done_callback(self._handled)
+        handed = asyncio.ensure_future(deliver(up))
+        self._handed.add(handed)
+        handed.add_done_callback(self._handled)
         await self._in_hand.acquire()
         self._in_hand.release()
 
-    def _handled(self, task: asyncio.Task[None]) -> None:
-        self._handed.discard(task)
+    def _handled(self, handed: asyncio.Future[None]) -> None:
+        self._handed.discard(handed)
         self._in_hand.release()
 
     def _count_overflow(self, client: aiomqtt.Client) -> None:
