@@ -125,10 +125,6 @@ def _unpack_sub_byte(
     return vals
 
 
-def _unpack_wide(data: bytes, pos: int, n: int, width: int) -> tuple[int, ...]:
-    return struct.unpack_from(f">{n}{'H' if width == 16 else 'I'}", data, pos)
-
-
 def decode_channel(data: bytes, count: int) -> list[int]:
     """Unpack `count` values from a channel stream that must be used exactly.
 
@@ -154,35 +150,31 @@ def decode_channel(data: bytes, count: int) -> list[int]:
         if code > 6:
             raise MalformedPayload("bad group header", "width code 0..6", f"{head:#04x}")
         width = WIDTHS[code]
-        if head & MODE_DELTA:
+        delta = head & MODE_DELTA
+        if delta:
             pos += 1
         else:
             base, pos = read_varint(data, pos + 1, 5)  # a base is < 2**31
         end = pos + ((n * width + 7) >> 3)
         if end > size:
             raise MalformedPayload("channel stream truncated", f"{end - pos} bytes", size - pos)
-        if head & MODE_DELTA:  # zigzag differences from the previous value
-            diffs: Iterable[int]
-            if width == 8:
-                diffs = map(_UNZIGZAG8.__getitem__, data[pos:end])
-            elif width == 0:
-                diffs = [0] * n
-            elif width < 8:  # the differences straight from the byte table: one pass
-                diffs = _unpack_sub_byte(data, pos, end, n, _UNPACK_DELTA[width])
-            else:
-                diffs = [(z >> 1) ^ -(z & 1) for z in _unpack_wide(data, pos, n, width)]
-            seg = list(accumulate(diffs, initial=prev))
+        raw: Iterable[int]
+        if width == 0:
+            raw = [0] * n
+        elif width < 8:  # a delta group's table gives its differences: one pass
+            raw = _unpack_sub_byte(data, pos, end, n, (_UNPACK_DELTA if delta else _UNPACK)[width])
+        elif width == 8:
+            raw = data[pos:end]
+            if delta:
+                raw = map(_UNZIGZAG8.__getitem__, raw)
+        else:
+            raw = struct.unpack_from(f">{n}{'H' if width == 16 else 'I'}", data, pos)
+            if delta:
+                raw = [(z >> 1) ^ -(z & 1) for z in raw]
+        if delta:  # zigzag differences from the previous value
+            seg = list(accumulate(raw, initial=prev))
             del seg[0]
         else:  # frame of reference: base + each value
-            raw: Sequence[int]
-            if width == 8:
-                raw = data[pos:end]
-            elif width == 0:
-                raw = [0] * n
-            elif width < 8:
-                raw = _unpack_sub_byte(data, pos, end, n, _UNPACK[width])
-            else:
-                raw = _unpack_wide(data, pos, n, width)
             seg = list(map(base.__add__, raw)) if base else list(raw)
         pos = end
         out += seg

@@ -129,6 +129,19 @@ def _join(queue: collections.deque[Any]) -> None:
         )  # fmt: skip
 
 
+def _in_packet(
+    command: int = 0, count: list[int] | None = None, length: int = 0, body: bytes = b""
+) -> Any:
+    """paho's state of the packet being read: one read whole (its first byte, remaining
+    length bytes and length, the rest), or none (no argument: what paho resets it to)."""
+    count = count or []
+    return {
+        "command": command, "have_remaining": 1 if count else 0, "remaining_count": count,
+        "remaining_mult": 1 << (7 * len(count)), "remaining_length": length,
+        "packet": bytearray(body), "to_process": 0, "pos": 0,
+    }  # fmt: skip
+
+
 def fast_io(client: Client, options: Iterable[tuple[int, int, int]] = ()) -> Client:
     """Install the read-ahead socket and the joined writes on a paho client (before it
     connects); returns it. ``options`` are set on its socket here: aiomqtt sets its
@@ -161,20 +174,13 @@ def fast_io(client: Client, options: Iterable[tuple[int, int, int]] = ()) -> Cli
         if whole is None:
             return read()
         command, count, length, body = whole
-        client._in_packet = {  # noqa: SLF001
-            "command": command, "have_remaining": 1, "remaining_count": count,
-            "remaining_mult": 1 << (7 * len(count)), "remaining_length": length,
-            "packet": bytearray(body), "to_process": 0, "pos": 0,
-        }  # fmt: skip
+        client._in_packet = _in_packet(command, count, length, body)  # noqa: SLF001
         try:
             rc = client._packet_handle()  # noqa: SLF001
         except MalformedPacket as exc:
             client._easy_log(MQTT_LOG_DEBUG, "Received malformed packet: %s", exc)  # noqa: SLF001
             rc = MQTTErrorCode.MQTT_ERR_PROTOCOL
-        client._in_packet = {  # noqa: SLF001
-            "command": 0, "have_remaining": 0, "remaining_count": [], "remaining_mult": 1,
-            "remaining_length": 0, "packet": bytearray(b""), "to_process": 0, "pos": 0,
-        }  # fmt: skip
+        client._in_packet = _in_packet()  # noqa: SLF001 - as paho resets it
         with client._msgtime_mutex:  # noqa: SLF001
             client._last_bytes_received = time_func()  # noqa: SLF001
         return rc
