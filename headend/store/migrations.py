@@ -532,6 +532,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         # recovery reads once the meter is back (when: reopened_ms; NULL: never re-opened).
         ("ALTER TABLE missing_day ADD COLUMN reopened_ms BIGINT",),
     ),
+    Migration(
+        12,
+        "a month partition made while the default holds its rows keeps them from no reader",
+        (),  # PostgreSQL only: SQLite keeps one interval table
+        postgres=(partitions.MONTH_FUNCTION,),
+    ),
 )
 
 

@@ -8,6 +8,15 @@ moving that month's rows out of the default partition first; `ensure` calls it
 for the months ahead (at store open and in the daily check), so the default
 stays empty in normal operation. SQLite keeps one table.
 
+A move must not hide rows from a query running beside it: ATTACH PARTITION lets
+a query lock the parent while the new month is made, and such a query, planned
+on the partitions of before, read the default emptied by the move (an export's
+validation found a whole day "missing" that its own file held). So the function
+(`MONTH_FUNCTION`, schema version 12) first holds writers off (SHARE on the
+parent: no row reaches the default meanwhile) and, when rows are to move, every
+reader too (ACCESS EXCLUSIVE): a query waits and is planned on the new
+partitions. An empty month, the normal case, is made without stopping readers.
+
 Retention drops whole months: on PostgreSQL the partitions that end before the
 cut-off (``DROP TABLE``: no row-by-row delete, no bloat), on SQLite the rows of
 those months. Third-party activity logs are kept at least as long (T06: the
@@ -25,7 +34,7 @@ from headend.store.db import Db
 DEFAULT = "interval_day_default"
 _MONTH = re.compile(r"^interval_day_(\d{4})(\d{2})$")
 
-_FUNCTION = """
+_MONTH_SQL = """
 CREATE OR REPLACE FUNCTION interval_day_month(at_s BIGINT) RETURNS TEXT
 LANGUAGE plpgsql AS $f$
 DECLARE
@@ -39,22 +48,36 @@ BEGIN
     IF to_regclass(part) IS NOT NULL THEN
         RETURN part;
     END IF;
-    EXECUTE format('CREATE TABLE %I (LIKE interval_day INCLUDING DEFAULTS)', part);
-    EXECUTE format('INSERT INTO %I SELECT * FROM interval_day_default '
-                   'WHERE day >= %s AND day < %s', part, lo, hi);
-    EXECUTE format('DELETE FROM interval_day_default WHERE day >= %s AND day < %s', lo, hi);
-    EXECUTE format('ALTER TABLE interval_day ATTACH PARTITION %I FOR VALUES FROM (%s) TO (%s)',
+%s    EXECUTE format('CREATE TABLE %%I (LIKE interval_day INCLUDING DEFAULTS)', part);
+    EXECUTE format('INSERT INTO %%I SELECT * FROM interval_day_default '
+                   'WHERE day >= %%s AND day < %%s', part, lo, hi);
+    EXECUTE format('DELETE FROM interval_day_default WHERE day >= %%s AND day < %%s', lo, hi);
+    EXECUTE format('ALTER TABLE interval_day ATTACH PARTITION %%I FOR VALUES FROM (%%s) TO (%%s)',
                    part, lo, hi);
     RETURN part;
 END
 $f$
 """
+#: as migration 8 made it (a migration is never edited: `MONTH_FUNCTION` replaces it)
+_FUNCTION_V8 = _MONTH_SQL % ""
+#: Schema version 12: the locks that keep a move from readers
+MONTH_FUNCTION = (
+    _MONTH_SQL
+    % """\
+    -- no writer meanwhile: what the default holds of the month is all there is to move
+    LOCK TABLE interval_day IN SHARE MODE;
+    IF EXISTS (SELECT 1 FROM interval_day_default WHERE day >= lo AND day < hi) THEN
+        -- no reader either: one planned before the move would miss the moved rows
+        LOCK TABLE interval_day IN ACCESS EXCLUSIVE MODE;
+    END IF;
+"""
+)
 
 #: Migration 8 on PostgreSQL: the v7 table becomes a partitioned one, every row kept
 #: (copied into the month partitions of its days, then the old table dropped). A table
 #: that is partitioned already is left as it is.
 CONVERT: tuple[str, ...] = (
-    _FUNCTION,
+    _FUNCTION_V8,
     """DO $conv$
     DECLARE lo BIGINT; hi BIGINT; m TIMESTAMP;
     BEGIN
