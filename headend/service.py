@@ -56,7 +56,7 @@ from headend.transport.mqtt import (
     LoginRefused,
     Message,
     MqttTransport,
-    TooLarge,
+    Undeliverable,
     login_from,
 )
 from headend.transport.nats import NatsTransport
@@ -309,7 +309,7 @@ class Service:
             return True
         except TransportError as e:
             self._failed(p, e)
-            return isinstance(e, TooLarge)
+            return isinstance(e, Undeliverable)
 
     async def flush(self, *outs: Outbox) -> None:
         """Send Outboxes: frames to meters, then MQTT publications.
@@ -349,7 +349,7 @@ class Service:
         self.send_failures += 1
         if isinstance(item, Downlink):  # the meter repeats its uplink, or a timeout re-sends
             log.warning("downlink to meter %s lost: %s", item.meter_id, err)
-        elif isinstance(err, TooLarge):  # held, it would never fit: dropped, said as an error
+        elif isinstance(err, Undeliverable):  # never fits, or refused: dropped, said as an error
             log.error("%s; dropped", err)
         else:
             log.warning("publish to %s held for retry: %s", item.topic, err)

@@ -50,7 +50,7 @@ from headend.config import Config
 from headend.errors import ConfigError
 from headend.secretfile import read_private
 from headend.transport.base import Deliver, TransportError, Uplink, backoff_s
-from headend.transport.pahoio import fast_io
+from headend.transport.pahoio import Outbound, Received, fast_io
 from headend.transport.pahoprops import install as _install_shared_tables
 from protocol.auth import mqtt_user_password
 
@@ -72,8 +72,17 @@ DROP_REPORT_S = 60.0
 _REFUSED = {134, 135, 138, 140}
 
 
-class TooLarge(TransportError):
+class Undeliverable(TransportError):
+    """A publication no retry can deliver: said as an error and dropped, not held."""
+
+
+class TooLarge(Undeliverable):
     """A message over the broker's packet limit: sending it would get us disconnected."""
+
+
+class Refused(Undeliverable):
+    """The broker's PUBACK refused the publication (a reason code of 0x80 and up: not
+    authorised on the topic, a bad topic name...)."""
 
 
 def too_large(topic: str, payload: bytes) -> TooLarge | None:
@@ -208,6 +217,7 @@ class MqttTransport:
         self.extra_topics = extra_topics
         self.on_other = on_other
         self._client: aiomqtt.Client | None = None
+        self._out: Outbound | None = None  # the connected client's publisher
         self.connected = asyncio.Event()
         self.reconnects = 0
         self.dropped = 0  # uplinks on a topic that names no meter
@@ -232,7 +242,14 @@ class MqttTransport:
             socket_options=_SOCKET_OPTIONS,
             max_queued_outgoing_messages=100_000,
         )
-        fast_io(client._client, _SOCKET_OPTIONS)  # noqa: SLF001 - reads ahead, joins writes
+        queue: Any = client._queue  # noqa: SLF001 - the bounded queue made above
+
+        def received(message: Received) -> None:  # what aiomqtt's on_message would queue
+            with contextlib.suppress(asyncio.QueueFull):  # counted by _Bounded
+                queue.put_nowait(message)
+
+        # reads ahead, joins writes, publishes and takes plain PUBLISHes without paho's objects
+        self._out = fast_io(client._client, _SOCKET_OPTIONS, received)  # noqa: SLF001
         return client
 
     async def run(self, deliver: Deliver) -> None:
@@ -330,26 +347,12 @@ class MqttTransport:
 
         Raises:
             TooLarge: over the broker's packet limit (the broker would cut us off).
+            Refused: the broker's PUBACK refused it.
             TransportError: not connected, or the publish failed.
         """
-        if (refused := too_large(topic, payload)) is not None:
-            raise refused
-        client = self._client
-        if client is None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.connected.wait(), 5)
-            client = self._client
-        if client is None:
-            raise TransportError(f"MQTT broker {self.host}:{self.port} not connected")
-        try:
-            # bounded: a publish into a dying connection would otherwise wait the
-            # client's whole timeout and hold up every uplink behind it
-            props = None if expiry_s is None else _expiry(expiry_s)
-            await client.publish(
-                topic, payload, qos=qos, properties=props, timeout=PUBLISH_TIMEOUT_S
-            )
-        except aiomqtt.MqttError as e:
-            raise TransportError(f"publish to {topic} failed: {e}") from e
+        (err,) = await self.publish_many([Message(topic, payload, qos, expiry_s)])
+        if err is not None:
+            raise err
 
     async def publish_many(self, msgs: list[Message]) -> list[TransportError | None]:
         """Publish a group in order and wait for all their PUBACKs at once; per message
@@ -366,33 +369,36 @@ class MqttTransport:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.connected.wait(), 5)
             client = self._client
-        group = _Group()
-        pending = client._pending_publishes if client is not None else {}  # noqa: SLF001
+        publisher = self._out if client is not None else None
+        group = _Group(msgs, out)
         for i, m in enumerate(msgs):
             out[i] = too_large(m.topic, m.payload)
             if out[i] is not None:
                 continue
-            if client is None:
+            if client is None or publisher is None:
                 out[i] = TransportError(f"MQTT broker {self.host}:{self.port} not connected")
                 continue
-            props = None if m.expiry_s is None else _expiry(m.expiry_s)
-            info = client._client.publish(m.topic, m.payload, m.qos, False, props)  # noqa: SLF001
-            if info.rc != mqtt_client.MQTT_ERR_SUCCESS:
-                out[i] = TransportError(f"publish to {m.topic} failed: code {info.rc}")
-            elif m.qos > 0 and not info.is_published():
-                group.waiting.add(i)
-                pending[info.mid] = _Ack(group, i)  # type: ignore[assignment]
+            if m.qos == 0:  # paho's own path: nothing to wait for
+                props = None if m.expiry_s is None else _expiry(m.expiry_s)
+                info = client._client.publish(m.topic, m.payload, 0, False, props)  # noqa: SLF001
+                if info.rc != mqtt_client.MQTT_ERR_SUCCESS:
+                    out[i] = TransportError(f"publish to {m.topic} failed: code {info.rc}")
+                continue
+            packed = _NO_PROPS if m.expiry_s is None else _expiry_packed(m.expiry_s)
+            group.waiting.add(i)
+            if not publisher.publish(m.topic, m.payload, packed, functools.partial(group.acked, i)):
+                group.waiting.discard(i)
+                out[i] = TransportError(f"publish to {m.topic} failed: not connected or queue full")
         if group.waiting:
+            group.arm()
             try:
                 await asyncio.wait_for(asyncio.shield(group.done), PUBLISH_TIMEOUT_S)
             except TimeoutError:
-                for mid, ack in list(pending.items()):
-                    if isinstance(ack, _Ack) and ack.group is group:
-                        del pending[mid]
                 for i in group.waiting:
                     out[i] = TransportError(
                         f"publish to {msgs[i].topic}: no PUBACK in {PUBLISH_TIMEOUT_S:g} s"
                     )
+                group.waiting.clear()  # a PUBACK after this changes nothing
         return out
 
 
@@ -415,29 +421,43 @@ class Message:
     expiry_s: int | None = None
 
 
-class _Group:
-    """The PUBACKs a group of publications waits for, one future for all."""
+@functools.lru_cache(maxsize=64)
+def _expiry_packed(expiry_s: int) -> bytes:
+    """`_expiry` as the bytes a PUBLISH carries."""
+    return bytes(_expiry(expiry_s).pack())  # type: ignore[no-untyped-call]
 
-    def __init__(self) -> None:
+
+_NO_PROPS = b"\x00"  # an MQTT 5 PUBLISH without properties
+
+
+class _Group:
+    """The PUBACKs a group of publications waits for, one future for all; a failure
+    reason code (0x80 and up: not authorised, quota exceeded...) is the message's error."""
+
+    def __init__(self, msgs: list[Message], out: list[TransportError | None]) -> None:
+        self.msgs, self.out = msgs, out
         self.waiting: set[int] = set()
         self.done = asyncio.get_running_loop().create_future()
+        self._armed = False
 
-    def acked(self, i: int) -> None:
+    def arm(self) -> None:
+        """Every publication is out: the group is done when ``waiting`` empties."""
+        self._armed = True
+        self._check()
+
+    def acked(self, i: int, reason: int) -> None:
+        if i not in self.waiting:
+            return  # timed out already
         self.waiting.discard(i)
-        if not self.waiting and not self.done.done():
+        if reason >= 0x80:
+            self.out[i] = Refused(
+                f"publish to {self.msgs[i].topic}: refused, reason code {reason:#04x}"
+            )
+        self._check()
+
+    def _check(self) -> None:
+        if self._armed and not self.waiting and not self.done.done():
             self.done.set_result(None)
-
-
-class _Ack:
-    """What aiomqtt's PUBACK callback sets (it calls ``.set()``, as on its own Event)."""
-
-    __slots__ = ("group", "i")
-
-    def __init__(self, group: _Group, i: int) -> None:
-        self.group, self.i = group, i
-
-    def set(self) -> None:
-        self.group.acked(self.i)
 
 
 # small replies (acks, time sync) must not wait for Nagle's delayed ACK

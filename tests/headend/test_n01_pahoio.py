@@ -12,7 +12,15 @@ from typing import Any
 import pytest
 from paho.mqtt.client import CallbackAPIVersion, Client
 
-from headend.transport.pahoio import JOIN_MAX, ReadAhead, _join, fast_io
+from headend.transport.pahoio import (
+    JOIN_MAX,
+    MAX_OUTSTANDING,
+    Outbound,
+    ReadAhead,
+    Received,
+    _join,
+    fast_io,
+)
 
 pytestmark = [pytest.mark.req("N01"), pytest.mark.timeout(20)]
 
@@ -196,9 +204,9 @@ class Stream:
         self.chunks = []
 
 
-def _publish(topic: bytes, payload: bytes, qos: int, mid: int = 0) -> bytes:
+def _publish(topic: bytes, payload: bytes, qos: int, mid: int = 0, props: bytes = b"\x00") -> bytes:
     var = len(topic).to_bytes(2, "big") + topic + (mid.to_bytes(2, "big") if qos else b"")
-    rest = var + b"\x00" + payload  # no properties (MQTT 5)
+    rest = var + props + payload  # props: MQTT 5 properties with their length
     n, length = len(rest), b""
     while True:
         n, b = n >> 7, n & 0x7F
@@ -218,17 +226,26 @@ class Counted(ReadAhead):
         return p
 
 
-def _read_all(chunks: list[bytes], fast: bool) -> tuple[list[Any], bytes]:
+def _read_all(
+    chunks: list[bytes], fast: bool, plain: list[Received] | None = None
+) -> tuple[list[Any], bytes]:
     """What a v5 client with a QoS 1 PUBLISH of its own in flight does with the byte
-    stream ``chunks``: its callbacks, in order, and what it sends back."""
+    stream ``chunks``: its callbacks, in order, and what it sends back (with
+    ``plain``: the PUBLISHes taken without paho's objects go there too)."""
     from paho.mqtt.client import MQTTv5
 
     client = Client(CallbackAPIVersion.VERSION2, protocol=MQTTv5)
     seen: list[Any] = []
     client.on_publish = lambda _c, _u, mid, rc, _p: seen.append(("acked", mid, rc.value))
     client.on_message = lambda _c, _u, m: seen.append(("msg", m.topic, m.payload, m.qos, m.mid))
+
+    def received(m: Received) -> None:
+        assert plain is not None
+        plain.append(m)
+        seen.append(("msg", m.topic, m.payload, m.qos, m.mid))
+
     if fast:
-        fast_io(client)
+        fast_io(client, received=None if plain is None else received)
     client.publish("ami/v1/1/down", b"x", qos=1)  # mid 1, in flight
     stream = Stream(chunks)
     client._sock = Counted(stream) if fast else stream  # type: ignore[assignment]  # noqa: SLF001
@@ -261,9 +278,32 @@ def test_n01_whole_packets_in_the_buffer_are_handled_as_paho_reads_them() -> Non
         Counted.whole = 0
         assert _read_all(chunks, fast=True) == (want, sent)
         whole.append(Counted.whole)
-    # one read: all but the first packet (whose byte filled the buffer) taken whole;
-    # a byte per read: none
-    assert whole[0] == 4 and whole[3] == 0 and whole[4] >= 1
+    # one read: all five taken whole (the buffer is filled before the first); a byte
+    # per read: none
+    assert whole[0] == 5 and whole[3] == 0 and whole[4] >= 1
+
+
+def test_n01_a_fill_keeps_the_end_of_the_stream_and_errors_for_paho() -> None:
+    r = ReadAhead(Sock())
+    r.fill()  # "would block": nothing kept, paho's own read meets it again
+    with pytest.raises(ssl.SSLWantReadError):
+        r.recv(1)
+    r = ReadAhead(Sock(b""))
+    r.fill()
+    assert r.packet() is None and r.recv(1) == b""  # paho: connection lost
+
+    class Reset(Sock):
+        def recv(self, n: int) -> bytes:
+            raise ConnectionResetError("reset by peer")
+
+    r = ReadAhead(Reset())
+    r.fill()
+    with pytest.raises(ConnectionResetError):  # paho logs it and reports a lost link
+        r.recv(1)
+    r = ReadAhead(Sock(b"\x40\x02\x00\x01", b"more"))
+    r.fill()
+    r.fill()  # the buffer holds bytes: no second read
+    assert r.packet() == (0x40, [0x02], 2, b"\x00\x01") and r.recv(10) == b"more"
 
 
 def test_n01_read_ahead_hands_out_only_whole_packets() -> None:
@@ -275,3 +315,125 @@ def test_n01_read_ahead_hands_out_only_whole_packets() -> None:
     r = ReadAhead(Sock(b"\x30\xff\xff\xff\xff\x01" + b"x" * 20))
     r.recv(0)
     assert r.packet() is None  # a 5-byte length: paho's reader refuses it
+
+
+def test_n01_plain_publishes_are_taken_as_paho_takes_them() -> None:
+    """A QoS 0 or 1 PUBLISH with a topic name and no properties goes to the receiver
+    without paho's objects: the same messages in the same order, the same PUBACKs
+    after them, cut any way; one with properties, or QoS 2, is paho's as before."""
+    stream = (
+        _publish(b"ami/v1/7/up", b"a" * 10, 0)
+        + b"\x40\x02\x00\x01"  # PUBACK of the client's own mid 1
+        + _publish(b"ami/v1/8/up", b"b" * 300, 1, mid=5)
+        + _publish(b"ami/v1/9/up", b"c", 1, mid=6, props=b"\x02\x01\x01")  # payload format
+        + _publish(b"ami/v1/10/up", b"d", 2, mid=7)  # QoS 2: PUBREC, paho's
+        + _publish(b"ami/v1/11/up", b"", 1, mid=8)
+    )
+    want, sent = _read_all([stream], fast=False)
+    assert [w[0] for w in want] == ["msg", "acked", "msg", "msg", "msg"]  # QoS 2: on PUBREL
+    assert sent == b"\x40\x02\x00\x05\x40\x02\x00\x06\x50\x02\x00\x07\x40\x02\x00\x08"
+    cuts = [[stream], [stream[i : i + 1] for i in range(len(stream))]]
+    cuts.append([stream[i : i + 37] for i in range(0, len(stream), 37)])
+    for chunks in cuts:
+        plain: list[Received] = []
+        assert _read_all(chunks, fast=True, plain=plain) == (want, sent)
+        assert [(m.topic, m.qos, m.mid) for m in plain] == [
+            ("ami/v1/7/up", 0, 0),
+            ("ami/v1/8/up", 1, 5),
+            ("ami/v1/11/up", 1, 8),
+        ]
+        assert all(isinstance(m.payload, bytes) and not m.retain for m in plain)
+
+
+def _connected(limit: int = 20) -> tuple[Client, Outbound, Stream]:
+    from paho.mqtt.client import MQTTv5
+
+    client = Client(CallbackAPIVersion.VERSION2, protocol=MQTTv5)
+    out = fast_io(client)
+    client._max_inflight_messages = limit  # noqa: SLF001
+    stream = Stream([])
+    client._sock = stream  # type: ignore[assignment]  # noqa: SLF001
+    return client, out, stream
+
+
+def _paho_packet(topic: str, payload: bytes, mid: int, expiry: int | None) -> bytes:
+    """What paho itself sends for this QoS 1 publication."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    client, _, stream = _connected()
+    props = None
+    if expiry is not None:
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        props.MessageExpiryInterval = expiry
+    client._last_mid = mid - 1  # noqa: SLF001
+    client.publish(topic, payload, 1, False, props)
+    return stream.sent
+
+
+def test_n01_outbound_sends_what_paho_sends_and_completes_on_the_puback() -> None:
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    expiry = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    expiry.MessageExpiryInterval = 30
+    for topic, payload, props, exp in [
+        ("ami/v1/1/down", b"ack", b"\x00", None),
+        ("ami/v1/rt/4294967295", b"x" * 5000, b"\x00", None),  # a 2-byte remaining length
+        ("ami/v1/2/down", b"t", bytes(expiry.pack()), 30),  # type: ignore[no-untyped-call]
+        ("ami/v1/3/down", b"y" * 200_000, b"\x00", None),  # a 3-byte remaining length
+    ]:
+        client, out, stream = _connected()
+        done: list[int] = []
+        assert out.publish(topic, payload, props, done.append)
+        mid = client._last_mid  # noqa: SLF001
+        assert stream.sent == _paho_packet(topic, payload, mid, exp)
+        client._in_packet = {"command": 0x40, "packet": bytearray(mid.to_bytes(2, "big"))}  # noqa: SLF001
+        assert client._handle_pubackcomp("PUBACK") == 0 and done == [0]  # noqa: SLF001
+        assert out.flight == {}
+
+
+def test_n01_outbound_keeps_the_in_flight_limit_and_the_order() -> None:
+    """At most the in-flight limit unacknowledged; the rest leave in order, refilled
+    once half the window is acknowledged; each completes with its reason code."""
+    client, out, stream = _connected(limit=4)
+    done: list[tuple[int, int]] = []
+    for i in range(10):
+        assert out.publish(f"t/{i}", b"p", b"\x00", lambda rc, i=i: done.append((i, rc)))
+    assert len(out.flight) == 4 and stream.sent.count(b"\x32\x09\x00\x03t/") == 4
+
+    def puback(mid: int, body: bytes = b"") -> None:
+        client._in_packet = {"command": 0x40, "packet": bytearray(mid.to_bytes(2, "big") + body)}  # noqa: SLF001
+        assert client._handle_pubackcomp("PUBACK") == 0  # noqa: SLF001
+
+    first = list(out.flight)
+    puback(first[0])
+    assert len(out.flight) == 3  # 3 of 4 still out: more than half, no refill yet
+    puback(first[1], b"\x10")  # "No matching subscribers"
+    assert len(out.flight) == 4  # half acknowledged: refilled to the limit
+    puback(first[2], b"\x87")  # "Not authorized": completes with its code
+    puback(first[3])
+    while out.flight:
+        puback(next(iter(out.flight)))
+    assert [i for i, _ in done] == list(range(10))
+    assert done[1] == (1, 0x10) and done[2] == (2, 0x87)
+    topics = [stream.sent.find(f"t/{i}".encode()) for i in range(10)]
+    assert topics == sorted(topics) and -1 not in topics  # sent in publication order
+    puback(first[0])  # a PUBACK for nothing in flight completes nothing
+    assert len(done) == 10
+
+
+def test_n01_outbound_refuses_when_not_connected_or_full_and_skips_ids_in_flight() -> None:
+    client, out, _ = _connected(limit=2)
+    done: list[int] = []
+    assert out.publish("t", b"p", b"\x00", done.append)
+    stuck = next(iter(out.flight))
+    client._last_mid = stuck - 1  # noqa: SLF001 - the ids went round while it stayed out
+    assert out.publish("t", b"p", b"\x00", done.append)
+    assert len(out.flight) == 2 and stuck in out.flight  # the new one took another id
+    client._sock = None  # noqa: SLF001
+    assert not out.publish("t", b"p", b"\x00", done.append)
+    client, out, _ = _connected(limit=1)
+    for _ in range(MAX_OUTSTANDING):
+        assert out.publish("t", b"", b"\x00", done.append)
+    assert not out.publish("t", b"", b"\x00", done.append)  # packet ids would repeat

@@ -23,8 +23,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
 from headend.api import Config, pki
-from headend.transport.base import Uplink
-from headend.transport.mqtt import MqttTransport, _refusal, login_from
+from headend.transport.base import TransportError, Uplink
+from headend.transport.mqtt import Message, MqttTransport, Refused, _refusal, login_from
 from hil.broker import Broker, find_mosquitto, running_broker
 from hil.wait import wait_until, wait_until_sync
 from tests.conftest import missing
@@ -227,3 +227,30 @@ def test_t02_only_a_connack_refusal_ends_the_service_not_a_lost_link_after_it() 
     bad_login = ReasonCode(PacketTypes.CONNACK, identifier=134)
     assert "login refused" in (_refusal(MqttConnectError(bad_login)) or "")
     assert _refusal(MqttConnectError(ReasonCode(PacketTypes.CONNACK, identifier=136))) is None
+
+
+def test_t02_a_publication_the_broker_refuses_is_an_error_not_a_success(broker: Broker) -> None:
+    """The broker's ACL refuses the worker a topic: its PUBACK's reason code makes
+    that publication `Refused` (dropped with an error by the service, never retried
+    as if the link were down), while the others of the group go through."""
+    cfg = Config(broker=broker.url_for(WORKER), mqtt_ca_file=str(broker.ca), master_key=KEY)
+
+    async def main() -> list[TransportError | None]:
+        t = MqttTransport(broker.host, broker.port, WORKER, "refused", login=login_from(cfg))
+
+        async def deliver(up: Uplink) -> None:
+            pass
+
+        task = asyncio.create_task(t.run(deliver))
+        try:
+            await wait_until(t.connected.is_set, 10, "the transport subscribed")
+            return await t.publish_many(
+                [Message("ami/v1/1001/down", b"a"), Message("not/the/workers", b"b")] * 30
+            )
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    out = asyncio.run(main())
+    assert out[0::2] == [None] * 30  # more than the 20 in flight: all completed
+    assert all(isinstance(e, Refused) and "0x87" in str(e) for e in out[1::2]), out[:2]
