@@ -7,8 +7,9 @@ each queued packet with its own call (a TLS record and a system call each).
 
 `fast_io` gives one paho client two changes, both below the MQTT logic:
 
-* its socket is wrapped in `ReadAhead`, which reads up to 64 KiB at once and
-  serves paho's small reads from that buffer; `pending()` counts the buffer, so
+* its socket is wrapped in `ReadAhead`, which reads up to 64 KiB at once (every
+  TLS record the socket has: a TLS read gives one, and the broker writes one per
+  packet) and serves paho's small reads from that buffer; `pending()` counts the buffer, so
   aiomqtt's reader loop (which calls paho again while the socket has decoded
   bytes pending, paho issue #131) drains it without waiting for epoll;
 * before paho writes, consecutive queued packets that need nothing done when
@@ -103,22 +104,31 @@ class ReadAhead:
         return out
 
     def fill(self) -> None:
-        """Read into an empty buffer what the socket has (a packet read whole needs it
-        there from its first byte). "Would block" is left for paho's read to meet again;
-        the end of the stream and an error are kept for the next `recv` to give paho."""
+        """Read into an empty buffer all the socket has, up to `READ_AHEAD` (a packet
+        read whole needs it there from its first byte; a TLS read gives one record, and
+        the broker writes a record per packet: read once, the rest waited for another
+        turn of the event loop each). "Would block" is left for paho's read to meet
+        again; the end of the stream and an error are kept for the next `recv` to give
+        paho, after the bytes read before them."""
         if self._pos < len(self._buf) or self._held is not None:
             return
-        try:
-            data = self._sock.recv(READ_AHEAD)
-        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            return
-        except OSError as e:
-            self._held = e
-            return
-        if not data:
-            self._held = b""
-            return
-        self._buf, self._pos = data, 0
+        chunks: list[bytes] = []
+        size = 0
+        while size < READ_AHEAD:
+            try:
+                data = self._sock.recv(READ_AHEAD)
+            except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                break
+            except OSError as e:
+                self._held = e
+                break
+            if not data:
+                self._held = b""
+                break
+            chunks.append(data)
+            size += len(data)
+        if chunks:
+            self._buf, self._pos = b"".join(chunks) if len(chunks) > 1 else chunks[0], 0
 
     def packet(self) -> tuple[int, list[int], int, bytes] | None:
         """The next MQTT packet if the buffer holds all of it: (first byte, remaining

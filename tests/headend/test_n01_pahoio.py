@@ -175,19 +175,24 @@ def test_n01_a_plain_puback_completes_its_publish_as_paho_would(
 
 class Stream:
     """A socket whose reads hand out ``chunks`` (each as the kernel would: at most
-    what is asked), then "would block"; what is sent is kept."""
+    what is asked), then "would block"; with ``gaps``, "would block" once after each
+    chunk too (the next one not arrived yet); what is sent is kept."""
 
-    def __init__(self, chunks: list[bytes]) -> None:
+    def __init__(self, chunks: list[bytes], gaps: bool = False) -> None:
         self.chunks = [c for c in chunks if c]
         self.sent = b""
+        self.gaps = gaps
+        self._gap = False
 
     def recv(self, n: int) -> bytes:
-        if not self.chunks:
+        if not self.chunks or self._gap:
+            self._gap = False
             raise ssl.SSLWantReadError
         c = self.chunks[0]
         self.chunks[0] = c[n:]
         if not self.chunks[0]:
             self.chunks.pop(0)
+            self._gap = self.gaps
         return c[:n]
 
     def send(self, data: bytes) -> int:
@@ -227,7 +232,7 @@ class Counted(ReadAhead):
 
 
 def _read_all(
-    chunks: list[bytes], fast: bool, plain: list[Received] | None = None
+    chunks: list[bytes], fast: bool, plain: list[Received] | None = None, gaps: bool = False
 ) -> tuple[list[Any], bytes]:
     """What a v5 client with a QoS 1 PUBLISH of its own in flight does with the byte
     stream ``chunks``: its callbacks, in order, and what it sends back (with
@@ -247,9 +252,9 @@ def _read_all(
     if fast:
         fast_io(client, received=None if plain is None else received)
     client.publish("ami/v1/1/down", b"x", qos=1)  # mid 1, in flight
-    stream = Stream(chunks)
+    stream = Stream(chunks, gaps)
     client._sock = Counted(stream) if fast else stream  # type: ignore[assignment]  # noqa: SLF001
-    for _ in range(len(b"".join(chunks)) + 2):  # as aiomqtt: while readable or pending
+    for _ in range(2 * len(b"".join(chunks)) + 2):  # as aiomqtt: while readable or pending
         assert client.loop_read() == 0
     assert client._in_packet["command"] == 0  # noqa: SLF001 - nothing left half read
     return seen, stream.sent
@@ -274,13 +279,15 @@ def test_n01_whole_packets_in_the_buffer_are_handled_as_paho_reads_them() -> Non
     cuts.append([stream[i : i + 1] for i in range(len(stream))])  # one byte per read
     cuts.append([stream[i : i + 37] for i in range(0, len(stream), 37)])
     whole = []
-    for chunks in cuts:
-        Counted.whole = 0
-        assert _read_all(chunks, fast=True) == (want, sent)
-        whole.append(Counted.whole)
-    # one read: all five taken whole (the buffer is filled before the first); a byte
-    # per read: none
-    assert whole[0] == 5 and whole[3] == 0 and whole[4] >= 1
+    for gaps in (False, True):  # every chunk there at once; each after a "would block"
+        for chunks in cuts:
+            Counted.whole = 0
+            assert _read_all(chunks, fast=True, gaps=gaps) == (want, sent)
+            whole.append(Counted.whole)
+    # there at once: all five taken whole (the buffer is filled with every chunk the
+    # socket has); a byte per read, each after a gap: none (paho's reader completes
+    # each packet cut by a gap)
+    assert whole[:5] == [5] * 5 and whole[5] == 5 and whole[8] == 0 and whole[9] >= 1
 
 
 def test_n01_a_fill_keeps_the_end_of_the_stream_and_errors_for_paho() -> None:
@@ -300,10 +307,13 @@ def test_n01_a_fill_keeps_the_end_of_the_stream_and_errors_for_paho() -> None:
     r.fill()
     with pytest.raises(ConnectionResetError):  # paho logs it and reports a lost link
         r.recv(1)
-    r = ReadAhead(Sock(b"\x40\x02\x00\x01", b"more"))
-    r.fill()
+    r = ReadAhead(Sock(b"\x40\x02\x00", b"\x01more"))
+    r.fill()  # every record the socket has, joined (a packet cut between two is whole)
     r.fill()  # the buffer holds bytes: no second read
     assert r.packet() == (0x40, [0x02], 2, b"\x00\x01") and r.recv(10) == b"more"
+    r = ReadAhead(Sock(b"\xd0\x00", b""))  # the end of the stream after a packet
+    r.fill()
+    assert r.packet() == (0xD0, [0x00], 0, b"") and r.recv(1) == b""
 
 
 def test_n01_read_ahead_hands_out_only_whole_packets() -> None:
