@@ -359,9 +359,11 @@ class MqttTransport:
         None (acknowledged by the broker) or the error `publish` would have raised.
 
         A batch's answers are hundreds of messages: one task, one Event and one
-        timeout each (what `publish` costs through aiomqtt) were a third of the
-        service's CPU. Every packet is written before the first wait, so they
-        leave in order; they share one `PUBLISH_TIMEOUT_S`.
+        timeout each (what a publish costs through aiomqtt) were a third of the
+        service's CPU. QoS 1 ones go through the client's `Outbound` (no paho
+        message objects), queued in order before the first wait; they share one
+        `PUBLISH_TIMEOUT_S`. A PUBACK with a failure code makes its message
+        `Refused`. `publish` is this for one message.
         """
         out: list[TransportError | None] = [None] * len(msgs)
         client = self._client
