@@ -5,7 +5,7 @@ not in MQTT: paho reads a packet's fixed header byte by byte (each byte one TLS
 read: 136,567 reads for 42,003 packets in a profile of `bench live`) and writes
 each queued packet with its own call (a TLS record and a system call each).
 
-`fast_io` gives one paho client two changes, both below the MQTT logic:
+`fast_io` gives one paho client these changes, all below the MQTT logic:
 
 * its socket is wrapped in `ReadAhead`, which reads up to 64 KiB at once (every
   TLS record the socket has: a TLS read gives one, and the broker writes one per
@@ -63,6 +63,8 @@ from paho.mqtt.exception import MalformedPacket
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+
+from protocol.blocks import varint  # unsigned LEB128: MQTT's remaining length too
 
 READ_AHEAD = 65_536
 JOIN_MAX = 262_144  # bytes in one joined write: bounded, a slow broker still sees progress
@@ -197,16 +199,6 @@ def _in_packet(
     }  # fmt: skip
 
 
-def _varint(n: int) -> bytes:
-    """An MQTT remaining length."""
-    out = bytearray()
-    while True:
-        n, b = n >> 7, n & 0x7F
-        out.append(b | 0x80 if n else b)
-        if not n:
-            return bytes(out)
-
-
 Done = Callable[[int], None]  # called with the PUBACK's reason code
 
 
@@ -237,7 +229,7 @@ class Outbound:
         while mid in self.flight:  # one left unacknowledged while the ids went round
             mid = c._mid_generate()  # noqa: SLF001
         t = topic.encode()
-        head = bytes((_PUBLISH | _QOS1,)) + _varint(4 + len(t) + len(props) + len(payload))
+        head = bytes((_PUBLISH | _QOS1,)) + varint(4 + len(t) + len(props) + len(payload))
         packet = b"".join((head, _MID.pack(len(t)), t, _MID.pack(mid), props, payload))
         if self._queue or not self._room():
             self._queue.append((mid, packet, done))
