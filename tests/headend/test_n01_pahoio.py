@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from paho.mqtt.client import CallbackAPIVersion, Client
+from paho.mqtt.exception import MalformedPacket
 
 from headend.transport.pahoio import (
     JOIN_MAX,
@@ -360,7 +361,7 @@ def _connected(limit: int = 20) -> tuple[Client, Outbound, Stream]:
 
     client = Client(CallbackAPIVersion.VERSION2, protocol=MQTTv5)
     out = fast_io(client)
-    client._max_inflight_messages = limit  # noqa: SLF001
+    out.limit = limit
     stream = Stream([])
     client._sock = stream  # type: ignore[assignment]  # noqa: SLF001
     return client, out, stream
@@ -447,3 +448,37 @@ def test_n01_outbound_refuses_when_not_connected_or_full_and_skips_ids_in_flight
     for _ in range(MAX_OUTSTANDING):
         assert out.publish("t", b"", b"\x00", done.append)
     assert not out.publish("t", b"", b"\x00", done.append)  # packet ids would repeat
+
+
+def test_n01_outbound_takes_the_brokers_receive_maximum_from_its_connack() -> None:
+    """MQTT 5: the window is the CONNACK's Receive Maximum (65,535 when absent),
+    whatever paho's own limit; MQTT 3.1.1 keeps paho's; a malformed CONNACK changes
+    nothing here (paho's handler refuses it)."""
+    from paho.mqtt.client import MQTTv5, MQTTv311
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    cut_short = b"\x00\x00\x05\x21"  # a property length of 5, one byte of them
+
+    def connack(protocol: int, body: bytes) -> Outbound:
+        client = Client(CallbackAPIVersion.VERSION2, protocol=protocol)
+        out = fast_io(client)
+        client._in_packet = {"command": 0x20, "packet": bytearray(body)}  # noqa: SLF001
+        try:
+            client._handle_connack()  # noqa: SLF001
+        except MalformedPacket:
+            assert body == cut_short
+        return out
+
+    props = Properties(PacketTypes.CONNACK)  # type: ignore[no-untyped-call]
+    props.ReceiveMaximum = 7
+    with_max = b"\x00\x00" + bytes(props.pack())  # type: ignore[no-untyped-call]
+    out = connack(MQTTv5, with_max)
+    assert out.limit == 7 and out._client._max_inflight_messages == 20  # noqa: SLF001
+    assert connack(MQTTv5, b"\x00\x00\x00").limit == 65_535
+    assert connack(MQTTv311, b"\x00\x00").limit == 20
+    assert connack(MQTTv5, cut_short).limit == 20  # paho's handler refuses it
+    client, out, stream = _connected(limit=7)
+    for i in range(9):
+        assert out.publish(f"t/{i}", b"p", b"\x00", lambda rc: None)
+    assert len(out.flight) == 7 and stream.sent.count(b"\x32\x09\x00\x03t/") == 7

@@ -23,6 +23,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
 from headend.api import Config, pki
+from headend.brokerconf import MAX_INFLIGHT_MESSAGES
 from headend.transport.base import TransportError, Uplink
 from headend.transport.mqtt import Message, MqttTransport, Refused, _refusal, login_from
 from hil.broker import Broker, find_mosquitto, running_broker
@@ -244,13 +245,16 @@ def test_t02_a_publication_the_broker_refuses_is_an_error_not_a_success(broker: 
         task = asyncio.create_task(t.run(deliver))
         try:
             await wait_until(t.connected.is_set, 10, "the transport subscribed")
-            return await t.publish_many(
-                [Message("ami/v1/1001/down", b"a"), Message("not/the/workers", b"b")] * 30
+            got = await t.publish_many(
+                [Message("ami/v1/1001/down", b"a"), Message("not/the/workers", b"b")] * 150
             )
+            assert t._out is not None and t._out.limit == MAX_INFLIGHT_MESSAGES  # noqa: SLF001
+            return got
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
 
     out = asyncio.run(main())
-    assert out[0::2] == [None] * 30  # more than the 20 in flight: all completed
+    # more than the broker's Receive Maximum in flight: all completed
+    assert out[0::2] == [None] * 150
     assert all(isinstance(e, Refused) and "0x87" in str(e) for e in out[1::2]), out[:2]
