@@ -481,7 +481,7 @@ class Core:
                 ctx.arrivals.record(mid, meter.utc_offset_min, now_ms // 1000)  # H03
         else:
             source = job.spec.source if job is not None else Source.ON_DEMAND
-        secs = ingest.sections(meter, b["sections"], source, now_ms // 1000)
+        secs = ingest.sections(meter, b["sections"], source, now_ms // 1000, decoded=True)
         layout = self._layouts.pop(mid, None)  # read for the batch, unless a frame before wrote
         out = Outbox()
         read = _Read(meter, up, fields, secs, source, layout, now_ms, version, out)

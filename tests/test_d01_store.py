@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -41,6 +42,7 @@ from headend.store.migrations import MIGRATIONS, Migration, latest_version, migr
 from headend.store.postgres import PostgresStore
 from headend.store.sqlite import SqliteStore
 from protocol.codes import Flag
+from protocol.frame import decode, encode
 
 T0 = 1_711_929_600  # 2024-04-01T00:00:00Z
 STEP = 900
@@ -371,6 +373,56 @@ def test_d01_bad_input_raises_typed_error_and_changes_nothing(store: SqlStore, c
 def test_d01_values_out_of_range_are_rejected_before_the_store(make: Callable[[], object]) -> None:
     with pytest.raises(InvalidData):
         make()
+
+
+def _decoded(start: int, step: int, flags: list[int], chans: list[list[int]]) -> dict[str, Any]:
+    """An intervals section's body as `protocol.frame.decode` returns it."""
+    body = {"start": start, "interval_s": step, "flags": flags, "channels": chans}
+    sec = {"tag": "intervals", "body": body}
+    rr = {"request_seq": 0, "kind": 0, "part": 1, "parts": 1, "sections": [sec]}
+    fields = {"version": 1, "type": "read_response", "seq": 1, "meter_id": 1, "timestamp": start}
+    got = decode(encode({**fields, "body": rr}))
+    out: dict[str, Any] = got["body"]["sections"][0]["body"]
+    return out
+
+
+@given(
+    st.integers(1, 40).flatmap(
+        lambda n: st.tuples(
+            st.sampled_from([300, 900, 3600]),
+            st.lists(st.sampled_from([0, 1, 2, 0x11]), min_size=n, max_size=n),
+            st.lists(
+                st.lists(st.integers(0, (1 << 31) - 1), min_size=n, max_size=n),
+                min_size=1,
+                max_size=4,
+            ),
+        )
+    )
+)
+def test_d01_a_decoded_block_is_the_block_checked_in_full(
+    shape: tuple[int, list[int], list[list[int]]],
+) -> None:
+    """`from_decoded` checks only the shape again: the block it gives equals the one
+    `from_canonical` checks value by value, for what the frame decoder returns."""
+    step, flags, chans = shape
+    body = _decoded(T0 - T0 % step, step, flags, chans)
+    assert IntervalBlock.from_decoded(body) == IntervalBlock.from_canonical(body)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"start": T0, "interval_s": 700, "flags": [0], "channels": [[1]]},
+        {"start": T0 + 1, "interval_s": STEP, "flags": [0], "channels": [[1]]},
+        {"start": T0, "interval_s": STEP, "flags": [0], "channels": []},
+        {"start": T0, "interval_s": STEP, "flags": [0, 0], "channels": [[1, 2], [1]]},
+        {"start": (1 << 32) - STEP, "interval_s": STEP, "flags": [0, 0], "channels": [[1, 2]]},
+        {"start": -STEP, "interval_s": STEP, "flags": [0], "channels": [[1]]},
+    ],
+)
+def test_d01_a_decoded_block_of_a_bad_shape_is_refused(body: dict[str, Any]) -> None:
+    with pytest.raises(InvalidData):
+        IntervalBlock.from_decoded(body)
 
 
 def test_d01_database_failures_are_store_errors(tmp_path: object) -> None:

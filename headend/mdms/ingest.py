@@ -53,18 +53,27 @@ class Sections:
         return max((b.block.end for b in self.blocks), default=0)
 
 
-def sections(meter: Meter, raw: list[dict[str, Any]], source: Source, received_s: int) -> Sections:
-    """Items of a frame's sections for ``meter``. Raises InvalidData on any bad one."""
+def sections(
+    meter: Meter,
+    raw: list[dict[str, Any]],
+    source: Source,
+    received_s: int,
+    decoded: bool = False,
+) -> Sections:
+    """Items of a frame's sections for ``meter``. Raises InvalidData on any bad one.
+
+    ``decoded``: ``raw`` is what `protocol.frame.decode` returned, whose unpacker
+    checked every interval's flags and values (`IntervalBlock.from_decoded`).
+    """
     out = Sections()
     mid = meter.meter_id
+    block = IntervalBlock.from_decoded if decoded else IntervalBlock.from_canonical
     for n, sec in enumerate(raw):
         tag = sec.get("tag") if isinstance(sec, dict) else None
         try:
             body = sec["body"]
             if tag == "intervals":
-                out.blocks.append(
-                    BlockIngest(mid, IntervalBlock.from_canonical(body), source, received_s)
-                )
+                out.blocks.append(BlockIngest(mid, block(body), source, received_s))
             elif tag == "midnight":
                 out.midnights.append(
                     MidnightRegister(mid, body["day"], tuple(body["values"]), source, received_s)

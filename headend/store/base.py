@@ -174,6 +174,11 @@ class IntervalBlock:
     def __post_init__(self) -> None:
         object.__setattr__(self, "flags", tuple(self.flags))
         object.__setattr__(self, "channels", tuple(tuple(c) for c in self.channels))
+        self._check_shape()
+        self._check_values()
+
+    def _check_shape(self) -> None:
+        """Length, start, the channels' lengths: a few comparisons per block."""
         if self.interval_s not in INTERVAL_LENGTHS:
             raise InvalidData(
                 f"interval_s: expected one of {INTERVAL_LENGTHS}, got {self.interval_s!r}"
@@ -192,13 +197,17 @@ class IntervalBlock:
             )
         if not self.channels:
             raise InvalidData("a block needs at least one channel")
+        for i, ch in enumerate(self.channels):
+            if len(ch) != n:
+                raise InvalidData(f"channel {i}: expected {n} values, got {len(ch)}")
+
+    def _check_values(self) -> None:
+        """Every flag and value: types and ranges (a pass over each)."""
         if not _ints(self.flags) or min(self.flags) < 0 or max(self.flags) > U8_MAX:
             raise InvalidData("flags: expected ints 0..0x1F (bits 0xE0 reserved)")
         if any(f & RESERVED_FLAGS for f in set(self.flags)):
             raise InvalidData(f"flags: reserved bits 0xE0 set in {sorted(set(self.flags))}")
         for i, ch in enumerate(self.channels):
-            if len(ch) != n:
-                raise InvalidData(f"channel {i}: expected {n} values, got {len(ch)}")
             if not _ints(ch):
                 raise InvalidData(f"channel {i}: values must be ints")
             if min(ch) < 0 or max(ch) >= VALUE_LIMIT:
@@ -223,6 +232,22 @@ class IntervalBlock:
             return cls(d["start"], d["interval_s"], tuple(d["flags"]), tuple(d["channels"]))
         except (KeyError, TypeError) as exc:
             raise InvalidData(f"interval block: {exc!r}") from None
+
+    @classmethod
+    def from_decoded(cls, d: Mapping[str, Any]) -> IntervalBlock:
+        """`from_canonical` for a block `protocol.frame.decode` returned, whose flags and
+        values its unpacker checked already (`protocol.blocks.decode_runs`: ints with
+        no reserved bit, one per interval; `decode_channel`: ints 0..2**31 - 1, one per
+        interval): only the block's shape is checked again. ~30 -> ~3 µs for a day of
+        4 channels, once per uplink. Anything else must use `from_canonical`."""
+        b = object.__new__(cls)
+        put = object.__setattr__
+        put(b, "start", d["start"])
+        put(b, "interval_s", d["interval_s"])
+        put(b, "flags", tuple(d["flags"]))
+        put(b, "channels", tuple(map(tuple, d["channels"])))
+        b._check_shape()
+        return b
 
 
 @dataclass(frozen=True, slots=True)
