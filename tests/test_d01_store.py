@@ -38,6 +38,7 @@ from headend.store import (
     open_store,
 )
 from headend.store.base import DAY_S, Quality, quality
+from headend.store.days import DayRow
 from headend.store.migrations import MIGRATIONS, Migration, latest_version, migrate
 from headend.store.postgres import PostgresStore
 from headend.store.sqlite import SqliteStore
@@ -523,3 +524,34 @@ def test_d01_random_overlapping_blocks_match_a_model(
         assert got == want
     present = sum(cv.present for cv in store.coverage(mid, lo, hi))
     assert present == len(model)
+
+
+@pytest.mark.parametrize(("top", "width"), [(0, 1), (255, 1), (256, 2), (65535, 2), (65536, 4)])
+def test_d01_a_day_row_takes_the_narrowest_width_of_its_values(top: int, width: int) -> None:
+    """`DayRow.encode` stores every value in the narrowest of 1, 2, 4 bytes that holds the
+    row's largest (the layout's rule), wherever it sits, and decodes to the same."""
+    for where in (0, 95, 3 * 96 + 40):
+        vals = [[7] * 96 for _ in range(4)]
+        vals[where // 96][where % 96] = top
+        row = DayRow(T0, STEP, vals, bytearray(96), bytearray(b"\x01") * 96)
+        blob, flags, srcs = row.encode()
+        assert len(blob) == 4 * 96 * width
+        assert DayRow.decode(T0, STEP, 4, blob, flags, srcs).vals == vals
+
+
+@given(st.integers(0, 95), st.integers(2, 3))
+def test_d01_a_whole_day_row_is_an_empty_row_merged_with_it(first: int, days: int) -> None:
+    """`DayRow.whole` (a block's whole day taken at once) gives what merging that day
+    of the block into an `empty` row gives."""
+    n = days * 96 + first
+    b = IntervalBlock(
+        T0,
+        STEP,
+        tuple(i % 3 for i in range(n)),
+        tuple(tuple(c * 7 + i for i in range(n)) for c in range(4)),
+    )
+    merged = DayRow.empty(T0 + DAY_S, STEP, 4)
+    merged.merge_block(b, 0, 96, 192, 2)
+    whole = DayRow.whole(T0 + DAY_S, b, 96, 2)
+    assert (whole.vals, whole.flags, whole.srcs) == (merged.vals, merged.flags, merged.srcs)
+    assert whole.encode() == merged.encode()

@@ -135,12 +135,16 @@ class Readings:
                     f"got {b.interval_s} s"
                 )
             src = int(bi.source)
+            slots = DAY_S // step
             for day, off, a, e in segments(b, phase):
                 key = (bi.meter_id, day)
                 row = pending.get(key)
                 if row is None:
-                    row = pending[key] = DayRow.empty(day, step, nch)
                     stamp[key] = bi.received_at
+                    if e - a == slots:  # the whole day (a scheduled read's block)
+                        pending[key] = DayRow.whole(day, b, a, src)
+                        continue
+                    row = pending[key] = DayRow.empty(day, step, nch)
                 elif bi.received_at > stamp[key]:
                     stamp[key] = bi.received_at
                 row.merge_block(b, off, a, e, src)
