@@ -20,6 +20,7 @@ from typing import Any
 from headend.errors import InvalidData
 from headend.store import (
     BlockIngest,
+    Channel,
     EventRecord,
     IntervalBlock,
     Meter,
@@ -99,9 +100,13 @@ def sections(
 
 
 def _channels(meter: Meter) -> list[dict[str, Any]]:
+    return _channels_of(meter.channels)
+
+
+def _channels_of(channels: Sequence[Channel]) -> list[dict[str, Any]]:
     return [
         {"index": i, "kind": c.kind.name.lower(), "unit": c.unit.symbol}
-        for i, c in enumerate(meter.channels)
+        for i, c in enumerate(channels)
     ]
 
 
@@ -134,11 +139,18 @@ def engineering(meter: Meter, secs: Sections, source: Source) -> dict[str, Any]:
                     "values": [col[i] for col in cols],
                 }
             )
-    out: dict[str, Any] = {
+    return {
         "meter": meter.meter_id,
         "source": source.name.lower(),
         "channels": _channels(meter),
         "intervals": intervals,
+        **_tail(meter, secs),
+    }
+
+
+def _tail(meter: Meter, secs: Sections) -> dict[str, Any]:
+    """What follows the intervals in `engineering`'s dict (the same keys, in order)."""
+    out: dict[str, Any] = {
         "midnight": [{"day": iso(m.day), "values": _eng(meter, m.values)} for m in secs.midnights],
         "events": [
             {
@@ -201,31 +213,80 @@ def realtime_parts(meter: Meter, secs: Sections, source: Source, limit: int) -> 
     lengths, instead of building dicts and encoding the whole and each half.
     Tests prove the bytes equal.
     """
+    # `engineering`'s JSON around its intervals: the channels' text is the same for
+    # every meter of a model (cached by them), the tail is this frame's
+    prefix = f'{{"meter":{meter.meter_id},"source":"{source.name.lower()}",{_head(meter.channels)}'
+    suffix = "," + to_json(_tail(meter, secs)).decode()[1:]
+    if len(secs.blocks) == 1:  # a read's usual answer: its halves formatted as they are cut
+        blk = secs.blocks[0].block
+        part = _Block(blk, _texts(meter, blk), prefix, limit)
+        return part.cut(0, blk.count, suffix, None)
     ivs: list[str] = []
     for b in secs.blocks:
         blk = b.block
-        chans: Sequence[Sequence[int | str]] = blk.channels
-        if not all(_plain(meter.scale(c)) for c in range(len(chans))):
-            chans = [_column(meter, c, ch) for c, ch in enumerate(blk.channels)]
-        # one C-level format fills the block's intervals (flags and raw values are
-        # exact ints, IntervalBlock checks: "%s" of one is its JSON text), cut at the
-        # separator the template put between them
-        text = _template(blk.start, blk.interval_s, blk.count, len(chans)) % tuple(
-            chain.from_iterable(zip(blk.flags, *chans, strict=True))
-        )
-        ivs += text.split(_SEP)
-    rest = engineering(
-        meter,
-        Sections(secs.blocks[:0], secs.midnights, secs.events, secs.registers, secs.clock),
-        source,
-    )
-    text = to_json(rest).decode()
-    cut = text.index(_EMPTY_INTERVALS)
-    prefix, suffix = text[:cut], text[cut + len(_EMPTY_INTERVALS) :]
+        ivs += _fill(blk, _texts(meter, blk), 0, blk.count, _SEP).split(_SEP)
     return _cut(prefix, suffix, ivs, limit)
 
 
+def _texts(meter: Meter, blk: IntervalBlock) -> Sequence[Sequence[int | str]]:
+    """A block's channels as what their JSON strings hold: raw ints where the scale
+    leaves them as they are (``"%s"`` of one is its text), else engineering strings."""
+    chans: Sequence[Sequence[int | str]] = blk.channels
+    if not all(_plain(meter.scale(c)) for c in range(len(chans))):
+        chans = [_column(meter, c, ch) for c, ch in enumerate(blk.channels)]
+    return chans
+
+
+def _fill(
+    blk: IntervalBlock, chans: Sequence[Sequence[int | str]], lo: int, hi: int, sep: str
+) -> str:
+    """Intervals ``lo:hi`` of a block as JSON objects between ``sep``s: one C-level
+    format of a cached template (flags and raw values are exact ints, IntervalBlock
+    checks)."""
+    step = blk.interval_s
+    values = zip(blk.flags[lo:hi], *(c[lo:hi] for c in chans), strict=True)
+    template = _template(blk.start + lo * step, step, hi - lo, len(chans), sep)
+    return template % tuple(chain.from_iterable(values))
+
+
+class _Block:
+    """`_cut` for one block, formatting each half as it is cut (no list of intervals)."""
+
+    def __init__(
+        self, blk: IntervalBlock, chans: Sequence[Sequence[int | str]], prefix: str, limit: int
+    ) -> None:
+        self.blk, self.chans, self.prefix, self.limit = blk, chans, prefix, limit
+
+    def cut(self, lo: int, hi: int, suffix: str, text: str | None) -> list[bytes]:
+        """Parts of intervals ``lo:hi`` (``text``: their JSON, if made already)."""
+        halves: tuple[str, str] | None = None
+        mid = lo + (hi - lo) // 2
+        if text is None:
+            if hi - lo < 2:
+                text = _fill(self.blk, self.chans, lo, hi, ",")
+            else:  # the halves first: over the limit they are the parts, made once
+                halves = (
+                    _fill(self.blk, self.chans, lo, mid, ","),
+                    _fill(self.blk, self.chans, mid, hi, ","),
+                )
+                text = ",".join(halves)
+        if len(self.prefix) + len(_EMPTY_INTERVALS) + len(text) + len(suffix) <= self.limit or (
+            hi - lo < 2
+        ):
+            return [f'{self.prefix}"intervals":[{text}]{suffix}'.encode()]
+        first, second = halves or (None, None)
+        return self.cut(lo, mid, suffix, first) + self.cut(mid, hi, "}", second)
+
+
 _EMPTY_INTERVALS = '"intervals":[]'
+
+
+@functools.lru_cache(maxsize=256)
+def _head(channels: tuple[Channel, ...]) -> str:
+    """``"channels":[...],`` of a meter with these channels (a fleet has few kinds)."""
+    return to_json({"channels": _channels_of(channels)}).decode()[1:-1] + ","
+
+
 _SEP = "\n"  # between a template's intervals: compact JSON of them never holds one
 
 
@@ -235,12 +296,12 @@ def _plain(sc: Scale) -> bool:
 
 
 @functools.lru_cache(maxsize=256)
-def _template(start: int, step: int, count: int, channels: int) -> str:
-    """The JSON of a block's intervals, flags and values left as ``%s`` (a night's
-    meters send the same few block shapes: made once for them all)."""
+def _template(start: int, step: int, count: int, channels: int, sep: str) -> str:
+    """The JSON of a block's intervals between ``sep``s, flags and values left as ``%s``
+    (a night's meters send the same few block shapes: made once for them all)."""
     times = _bounds(start, step, count)
     vals = '","'.join(["%s"] * channels)
-    return _SEP.join(
+    return sep.join(
         f'{{"start":"{a}","end":"{b}","flags":%s,"values":["{vals}"]}}'
         for a, b in zip(times, times[1:], strict=False)
     )

@@ -7,6 +7,7 @@ the real-time JSON built from pre-formatted intervals equals
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -91,6 +92,7 @@ def _meter(scalers: tuple[int, ...], mult: int) -> Meter:
     [
         ((0, 0, 0, 0), 0, 8000),  # raw values as they are (the common case: a template)
         ((0, 0, 0, 0), 0, 700),
+        ((0, 0, 0, 0), 0, 3000),  # a day in quarters
         ((0, 0, 0, 0), 1, 8000),
         ((-3, 0, 2, -1), 3, 8000),
         ((0, 0), 1, 700),
@@ -119,7 +121,7 @@ def test_n01_realtime_json_equals_the_reference(
     ]
     short = {"flags": block["flags"][:5], "channels": [c[:5] for c in block["channels"]]}
     two = [*raw, {"tag": "intervals", "body": {**block, **short, "start": day + 86400}}]
-    for sections in (raw, raw[1:], raw[:1], two):
-        secs = ingest.sections(meter, sections, Source.SCHEDULED, day)
-        want = ingest.to_json_parts(ingest.engineering(meter, secs, Source.SCHEDULED), limit)
-        assert ingest.realtime_parts(meter, secs, Source.SCHEDULED, limit) == want
+    for sections, source in itertools.product((raw, raw[1:], raw[:1], two), Source):
+        secs = ingest.sections(meter, sections, source, day)
+        want = ingest.to_json_parts(ingest.engineering(meter, secs, source), limit)
+        assert ingest.realtime_parts(meter, secs, source, limit) == want
