@@ -159,23 +159,25 @@ def decode_channel(data: bytes, count: int) -> list[int]:
         if end > size:
             raise MalformedPayload("channel stream truncated", f"{end - pos} bytes", size - pos)
         raw: Iterable[int]
-        if width == 0:
-            raw = [0] * n
-        elif width < 8:  # a delta group's table gives its differences: one pass
-            raw = _unpack_sub_byte(data, pos, end, n, (_UNPACK_DELTA if delta else _UNPACK)[width])
-        elif width == 8:
-            raw = data[pos:end]
-            if delta:
-                raw = map(_UNZIGZAG8.__getitem__, raw)
+        if width == 0:  # n equal values (a flat load, an unused channel): nothing to add up
+            seg = [prev if delta else base] * n
         else:
-            raw = struct.unpack_from(f">{n}{'H' if width == 16 else 'I'}", data, pos)
-            if delta:
-                raw = [(z >> 1) ^ -(z & 1) for z in raw]
-        if delta:  # zigzag differences from the previous value
-            seg = list(accumulate(raw, initial=prev))
-            del seg[0]
-        else:  # frame of reference: base + each value
-            seg = list(map(base.__add__, raw)) if base else list(raw)
+            if width < 8:  # a delta group's table gives its differences: one pass
+                table = (_UNPACK_DELTA if delta else _UNPACK)[width]
+                raw = _unpack_sub_byte(data, pos, end, n, table)
+            elif width == 8:
+                raw = data[pos:end]
+                if delta:
+                    raw = map(_UNZIGZAG8.__getitem__, raw)
+            else:
+                raw = struct.unpack_from(f">{n}{'H' if width == 16 else 'I'}", data, pos)
+                if delta:
+                    raw = [(z >> 1) ^ -(z & 1) for z in raw]
+            if delta:  # zigzag differences from the previous value
+                seg = list(accumulate(raw, initial=prev))
+                del seg[0]
+            else:  # frame of reference: base + each value
+                seg = list(map(base.__add__, raw)) if base else list(raw)
         pos = end
         out += seg
         prev = seg[-1]
