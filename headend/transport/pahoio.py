@@ -33,7 +33,7 @@ each queued packet with its own call (a TLS record and a system call each).
   (a condition variable and a log call each, and a pass over the messages in
   flight on every PUBACK): the packet packed once, at most the broker's Receive
   Maximum from its CONNACK sent (paho keeps its own 20 whatever the broker
-  allows: with mosquitto's 100, 10 writes per 100 uplinks instead of 30), the
+  allows; with mosquitto's 100 the window is refilled 50 at a time, not 10), the
   rest queued in order, each completed by its PUBACK with the reason code. ~12 µs
   per publication and its PUBACK through paho, 3 per uplink;
 * with ``received`` given, a QoS 0 or 1 PUBLISH of the common form (a topic
