@@ -160,3 +160,45 @@ def test_m20_deploy_without_a_bundle_copies_only_the_config_and_writes_nvs(
     cps = [ln for ln in done.stdout.splitlines() if " fs cp " in ln]
     assert len(cps) == 1 and cps[0].endswith(":board.json   # only if its hash differs")
     assert "set_blob() of key, mqtt_pw, ca" in done.stdout
+
+
+def test_m17_wait_headend_asks_again_until_a_read_returns_an_interval(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An on-demand read in the first interval of the meter's day is done with no
+    interval (the intervals since local midnight): the deploy does not take it for
+    the board's data, and asks again until one holds an interval."""
+    import time
+    from types import SimpleNamespace
+
+    from headend.api import JobState
+    from tools.flash import deploy
+
+    meter = SimpleNamespace(fw_version="1.2.3", interval_s=900)
+    results = [
+        SimpleNamespace(state=JobState.FAILED, result=None),  # not_held: nothing yet
+        SimpleNamespace(state=JobState.DONE, result=json.dumps({"intervals": []})),
+        SimpleNamespace(
+            state=JobState.DONE,
+            result=json.dumps({"intervals": [{}, {}], "registers": {"values": ["1", "2"]}}),
+        ),
+    ]
+    reads: list[float] = []
+    sleeps: list[float] = []
+
+    def read(cfg: object, meter_id: int, budget_s: float) -> SimpleNamespace:
+        reads.append(budget_s)
+        return results[len(reads) - 1]
+
+    monkeypatch.setattr(deploy, "_registered", lambda cfg, mid: meter)
+    monkeypatch.setattr(deploy, "_read", read)
+    monkeypatch.setattr(time, "sleep", sleeps.append)
+    said: list[str] = []
+    rep = deploy.Report()
+    deploy.wait_headend(SimpleNamespace(speed=1.0), 7, 60.0, said.append, rep)  # type: ignore[arg-type]
+    assert len(reads) == 3 and len(sleeps) == 2 and all(0 < s <= 60.0 for s in sleeps)
+    assert rep.read_intervals == 2 and [str(v) for v in rep.read_registers or []] == ["1", "2"]
+    assert said[-2:] == [
+        "meter 7: a read returned 0 interval(s)",
+        "meter 7: a read returned 2 interval(s)",
+    ]

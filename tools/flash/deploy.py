@@ -186,7 +186,9 @@ def wait_headend(
     """Until the head-end has the meter registered, then until a read of it returns data.
 
     A meter answers a read once it holds an interval (until then it nacks
-    not_held): the read is asked again every quarter interval (real seconds).
+    not_held), and an on-demand read gives the intervals since its local midnight:
+    none in the first interval of a day. Either way the read is asked again every
+    quarter interval (real seconds), until one returns an interval.
     """
     end = time.monotonic() + timeout_s
 
@@ -212,7 +214,8 @@ def wait_headend(
             rep.read_intervals = len(data.get("intervals", []))
             rep.read_registers = (data.get("registers") or {}).get("values")
             say(f"meter {meter_id}: a read returned {rep.read_intervals} interval(s)")
-            return
+            if rep.read_intervals:
+                return
         time.sleep(min(every, left("data")))
 
 
