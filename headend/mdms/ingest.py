@@ -217,15 +217,8 @@ def realtime_parts(meter: Meter, secs: Sections, source: Source, limit: int) -> 
     # every meter of a model (cached by them), the tail is this frame's
     prefix = f'{{"meter":{meter.meter_id},"source":"{source.name.lower()}",{_head(meter.channels)}'
     suffix = "," + to_json(_tail(meter, secs)).decode()[1:]
-    if len(secs.blocks) == 1:  # a read's usual answer: its halves formatted as they are cut
-        blk = secs.blocks[0].block
-        part = _Block(blk, _texts(meter, blk), prefix, limit)
-        return part.cut(0, blk.count, suffix, None)
-    ivs: list[str] = []
-    for b in secs.blocks:
-        blk = b.block
-        ivs += _fill(blk, _texts(meter, blk), 0, blk.count, _SEP).split(_SEP)
-    return _cut(prefix, suffix, ivs, limit)
+    blocks = [(b.block, _texts(meter, b.block)) for b in secs.blocks]
+    return _Parts(blocks, prefix, limit).cut(0, sum(b.count for b, _ in blocks), suffix, None)
 
 
 def _texts(meter: Meter, blk: IntervalBlock) -> Sequence[Sequence[int | str]]:
@@ -237,25 +230,38 @@ def _texts(meter: Meter, blk: IntervalBlock) -> Sequence[Sequence[int | str]]:
     return chans
 
 
-def _fill(
-    blk: IntervalBlock, chans: Sequence[Sequence[int | str]], lo: int, hi: int, sep: str
-) -> str:
-    """Intervals ``lo:hi`` of a block as JSON objects between ``sep``s: one C-level
+def _fill(blk: IntervalBlock, chans: Sequence[Sequence[int | str]], lo: int, hi: int) -> str:
+    """Intervals ``lo:hi`` of a block as JSON objects between commas: one C-level
     format of a cached template (flags and raw values are exact ints, IntervalBlock
     checks)."""
     step = blk.interval_s
     values = zip(blk.flags[lo:hi], *(c[lo:hi] for c in chans), strict=True)
-    template = _template(blk.start + lo * step, step, hi - lo, len(chans), sep)
+    template = _template(blk.start + lo * step, step, hi - lo, len(chans))
     return template % tuple(chain.from_iterable(values))
 
 
-class _Block:
-    """`_cut` for one block, formatting each half as it is cut (no list of intervals)."""
+class _Parts:
+    """`to_json_parts`' halving on the frame's intervals (counted across its blocks),
+    each half formatted as it is cut: the tail part keeps only meter, source and
+    channels (the prefix, closed by ``}``)."""
 
     def __init__(
-        self, blk: IntervalBlock, chans: Sequence[Sequence[int | str]], prefix: str, limit: int
+        self,
+        blocks: list[tuple[IntervalBlock, Sequence[Sequence[int | str]]]],
+        prefix: str,
+        limit: int,
     ) -> None:
-        self.blk, self.chans, self.prefix, self.limit = blk, chans, prefix, limit
+        self.blocks, self.prefix, self.limit = blocks, prefix, limit
+
+    def _text(self, lo: int, hi: int) -> str:
+        """Intervals ``lo:hi`` of all the blocks together."""
+        texts, off = [], 0
+        for blk, chans in self.blocks:
+            a, b = max(lo - off, 0), min(hi - off, blk.count)
+            if a < b:
+                texts.append(_fill(blk, chans, a, b))
+            off += blk.count
+        return ",".join(texts)
 
     def cut(self, lo: int, hi: int, suffix: str, text: str | None) -> list[bytes]:
         """Parts of intervals ``lo:hi`` (``text``: their JSON, if made already)."""
@@ -263,12 +269,9 @@ class _Block:
         mid = lo + (hi - lo) // 2
         if text is None:
             if hi - lo < 2:
-                text = _fill(self.blk, self.chans, lo, hi, ",")
+                text = self._text(lo, hi)
             else:  # the halves first: over the limit they are the parts, made once
-                halves = (
-                    _fill(self.blk, self.chans, lo, mid, ","),
-                    _fill(self.blk, self.chans, mid, hi, ","),
-                )
+                halves = (self._text(lo, mid), self._text(mid, hi))
                 text = ",".join(halves)
         if len(self.prefix) + len(_EMPTY_INTERVALS) + len(text) + len(suffix) <= self.limit or (
             hi - lo < 2
@@ -287,21 +290,18 @@ def _head(channels: tuple[Channel, ...]) -> str:
     return to_json({"channels": _channels_of(channels)}).decode()[1:-1] + ","
 
 
-_SEP = "\n"  # between a template's intervals: compact JSON of them never holds one
-
-
 def _plain(sc: Scale) -> bool:
     """The scale leaves raw values as they are (their text is their engineering text)."""
     return sc.scaler == 0 and sc.factor == 1
 
 
 @functools.lru_cache(maxsize=256)
-def _template(start: int, step: int, count: int, channels: int, sep: str) -> str:
-    """The JSON of a block's intervals between ``sep``s, flags and values left as ``%s``
+def _template(start: int, step: int, count: int, channels: int) -> str:
+    """The JSON of a block's intervals between commas, flags and values left as ``%s``
     (a night's meters send the same few block shapes: made once for them all)."""
     times = _bounds(start, step, count)
     vals = '","'.join(["%s"] * channels)
-    return sep.join(
+    return ",".join(
         f'{{"start":"{a}","end":"{b}","flags":%s,"values":["{vals}"]}}'
         for a, b in zip(times, times[1:], strict=False)
     )
@@ -312,13 +312,3 @@ def _bounds(start: int, step: int, count: int) -> tuple[str, ...]:
     """The ISO times of a block's interval starts and its last end (the meters of a
     night send the same few blocks' bounds: formatted once for them all)."""
     return tuple(iso(start + i * step) for i in range(count + 1))
-
-
-def _cut(prefix: str, suffix: str, ivs: list[str], limit: int) -> list[bytes]:
-    """The halving of `to_json_parts` on pre-encoded intervals (the tail part keeps only
-    meter, source and channels: the prefix, closed by ``}``)."""
-    size = len(prefix) + len('"intervals":[]') + sum(map(len, ivs)) + max(0, len(ivs) - 1)
-    if size + len(suffix) <= limit or len(ivs) < 2:
-        return [f'{prefix}"intervals":[{",".join(ivs)}]{suffix}'.encode()]
-    half = len(ivs) // 2
-    return _cut(prefix, suffix, ivs[:half], limit) + _cut(prefix, "}", ivs[half:], limit)
