@@ -3,8 +3,9 @@
     python -m bench live-core --meters 1000 --days 2 [--batch 250] [--profile 25]
 
 What `headend serve` does per uplink on its database thread (decode, verify,
-store, answer, real-time payload), on a fresh SQLite store in a temporary
-folder, with the same signed frames as `bench live` (`bench.loadgen`): N
+store, answer, real-time payload; the collector tuned as there, `tune_gc`), on
+a fresh SQLite store in a temporary folder, with the same signed frames as
+`bench live` (`bench.loadgen`): N
 meters register, then D days of read answers go through in batches of
 ``--batch`` (the service's `MAX_BATCH`). No broker, no other process: the
 figure that moves least on a shared machine. ``--profile N``: cProfile's top
@@ -36,7 +37,7 @@ from headend.context import Ctx
 from headend.core import Core
 from headend.errors import HeadendError
 from headend.keys import meter_key
-from headend.service import MAX_BATCH
+from headend.service import MAX_BATCH, tune_gc
 from headend.store import open_store
 from headend.store.base import DAY_S
 from headend.transport.base import Uplink
@@ -62,6 +63,7 @@ def run(meters: int, days: int, batch: int, top: int) -> dict[str, Any]:
                 for i, day, body in day_bodies(meters, dl, profile())
             ]
             print(f"live-core: {len(reads)} read answers signed", file=sys.stderr, flush=True)
+            tune_gc()  # as `headend serve` runs, once built
             statements = [0]
             store.db._conn.set_trace_callback(  # type: ignore[attr-defined]  # noqa: SLF001
                 lambda _sql: statements.__setitem__(0, statements[0] + 1)

@@ -36,6 +36,7 @@ import collections
 import contextlib
 import cProfile
 import functools
+import gc
 import logging
 import os
 import time
@@ -68,6 +69,25 @@ P = ParamSpec("P")
 T = TypeVar("T")
 MAX_HELD_PUBLISHES = 10_000
 PROFILE_ENV = "AMI_PROFILE"  # see the module's docstring
+#: the cyclic collector's thresholds for a running service (`tune_gc`)
+GC_THRESHOLDS = (50_000, 20, 20)
+
+
+def tune_gc() -> None:
+    """Collect cycles less often in a running service, and never what it started with.
+
+    A batch keeps its frames' decoded dicts, sections and rows alive until its
+    commit, so at CPython's default (a young collection per 700 net allocations)
+    the collector scanned them ~60 times per 1,000 uplinks and the whole heap now
+    and then: ~30 µs per uplink in `bench live-core`, ~9 µs at 50,000. What exists
+    once the service is built (modules, configuration) is frozen: it never becomes
+    garbage, so no full collection walks it again.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 MAX_BATCH = 250  # uplinks in one transaction (their acks wait for its commit)
 BATCH_WAIT_S = 0.005  # a batch that is not full closes once its first uplink waited this long
 

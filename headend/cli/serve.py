@@ -16,6 +16,7 @@ from headend.api import Config, HeadendError, Service
 from headend.cli.common import OK, Sub, Usage, add_command, redact, sqlite_path
 from headend.http.server import listen, server
 from headend.redact import install
+from headend.service import tune_gc
 
 
 def add(sub: Sub, common: argparse.ArgumentParser) -> None:
@@ -109,6 +110,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         svc = Service(cfg)
         api = server(cfg, cfg.api_listen, svc.clock.now_ms) if cfg.api_listen else None
         sock = _bind(cfg.api_listen) if api else None
+        tune_gc()  # built: what exists now stays
         service = asyncio.create_task(svc.run())
         # not uvicorn's public serve(): it would take over SIGINT/SIGTERM, handled above
         api_task = asyncio.create_task(_api(api, sock)) if api and sock else None

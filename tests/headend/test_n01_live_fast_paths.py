@@ -125,3 +125,22 @@ def test_n01_realtime_json_equals_the_reference(
         secs = ingest.sections(meter, sections, source, day)
         want = ingest.to_json_parts(ingest.engineering(meter, secs, source), limit)
         assert ingest.realtime_parts(meter, secs, source, limit) == want
+
+
+def test_n01_the_service_collects_cycles_less_often_and_never_what_it_started_with() -> None:
+    import gc
+
+    from headend.service import GC_THRESHOLDS, tune_gc
+
+    before = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_threshold() == GC_THRESHOLDS and GC_THRESHOLDS[0] > before[0]
+        assert gc.get_freeze_count() > 0  # what existed is out of every collection
+        cycle: list[object] = []
+        cycle.append(cycle)
+        del cycle
+        assert gc.collect() >= 1  # a cycle is still collected, only later
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
