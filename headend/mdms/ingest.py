@@ -25,7 +25,6 @@ from headend.store import (
     IntervalBlock,
     Meter,
     MidnightRegister,
-    Scale,
     Source,
 )
 from protocol.codes import event_name
@@ -208,35 +207,48 @@ def realtime_parts(meter: Meter, secs: Sections, source: Source, limit: int) -> 
     """``to_json_parts(engineering(meter, secs, source), limit)``, built faster.
 
     Every scheduled read is published, so this runs once per uplink: the
-    intervals are formatted as text once (their JSON is fixed: ASCII times and
-    decimal strings need no escaping) and the parts are cut by counting their
-    lengths, instead of building dicts and encoding the whole and each half.
-    Tests prove the bytes equal.
+    intervals are formatted as bytes once, by one C-level ``%`` of a cached
+    template per block (their JSON is fixed: ASCII times and decimal strings need
+    no escaping), and the parts are cut by counting their lengths, instead of
+    building dicts and encoding the whole and each half. Tests prove the bytes equal.
     """
     # `engineering`'s JSON around its intervals: the channels' text is the same for
     # every meter of a model (cached by them), the tail is this frame's
     prefix = f'{{"meter":{meter.meter_id},"source":"{source.name.lower()}",{_head(meter.channels)}'
-    suffix = "," + to_json(_tail(meter, secs)).decode()[1:]
-    blocks = [(b.block, _texts(meter, b.block)) for b in secs.blocks]
-    return _Parts(blocks, prefix, limit).cut(0, sum(b.count for b, _ in blocks), suffix, None)
+    suffix = b"," + to_json(_tail(meter, secs))[1:]
+    blocks = [(b.block, *_cells(meter, b.block)) for b in secs.blocks]
+    return _Parts(blocks, prefix.encode(), limit).cut(
+        0, sum(b.count for b, _, _ in blocks), suffix, None
+    )
 
 
-def _texts(meter: Meter, blk: IntervalBlock) -> Sequence[Sequence[int | str]]:
-    """A block's channels as what their JSON strings hold: raw ints where the scale
-    leaves them as they are (``"%s"`` of one is its text), else engineering strings."""
-    chans: Sequence[Sequence[int | str]] = blk.channels
-    if not all(_plain(meter.scale(c)) for c in range(len(chans))):
-        chans = [_column(meter, c, ch) for c, ch in enumerate(blk.channels)]
-    return chans
+def _cells(meter: Meter, blk: IntervalBlock) -> tuple[Sequence[Sequence[int | bytes]], str]:
+    """A block's channels as what their JSON strings hold, and each one's ``%`` code:
+    exact ints (``d``) where the scaler is 0 (raw values, or raw x an int factor: the
+    common scales), else the engineering decimal as ASCII (``s``)."""
+    cols: list[Sequence[int | bytes]] = []
+    codes = []
+    for c, ch in enumerate(blk.channels):
+        sc = meter.scale(c)
+        if sc.scaler == 0:
+            f = sc.factor
+            cols.append(ch if f == 1 else [v * f for v in ch])
+            codes.append("d")
+        else:
+            cols.append([str(sc.engineering(v)).encode() for v in ch])
+            codes.append("s")
+    return cols, "".join(codes)
 
 
-def _fill(blk: IntervalBlock, chans: Sequence[Sequence[int | str]], lo: int, hi: int) -> str:
+def _fill(
+    blk: IntervalBlock, cols: Sequence[Sequence[int | bytes]], codes: str, lo: int, hi: int
+) -> bytes:
     """Intervals ``lo:hi`` of a block as JSON objects between commas: one C-level
     format of a cached template (flags and raw values are exact ints, IntervalBlock
-    checks)."""
+    checks; ``bytes % ints`` formats them ~40 % faster than ``str %``)."""
     step = blk.interval_s
-    values = zip(blk.flags[lo:hi], *(c[lo:hi] for c in chans), strict=True)
-    template = _template(blk.start + lo * step, step, hi - lo, len(chans))
+    values = zip(blk.flags[lo:hi], *(c[lo:hi] for c in cols), strict=True)
+    template = _template(blk.start + lo * step, step, hi - lo, codes)
     return template % tuple(chain.from_iterable(values))
 
 
@@ -247,41 +259,41 @@ class _Parts:
 
     def __init__(
         self,
-        blocks: list[tuple[IntervalBlock, Sequence[Sequence[int | str]]]],
-        prefix: str,
+        blocks: list[tuple[IntervalBlock, Sequence[Sequence[int | bytes]], str]],
+        prefix: bytes,
         limit: int,
     ) -> None:
         self.blocks, self.prefix, self.limit = blocks, prefix, limit
 
-    def _text(self, lo: int, hi: int) -> str:
+    def _text(self, lo: int, hi: int) -> bytes:
         """Intervals ``lo:hi`` of all the blocks together."""
         texts, off = [], 0
-        for blk, chans in self.blocks:
+        for blk, cols, codes in self.blocks:
             a, b = max(lo - off, 0), min(hi - off, blk.count)
             if a < b:
-                texts.append(_fill(blk, chans, a, b))
+                texts.append(_fill(blk, cols, codes, a, b))
             off += blk.count
-        return ",".join(texts)
+        return b",".join(texts)
 
-    def cut(self, lo: int, hi: int, suffix: str, text: str | None) -> list[bytes]:
+    def cut(self, lo: int, hi: int, suffix: bytes, text: bytes | None) -> list[bytes]:
         """Parts of intervals ``lo:hi`` (``text``: their JSON, if made already)."""
-        halves: tuple[str, str] | None = None
+        halves: tuple[bytes, bytes] | None = None
         mid = lo + (hi - lo) // 2
         if text is None:
             if hi - lo < 2:
                 text = self._text(lo, hi)
             else:  # the halves first: over the limit they are the parts, made once
                 halves = (self._text(lo, mid), self._text(mid, hi))
-                text = ",".join(halves)
+                text = b",".join(halves)
         if len(self.prefix) + len(_EMPTY_INTERVALS) + len(text) + len(suffix) <= self.limit or (
             hi - lo < 2
         ):
-            return [f'{self.prefix}"intervals":[{text}]{suffix}'.encode()]
+            return [b"".join((self.prefix, b'"intervals":[', text, b"]", suffix))]
         first, second = halves or (None, None)
-        return self.cut(lo, mid, suffix, first) + self.cut(mid, hi, "}", second)
+        return self.cut(lo, mid, suffix, first) + self.cut(mid, hi, b"}", second)
 
 
-_EMPTY_INTERVALS = '"intervals":[]'
+_EMPTY_INTERVALS = b'"intervals":[]'
 
 
 @functools.lru_cache(maxsize=256)
@@ -290,21 +302,17 @@ def _head(channels: tuple[Channel, ...]) -> str:
     return to_json({"channels": _channels_of(channels)}).decode()[1:-1] + ","
 
 
-def _plain(sc: Scale) -> bool:
-    """The scale leaves raw values as they are (their text is their engineering text)."""
-    return sc.scaler == 0 and sc.factor == 1
-
-
 @functools.lru_cache(maxsize=256)
-def _template(start: int, step: int, count: int, channels: int) -> str:
-    """The JSON of a block's intervals between commas, flags and values left as ``%s``
-    (a night's meters send the same few block shapes: made once for them all)."""
+def _template(start: int, step: int, count: int, codes: str) -> bytes:
+    """The JSON of a block's intervals between commas, the flags left as ``%d`` and each
+    channel's values as its code (`_cells`) (a night's meters send the same few block
+    shapes: made once for them all)."""
     times = _bounds(start, step, count)
-    vals = '","'.join(["%s"] * channels)
+    vals = '","'.join(f"%{c}" for c in codes)
     return ",".join(
-        f'{{"start":"{a}","end":"{b}","flags":%s,"values":["{vals}"]}}'
+        f'{{"start":"{a}","end":"{b}","flags":%d,"values":["{vals}"]}}'
         for a, b in zip(times, times[1:], strict=False)
-    )
+    ).encode()
 
 
 @functools.lru_cache(maxsize=256)
