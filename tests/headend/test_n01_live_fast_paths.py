@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import itertools
 import random
+from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import protocol.frame as frame_mod
 from headend.mdms import ingest
@@ -144,3 +147,10 @@ def test_n01_the_service_collects_cycles_less_often_and_never_what_it_started_wi
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+@given(st.integers(min_value=0, max_value=2**32 - 1))
+def test_n01_iso_times_equal_datetimes(t: int) -> None:
+    ingest.iso.cache_clear()
+    want = datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert ingest.iso(t) == want and ingest.iso(t) == want  # formatted, then cached
