@@ -66,6 +66,21 @@ def test_n01_read_ahead_counts_what_it_holds_as_pending() -> None:
     assert r.recv(100) == b"cdef" and r.pending() == 0
 
 
+def test_n01_read_ahead_asks_tls_for_pending_bytes_only_when_its_buffer_is_empty() -> None:
+    class TlsSock(Sock):
+        asked = 0
+
+        def pending(self) -> int:  # a decrypted record's bytes the TLS layer still holds
+            self.asked += 1
+            return 3
+
+    sock = TlsSock(b"abcdef")
+    r = ReadAhead(sock)
+    assert r.pending() == 3 and sock.asked == 1  # empty buffer: the TLS layer's count
+    assert r.recv(2) == b"ab" and r.pending() == 4 and sock.asked == 1  # not asked
+    assert r.recv(4) == b"cdef" and r.pending() == 3 and sock.asked == 2
+
+
 def test_n01_read_ahead_passes_end_of_stream_on() -> None:
     r = ReadAhead(Sock(b""))
     assert r.recv(1) == b""  # paho: connection lost
