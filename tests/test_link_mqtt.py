@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from headend import pki
+from headend.brokerconf import MAX_INFLIGHT_MESSAGES
 from hil.broker import find_mosquitto, running_broker
 from hil.wait import wait_until
 from tests.conftest import missing
@@ -265,3 +266,77 @@ def test_m20_t02_login_tls_pinned_ca_server_name_and_refusals_retried(
     assert "refused" in got["plain_to_tls"]
     # refused while unknown, then admitted: the backoff retries get it in
     assert got["later"].startswith("later connected None"), got["later"]
+
+
+# -- the broker's window towards a meter (brokerconf.MAX_INFLIGHT_MESSAGES) -------------
+
+_WINDOW_METER = """
+from link import loop as asyncio
+from link.mqtt import Client
+import gc
+got = []
+probes = []
+low = [gc.mem_free()]
+async def handler(topic, payload):
+    if payload == b"probe":
+        probes.append(1)
+        return
+    got.append(int(payload[:5]))  # the number only: the payload itself is dropped
+    gc.collect()
+    low[0] = min(low[0], gc.mem_free())
+async def main():
+    c = Client("mpy-window", HOST, PORT, subscriptions=("ami/v1/5/down",), handler=handler,
+               keepalive_s=5)
+    t = asyncio.create_task(c.run())
+    for _ in range(200):
+        if c.connected.is_set():
+            break
+        await asyncio.sleep_ms(50)
+    if PHASE == 1:  # the session and its subscription exist once a probe comes back
+        for _ in range(100):
+            await c.publish("ami/v1/5/down", b"probe")
+            await asyncio.sleep_ms(100)
+            if probes and not c.inflight:
+                break
+        print("subscribed", bool(probes))
+    else:
+        for _ in range(400):  # 20 s at most
+            if len(got) >= N:
+                break
+            await asyncio.sleep_ms(50)
+        await asyncio.sleep_ms(300)  # nothing more (a duplicate) arrives
+        print("got", len(got), "in_order", got == list(range(len(got))), "low_free", low[0])
+    await c.stop()
+    t.cancel()
+asyncio.run(main())
+"""
+
+
+def test_n01_m20_a_meter_takes_the_brokers_full_window_on_micropython(
+    mqtt_broker_private: Broker,
+) -> None:
+    """150 QoS 1 downlinks (more than the broker's window of 100) wait for a meter's
+    persistent session; on reconnect the broker sends 100 at once, unacknowledged:
+    the firmware's client on MicroPython with a 64 KB heap takes every one, in order,
+    once."""
+    b = mqtt_broker_private
+    n = 150
+    setup = f"HOST = {b.host!r}\nPORT = {b.port}\nN = {n}\n"
+    conf = (b.workdir / "mosquitto.conf").read_text()
+    assert f"max_inflight_messages {MAX_INFLIGHT_MESSAGES}" in conf and MAX_INFLIGHT_MESSAGES < n
+    out = run_mpy(setup + "PHASE = 1\n" + _WINDOW_METER, heapsize="64K", timeout=60)
+    assert "subscribed True" in out, out
+
+    async def queue() -> None:
+        head = Client("head-window", b.host, b.port, keepalive_s=5)
+        task = asyncio.create_task(head.run())
+        await wait_until(head.connected.is_set, 5, "head connected")
+        for i in range(n):  # ~a schedule frame each: the number, then padding
+            await head.publish("ami/v1/5/down", b"%05d" % i + bytes(395))
+        await wait_until(lambda: not head.inflight, 20, "every downlink PUBACKed")
+        await head.stop()
+        task.cancel()
+
+    asyncio.run(queue())
+    out = run_mpy(setup + "PHASE = 2\n" + _WINDOW_METER, heapsize="64K", timeout=60)
+    assert f"got {n} in_order True" in out, out
