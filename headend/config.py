@@ -55,6 +55,9 @@ class Config:
         key_retry_s: an unanswered key_set (key rotation) is sent again after this.
         realtime_topic: where ingested data is published for real-time
             subscribers; ``{meter}`` is replaced by the meter id.
+        realtime: publish it there (H04). Off where nobody reads the feed: its
+            JSON and messages are about a third of a worker's CPU per uplink
+            (docs/SCALE.md), and the broker's work per uplink halves.
         assign_at: local time (report_tz) of the evening placement of
             unscheduled meters into read groups.
         window_start, window_end: the nightly collection window.
@@ -143,6 +146,7 @@ class Config:
     master_key_file: str = ""
     key_retry_s: int = 300
     realtime_topic: str = "ami/v1/data/{meter}"
+    realtime: bool = True
     assign_at: str = "20:00"
     window_start: str = "00:01"
     window_end: str = "08:00"

@@ -555,7 +555,7 @@ class Core:
             ondemand.on_part(ctx, job, b, eng, r.now_ms)
             r.out.extend(routing.send_due(ctx, r.now_ms))  # the result to its requester, now
         # Real-time subscribers get what is new (a repeated frame publishes nothing).
-        if intervals or midnights or secs.registers:
+        if ctx.config.realtime and (intervals or midnights or secs.registers):
             topic = ctx.config.realtime_topic.format(meter=mid)
             for part in ingest.realtime_parts(r.meter, secs, r.source, payload_limit(topic)):
                 r.out.publish(topic, part)

@@ -14,7 +14,7 @@ import pytest
 
 from headend.clock import Clock
 from headend.store import Source, SqlStore
-from protocol.frame import encode
+from protocol.frame import decode, encode
 from tests.headend.conftest import ctx_of, open_at
 from tests.support.broker import Broker
 from tests.support.fakemeter import DAY, FakeMeter, MqttLink, value
@@ -103,6 +103,43 @@ def test_h04_n04_scheduled_read_stored_translated_acked_and_published_on_receipt
             )
             days = [msg["intervals"][0]["start"][:10] for msg in rt.json("ami/v1/data/401")]
             assert days == ["2024-03-31"] * n + ["2024-03-30"] * n  # the repeat: none
+            await m.stop()
+
+    asyncio.run(main())
+
+
+def test_h04_realtime_off_stores_and_acks_but_publishes_nothing(
+    mqtt_broker: Broker, sqlite_url: str, store_at: list[SqlStore]
+) -> None:
+    """``realtime = false`` (a site without real-time subscribers): collection as
+    before, no real-time message."""
+    cfg = make_config(mqtt_broker.url, sqlite_url, poll_s=1000, worker="h04off", realtime=False)
+    clock = Clock(cfg.speed, cfg.clock_start)
+
+    async def main() -> None:
+        # one subscriber of both topics: the worker sends a read's real-time parts
+        # before the next read's ack, over one connection, so they would reach it first
+        topics = ("ami/v1/data/+", "ami/v1/403/down")
+        async with (
+            running_service(cfg, clock),
+            Subscriber(mqtt_broker.host, mqtt_broker.port, topics) as rt,
+        ):
+            m = FakeMeter(403, MqttLink(mqtt_broker.host, mqtt_broker.port, 403), clock)
+            await m.start()
+            await m.register()
+            await m.daily_read(DAY1 - DAY)
+            await m.daily_read(DAY1)
+            await eventually(
+                lambda: (
+                    [decode(p)["type"] for t, p in rt.got if t.endswith("/down")].count("read_ack")
+                    == 2
+                ),
+                10,
+                "the second read's ack",
+            )
+            store = open_at(sqlite_url, store_at)
+            assert len(store.intervals(403, 0, DAY1 - DAY, DAY1 + DAY)) == 2 * 96
+            assert rt.json("ami/v1/data/") == []
             await m.stop()
 
     asyncio.run(main())
