@@ -13,7 +13,9 @@ What protocol/SPEC.md "MQTT" asks of the broker, written out:
   else; a worker reads every ``up`` (so it may join the shared subscription
   ``$share/<group>/ami/v1/+/up``, which nobody else can) and the recipients' acks,
   and writes every ``down``, the notifications and the real-time topic;
-  a recipient reads its notifications and writes its acks;
+  a recipient reads its notifications and writes its acks; a real-time
+  reader (H04) reads the real-time topic of every meter, or of its set of
+  meters only (T01), and writes nothing;
 - the client id is the user name (`use_username_as_clientid`): nobody can
   knock another identity off the broker with its client id;
 - packets over 8 KiB are refused (the largest frame is far smaller) and the
@@ -119,15 +121,37 @@ class Gateway:
     meters: tuple[int, ...]
 
 
+def _name_ids(text: str, what: str, example: str) -> tuple[str, str, tuple[int, ...]]:
+    """``NAME[:IDS]`` -> (name, the separator, the ids as `parse_meters` reads them)."""
+    name, sep, ids = text.partition(":")
+    meters = parse_meters(ids)
+    if sep and not meters:
+        raise ConfigError(f"{what} {name!r}: no meter ids in {text!r} (expected {example})")
+    return check_name(name, what), sep, meters
+
+
 def parse_gateway(text: str) -> Gateway:
     """``NAME:IDS`` (ids as `parse_meters` reads them) -> Gateway."""
-    name, sep, ids = text.partition(":")
+    example = "NAME:IDS like gw1:100001-101000"
+    name, sep, meters = _name_ids(text, "gateway", example)
     if not sep:
-        raise ConfigError(f"gateway: expected NAME:IDS like gw1:100001-101000, got {text!r}")
-    meters = parse_meters(ids)
-    if not meters:
-        raise ConfigError(f"gateway {name!r}: no meter ids in {text!r}")
-    return Gateway(check_name(name, "gateway"), meters)
+        raise ConfigError(f"gateway: expected {example}, got {text!r}")
+    return Gateway(name, meters)
+
+
+@dataclass(frozen=True)
+class Reader:
+    """A real-time subscriber's login: the real-time topic of ``meters``, of every
+    meter when empty."""
+
+    name: str
+    meters: tuple[int, ...] = ()
+
+
+def parse_reader(text: str) -> Reader:
+    """``NAME`` (every meter) or ``NAME:IDS`` -> Reader."""
+    name, _, meters = _name_ids(text, "realtime reader", "NAME or NAME:IDS like acme:1001-1003")
+    return Reader(name, meters)
 
 
 @dataclass(frozen=True)
@@ -141,6 +165,7 @@ class Site:
         observers: read-only logins that see every meter frame both ways (the
             HIL rig's sniffer; a site has none).
         gateways: logins that each carry several meters' topics (no meter in two).
+        readers: real-time subscribers' logins (H04), each for all or some meters.
         notify_topic, realtime_topic: the head-end's settings of the same names.
     """
 
@@ -149,6 +174,7 @@ class Site:
     recipients: tuple[str, ...] = ()
     observers: tuple[str, ...] = ()
     gateways: tuple[Gateway, ...] = ()
+    readers: tuple[Reader, ...] = ()
     notify_topic: str = "ami/v1/notify"
     realtime_topic: str = "ami/v1/data/{meter}"
 
@@ -171,7 +197,12 @@ class Site:
             if carried.intersection(g.meters):
                 raise ConfigError(f"gateway {g.name}: a meter already carried by another gateway")
             carried.update(g.meters)
+        for r in self.readers:
+            check_name(r.name, "realtime reader")
+            if any(not 0 <= m <= METER_ID_MAX for m in r.meters):
+                raise ConfigError(f"realtime reader {r.name}: a meter id out of range")
         named = [*self.workers, *self.recipients, *self.observers, *self.gateway_names]
+        named += [r.name for r in self.readers]
         if len(set(named)) != len(named):
             raise ConfigError(f"a name is given twice among {named}")
 
@@ -188,6 +219,7 @@ class Site:
     def logins(self, master: bytes) -> Iterable[tuple[str, str]]:
         """(user, password) of every identity, derived from the site master key."""
         users = (*self.workers, *self.recipients, *self.observers, *self.gateway_names)
+        users += tuple(r.name for r in self.readers)
         for user in (*map(str, self.meters), *users):
             yield user, password_of(master, user)
 
@@ -273,6 +305,16 @@ def acls(site: Site) -> dict[str, object]:
             )
         )
         client(r, f"recipient-{r}")
+    for rd in site.readers:
+        topics = (
+            [site.realtime_topic.format(meter=m) for m in rd.meters]
+            if rd.meters
+            else [_topic_prefix(site.realtime_topic)]
+        )
+        kind = "subscribeLiteral" if rd.meters else "subscribePattern"
+        acl = _allow(kind, *topics) + _allow("publishClientReceive", *topics)
+        roles.append(_role(f"reader-{rd.name}", acl))
+        client(rd.name, f"reader-{rd.name}")
     for m in site.meters:
         roles.append(_role(f"meter-{m}", _carry((m,))))
         client(str(m), f"meter-{m}")

@@ -13,6 +13,7 @@ is the plain, anonymous broker of old, for what asks for it explicitly.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import secrets
@@ -142,7 +143,8 @@ class Broker:
         binary, workdir: mosquitto and a directory of its own (config, CA, log).
         insecure: plain and anonymous (no TLS, no logins, no ACL).
         master: the site master key the logins derive from (default: random).
-        meters, workers, recipients, observers, gateways: the identities admitted at start.
+        meters, workers, recipients, observers, gateways, readers: the identities
+            admitted at start.
 
     A `hil.supervise.Dependent`: `failure()` says so if mosquitto died on its own.
     """
@@ -162,6 +164,7 @@ class Broker:
         recipients: tuple[str, ...] = (),
         observers: tuple[str, ...] = (),
         gateways: tuple[brokerconf.Gateway, ...] = (),
+        readers: tuple[brokerconf.Reader, ...] = (),
     ) -> None:
         self.binary = binary
         self.host = host
@@ -174,6 +177,7 @@ class Broker:
             recipients=tuple(recipients),
             observers=tuple(observers),
             gateways=gateways,
+            readers=readers,
         )
         self.workdir = workdir
         self.log_path = workdir / "mosquitto.log"
@@ -232,14 +236,11 @@ class Broker:
     ) -> None:
         """Add identities (logins and ACLs); a running broker restarts on its port for them."""
         s = self.site
-        self.site = brokerconf.Site(
+        self.site = dataclasses.replace(
+            s,
             meters=tuple(sorted(set(s.meters) | set(meters))),
             workers=tuple(dict.fromkeys((*s.workers, *workers))),
             recipients=tuple(dict.fromkeys((*s.recipients, *recipients))),
-            observers=s.observers,
-            gateways=s.gateways,
-            notify_topic=s.notify_topic,
-            realtime_topic=s.realtime_topic,
         )
         if self.running and not self.insecure:
             # the ACL plugin reads its file at start only: a restart (clients reconnect)

@@ -48,6 +48,14 @@ def add(sub: Sub, common: argparse.ArgumentParser) -> None:
     c.add_argument(
         "--recipient", action="append", default=[], metavar="NAME", help="a notification recipient"
     )
+    c.add_argument(
+        "--realtime-reader",
+        action="append",
+        default=[],
+        metavar="NAME[:IDS]",
+        help="a real-time subscriber's login (H04): it may read the real-time topic of every "
+        "meter, or of these meters only (e.g. acme:1001-1003); repeatable",
+    )
     c.add_argument("--pki", type=Path, metavar="DIR", help="the `headend pki init` dir (TLS)")
     c.add_argument("--port", type=int, default=8883, help="TLS listener port (default 8883)")
     c.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
@@ -84,6 +92,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         workers=workers,
         recipients=tuple(args.recipient),
         gateways=tuple(brokerconf.parse_gateway(g) for g in args.gateway),
+        readers=tuple(brokerconf.parse_reader(r) for r in args.realtime_reader),
         notify_topic=cfg.notify_topic,
         realtime_topic=cfg.realtime_topic,
     )
@@ -107,6 +116,8 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         "workers": list(site.workers),
         "recipients": list(site.recipients),
         "gateways": {g.name: len(g.meters) for g in site.gateways},
+        # a reader of every meter: "all"
+        "realtime_readers": {r.name: len(r.meters) or "all" for r in site.readers},
         "listeners": [f"{li.host}:{li.port} {'TLS' if li.ca else 'plain'}" for li in listeners],
     }
     if args.json:
@@ -119,6 +130,12 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         + (
             ", gateway(s) " + ", ".join(f"{g.name} ({len(g.meters)} meters)" for g in site.gateways)
             if site.gateways
+            else ""
+        )
+        + (
+            ", real-time reader(s) "
+            + ", ".join(f"{r.name} ({len(r.meters) or 'all'} meters)" for r in site.readers)
+            if site.readers
             else ""
         )
     )

@@ -149,6 +149,10 @@ def test_t02_the_generated_config_admits_the_site_and_nobody_else(
         (["--gateway", "12:1-3"], "not a number"),
         (["--gateway", "gw1:1-3", "--gateway", "gw2:3-4"], "already carried by another"),
         (["--gateway", "gw1:"], "no meter ids"),
+        (["--realtime-reader", "acme:"], "no meter ids"),
+        (["--realtime-reader", "acme:x"], "meters: expected ids or ranges"),
+        (["--realtime-reader", "a b"], "without spaces"),
+        (["--realtime-reader", "acme", "--recipient", "acme"], "a name is given twice"),
     ],
 )
 def test_t02_broker_config_bad_input_is_one_line(site: Path, args: list[str], says: str) -> None:
@@ -185,6 +189,32 @@ def test_t02_broker_config_gateway_login_carries_exactly_its_meters(site: Path) 
     ]
     users = [line.split(":")[0] for line in (site / "b" / "passwd").read_text().splitlines()]
     assert users == ["7", "headend", "gw1"]  # the gateway's meters need no login of their own
+
+
+@pytest.mark.req("H04", "T01")
+def test_h04_broker_config_realtime_readers_read_all_or_their_meters(site: Path) -> None:
+    assert headend("pki", "init", str(site / "pki")).returncode == 0
+    out = headend(
+        "broker", "config", str(site / "b"), "--pki", str(site / "pki"), "--meters", "7",
+        "--realtime-reader", "acme:1001-1002", "--realtime-reader", "grid",
+        "--config", str(site / "headend.toml"), "--json",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["realtime_readers"] == {"acme": 2, "grid": "all"}
+    acl = json.loads((site / "b" / "acl.json").read_text())
+    roles = {r["rolename"]: [(a["acltype"], a["topic"]) for a in r["acls"]] for r in acl["roles"]}
+    assert roles["reader-acme"] == [
+        ("subscribeLiteral", "ami/v1/data/1001"),
+        ("subscribeLiteral", "ami/v1/data/1002"),
+        ("publishClientReceive", "ami/v1/data/1001"),
+        ("publishClientReceive", "ami/v1/data/1002"),
+    ]
+    assert roles["reader-grid"] == [
+        ("subscribePattern", "ami/v1/data/+"),
+        ("publishClientReceive", "ami/v1/data/+"),
+    ]
+    users = [line.split(":")[0] for line in (site / "b" / "passwd").read_text().splitlines()]
+    assert users == ["7", "headend", "acme", "grid"]
 
 
 @pytest.mark.req("T02")

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from headend.api import pki
+from headend.brokerconf import Reader
 from hil.broker import Broker, find_mosquitto, free_port, running_broker
 from hil.wait import wait_until_sync
 from tests.conftest import missing
@@ -24,6 +25,7 @@ from tests.support.mqttpeer import DEADLINE_S, Peer
 
 WORKER = "headend"
 OUTSIDE = "outsider"  # a notification recipient: a valid login, not a worker
+READERS = (Reader("rt-all"), Reader("rt-1001", (1001,)))  # real-time subscribers (H04)
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +33,9 @@ def broker() -> Iterator[Broker]:
     """A secure broker as a site runs it."""
     if find_mosquitto() is None:
         missing("mosquitto not installed: run `make setup` (or apt-get install mosquitto)")
-    with running_broker(meters=(1001, 1002), workers=(WORKER,), recipients=(OUTSIDE,)) as b:
+    with running_broker(
+        meters=(1001, 1002), workers=(WORKER,), recipients=(OUTSIDE,), readers=READERS
+    ) as b:
         yield b
 
 
@@ -128,6 +132,43 @@ def test_t02_outsider_cannot_join_the_headend_share_group(broker: Broker, headen
         assert all(o.got == [] for o in outsiders)
     finally:
         for p in (*outsiders, m2):
+            p.close()
+
+
+@pytest.mark.req("H04")
+def test_h04_t01_realtime_readers_read_their_meters_feed_and_nothing_else(
+    broker: Broker, headend: Peer
+) -> None:
+    every, one = (peer(broker, r.name) for r in READERS)
+    others = [peer(broker, OUTSIDE), peer(broker, "1002")]
+    try:
+        assert every.subscribe("ami/v1/data/+")[0].is_failure is False
+        assert one.subscribe("ami/v1/data/1001")[0].is_failure is False
+        # the reader of 1001 only: not another meter's feed, not all of them (T01)
+        for topic in ("ami/v1/data/1002", "ami/v1/data/+", "ami/v1/+/up", "ami/v1/+/down"):
+            assert one.subscribe(topic)[0].is_failure, topic
+        # a recipient and a meter are no real-time readers; no reader reads uplinks
+        for o in others:
+            assert o.subscribe("ami/v1/data/+")[0].is_failure
+        assert every.subscribe("ami/v1/+/up")[0].is_failure
+        # a reader writes nothing: a forged uplink and a forged feed are dropped
+        every.publish("ami/v1/1001/up", b"forged")
+        every.publish("ami/v1/data/1001", b"forged")
+        headend.publish("ami/v1/data/1002", b"day of 1002")
+        headend.publish("ami/v1/data/1001", b"day of 1001")  # after it: the control
+        wait_until_sync(
+            lambda: every.payloads("ami/v1/data/1001") and one.payloads("ami/v1/data/1001"),
+            DEADLINE_S,
+            "1001's feed at both readers",
+        )
+        assert every.payloads("ami/v1/data/1002") == [b"day of 1002"]
+        assert every.payloads("ami/v1/data/1001") == one.payloads("ami/v1/data/1001")
+        assert one.payloads("ami/v1/data/1001") == [b"day of 1001"]  # no forged one
+        assert one.payloads("ami/v1/data/1002") == []
+        assert headend.payloads("ami/v1/1001/up") == []
+        assert all(o.got == [] for o in others)
+    finally:
+        for p in (every, one, *others):
             p.close()
 
 
