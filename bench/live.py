@@ -26,6 +26,8 @@ counter, as meters do); ``sent_while_down`` counts the frames sent between
 the kill and w1 back on the broker.
 
 ``--transport nats``: the broker is a 3-node NATS cluster (`bench.live_nats`).
+``--realtime off``: the workers publish no real-time JSON (``realtime = false``,
+a site without real-time subscribers); on by default, as the head-end is.
 
 Progress on stderr; ONE JSON line last on stdout (several K: ``runs``).
 """
@@ -130,6 +132,7 @@ class Options:
     kill_at: float
     resend_s: float
     profile: Path | None = None
+    realtime: bool = True  # the workers' `realtime` setting (H04)
 
 
 def parse_workers(text: str) -> list[int]:
@@ -374,7 +377,8 @@ def latency_ms(lat: list[float], ndigits: int = 1) -> dict[str, float | None]:
 
 async def one_run(opts: Options, broker: Broker | ClusterBroker, tmp: Path) -> dict[str, Any]:
     db = Database(opts.backend, opts.dsn, tmp)
-    workers = Workers(broker, db, opts.workers, tmp, opts.transport, opts.profile)
+    extra = None if opts.realtime else {"realtime": False}
+    workers = Workers(broker, db, opts.workers, tmp, opts.transport, opts.profile, extra)
     days = day_list(opts.days)
     gen = loadgen(opts, broker, days)
     try:
@@ -451,6 +455,7 @@ async def one_run(opts: Options, broker: Broker | ClusterBroker, tmp: Path) -> d
             "workers": opts.workers,
             "backend": opts.backend,
             "transport": opts.transport,
+            "realtime": opts.realtime,
             "meters": opts.meters,
             "days": opts.days,
             "window": opts.window,
@@ -527,6 +532,12 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--kill-at", type=float, default=0.0, help="kill -9 w1 at this share acked")
     ap.add_argument("--resend-s", type=float, default=10.0, help="resend an unacked frame after")
     ap.add_argument(
+        "--realtime",
+        choices=("on", "off"),
+        default="on",
+        help="the workers publish real-time JSON (H04; off: a site without real-time subscribers)",
+    )
+    ap.add_argument(
         "--profile", type=Path, help="run the workers' two threads under cProfile, files here"
     )
     return ap
@@ -557,6 +568,7 @@ def main(argv: list[str]) -> int:
         args.kill_at,
         args.resend_s,
         args.profile,
+        args.realtime == "on",
     )
     try:
         out = run(lambda: bench(opts, ks))

@@ -57,12 +57,20 @@ def test_n01_h08_bench_live_prints_its_figures_nothing_lost_or_doubled() -> None
     assert out["frames"] == 200
     assert (out["lost"], out["doubled"]) == (0, 0)
     assert (out["workers"], out["backend"], out["transport"]) == (1, "sqlite", "mqtt")
+    assert out["realtime"] is True  # the head-end's default (H04)
     # where the worker's CPU went: its event loop and its database thread, which add up
     # to the process's own figure (read from /proc at the same moments; clock ticks apart)
     split = out["headend_threads_us_per_frame"]
     assert set(split) == {"loop", "db"} and min(split.values()) > 0, split
     tick_us = 1e6 / os.sysconf("SC_CLK_TCK") / out["frames"]
     assert abs(sum(split.values()) - out["headend_cpu_us_per_frame"]) <= 4 * tick_us, out
+
+
+@pytest.mark.timeout(60)
+def test_n01_h04_bench_live_without_the_realtime_feed() -> None:
+    out = _bench("--meters", "50", "--days", "2", "--realtime", "off", timeout=50)
+    assert out["realtime"] is False
+    assert (out["frames"], out["lost"], out["doubled"]) == (100, 0, 0)
 
 
 @pytest.mark.timeout(60)
