@@ -58,6 +58,7 @@ def test_h08_headend_toml_loads_on_both_transports() -> None:
     text = (DEPLOY / "headend.toml").read_text()
     cfg = load(DEPLOY / "headend.toml", env={})
     assert (cfg.transport, cfg.share_group, cfg.window_end) == ("mqtt", "headend", "08:00")
+    assert cfg.realtime is True
     assert cfg.broker_url.tls and cfg.database.startswith("postgresql://")
     nats = re.sub(r"^transport = \"mqtt\"$", "", text, flags=re.M).replace(
         "# transport", "transport"
@@ -106,6 +107,11 @@ def test_h08_emqx_example_shared_subscriptions_packet_limit_and_acls() -> None:
     assert rules[-1] == "{deny, all}."
     assert any("ami/v1/${username}/up" in ln and "publish" in ln for ln in rules)
     assert any("$share/headend/ami/v1/+/up" in ln for ln in rules)
+    # real-time readers subscribe to the head-end's topic (H04), and publish nothing
+    feed = Config().realtime_topic.replace("{meter}", "+")
+    assert [ln for ln in rules if "rt-" in ln] == [
+        '{allow, {username, {re, "^rt-[a-z0-9-]+$"}}, subscribe, ["' + feed + '"]}.'
+    ]
 
 
 @pytest.mark.req("N01")
