@@ -13,6 +13,7 @@
     headend validate METERS --start --end usage validation per billing period (D14)
     headend pki init DIR                  the broker's CA and certificates (TLS)
     headend broker config DIR             mosquitto.conf, passwords, ACLs for the site
+    headend broker password NAME -o FILE  a named login's MQTT password, for its owner
     headend keys init|show ID|rotate ID   the master key file, meters' key versions (M20)
     headend keys probe-key ID --operator OP -o FILE   an operator's optical probe key (M18)
     headend upload FILE                   a probe's download file, stored as manual (D12)

@@ -1,4 +1,5 @@
-"""`headend broker config DIR`: mosquitto.conf, password file and ACL file for a site.
+"""`headend broker config DIR`: mosquitto.conf, password file and ACL file for a site;
+`headend broker password NAME -o FILE`: one named login's MQTT password, for its owner.
 
 The logins derive from the site master key (the config's ``master_key_file``
 or ``master_key``), as
@@ -15,7 +16,8 @@ from pathlib import Path
 
 from headend import masterkey
 from headend.api import Config, brokerconf, pki
-from headend.cli.common import OK, Sub, Usage, add_command
+from headend.cli.common import OK, Sub, Usage, add_command, emit
+from headend.secretfile import write_private
 
 
 def add(sub: Sub, common: argparse.ArgumentParser) -> None:
@@ -67,15 +69,47 @@ def add(sub: Sub, common: argparse.ArgumentParser) -> None:
     c.add_argument("--persistence", type=Path, metavar="DIR", help="keep sessions here")
     c.add_argument("--dev", action="store_true", help="allow the all-zero development master key")
     c.set_defaults(run=run)
+    pw = bsub.add_parser(
+        "password",
+        parents=[common],
+        help="a named login's MQTT password (a recipient, a real-time reader, a gateway, a "
+        "worker), to a 0600 file for its owner; never printed",
+        description="Write the MQTT password of login NAME, as `headend broker config` derives "
+        "it from the site master key, to FILE (mode 0600, replaced). Meters get theirs at "
+        "provisioning.",
+    )
+    pw.add_argument("name", metavar="NAME", help="the login (not a meter id)")
+    pw.add_argument("-o", "--output", type=Path, required=True, metavar="FILE", help="file (0600)")
+    pw.add_argument("--dev", action="store_true", help="allow the all-zero development master key")
+    pw.set_defaults(run=password)
 
 
-def run(args: argparse.Namespace, cfg: Config) -> int:
+def _master(args: argparse.Namespace, cfg: Config) -> bytes:
     master = masterkey.load(cfg)  # a key file open to others stops here
     if masterkey.is_dev(master) and not args.dev:
         raise Usage(
             "refusing the development master key (all zeros): make one with `headend keys "
             "init PATH` and set `master_key_file` in the config, or pass --dev for a lab"
         )
+    return master
+
+
+def password(args: argparse.Namespace, cfg: Config) -> int:
+    name, out = brokerconf.check_name(args.name, "login"), args.output
+    master = _master(args, cfg)
+    if not out.parent.is_dir():
+        raise Usage(f"cannot write {out}: no folder {out.parent}")
+    write_private(out, brokerconf.password_of(master, name) + "\n")
+    emit(
+        args,
+        {"login": name, "file": str(out), "mode": "0600"},
+        lambda: f"the MQTT password of login {name} written to {out} (0600)",
+    )
+    return OK
+
+
+def run(args: argparse.Namespace, cfg: Config) -> int:
+    master = _master(args, cfg)
     if args.pki is None:
         raise Usage(
             "--pki DIR is needed (make it with `headend pki init DIR`): TLS is not optional"

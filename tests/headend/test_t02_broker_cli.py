@@ -60,10 +60,12 @@ def mosquitto(site: Path) -> Iterator[tuple[int, Path]]:
     conf = headend(
         "broker", "config", str(site / "broker"), "--pki", str(site / "pki"),
         "--port", str(port), "--meters", "1001-1002,1005", "--recipient", "ops",
+        "--realtime-reader", "acme:1001",
         "--log", str(site / "mosquitto.log"), "--config", str(site / "headend.toml"),
     )  # fmt: skip
     assert conf.returncode == 0, conf.stderr
     assert "3 meter(s), worker(s) headend, recipient(s) ops" in conf.stdout
+    assert "real-time reader(s) acme (1 meters)" in conf.stdout
     proc = subprocess.Popen(
         [binary, "-c", str(site / "broker" / "mosquitto.conf")],
         stdout=subprocess.DEVNULL,
@@ -119,17 +121,35 @@ def test_t02_the_generated_config_admits_the_site_and_nobody_else(
     def login(user: str, password: str) -> Peer:
         return Peer("127.0.0.1", port, user, password, ca).connect()
 
+    def handed(user: str) -> str:
+        """The password `headend broker password` hands the login's owner."""
+        out = headend(
+            "broker", "password", user, "-o", str(site / f"{user}.pw"),
+            "--config", str(site / "headend.toml"),
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        assert (site / f"{user}.pw").stat().st_mode & 0o077 == 0
+        pw = (site / f"{user}.pw").read_text().strip()
+        assert pw not in out.stdout + out.stderr  # never printed
+        return pw
+
     peers = {
         "meter 1005": login("1005", mqtt_password(meter_key(master, 1005))),
         "worker": login("headend", mqtt_user_password(master, "headend")),
-        "recipient": login("ops", mqtt_user_password(master, "ops")),
+        "recipient": login("ops", handed("ops")),
+        "reader": login("acme", handed("acme")),
         "meter not admitted": login("1003", mqtt_password(meter_key(master, 1003))),
         "stranger": login("eve", mqtt_user_password(master, "eve")),
+        "wrong password": login("acme", handed("ops")),
     }
     try:
-        assert [k for k, p in peers.items() if p.accepted] == ["meter 1005", "worker", "recipient"]
+        assert [k for k, p in peers.items() if p.accepted] == [
+            "meter 1005", "worker", "recipient", "reader"
+        ]  # fmt: skip
         assert peers["recipient"].subscribe("ami/v1/+/up")[0].is_failure
         assert not peers["recipient"].subscribe("ami/v1/notify/ops")[0].is_failure
+        assert not peers["reader"].subscribe("ami/v1/data/1001")[0].is_failure
+        assert peers["reader"].subscribe("ami/v1/data/1002")[0].is_failure
         assert not peers["worker"].subscribe("$share/headend/ami/v1/+/up")[0].is_failure
     finally:
         for p in peers.values():
@@ -165,6 +185,23 @@ def test_t02_broker_config_bad_input_is_one_line(site: Path, args: list[str], sa
     assert out.returncode == 2 and len(out.stderr.splitlines()) == 1, out.stderr
     assert says in out.stderr and "Traceback" not in out.stderr
     assert not (site / "b" / "passwd").exists()
+
+
+@pytest.mark.req("T02")
+def test_t02_broker_password_bad_input_is_one_line(site: Path) -> None:
+    cfg = ("--config", str(site / "headend.toml"))
+    for args, says in (
+        (["1001", "-o", str(site / "pw")], "not a number"),
+        (["a/b", "-o", str(site / "pw")], "without spaces"),
+        (["acme", "-o", str(site / "no" / "pw")], "no folder"),
+    ):
+        out = headend("broker", "password", *args, *cfg)
+        assert out.returncode == 2 and len(out.stderr.splitlines()) == 1, out.stderr
+        assert says in out.stderr and "Traceback" not in out.stderr
+        assert not (site / "pw").exists()
+    dev = headend("broker", "password", "acme", "-o", str(site / "pw"))  # the all-zero key
+    assert dev.returncode == 2 and "development master key" in dev.stderr
+    assert not (site / "pw").exists()
 
 
 @pytest.mark.req("T02")
