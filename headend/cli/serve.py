@@ -93,11 +93,12 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     _logging(args.verbose)
     lines = ", ".join(s["url"] for s in cfg.serial) or "none"
     logging.getLogger("headend").info(
-        "serving: broker %s, database %s, serial %s, speed %g%s",
+        "serving: broker %s, database %s, serial %s, speed %g, real-time feed %s%s",
         redact(cfg.broker),
         redact(cfg.database),
         lines,
         cfg.speed,
+        cfg.realtime_topic if cfg.realtime else "off",
         " (development master key)" if dev else "",
     )
 
