@@ -197,12 +197,12 @@ class Site:
             if carried.intersection(g.meters):
                 raise ConfigError(f"gateway {g.name}: a meter already carried by another gateway")
             carried.update(g.meters)
-        for r in self.readers:
-            check_name(r.name, "realtime reader")
-            if any(not 0 <= m <= METER_ID_MAX for m in r.meters):
-                raise ConfigError(f"realtime reader {r.name}: a meter id out of range")
+        for rd in self.readers:
+            check_name(rd.name, "realtime reader")
+            if any(not 0 <= m <= METER_ID_MAX for m in rd.meters):
+                raise ConfigError(f"realtime reader {rd.name}: a meter id out of range")
         named = [*self.workers, *self.recipients, *self.observers, *self.gateway_names]
-        named += [r.name for r in self.readers]
+        named += [rd.name for rd in self.readers]
         if len(set(named)) != len(named):
             raise ConfigError(f"a name is given twice among {named}")
 

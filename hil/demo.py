@@ -65,6 +65,7 @@ def main(argv: list[str]) -> int:
                 csv=args.csv,
                 progress_s=args.progress_s,
                 insecure=args.insecure,
+                feed=True,
             )
         )
     except (ProfileError, ValueError) as e:

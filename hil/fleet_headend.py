@@ -51,6 +51,7 @@ from headend.api import (
     parse_hhmm,
 )
 from hil.board import BoardError
+from hil.feed import READER, FeedReader
 from hil.fleet import (
     DEFAULT_SPEED,
     DEFAULT_START,
@@ -119,6 +120,9 @@ class RunOptions:
     #: speed; an hour on the first day, whose check finds nothing) to 23:30 (the evening
     #: assignment and the night's window at the run's speed)
     idle_speed: int = 0
+    #: a real-time reader (hil.feed) subscribed throughout: which collected meter-days
+    #: reached the feed (H04)
+    feed: bool = False
 
 
 class Snapshots:
@@ -218,6 +222,7 @@ class FleetRun:
         self.headend_frames = 0
         self.headend_batches = 0
         self.registered = 0
+        self.feed: FeedReader | None = None
         self.t_start = time.monotonic()
         # the rig's temp dir goes in a dir of our own (removed at the end unless --keep)
         self.workdir = Path(tempfile.mkdtemp(prefix="ami-fleet-"))
@@ -326,6 +331,7 @@ class FleetRun:
             keep=o.keep,
             say=lambda s: self.say(f"rig: {s}"),
             sniff=False,
+            readers=(READER,) if o.feed else (),
             admit=() if o.meters_per_conn > 1 else tuple(self.fleet_ids),
             gateways=partition(self.fleet_ids, o.meters_per_conn) if o.meters_per_conn > 1 else (),
             insecure=o.insecure,
@@ -335,6 +341,9 @@ class FleetRun:
             tb = rig.clock
             snaps = Snapshots(rig.config.database)
             host, port, ca = rig.broker.meter_link()
+            if o.feed:  # before any meter sends: every publication is seen
+                self.feed = FeedReader(rig.broker, rig.config.realtime_topic)
+                await self.feed.start()
             fleet = await self._spawn_fleet(tb, host, port, ca)
             try:
                 if fleet is not None:
@@ -347,6 +356,8 @@ class FleetRun:
                     rig.guard.discard(fleet)
                     await fleet.stop()
                 snaps.close()
+                if self.feed is not None:
+                    await self.feed.stop()
             self.headend_frames = rig.service.frames
             self.headend_batches = rig.service.batches
             ondemand_stats = await self._ondemand_stats(rig)
@@ -585,6 +596,11 @@ class FleetRun:
             "headend_batches": self.headend_batches,
             "fleet_connections": f.get("connections"),
         }
+        if self.feed is not None:  # H04: what a real-time reader of every meter received
+            collected = self.tally.final & self.tally.expected
+            out["realtime_messages"] = self.feed.messages
+            out["realtime_bad"] = self.feed.bad
+            out["realtime_meter_days"] = len(self.feed.covered(collected))
         return out
 
     # -- verdict and words -----------------------------------------------------------------------
@@ -598,6 +614,8 @@ class FleetRun:
             and r["headend_agrees"]
             and r["fleet_exit"] == 0
             and r["missing_meter_days"] <= (r["predicted_missing_meter_days"] or 0)
+            and r.get("realtime_meter_days", r["collected_meter_days"]) == r["collected_meter_days"]
+            and not r.get("realtime_bad")
         )
 
     @staticmethod
@@ -628,6 +646,13 @@ class FleetRun:
                 f"done, {r['ondemand_failed']} failed; request to stored answer p80 "
                 f"{r['ondemand_p80_s']} s, p99 {r['ondemand_p99_s']} s real "
                 f"({r['ondemand_p80_sim_s']} s / {r['ondemand_p99_sim_s']} s simulated)"
+            )
+        if "realtime_messages" in r:
+            lines.append(
+                f"  real-time feed (H04): {r['realtime_messages']} messages to a reader of every "
+                f"meter; {r['realtime_meter_days']} of the {r['collected_meter_days']} collected "
+                "meter-days came in it whole"
+                + (f", {r['realtime_bad']} not of the feed's shape" if r["realtime_bad"] else "")
             )
         h = r.get("headend") or {}
         d = h.get("d08") or {}

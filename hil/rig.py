@@ -293,6 +293,7 @@ class Rig(Supervised):
     workdir: Path | None = None
     say: Callable[[str], None] | None = None
     sniff: bool = True
+    readers: tuple[brokerconf.Reader, ...] = ()  # real-time readers' logins (hil.feed)
     insecure: bool = False
     admit: tuple[int, ...] = ()  # more meter logins on the broker (a fleet's)
     gateways: Sequence[tuple[str, tuple[int, ...]]] = ()  # (login, meters): a fleet's gateways
@@ -345,6 +346,7 @@ class Rig(Supervised):
             workers=(worker,),
             observers=(SNIFFER,),
             gateways=tuple(brokerconf.Gateway(n, ids) for n, ids in self.gateways),
+            readers=self.readers,
         )
         try:
             self.broker.start()

@@ -43,6 +43,7 @@ def fleet_run(mqtt_broker_present: None) -> Iterator[tuple[FleetRun, dict[str, A
             ),
             install_s=1800,
             progress_s=1000,
+            feed=True,
         )
     )
     yield run, run.run()
@@ -72,6 +73,21 @@ def test_n07_n01_every_meter_day_collected_in_the_window(
     assert r["on_schedule_meter_days"] == len(healthy) == 18
     assert r["fleet_core_errors"] == 0 and r["fleet_exit"] == 0
     assert r["registered_meters"] == 20
+
+
+@FLEET_TIMEOUT
+@pytest.mark.req("H04")
+def test_h04_every_collected_meter_day_reaches_a_realtime_reader_on_the_secure_broker(
+    fleet_run: tuple[FleetRun, dict[str, Any]],
+) -> None:
+    run, r = fleet_run
+    assert not run.o.insecure  # TLS, logins, ACLs: the reader logged in as one (H04, T01)
+    collected = run.tally.final & run.tally.expected
+    assert r["collected_meter_days"] == len(collected) > 0
+    assert r["realtime_meter_days"] == len(collected) and r["realtime_bad"] == 0
+    # a day of intervals comes in two parts (the broker's packet limit), at least
+    assert r["realtime_messages"] >= 2 * len(collected)
+    assert run.ok(r)
 
 
 @FLEET_TIMEOUT

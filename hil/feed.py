@@ -1,0 +1,87 @@
+"""A real-time subscriber (H04): what a third party reading the feed receives.
+
+It logs in as the broker's real-time reader `FEED_READER` (TLS and a login on a
+secure broker: `brokerconf.Reader`), subscribes to every meter's real-time
+topic and keeps the interval starts each message carried, per meter, so a run
+can say which collected meter-days reached the feed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import defaultdict
+from collections.abc import Iterable
+from datetime import datetime
+
+import aiomqtt
+
+from headend.api import brokerconf
+from hil.broker import Broker, client_login
+from hil.rig import cancel_hard
+
+FEED_READER = "hil-feed-reader"
+READER = brokerconf.Reader(FEED_READER)  # every meter's feed
+DAY_S = 86_400
+
+
+def _utc_s(text: str) -> int:
+    return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp())
+
+
+class FeedReader:
+    """Subscribes to ``topic`` (the head-end's ``realtime_topic``) for every meter."""
+
+    def __init__(self, broker: Broker, topic: str) -> None:
+        self.broker = broker
+        self.pattern = topic.replace("{meter}", "+")
+        self.messages = 0
+        self.bad = 0  # not JSON of the feed's shape
+        self.starts: defaultdict[int, set[int]] = defaultdict(set)
+        self.step: dict[int, int] = {}
+        self.ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                async with aiomqtt.Client(
+                    self.broker.host, self.broker.port, **client_login(self.broker, FEED_READER)
+                ) as c:
+                    await c.subscribe(self.pattern, qos=1)
+                    self.ready.set()
+                    async for m in c.messages:
+                        self.take(m.payload)
+            except aiomqtt.MqttError:
+                await asyncio.sleep(0.2)
+
+    def take(self, payload: object) -> None:
+        """One message: its meter's interval starts (and length) noted."""
+        self.messages += 1
+        try:
+            msg = json.loads(payload) if isinstance(payload, bytes | bytearray) else None
+            mid = int(msg["meter"])  # type: ignore[index]
+            for iv in msg.get("intervals", []):  # type: ignore[union-attr]
+                start = _utc_s(iv["start"])
+                self.starts[mid].add(start)
+                self.step[mid] = _utc_s(iv["end"]) - start
+        except (ValueError, TypeError, KeyError, AttributeError):
+            self.bad += 1
+
+    def covered(self, meter_days: Iterable[tuple[int, int]]) -> set[tuple[int, int]]:
+        """Those of ``meter_days`` (meter, day start) whose every interval came in the feed."""
+        out = set()
+        for mid, day in meter_days:
+            step, have = self.step.get(mid), self.starts.get(mid, set())
+            if step and all(t in have for t in range(day, day + DAY_S, step)):
+                out.add((mid, day))
+        return out
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+        await asyncio.wait_for(self.ready.wait(), 10)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            await cancel_hard(self._task, "the real-time reader")
+            self._task = None
