@@ -13,6 +13,7 @@ is the plain, anonymous broker of old, for what asks for it explicitly.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import random
@@ -336,6 +337,30 @@ def client_login(broker: Broker, user: str) -> dict[str, Any]:
         "password": broker.password(user),
         "tls_context": tls,
     }
+
+
+async def follow(
+    broker: Broker,
+    user: str,
+    topics: Sequence[str],
+    on_message: Callable[[str, Any], None],
+    ready: asyncio.Event,
+) -> None:
+    """Log in as ``user``, subscribe to ``topics`` (QoS 1) and hand each message's topic and
+    payload to ``on_message``, until cancelled; a dropped link is opened again (``ready``:
+    set once subscribed)."""
+    import aiomqtt  # the subscribers' client: not needed to run a broker
+
+    while True:
+        try:
+            async with aiomqtt.Client(broker.host, broker.port, **client_login(broker, user)) as c:
+                for t in topics:
+                    await c.subscribe(t, qos=1)
+                ready.set()
+                async for m in c.messages:
+                    on_message(str(m.topic), m.payload)
+        except aiomqtt.MqttError:
+            await asyncio.sleep(0.2)
 
 
 @contextmanager

@@ -8,17 +8,14 @@ can say which collected meter-days reached the feed.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import datetime
 
-import aiomqtt
-
 from headend.api import brokerconf
-from hil.broker import Broker, client_login
-from hil.rig import cancel_hard
+from hil.broker import Broker
+from hil.rig import Follower
 
 FEED_READER = "hil-feed-reader"
 READER = brokerconf.Reader(FEED_READER)  # every meter's feed
@@ -29,31 +26,21 @@ def _utc_s(text: str) -> int:
     return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp())
 
 
-class FeedReader:
+class FeedReader(Follower):
     """Subscribes to ``topic`` (the head-end's ``realtime_topic``) for every meter."""
 
+    what = "the real-time reader"
+
     def __init__(self, broker: Broker, topic: str) -> None:
-        self.broker = broker
         self.pattern = topic.replace("{meter}", "+")
+        super().__init__(broker, FEED_READER, (self.pattern,))
         self.messages = 0
         self.bad = 0  # not JSON of the feed's shape
         self.starts: defaultdict[int, set[int]] = defaultdict(set)
         self.step: dict[int, int] = {}
-        self.ready = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
 
-    async def _run(self) -> None:
-        while True:
-            try:
-                async with aiomqtt.Client(
-                    self.broker.host, self.broker.port, **client_login(self.broker, FEED_READER)
-                ) as c:
-                    await c.subscribe(self.pattern, qos=1)
-                    self.ready.set()
-                    async for m in c.messages:
-                        self.take(m.payload)
-            except aiomqtt.MqttError:
-                await asyncio.sleep(0.2)
+    def _on(self, topic: str, payload: object) -> None:
+        self.take(payload)
 
     def take(self, payload: object) -> None:
         """One message: its meter's interval starts (and length) noted."""
@@ -76,12 +63,3 @@ class FeedReader:
             if step and all(t in have for t in range(day, day + DAY_S, step)):
                 out.add((mid, day))
         return out
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
-        await asyncio.wait_for(self.ready.wait(), 10)
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            await cancel_hard(self._task, "the real-time reader")
-            self._task = None

@@ -37,8 +37,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-import aiomqtt
-
 from headend.api import (
     DEV_MASTER_KEY,
     Clock,
@@ -53,7 +51,7 @@ from headend.api import (
     on_service,
 )
 from hil.board import SIM_START, BoardSpec, VirtualBoard
-from hil.broker import Broker, BrokerError, client_login, find_mosquitto, free_port
+from hil.broker import Broker, BrokerError, find_mosquitto, follow, free_port
 from hil.supervise import Guard, Supervised, TaskDependent
 from hil.wait import WaitTimeout, wait_until
 from protocol.errors import ProtocolError
@@ -127,33 +125,46 @@ class Seen:
         return str(self.fields["type"])
 
 
-class Sniffer:
+class Follower:
+    """A background subscriber of ``topics`` as ``user`` (`hil.broker.follow`): `start`
+    returns once it is subscribed, `stop` ends it; messages go to `_on`."""
+
+    what = "a subscriber"
+
+    def __init__(self, broker: Broker, user: str, topics: Sequence[str]) -> None:
+        self.broker, self.user, self.topics = broker, user, tuple(topics)
+        self.ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def _on(self, topic: str, payload: Any) -> None:
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(
+            follow(self.broker, self.user, self.topics, self._on, self.ready)
+        )
+        await asyncio.wait_for(self.ready.wait(), 10)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            await cancel_hard(self._task, self.what)
+            self._task = None
+
+
+class Sniffer(Follower):
     """An MQTT subscriber that decodes every meter frame it sees (not a head-end).
 
     It logs in as the broker's read-only observer `SNIFFER` (over TLS when the
     broker has it).
     """
 
+    what = "the sniffer"
+
     def __init__(self, broker: Broker, clock: Clock) -> None:
-        self.broker, self.clock = broker, clock
+        super().__init__(broker, SNIFFER, ("ami/v1/+/up", "ami/v1/+/down"))
+        self.clock = clock
         self.seen: list[Seen] = []
         self.bad = 0
-        self.ready = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                async with aiomqtt.Client(
-                    self.broker.host, self.broker.port, **client_login(self.broker, SNIFFER)
-                ) as c:
-                    await c.subscribe("ami/v1/+/up", qos=1)
-                    await c.subscribe("ami/v1/+/down", qos=1)
-                    self.ready.set()
-                    async for m in c.messages:
-                        self._on(str(m.topic), m.payload)
-            except aiomqtt.MqttError:
-                await asyncio.sleep(0.2)
 
     def _on(self, topic: str, payload: Any) -> None:
         parts = topic.split("/")
@@ -179,15 +190,6 @@ class Sniffer:
         return [
             s for s in self.seen if s.type == mtype and (meter_id is None or s.meter_id == meter_id)
         ]
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
-        await asyncio.wait_for(self.ready.wait(), 10)
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            await cancel_hard(self._task, "the sniffer")
-            self._task = None
 
 
 class LatencyProxy:
