@@ -57,7 +57,7 @@ class Config:
             subscribers; ``{meter}`` is replaced by the meter id.
         realtime: publish it there (H04). Off where nobody reads the feed: its
             JSON and messages are about a third of a worker's CPU per uplink
-            (docs/SCALE.md), and the broker's work per uplink halves.
+            (docs/SCALE.md), and a quarter of the broker's.
         assign_at: local time (report_tz) of the evening placement of
             unscheduled meters into read groups.
         window_start, window_end: the nightly collection window.
