@@ -16,8 +16,10 @@ from pathlib import Path
 
 from headend import masterkey
 from headend.api import Config, brokerconf, pki
-from headend.cli.common import OK, Sub, Usage, add_command, emit
+from headend.cli.common import OK, Sub, Usage, add_command, emit, open_headend
+from headend.errors import ConfigError
 from headend.secretfile import write_private
+from headend.store.parties import Parties
 
 
 def add(sub: Sub, common: argparse.ArgumentParser) -> None:
@@ -57,6 +59,13 @@ def add(sub: Sub, common: argparse.ArgumentParser) -> None:
         metavar="NAME[:IDS]",
         help="a real-time subscriber's login (H04): it may read the real-time topic of every "
         "meter, or of these meters only (e.g. acme:1001-1003); repeatable",
+    )
+    c.add_argument(
+        "--realtime-parties",
+        action="store_true",
+        help="a real-time reader for each third party of the portal (`headend parties`, from "
+        "the database), of its granted meters only (T01); a revoked party or one with no "
+        "meters gets none. Run again after a grant or a revocation",
     )
     c.add_argument("--pki", type=Path, metavar="DIR", help="the `headend pki init` dir (TLS)")
     c.add_argument("--port", type=int, default=8883, help="TLS listener port (default 8883)")
@@ -108,6 +117,23 @@ def password(args: argparse.Namespace, cfg: Config) -> int:
     return OK
 
 
+def party_readers(cfg: Config) -> list[brokerconf.Reader]:
+    """A reader of its granted meters for each third party that may use the portal (T01):
+    never one of every meter (an empty set grants nothing)."""
+    with open_headend(cfg) as he:
+        parties = Parties(he.ctx.db).rows()
+    out = []
+    for p in parties:
+        if p.revoked_ms is not None or not p.meters:
+            continue
+        try:
+            name = brokerconf.check_name(p.name, "party")
+        except ConfigError as e:
+            raise Usage(f"{e}: rename it, or give its readers with --realtime-reader") from None
+        out.append(brokerconf.Reader(name, tuple(sorted(p.meters))))
+    return out
+
+
 def run(args: argparse.Namespace, cfg: Config) -> int:
     master = _master(args, cfg)
     if args.pki is None:
@@ -126,7 +152,10 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         workers=workers,
         recipients=tuple(args.recipient),
         gateways=tuple(brokerconf.parse_gateway(g) for g in args.gateway),
-        readers=tuple(brokerconf.parse_reader(r) for r in args.realtime_reader),
+        readers=(
+            *(brokerconf.parse_reader(r) for r in args.realtime_reader),
+            *(party_readers(cfg) if args.realtime_parties else ()),
+        ),
         notify_topic=cfg.notify_topic,
         realtime_topic=cfg.realtime_topic,
     )

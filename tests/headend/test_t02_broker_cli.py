@@ -187,6 +187,35 @@ def test_t02_broker_config_bad_input_is_one_line(site: Path, args: list[str], sa
     assert not (site / "b" / "passwd").exists()
 
 
+@pytest.mark.req("H04", "T01")
+def test_t01_broker_config_gives_each_party_a_reader_of_its_granted_meters(site: Path) -> None:
+    cfg = ("--config", str(site / "headend.toml"), "--database", f"sqlite:///{site / 'h.db'}")
+    assert headend("db", "init", *cfg).returncode == 0
+    for name, meters in (("acme", "1001-1002"), ("gone", "7"), ("none", ""), ("grid", "3")):
+        assert headend("parties", "add", name, "--meters", meters, *cfg).returncode == 0
+    assert headend("parties", "revoke", "gone", *cfg).returncode == 0
+    assert headend("parties", "grant", "grid", "--meters", "3-4", *cfg).returncode == 0
+    assert headend("pki", "init", str(site / "pki")).returncode == 0
+    argv = ("broker", "config", str(site / "b"), "--pki", str(site / "pki"), "--meters", "1001")
+    out = headend(*argv, "--realtime-parties", "--json", *cfg)
+    assert out.returncode == 0, out.stderr
+    # revoked, and an empty set (which grants nothing): no reader at all, never one of all
+    assert json.loads(out.stdout)["realtime_readers"] == {"acme": 2, "grid": 2}
+    acl = json.loads((site / "b" / "acl.json").read_text())
+    roles = {r["rolename"]: [(a["acltype"], a["topic"]) for a in r["acls"]] for r in acl["roles"]}
+    assert roles["reader-grid"] == [
+        ("subscribeLiteral", "ami/v1/data/3"),
+        ("subscribeLiteral", "ami/v1/data/4"),
+        ("publishClientReceive", "ami/v1/data/3"),
+        ("publishClientReceive", "ami/v1/data/4"),
+    ]
+    # a party whose name cannot be an MQTT login: one line, nothing written
+    assert headend("parties", "add", "a/b", "--meters", "5", *cfg).returncode == 0
+    bad = headend(*argv[:2], str(site / "c"), *argv[3:], "--realtime-parties", *cfg)
+    assert bad.returncode == 2 and len(bad.stderr.splitlines()) == 1, bad.stderr
+    assert "party: expected a name" in bad.stderr and not (site / "c" / "passwd").exists()
+
+
 @pytest.mark.req("T02")
 def test_t02_broker_password_bad_input_is_one_line(site: Path) -> None:
     cfg = ("--config", str(site / "headend.toml"))
