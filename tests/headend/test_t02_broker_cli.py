@@ -187,6 +187,17 @@ def test_t02_broker_config_bad_input_is_one_line(site: Path, args: list[str], sa
     assert not (site / "b" / "passwd").exists()
 
 
+def _roles(broker_dir: Path) -> dict[str, list[tuple[str, str]]]:
+    """acl.json's roles: (ACL type, topic) of each."""
+    acl = json.loads((broker_dir / "acl.json").read_text())
+    return {r["rolename"]: [(a["acltype"], a["topic"]) for a in r["acls"]] for r in acl["roles"]}
+
+
+def _reads(*topics: str) -> list[tuple[str, str]]:
+    """A reader of exactly these topics."""
+    return [("subscribeLiteral", t) for t in topics] + [("publishClientReceive", t) for t in topics]
+
+
 @pytest.mark.req("H04", "T01")
 def test_t01_broker_config_gives_each_party_a_reader_of_its_granted_meters(site: Path) -> None:
     cfg = ("--config", str(site / "headend.toml"), "--database", f"sqlite:///{site / 'h.db'}")
@@ -201,14 +212,7 @@ def test_t01_broker_config_gives_each_party_a_reader_of_its_granted_meters(site:
     assert out.returncode == 0, out.stderr
     # revoked, and an empty set (which grants nothing): no reader at all, never one of all
     assert json.loads(out.stdout)["realtime_readers"] == {"acme": 2, "grid": 2}
-    acl = json.loads((site / "b" / "acl.json").read_text())
-    roles = {r["rolename"]: [(a["acltype"], a["topic"]) for a in r["acls"]] for r in acl["roles"]}
-    assert roles["reader-grid"] == [
-        ("subscribeLiteral", "ami/v1/data/3"),
-        ("subscribeLiteral", "ami/v1/data/4"),
-        ("publishClientReceive", "ami/v1/data/3"),
-        ("publishClientReceive", "ami/v1/data/4"),
-    ]
+    assert _roles(site / "b")["reader-grid"] == _reads("ami/v1/data/3", "ami/v1/data/4")
     # a party whose name cannot be an MQTT login: one line, nothing written
     assert headend("parties", "add", "a/b", "--meters", "5", *cfg).returncode == 0
     bad = headend(*argv[:2], str(site / "c"), *argv[3:], "--realtime-parties", *cfg)
@@ -267,14 +271,8 @@ def test_h04_broker_config_realtime_readers_read_all_or_their_meters(site: Path)
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["realtime_readers"] == {"acme": 2, "grid": "all"}
-    acl = json.loads((site / "b" / "acl.json").read_text())
-    roles = {r["rolename"]: [(a["acltype"], a["topic"]) for a in r["acls"]] for r in acl["roles"]}
-    assert roles["reader-acme"] == [
-        ("subscribeLiteral", "ami/v1/data/1001"),
-        ("subscribeLiteral", "ami/v1/data/1002"),
-        ("publishClientReceive", "ami/v1/data/1001"),
-        ("publishClientReceive", "ami/v1/data/1002"),
-    ]
+    roles = _roles(site / "b")
+    assert roles["reader-acme"] == _reads("ami/v1/data/1001", "ami/v1/data/1002")
     assert roles["reader-grid"] == [
         ("subscribePattern", "ami/v1/data/+"),
         ("publishClientReceive", "ami/v1/data/+"),
