@@ -224,8 +224,9 @@ class FleetRun:
         self.registered = 0
         self.feed: FeedReader | None = None
         self.t_start = time.monotonic()
-        # the rig's temp dir goes in a dir of our own (removed at the end unless --keep)
-        self.workdir = Path(tempfile.mkdtemp(prefix="ami-fleet-"))
+        # the rig's temp dir goes in a dir of our own, made when the run starts (a FleetRun
+        # only built leaves nothing behind) and removed at its end unless --keep (`tidy`)
+        self.workdir: Path | None = None
 
     @staticmethod
     def say(text: str) -> None:
@@ -237,10 +238,17 @@ class FleetRun:
         try:
             return run(self._main)
         finally:
-            if self.o.keep:
-                self.say(f"run: kept {self.workdir}")
-            else:
-                shutil.rmtree(self.workdir, ignore_errors=True)
+            self.tidy()
+
+    def tidy(self) -> None:
+        """Remove the run's directory (or say where it is kept, with --keep)."""
+        if self.workdir is None:
+            return
+        if self.o.keep:
+            self.say(f"run: kept {self.workdir}")
+        else:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
 
     def main(self, what: str) -> int:
         """Run; print the summary and the JSON line; the exit status (0: ok)."""
@@ -315,6 +323,7 @@ class FleetRun:
 
     async def _main(self) -> dict[str, Any]:
         o = self.o
+        self.workdir = Path(tempfile.mkdtemp(prefix="ami-fleet-"))
         self.say(
             f"run: {len(self.meter_ids)} meters ({o.boards} virtual boards, {o.meters} fleet), "
             f"{o.days} day(s) from {iso(self.day1)}, x{o.speed}; simulated {iso(o.start)} .. "

@@ -42,7 +42,6 @@ sets it, 0: none).
 
 from __future__ import annotations
 
-import shutil
 import time
 from typing import Any
 
@@ -182,8 +181,7 @@ async def run(opts: Options) -> dict[str, Any]:
     try:
         r = await fr._main()
     finally:
-        if not opts.keep:
-            shutil.rmtree(fr.workdir, ignore_errors=True)
+        fr.tidy()
     h = r.get("headend") or {}
     expected = sum(want.values())
     out: dict[str, Any] = {

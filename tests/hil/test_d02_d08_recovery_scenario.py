@@ -4,7 +4,9 @@ reads bring back: the mass recovery of N05), offline 1 day, intermittent, never 
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -74,7 +76,10 @@ def test_h09_scenario_recovery_slows_down_and_spreads_installation_for_a_big_fle
     )
 
 
-def test_h09_a_fleet_run_s_idle_legs_are_the_days_daytimes_and_only_with_fleet_meters() -> None:
+def test_h09_a_fleet_run_s_idle_legs_are_the_days_daytimes_and_only_with_fleet_meters(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where a run would make its dir
     o = RunOptions(meters=100, days=1, speed=20, daily_check_at="06:00", idle_speed=100)
     fr = FleetRun(o)
     assert fr.legs == ((fr.day1 + 7 * 3600, fr.day1 + DAY - 1800, 100.0),)
@@ -92,6 +97,7 @@ def test_h09_a_fleet_run_s_idle_legs_are_the_days_daytimes_and_only_with_fleet_m
     for bad in (replace(o, boards=1), replace(o, ondemand=5)):
         with pytest.raises(ProfileError, match="--idle-speed runs no boards"):
             FleetRun(bad)
+    assert list(tmp_path.iterdir()) == []  # a run only built leaves no directory behind
 
 
 @pytest.mark.timeout(60)
