@@ -108,7 +108,7 @@ def parse_meters(text: str) -> tuple[int, ...]:
     return tuple(sorted(ids))
 
 
-def _topic_prefix(template: str) -> str:
+def topic_pattern(template: str) -> str:
     """``ami/v1/data/{meter}`` -> ``ami/v1/data/+`` (the ACL's form of a per-meter topic)."""
     return template.replace("{meter}", "+")
 
@@ -276,7 +276,7 @@ def acls(site: Site) -> dict[str, object]:
             + _allow("subscribePattern", f"{notify}/+/ack", f"$share/+/{notify}/+/ack")
             + _allow("publishClientReceive", up_all, f"{notify}/+/ack")
             + _allow(
-                "publishClientSend", down_all, f"{notify}/+", _topic_prefix(site.realtime_topic)
+                "publishClientSend", down_all, f"{notify}/+", topic_pattern(site.realtime_topic)
             ),
         ),
         _role(
@@ -309,7 +309,7 @@ def acls(site: Site) -> dict[str, object]:
         topics = (
             [site.realtime_topic.format(meter=m) for m in rd.meters]
             if rd.meters
-            else [_topic_prefix(site.realtime_topic)]
+            else [topic_pattern(site.realtime_topic)]
         )
         kind = "subscribeLiteral" if rd.meters else "subscribePattern"
         acl = _allow(kind, *topics) + _allow("publishClientReceive", *topics)

@@ -11,19 +11,15 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Iterable
-from datetime import datetime
 
 from headend.api import brokerconf
 from hil.broker import Broker
+from hil.fleet_profile import DAY
+from hil.fleet_time import parse_utc
 from hil.rig import Follower
 
 FEED_READER = "hil-feed-reader"
 READER = brokerconf.Reader(FEED_READER)  # every meter's feed
-DAY_S = 86_400
-
-
-def _utc_s(text: str) -> int:
-    return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp())
 
 
 class FeedReader(Follower):
@@ -32,7 +28,7 @@ class FeedReader(Follower):
     what = "the real-time reader"
 
     def __init__(self, broker: Broker, topic: str) -> None:
-        self.pattern = topic.replace("{meter}", "+")
+        self.pattern = brokerconf.topic_pattern(topic)
         super().__init__(broker, FEED_READER, (self.pattern,))
         self.messages = 0
         self.bad = 0  # not JSON of the feed's shape
@@ -49,9 +45,9 @@ class FeedReader(Follower):
             msg = json.loads(payload) if isinstance(payload, bytes | bytearray) else None
             mid = int(msg["meter"])  # type: ignore[index]
             for iv in msg.get("intervals", []):  # type: ignore[union-attr]
-                start = _utc_s(iv["start"])
+                start = parse_utc(iv["start"])
                 self.starts[mid].add(start)
-                self.step[mid] = _utc_s(iv["end"]) - start
+                self.step[mid] = parse_utc(iv["end"]) - start
         except (ValueError, TypeError, KeyError, AttributeError):
             self.bad += 1
 
@@ -60,6 +56,6 @@ class FeedReader(Follower):
         out = set()
         for mid, day in meter_days:
             step, have = self.step.get(mid), self.starts.get(mid, set())
-            if step and all(t in have for t in range(day, day + DAY_S, step)):
+            if step and all(t in have for t in range(day, day + DAY, step)):
                 out.add((mid, day))
         return out

@@ -173,14 +173,15 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         args.log.resolve() if args.log else None,
         args.persistence.resolve() if args.persistence else None,
     )
+    # meters each real-time reader may read ("all": a reader of every meter)
+    readers = {r.name: len(r.meters) or "all" for r in site.readers}
     summary = {
         "conf": str(out.conf),
         "meters": len(site.meters),
         "workers": list(site.workers),
         "recipients": list(site.recipients),
         "gateways": {g.name: len(g.meters) for g in site.gateways},
-        # a reader of every meter: "all"
-        "realtime_readers": {r.name: len(r.meters) or "all" for r in site.readers},
+        "realtime_readers": readers,
         "listeners": [f"{li.host}:{li.port} {'TLS' if li.ca else 'plain'}" for li in listeners],
     }
     if args.json:
@@ -196,8 +197,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
             else ""
         )
         + (
-            ", real-time reader(s) "
-            + ", ".join(f"{r.name} ({len(r.meters) or 'all'} meters)" for r in site.readers)
+            ", real-time reader(s) " + ", ".join(f"{n} ({k} meters)" for n, k in readers.items())
             if site.readers
             else ""
         )

@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 
 import pytest
 
 from hil.feed import FeedReader
+from hil.fleet_time import iso
 
 pytestmark = pytest.mark.req("H04")
 
 DAY = 1_711_929_600  # 2024-04-01T00:00:00Z
-
-
-def iso(t: int) -> str:
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _msg(meter: int, starts: range) -> bytes:
